@@ -1,0 +1,20 @@
+"""Span writers: where raw spans go (OTLP to Tempo/Jaeger, the embedded store, or both)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from kelemetry_py.model import Span
+
+
+@runtime_checkable
+class SpanWriter(Protocol):
+    """Accepts raw spans. ``write`` may await to push back when the writer's own bounded queue is full."""
+
+    async def write(self, spans: Sequence[Span]) -> None: ...
+
+    async def flush(self) -> None:
+        """Return once everything written so far has been delivered (or failed and been counted)."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,152 @@
+"""The data every stage shares: object references, observations (what sources emit) and raw spans.
+
+Sources produce :class:`Observation`; the pipeline turns them into :class:`Span`; span writers and trace
+readers move spans in and out of storage. Nothing here knows about OpenTelemetry or Kubernetes clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AttrValue = str | bool | int | float | list[str]
+Attributes = dict[str, AttrValue]
+
+# Services of raw spans (DESIGN §3).
+SERVICE_OBJECT = "object"
+SERVICE_AUDIT = "audit"
+SERVICE_EVENT = "event"
+SERVICE_LINK = "link"
+SERVICE_DIFF = "diff"
+
+# Tags every raw span carries so that any span can be found by the object it belongs to.
+OBJECT_TAGS = ("cluster", "group", "version", "resource", "namespace", "name")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """A Kubernetes object, identified across clusters. ``uid`` and ``version`` are not part of the key."""
+
+    cluster: str
+    group: str
+    version: str
+    resource: str
+    namespace: str
+    name: str
+    uid: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.cluster}/{self.group}/{self.resource}/{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_key(cls, key: str, version: str = "", uid: str = "") -> ObjectRef:
+        cluster, group, resource, namespace, name = key.split("/", 4)
+        return cls(cluster, group, version, resource, namespace, name, uid)
+
+    def tags(self) -> Attributes:
+        tags: Attributes = {
+            "cluster": self.cluster,
+            "group": self.group,
+            "version": self.version,
+            "resource": self.resource,
+            "namespace": self.namespace,
+            "name": self.name,
+        }
+        if self.uid:
+            tags["uid"] = self.uid
+        return tags
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """A timestamped record on a span (an OTLP span event). ``name`` says what it is: audit, diff, snapshot..."""
+
+    time_ns: int
+    name: str
+    fields: Attributes = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class Observation:
+    """One thing a source saw happen to one object. Sources know nothing about spans."""
+
+    ref: ObjectRef
+    kind: str  # "audit", "event", "diff", or a plugin source's name; becomes the span's service
+    title: str
+    start_ns: int
+    end_ns: int
+    tags: Attributes = field(default_factory=dict)
+    logs: list[LogEntry] = field(default_factory=list)
+    error: str | None = None  # set: the span gets status ERROR with this message
+    # The (already redacted) object state the observation carries, for linkers and decorators. Never exported.
+    body: Mapping[str, Any] | None = None
+    # A stable identity (audit ID, event uid + count, ...): the same observation seen twice gets the same span id.
+    dedup_key: str | None = None
+    # The resourceVersion the request produced, so diffs recorded by the object differ can be attached.
+    resource_version: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Span:
+    """A raw span as written: the common currency of span writers and trace readers."""
+
+    trace_id: int  # 128 bit
+    span_id: int  # 64 bit
+    parent_id: int | None
+    service: str
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: Attributes = field(default_factory=dict)
+    logs: list[LogEntry] = field(default_factory=list)
+    error: bool = False
+    status_message: str = ""
+
+    @property
+    def trace_id_hex(self) -> str:
+        return f"{self.trace_id:032x}"
+
+    @property
+    def span_id_hex(self) -> str:
+        return f"{self.span_id:016x}"
+
+
+LinkRole = Literal["parent", "child"]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """``target`` is related to the object a linker looked at; ``role`` is the target's role (its parent/child)."""
+
+    target: ObjectRef
+    role: LinkRole
+    link_class: str
+
+
+def _digest(text: str, size: int, person: bytes) -> int:
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size, person=person).digest(), "big")
+    return value or 1  # an all-zero id is invalid in OTLP
+
+
+def window_of(time_ns: int, window_seconds: int) -> int:
+    return time_ns // 1_000_000_000 // window_seconds
+
+
+def object_trace_id(object_key: str, window: int) -> int:
+    """Every replica derives the same trace id for an object's window without asking anyone."""
+    return _digest(f"{object_key}\x00{window}", 16, b"kelemetry-trace")
+
+
+def object_span_id(object_key: str, window: int) -> int:
+    return _digest(f"{object_key}\x00{window}", 8, b"kelemetry-objspn")
+
+
+def child_span_id(trace_id: int, identity: str) -> int:
+    """A deterministic id for a child span, so a re-delivered observation overwrites rather than duplicates."""
+    return _digest(f"{trace_id:032x}\x00{identity}", 8, b"kelemetry-child")

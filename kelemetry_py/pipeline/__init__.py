@@ -1,0 +1,36 @@
+"""The pipeline: observations in, spans out (per-object ordered partitions, windows, linkers, decorators)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, runtime_checkable
+
+from kelemetry_py.model import Observation
+
+
+class Overloaded(Exception):
+    """The pipeline has no room for a batch; the caller should push back (HTTP 429) and retry later."""
+
+    def __init__(self, retry_after_seconds: float) -> None:
+        super().__init__(f"pipeline queue full, retry after {retry_after_seconds:g}s")
+        self.retry_after_seconds = retry_after_seconds
+
+
+@runtime_checkable
+class ObservationSink(Protocol):
+    async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
+        """Accept all of ``observations`` or none. With ``wait=False`` a full pipeline raises :class:`Overloaded`;
+        with ``wait=True`` (watchers, file tailers) the call waits for room instead."""
+
+
+@runtime_checkable
+class ObservationHook(Protocol):
+    """Runs in the pipeline before an observation becomes spans (e.g. to attach the differ's diff).
+
+    Return None when done at once, or an awaitable to finish later: the pipeline then parks that observation
+    without holding up the other objects of its partition.
+    """
+
+    name: str
+
+    def prepare(self, observation: Observation) -> Awaitable[None] | None: ...

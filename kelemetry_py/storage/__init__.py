@@ -1,0 +1,40 @@
+"""Where traces live and how they are read back: the TraceReader Protocol and its implementations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from kelemetry_py.model import ObjectRef, Span
+
+
+@dataclass(slots=True, kw_only=True)
+class TraceQuery:
+    """Raw traces overlapping [start_ns, end_ns] with one span whose attributes match every tag (Jaeger's rule)."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    start_ns: int
+    end_ns: int
+    limit: int = 20
+    service: str | None = None  # a raw service ("object", "audit", ...) the matching span must have
+
+
+@dataclass(slots=True, kw_only=True)
+class TraceHit:
+    """One raw trace: one object in one window."""
+
+    trace_id: int
+    ref: ObjectRef
+    start_ns: int
+    end_ns: int
+
+
+@runtime_checkable
+class TraceReader(Protocol):
+    async def find_traces(self, query: TraceQuery) -> list[TraceHit]:
+        """Newest first, at most ``query.limit``."""
+
+    async def get_trace(self, trace_id: int) -> list[Span]:
+        """All spans of one raw trace; empty if it is unknown."""
+
+    async def close(self) -> None: ...

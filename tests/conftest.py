@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.support.redis_server import running_redis
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures"
+SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
+FAKE_SECRET_VALUES = (b"s3cr3t-Passw0rd", b"n3w-s3cr3t", b"czNjcjN0LVBhc3N3MHJk", b"bjN3LXMzY3IzdA==")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    assert FIXTURES.is_dir(), f"recorded fixtures expected at {FIXTURES}"
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    with running_redis() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_url(redis_server_url: str) -> AsyncIterator[str]:
+    """A real Redis, emptied before each test."""
+    client = aioredis.from_url(redis_server_url)
+    await client.flushall()
+    await client.aclose()
+    yield redis_server_url
