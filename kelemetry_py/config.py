@@ -129,8 +129,42 @@ class KubeConfig:
 
 
 @dataclass
+class TempoConfig:
+    # Tempo's HTTP API, e.g. http://tempo:3200; used when frontend.reader is "tempo".
+    endpoint: str = ""
+    # Sent on every request, e.g. {"X-Scope-OrgID": "tenant", "Authorization": "Bearer ..."}.
+    headers: dict[str, str] = field(default_factory=dict)
+    ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+    insecure_skip_verify: bool = False
+    timeout_seconds: float = 10.0
+
+
+@dataclass
+class JaegerConfig:
+    # jaeger-query's HTTP API (api_v3), e.g. http://jaeger:16686; used when frontend.reader is "jaeger".
+    endpoint: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+    insecure_skip_verify: bool = False
+    timeout_seconds: float = 10.0
+
+
+READERS = ("embedded", "tempo", "jaeger")
+
+
+@dataclass
 class FrontendConfig:
     enabled: bool = True
+    # Where raw traces are read from: "embedded" (the store), "tempo" or "jaeger".
+    reader: str = "embedded"
+    tempo: TempoConfig = field(default_factory=TempoConfig)
+    jaeger: JaegerConfig = field(default_factory=JaegerConfig)
+    # Jaeger v2 remote-storage gRPC API (jaeger.storage.v2.TraceReader); 0 leaves it off.
+    grpc_port: int = 0
     default_mode: str = "tracing"
     ui_dir: str = ""
     trace_cache_ttl_seconds: float = 3600.0
@@ -299,6 +333,19 @@ def validate(config: Config) -> None:
         raise ConfigError(f"log_level: {config.log_level!r} is not debug, info, warning or error")
     if not config.store.enabled and not config.otlp.endpoint:
         raise ConfigError("store.enabled: with no otlp.endpoint the embedded store is the only place spans go")
+    if config.frontend.reader not in READERS:
+        raise ConfigError(f"frontend.reader: {config.frontend.reader!r} is not one of {', '.join(READERS)}")
+    for backend in ("tempo", "jaeger"):
+        backend_config: TempoConfig | JaegerConfig = getattr(config.frontend, backend)
+        if config.frontend.reader == backend and not backend_config.endpoint:
+            raise ConfigError(f"frontend.{backend}.endpoint: reader {backend} needs an endpoint")
+        if backend_config.endpoint and urlsplit(backend_config.endpoint).scheme not in ("http", "https"):
+            raise ConfigError(f"frontend.{backend}.endpoint: {backend_config.endpoint!r} is not an http(s):// URL")
+        if bool(backend_config.client_cert_file) != bool(backend_config.client_key_file):
+            raise ConfigError(f"frontend.{backend}.client_cert_file: needs both client_cert_file and client_key_file")
+        positive(f"frontend.{backend}.timeout_seconds", backend_config.timeout_seconds)
+    if not 0 <= config.frontend.grpc_port <= 65535:
+        raise ConfigError(f"frontend.grpc_port: {config.frontend.grpc_port} is not a TCP port")
     names = [cluster.name for cluster in config.kube.clusters]
     for i, cluster in enumerate(config.kube.clusters):
         if not cluster.name:
