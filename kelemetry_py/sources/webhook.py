@@ -1,0 +1,119 @@
+"""The audit webhook: kube-apiserver POSTs audit EventList batches here.
+
+Answers 200 only once a batch is in the pipeline; 4xx with a reason for what the apiserver should not resend;
+429 with Retry-After when the pipeline is full, so the apiserver's webhook backend retries the batch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import zlib
+
+from aiohttp import web
+
+from kelemetry_py.config import AuditConfig, HttpConfig
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.pipeline import ObservationSink, Overloaded
+from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_event_list
+
+log = logging.getLogger(__name__)
+
+
+class AuditWebhook:
+    def __init__(
+        self,
+        *,
+        sink: ObservationSink,
+        converter: AuditConverter,
+        metrics: Metrics,
+        default_cluster: str,
+        audit: AuditConfig,
+        http: HttpConfig,
+    ) -> None:
+        self._sink = sink
+        self._converter = converter
+        self._metrics = metrics
+        self._default_cluster = default_cluster
+        self._max_body = audit.max_body_bytes
+        self._tokens = [token.encode() for token in http.webhook_tokens]
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/audit", self.handle)
+        app.router.add_post("/audit/{cluster}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            return await self._handle(request)
+        finally:
+            self._metrics.webhook_latency.observe(time.perf_counter() - started)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        cluster = request.match_info.get("cluster") or self._default_cluster
+        if self._tokens and not self._authorized(request):
+            return self._reject(401, "unauthorized", "missing or unknown bearer token")
+        if "Content-Type" in request.headers and request.content_type != "application/json":
+            return self._reject(415, "content_type", f"Content-Type must be application/json, not {request.content_type}")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", ""):
+            return self._reject(415, "content_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)")
+        if request.content_length is not None and request.content_length > self._max_body:
+            return self._reject(413, "too_large", f"body of {request.content_length} bytes exceeds {self._max_body}")
+        try:
+            body = await self._read_body(request, gzip=encoding == "gzip")
+            events = parse_event_list(body)
+        except _TooLarge as exc:
+            return self._reject(413, "too_large", str(exc))
+        except (zlib.error, InvalidAuditBatch) as exc:
+            reason = "bad_encoding" if isinstance(exc, zlib.error) else "malformed"
+            text = f"gzip body could not be decoded: {exc}" if isinstance(exc, zlib.error) else str(exc)
+            return self._reject(400, reason, text)
+        observations = self._converter.convert(cluster, events)
+        try:
+            await self._sink.submit(observations)
+        except Overloaded as exc:
+            self._metrics.audit_batches_rejected.labels("overloaded").inc()
+            return web.json_response(
+                {"error": str(exc)}, status=429, headers={"Retry-After": f"{max(1, round(exc.retry_after_seconds))}"}
+            )
+        self._metrics.audit_events_accepted.labels(cluster).inc(len(events))
+        return web.json_response({"accepted": len(events), "observations": len(observations)})
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return False
+        presented = header[len("Bearer ") :].strip().encode()
+        return any(hmac.compare_digest(presented, token) for token in self._tokens)
+
+    async def _read_body(self, request: web.Request, *, gzip: bool) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        decompressor = zlib.decompressobj(wbits=31) if gzip else None
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            if decompressor is not None:
+                # Bounded inflation: a small gzip bomb must not balloon past the limit.
+                chunk = decompressor.decompress(chunk, self._max_body + 1 - size)
+                if decompressor.unconsumed_tail:
+                    raise _TooLarge(f"decompressed body exceeds {self._max_body} bytes")
+            size += len(chunk)
+            if size > self._max_body:
+                raise _TooLarge(f"body exceeds {self._max_body} bytes")
+            chunks.append(chunk)
+        if decompressor is not None:
+            if not decompressor.eof:
+                raise zlib.error("truncated gzip stream")
+            if decompressor.unused_data:
+                raise zlib.error("trailing data after the gzip stream")
+        return b"".join(chunks)
+
+    def _reject(self, status: int, reason: str, message: str) -> web.Response:
+        self._metrics.audit_batches_rejected.labels(reason).inc()
+        log.warning("audit webhook: rejected a batch with %d: %s", status, message)
+        return web.json_response({"error": message}, status=status)
+
+
+class _TooLarge(Exception):
+    pass
