@@ -1,0 +1,108 @@
+"""The diff cache: what the object differ recorded per (object key, resourceVersion), for audit spans.
+
+Two implementations side by side: :mod:`.memory` (one process) and :mod:`.redis` (replicas share records,
+claims and "a record arrived" notifications). A record is claimed exactly once: by the audit span whose
+response carries its resourceVersion, or, when none does in time, by the differ (as its own diff span).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import orjson
+
+from kelemetry_py.model import ObjectRef
+
+ChangeOp = Literal["add", "remove", "change"]
+RecordKind = Literal["diff", "create", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One changed field. ``old``/``new`` are None for an add/remove respectively."""
+
+    path: str
+    op: ChangeOp
+    old: Any = None
+    new: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "op": self.op, "old": self.old, "new": self.new}
+
+
+@dataclass(frozen=True, slots=True)
+class DiffRecord:
+    """What changed when ``ref`` reached ``resource_version``, and who (from managedFields) changed it."""
+
+    ref: ObjectRef
+    resource_version: str
+    kind: RecordKind
+    time_ns: int
+    field_manager: str = ""
+    operation: str = ""
+    changes: tuple[Change, ...] = ()
+    lines: tuple[str, ...] = ()
+    # The redacted object without managedFields, for creates and deletes.
+    snapshot: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def object_key(self) -> str:
+        return self.ref.key
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.kind != "diff"
+
+    def changes_json(self) -> str:
+        return orjson.dumps([change.to_dict() for change in self.changes]).decode()
+
+    def to_json(self) -> bytes:
+        ref = self.ref
+        return orjson.dumps(
+            {
+                "ref": [ref.cluster, ref.group, ref.version, ref.resource, ref.namespace, ref.name, ref.uid],
+                "rv": self.resource_version,
+                "kind": self.kind,
+                "time_ns": self.time_ns,
+                "manager": self.field_manager,
+                "operation": self.operation,
+                "changes": [change.to_dict() for change in self.changes],
+                "lines": list(self.lines),
+                "snapshot": self.snapshot,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> DiffRecord:
+        raw = orjson.loads(data)
+        return cls(
+            ref=ObjectRef(*raw["ref"]),
+            resource_version=raw["rv"],
+            kind=raw["kind"],
+            time_ns=raw["time_ns"],
+            field_manager=raw["manager"],
+            operation=raw["operation"],
+            changes=tuple(Change(c["path"], c["op"], c["old"], c["new"]) for c in raw["changes"]),
+            lines=tuple(raw["lines"]),
+            snapshot=raw["snapshot"],
+        )
+
+
+@runtime_checkable
+class DiffCache(Protocol):
+    async def put(self, record: DiffRecord) -> None:
+        """Store ``record`` (with the cache's TTL) and wake whoever waits for it."""
+
+    async def get(self, object_key: str, resource_version: str) -> DiffRecord | None: ...
+
+    async def claim(self, object_key: str, resource_version: str) -> bool:
+        """True for exactly one caller per (key, resourceVersion) across every replica sharing the cache."""
+
+    def claim_nowait(self, object_key: str, resource_version: str) -> DiffRecord | None:
+        """Claim and return the record if that needs no I/O; None means "use the async path"."""
+
+    async def wait(self, object_key: str, resource_version: str, wait_seconds: float) -> DiffRecord | None:
+        """The record as soon as it is stored, or None after ``wait_seconds``."""
+
+    async def close(self) -> None: ...

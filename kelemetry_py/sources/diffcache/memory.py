@@ -1,0 +1,105 @@
+"""The in-process diff cache: TTL and a size bound, waiters woken by futures (no polling)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from kelemetry_py.sources.diffcache import DiffRecord
+
+_Key = tuple[str, str]
+
+
+class MemoryDiffCache:
+    """Records expire after ``ttl_seconds``; past ``max_records`` the oldest go first."""
+
+    def __init__(
+        self,
+        ttl_seconds: float = 3600.0,
+        max_records: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_seconds <= 0 or max_records <= 0:
+            raise ValueError("ttl_seconds and max_records must be greater than 0")
+        self._ttl = ttl_seconds
+        self._max = max_records
+        self._clock = clock
+        # Insertion order is expiry order, because every record gets the same TTL.
+        self._records: OrderedDict[_Key, tuple[float, DiffRecord]] = OrderedDict()
+        self._claims: OrderedDict[_Key, float] = OrderedDict()
+        self._waiters: dict[_Key, list[asyncio.Future[DiffRecord]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for table in (self._records, self._claims):
+            while table:
+                first = next(iter(table))
+                value = table[first]
+                expires = value[0] if isinstance(value, tuple) else value
+                if expires > now and len(table) <= self._max:
+                    break
+                table.popitem(last=False)
+
+    async def put(self, record: DiffRecord) -> None:
+        key = (record.object_key, record.resource_version)
+        self._records.pop(key, None)
+        self._records[key] = (self._clock() + self._ttl, record)
+        self._expire()
+        for waiter in self._waiters.pop(key, []):
+            if not waiter.done():
+                waiter.set_result(record)
+
+    def _lookup(self, key: _Key) -> DiffRecord | None:
+        entry = self._records.get(key)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return entry[1]
+
+    async def get(self, object_key: str, resource_version: str) -> DiffRecord | None:
+        return self._lookup((object_key, resource_version))
+
+    def _claim(self, key: _Key) -> bool:
+        self._expire()
+        if key in self._claims:
+            return False
+        self._claims[key] = self._clock() + self._ttl
+        return True
+
+    async def claim(self, object_key: str, resource_version: str) -> bool:
+        return self._claim((object_key, resource_version))
+
+    def claim_nowait(self, object_key: str, resource_version: str) -> DiffRecord | None:
+        key = (object_key, resource_version)
+        record = self._lookup(key)
+        if record is None or not self._claim(key):
+            return None
+        return record
+
+    async def wait(self, object_key: str, resource_version: str, wait_seconds: float) -> DiffRecord | None:
+        key = (object_key, resource_version)
+        record = self._lookup(key)
+        if record is not None:
+            return record
+        waiter: asyncio.Future[DiffRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), wait_seconds)
+        except TimeoutError:
+            return None
+        finally:
+            remaining = [w for w in self._waiters.get(key, []) if w is not waiter]
+            if remaining:
+                self._waiters[key] = remaining
+            else:
+                self._waiters.pop(key, None)
+
+    async def close(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiters.clear()

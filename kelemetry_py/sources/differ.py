@@ -1,0 +1,514 @@
+"""The object differ: every watched change becomes a diff (or a create/delete snapshot) in the diff cache.
+
+Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.pipeline.diffs`);
+a change nobody claims within ``kube.diff_wait_seconds`` (plus a margin) is emitted as its own ``diff``
+observation, attributed to the field manager found in ``managedFields``.
+
+Diff format (DESIGN §3): :class:`Change` ``{path, op, old, new}`` plus one rendered line per change. Lists of
+dicts that all carry a distinct ``name`` (containers, env, ports, volumes...) or ``type`` (conditions) are
+matched by that key, so paths read ``spec.template.spec.containers[nginx].image`` and
+``status.conditions[Available].status``.
+
+Memory: per watched object the differ keeps its redacted state without managedFields as zlib-compressed JSON,
+the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from deepdiff import DeepDiff
+
+from kelemetry_py.config import RedactionConfig
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import LogEntry, ObjectRef, Observation
+from kelemetry_py.pipeline import ObservationSink
+from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, RecordKind
+from kelemetry_py.sources.redaction import redact_object
+
+log = logging.getLogger(__name__)
+
+# Never shown as changes: bookkeeping that changes on every write.
+IGNORED_METADATA = ("managedFields", "resourceVersion")
+MAX_RENDERED_VALUE = 300
+
+# A list item matched by its name/type rather than its position is keyed by this marker + the name.
+_ITEM = "\x00"
+_PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
+_MATCH_KEYS = ("name", "type")
+
+
+class ResourceTypeLike(Protocol):
+    """What the differ needs of :class:`kelemetry_py.kube.watch.ResourceType`."""
+
+    @property
+    def group(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def resource(self) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------------------- diffing
+
+
+def _match_key(items: list[Any]) -> str | None:
+    if not items or not all(isinstance(item, dict) for item in items):
+        return None
+    for key in _MATCH_KEYS:
+        values = [item.get(key) for item in items]
+        if all(isinstance(v, str) for v in values) and len(set(values)) == len(values):
+            return key
+    return None
+
+
+def _keyed(value: Any) -> Any:
+    """Turn named lists into dicts keyed by marker+name, so deepdiff matches items by name, not position."""
+    if isinstance(value, dict):
+        return {k: _keyed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        key = _match_key(value)
+        if key is None:
+            return [_keyed(v) for v in value]
+        return {_ITEM + item[key]: _keyed(item) for item in value}
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Undo :func:`_keyed` for values shown to users."""
+    if isinstance(value, dict):
+        if value and all(isinstance(k, str) and k.startswith(_ITEM) for k in value):
+            return [_plain(v) for v in value.values()]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def render_path(segments: Sequence[Any]) -> str:
+    out: list[str] = []
+    for segment in segments:
+        if isinstance(segment, int):
+            out.append(f"[{segment}]")
+        elif isinstance(segment, str) and segment.startswith(_ITEM):
+            out.append(f"[{segment[1:]}]")
+        elif isinstance(segment, str) and _PLAIN_KEY.match(segment):
+            out.append(f".{segment}" if out else segment)
+        else:
+            out.append(f"[{orjson.dumps(str(segment)).decode()}]")
+    return "".join(out)
+
+
+def _render_value(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if len(text) > MAX_RENDERED_VALUE:
+        text = text[: MAX_RENDERED_VALUE - 1] + "…"
+    return text
+
+
+def render_change(change: Change) -> str:
+    """``spec.replicas 2 -> 4``; ``metadata.labels.tier added "web"``; ``...removed (was "web")``."""
+    if change.op == "add":
+        return f"{change.path} added {_render_value(change.new)}"
+    if change.op == "remove":
+        return f"{change.path} removed (was {_render_value(change.old)})"
+    return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
+
+
+def strip_bookkeeping(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow-copied object without the metadata fields that are never shown as changes."""
+    result = dict(obj)
+    metadata = result.get("metadata")
+    if isinstance(metadata, dict):
+        result["metadata"] = {k: v for k, v in metadata.items() if k not in IGNORED_METADATA}
+    return result
+
+
+_REPORTS: dict[str, str] = {
+    "values_changed": "change",
+    "type_changes": "change",
+    "dictionary_item_added": "add",
+    "iterable_item_added": "add",
+    "attribute_added": "add",
+    "dictionary_item_removed": "remove",
+    "iterable_item_removed": "remove",
+    "attribute_removed": "remove",
+}
+
+
+def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
+    tree = DeepDiff(
+        _keyed(strip_bookkeeping(old)),
+        _keyed(strip_bookkeeping(new)),
+        view="tree",
+        threshold_to_diff_deeper=0,
+        verbose_level=2,
+    )
+    found: list[tuple[list[Any], Change]] = []
+    for report, levels in tree.items():
+        op = _REPORTS.get(report)
+        if op is None:
+            continue
+        for level in levels:
+            segments = list(level.path(output_format="list"))
+            path = render_path(segments)
+            if op == "add":
+                change = Change(path, "add", None, _plain(level.t2))
+            elif op == "remove":
+                change = Change(path, "remove", _plain(level.t1), None)
+            else:
+                change = Change(path, "change", _plain(level.t1), _plain(level.t2))
+            found.append((segments, change))
+    found.sort(key=lambda item: item[1].path)
+    return found
+
+
+def compute_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """The changes from ``old`` to ``new`` (redact both first), sorted by path; bookkeeping fields ignored."""
+    return [change for _, change in _diff_segments(old, new)]
+
+
+# ------------------------------------------------------------------------------------------------ attribution
+
+ManagerSummary = tuple[tuple[str, str, str, str], ...]  # (manager, operation, subresource, time)
+
+
+def summarize_managers(obj: Mapping[str, Any]) -> ManagerSummary:
+    entries = (obj.get("metadata") or {}).get("managedFields") or []
+    return tuple(_summary(e) for e in entries if isinstance(e, dict))
+
+
+def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    get = entry.get
+    return (
+        str(get("manager", "")),
+        str(get("operation", "")),
+        str(get("subresource", "")),
+        str(get("time", "")),
+    )
+
+
+def _covers(fields: Any, segments: Sequence[Any]) -> bool:
+    """Whether a ``fieldsV1`` set owns the field at ``segments`` (or an enclosing atomic field)."""
+    node = fields
+    for depth, segment in enumerate(segments):
+        if not isinstance(node, dict):
+            return False
+        child: Any = None
+        if isinstance(segment, str) and segment.startswith(_ITEM):
+            wanted = segment[1:]
+            for key, value in node.items():
+                if key.startswith("k:"):
+                    try:
+                        item = orjson.loads(key[2:])
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(item, dict) and wanted in (item.get("name"), item.get("type")):
+                        child = value
+                        break
+        elif isinstance(segment, int):
+            # Positional items are owned through their list; owning any item is close enough.
+            return any(k.startswith(("k:", "v:", "i:")) for k in node) or depth > 0
+        else:
+            child = node.get(f"f:{segment}")
+        if child is None:
+            # An owned leaf without children is an atomic field: its owner owns everything inside it.
+            return depth > 0 and not any(k != "." for k in node)
+        node = child
+    return True
+
+
+def attribute(
+    previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequence[Sequence[Any]]
+) -> tuple[str, str]:
+    """(field manager, operation) that most plausibly made this change.
+
+    Preference: the entry owning most of the changed fields, then an entry new or re-timed since the previous
+    state, then the newest ``time``. Ownership comes first because a write through a subresource (``kubectl
+    scale``) does not re-time any entry, while the status writer's entry may be newer.
+    """
+    entries = [e for e in (obj.get("metadata") or {}).get("managedFields") or [] if isinstance(e, dict)]
+    if not entries:
+        return "", ""
+    before = set(previous)
+    best: tuple[tuple[int, int, str], dict[str, Any]] | None = None
+    for entry in entries:
+        summary = _summary(entry)
+        covered = sum(1 for segments in changed if _covers(entry.get("fieldsV1"), segments))
+        score = (covered, int(summary not in before), summary[3])
+        if best is None or score > best[0]:
+            best = (score, entry)
+    assert best is not None
+    if changed and best[0][:2] == (0, 0):
+        # Nobody owns a changed field and nobody wrote since last time (a binding, a graceful delete):
+        # naming the newest writer would be a guess dressed as a fact.
+        return "", ""
+    return str(best[1].get("manager", "")), str(best[1].get("operation", ""))
+
+
+# ------------------------------------------------------------------------------------------------ log entries
+
+
+def record_log_entry(record: DiffRecord, time_ns: int) -> LogEntry:
+    """The log an audit span or diff span carries for ``record``: "diff", or "snapshot" for create/delete."""
+    if record.is_snapshot:
+        return LogEntry(
+            time_ns,
+            "snapshot",
+            {
+                "operation": record.kind,
+                "snapshot": orjson.dumps(record.snapshot or {}).decode(),
+                "resourceVersion": record.resource_version,
+            },
+        )
+    return LogEntry(
+        time_ns,
+        "diff",
+        {
+            "diff": "\n".join(record.lines),
+            "changes": record.changes_json(),
+            "resourceVersion": record.resource_version,
+        },
+    )
+
+
+def record_observation(record: DiffRecord) -> Observation:
+    """A change no audit span claimed, as its own ``diff`` observation."""
+    who = " ".join(part for part in (record.field_manager, record.operation) if part)
+    if record.kind == "diff":
+        title = who or "unknown change"
+    elif record.kind == "create":
+        title = f"{record.field_manager or 'unknown'} create"
+    else:
+        title = "delete"
+    return Observation(
+        ref=record.ref,
+        kind="diff",
+        title=title,
+        start_ns=record.time_ns,
+        end_ns=record.time_ns,
+        tags={
+            "fieldManager": record.field_manager,
+            "operation": record.operation,
+            "resourceVersion": record.resource_version,
+            "change": record.kind,
+        },
+        logs=[record_log_entry(record, record.time_ns)],
+        body=record.snapshot if record.kind == "create" else None,
+        dedup_key=f"diff/{record.resource_version}",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the differ
+
+
+@dataclass(slots=True)
+class _State:
+    uid: str
+    resource_version: str
+    blob: bytes  # zlib(orjson(redacted object without bookkeeping))
+    managers: ManagerSummary
+
+    def load(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
+        return loaded
+
+
+def _pack(obj: Mapping[str, Any]) -> bytes:
+    return zlib.compress(orjson.dumps(obj), 1)
+
+
+class ObjectDiffer:
+    """A :class:`kelemetry_py.kube.watch.WatchHandler` that records diffs and emits the unclaimed ones."""
+
+    def __init__(
+        self,
+        sink: ObservationSink,
+        metrics: Metrics,
+        cache: DiffCache,
+        *,
+        redaction: RedactionConfig | None = None,
+        claim_wait_seconds: float = 3.0,
+        margin_seconds: float = 1.0,
+        max_pending: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._cache = cache
+        self._redaction = redaction or RedactionConfig()
+        self._hold = claim_wait_seconds + margin_seconds
+        self._max_pending = max_pending
+        self._clock = clock
+        self._wall_clock_ns = wall_clock_ns
+        self._states: dict[str, _State] = {}
+        self._pending: deque[tuple[float, DiffRecord]] = deque()
+        self._pending_added = asyncio.Event()
+
+    @property
+    def watched_objects(self) -> int:
+        return len(self._states)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ---- WatchHandler
+
+    async def on_event(
+        self,
+        cluster: str,
+        rtype: ResourceTypeLike,
+        event_type: str,
+        obj: dict[str, Any],
+        *,
+        relisted: bool,
+    ) -> None:
+        metadata = obj.get("metadata")
+        if not isinstance(metadata, dict) or not metadata.get("name"):
+            log.debug("ignoring %s %s without metadata.name", event_type, rtype.resource)
+            return
+        uid = str(metadata.get("uid", ""))
+        rv = str(metadata.get("resourceVersion", ""))
+        ref = ObjectRef(
+            cluster,
+            rtype.group,
+            rtype.version,
+            rtype.resource,
+            str(metadata.get("namespace", "")),
+            str(metadata["name"]),
+            uid,
+        )
+        clean = strip_bookkeeping(redact_object(obj, rtype.resource, self._redaction))
+        managers = summarize_managers(obj)
+        previous = self._states.get(ref.key)
+
+        if event_type == "DELETED":
+            self._states.pop(ref.key, None)
+            await self._record(ref, rv, "delete", obj, previous, snapshot=clean)
+            return
+        if event_type not in ("ADDED", "MODIFIED"):
+            raise ValueError(f"unknown watch event type {event_type!r}")
+
+        self._states[ref.key] = _State(uid, rv, _pack(clean), managers)
+        if previous is not None and previous.uid == uid:
+            if previous.resource_version != rv:
+                await self._record_diff(ref, rv, previous, clean, obj)
+        elif previous is not None or (event_type == "ADDED" and not relisted):
+            # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
+            await self._record(ref, rv, "create", obj, None, snapshot=clean)
+
+    async def on_relist_done(self, cluster: str, rtype: ResourceTypeLike, present_uids: set[str]) -> None:
+        """Objects the differ knew that a fresh list no longer has were deleted while the watch was down."""
+        prefix = f"{cluster}/{rtype.group}/{rtype.resource}/"
+        gone = [
+            (key, state)
+            for key, state in self._states.items()
+            if key.startswith(prefix) and state.uid not in present_uids
+        ]
+        for key, state in gone:
+            del self._states[key]
+            ref = ObjectRef.from_key(key, rtype.version, state.uid)
+            snapshot = state.load()
+            # No watch event saw the deletion, so no resourceVersion of it exists for an audit span to name.
+            gone_rv = f"{state.resource_version}+deleted"
+            await self._record(ref, gone_rv, "delete", {}, None, snapshot=snapshot)
+
+    # ---- recording
+
+    async def _record_diff(
+        self, ref: ObjectRef, rv: str, previous: _State, clean: dict[str, Any], obj: Mapping[str, Any]
+    ) -> None:
+        found = _diff_segments(previous.load(), clean)
+        if not found:
+            return
+        manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found])
+        changes = tuple(change for _, change in found)
+        record = DiffRecord(
+            ref=ref,
+            resource_version=rv,
+            kind="diff",
+            time_ns=self._wall_clock_ns(),
+            field_manager=manager,
+            operation=operation,
+            changes=changes,
+            lines=tuple(render_change(change) for change in changes),
+        )
+        await self._store(record)
+
+    async def _record(
+        self,
+        ref: ObjectRef,
+        rv: str,
+        kind: RecordKind,
+        obj: Mapping[str, Any],
+        previous: _State | None,
+        *,
+        snapshot: dict[str, Any],
+    ) -> None:
+        manager, operation = ("", "")
+        if kind == "create":
+            manager, operation = attribute((), obj, [])
+        record = DiffRecord(
+            ref=ref,
+            resource_version=rv,
+            kind=kind,
+            time_ns=self._wall_clock_ns(),
+            field_manager=manager,
+            operation=operation,
+            snapshot=snapshot,
+        )
+        await self._store(record)
+
+    async def _store(self, record: DiffRecord) -> None:
+        await self._cache.put(record)
+        self._pending.append((self._clock() + self._hold, record))
+        self._pending_added.set()
+        if len(self._pending) > self._max_pending:
+            # Bounded: the oldest unclaimed changes are emitted early rather than forgotten.
+            await self._emit([self._pending.popleft()[1]])
+
+    # ---- unclaimed diffs
+
+    async def flush_unclaimed(self, now: float | None = None) -> int:
+        """Emit each change whose claim window has passed and that nobody claimed; returns how many."""
+        now = self._clock() if now is None else now
+        due: list[DiffRecord] = []
+        while self._pending and self._pending[0][0] <= now:
+            due.append(self._pending.popleft()[1])
+        return await self._emit(due)
+
+    async def _emit(self, records: Iterable[DiffRecord]) -> int:
+        observations = [
+            record_observation(record)
+            for record in records
+            if await self._cache.claim(record.object_key, record.resource_version)
+        ]
+        if observations:
+            await self._sink.submit(observations, wait=True)
+        return len(observations)
+
+    async def run(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        """Emit unclaimed changes as their windows pass, until cancelled."""
+        while True:
+            if not self._pending:
+                self._pending_added.clear()
+                await self._pending_added.wait()
+                continue
+            delay = self._pending[0][0] - self._clock()
+            if delay > 0:
+                await sleep(delay)
+            try:
+                await self.flush_unclaimed()
+            except Exception:
+                log.exception("emitting unclaimed diffs failed; retrying at the next deadline")
