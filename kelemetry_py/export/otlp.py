@@ -1,0 +1,313 @@
+"""OTLP span writer: raw spans to Tempo, Jaeger or any OpenTelemetry collector over gRPC or HTTP/protobuf.
+
+Spans go into a bounded asyncio queue; one background task cuts batches (``batch_size`` spans, or whatever
+arrived within ``flush_interval_seconds``) and hands each to the OpenTelemetry SDK exporter on a worker
+thread. A full queue makes :meth:`OtlpSpanWriter.write` wait: that is how a slow back end pushes back on the
+webhook. Failed batches are retried here with exponential backoff and jitter, every failed attempt counted;
+a batch that fails ``max_retries`` more times is dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
+
+from kelemetry_py.config import ConfigError, OtlpConfig, parse_otlp_endpoint
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import Span
+
+log = logging.getLogger(__name__)
+
+WRITER_LABEL = "otlp"
+_SCOPE = InstrumentationScope("kelemetry_py")
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_STATUS_UNSET = Status(StatusCode.UNSET)
+
+
+class _Exporter(Protocol):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult: ...
+
+    def shutdown(self) -> None: ...
+
+
+class _ServiceResource(Resource):
+    """A Resource whose hash is computed once: the SDK encoder hashes the resource of every span it groups."""
+
+    def __init__(self, attributes: Mapping[str, str]) -> None:
+        super().__init__(dict(attributes))
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or super().__eq__(other)
+
+
+class SpanConverter:
+    """Turns model spans into SDK ReadableSpans, one cached Resource per service."""
+
+    def __init__(self, resource_attributes: Mapping[str, str] | None = None) -> None:
+        self._base = Resource.create(dict(resource_attributes or {}))
+        self._resources: dict[str, Resource] = {}
+
+    def resource(self, service: str) -> Resource:
+        resource = self._resources.get(service)
+        if resource is None:
+            attributes = {str(k): str(v) for k, v in self._base.attributes.items()}
+            attributes["service.name"] = service
+            resource = self._resources[service] = _ServiceResource(attributes)
+        return resource
+
+    def convert(self, span: Span) -> ReadableSpan:
+        trace_id = span.trace_id
+        return ReadableSpan(
+            name=span.name,
+            context=SpanContext(trace_id, span.span_id, False, _SAMPLED),
+            parent=SpanContext(trace_id, span.parent_id, False, _SAMPLED) if span.parent_id else None,
+            resource=self._resources.get(span.service) or self.resource(span.service),
+            attributes=span.attributes,
+            events=[Event(entry.name, entry.fields, entry.time_ns) for entry in span.logs],
+            kind=SpanKind.INTERNAL,
+            status=Status(StatusCode.ERROR, span.status_message or None) if span.error else _STATUS_UNSET,
+            start_time=span.start_ns,
+            end_time=span.end_ns,
+            instrumentation_scope=_SCOPE,
+        )
+
+
+def _read_file(key: str, path: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"otlp.{key}: cannot read {path}: {exc.strerror}") from exc
+
+
+def build_exporter(config: OtlpConfig) -> _Exporter:
+    """The SDK exporter for ``config.endpoint``; its own retries are kept short so ours stay in charge."""
+    endpoint = parse_otlp_endpoint(config.endpoint)
+    if bool(config.client_cert_file) != bool(config.client_key_file):
+        raise ConfigError(
+            "otlp.client_cert_file: a client certificate needs both client_cert_file and key file"
+        )
+    gzip = config.compression == "gzip"
+    if endpoint.protocol == "grpc":
+        credentials = None
+        if endpoint.secure:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_file("ca_file", config.ca_file),
+                private_key=_read_file("client_key_file", config.client_key_file),
+                certificate_chain=_read_file("client_cert_file", config.client_cert_file),
+            )
+        return GrpcSpanExporter(
+            endpoint=endpoint.url,
+            insecure=not endpoint.secure,
+            credentials=credentials,
+            # gRPC metadata keys must be lower case.
+            headers={key.lower(): value for key, value in config.headers.items()},
+            timeout=config.timeout_seconds,
+            compression=grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression,
+            # OK never arrives as an error, so the SDK retries nothing: our loop retries, counts every failed
+            # attempt and honours max_retries.
+            retryable_error_codes=[grpc.StatusCode.OK],
+        )
+    for key in ("ca_file", "client_cert_file", "client_key_file"):
+        _read_file(key, getattr(config, key))  # fail at start, not at the first export
+    # The HTTP exporter retries 429/502/503/504 itself, but only while its backoff (about 1 s, doubling) fits
+    # in timeout_seconds, so one attempt never takes longer than the timeout.
+    return HttpSpanExporter(
+        endpoint=endpoint.url,
+        certificate_file=config.ca_file or None,
+        client_key_file=config.client_key_file or None,
+        client_certificate_file=config.client_cert_file or None,
+        headers=dict(config.headers),
+        timeout=config.timeout_seconds,
+        compression=HttpCompression.Gzip if gzip else HttpCompression.NoCompression,
+    )
+
+
+class OtlpSpanWriter:
+    """SpanWriter exporting over OTLP with a bounded queue, batching, retries and backpressure."""
+
+    def __init__(
+        self,
+        config: OtlpConfig,
+        metrics: Metrics,
+        *,
+        resource_attributes: Mapping[str, str] | None = None,
+        initial_backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 30.0,
+        exporter_factory: Callable[[OtlpConfig], _Exporter] = build_exporter,
+    ) -> None:
+        if config.max_retries < 0:
+            raise ConfigError(f"otlp.max_retries: must be 0 or more, not {config.max_retries}")
+        self._config = config
+        self._metrics = metrics
+        self._exporter = exporter_factory(config)
+        self._converter = SpanConverter(resource_attributes)
+        self._initial_backoff = initial_backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self._queue: asyncio.Queue[Span] = asyncio.Queue(maxsize=config.queue_size)
+        # Cut a batch early once this many spans wait (a queue smaller than a batch would never fill one).
+        self._batch_trigger = min(config.batch_size, config.queue_size)
+        self._wakeup = asyncio.Event()
+        self._settled_changed = asyncio.Condition()
+        self._enqueued = 0  # spans accepted into the queue
+        self._settled = 0  # spans exported or given up on
+        self._flushes_waiting = 0
+        self._closing = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._task_idle = True  # the batcher waits for a first span, so write() must wake it
+
+    @property
+    def pending(self) -> int:
+        """Spans accepted but neither delivered nor given up yet."""
+        return self._enqueued - self._settled
+
+    async def write(self, spans: Sequence[Span]) -> None:
+        if self._closing:
+            raise RuntimeError("OtlpSpanWriter is closed")
+        self._ensure_running()
+        queue = self._queue
+        for span in spans:
+            try:
+                queue.put_nowait(span)
+            except asyncio.QueueFull:
+                self._wakeup.set()  # the batcher must drain now, not after its interval
+                await queue.put(span)
+            self._enqueued += 1
+        if queue.qsize() >= self._batch_trigger or self._task_idle:
+            self._wakeup.set()
+
+    async def flush(self) -> None:
+        if self._task is None:
+            return
+        target = self._enqueued
+        self._flushes_waiting += 1
+        self._wakeup.set()
+        try:
+            async with self._settled_changed:
+                await self._settled_changed.wait_for(lambda: self._settled >= target or self._task_failed())
+        finally:
+            self._flushes_waiting -= 1
+        self._raise_if_task_failed()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closing = True
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            if self._task is not None:
+                self._wakeup.set()
+                await self._task
+            await asyncio.to_thread(self._exporter.shutdown)
+
+    # -- background batching ---------------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="otlp-span-writer")
+        self._raise_if_task_failed()
+
+    def _task_failed(self) -> bool:
+        return self._task is not None and self._task.done() and not self._closed
+
+    def _raise_if_task_failed(self) -> None:
+        if self._task_failed():
+            assert self._task is not None
+            raise RuntimeError("the OTLP export task stopped") from self._task.exception()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if queue.empty():
+                if self._closed:
+                    return
+                self._task_idle = True
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                self._task_idle = False
+                continue
+            if queue.qsize() < self._batch_trigger and not self._flushes_waiting and not self._closing:
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(self._config.flush_interval_seconds):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+            batch = [queue.get_nowait() for _ in range(min(self._config.batch_size, queue.qsize()))]
+            try:
+                await self._deliver(batch)
+            except Exception:  # a bug must not stall flush() forever: count the batch and go on
+                log.exception("OTLP export of %d spans failed unexpectedly; dropping them", len(batch))
+                self._metrics.spans_dropped.labels(WRITER_LABEL).inc(len(batch))
+            async with self._settled_changed:
+                self._settled += len(batch)
+                self._settled_changed.notify_all()
+
+    async def _deliver(self, batch: list[Span]) -> None:
+        readable: list[ReadableSpan] | None = None
+        failures = 0
+        while True:
+            if readable is None:
+                readable, ok = await asyncio.to_thread(self._convert_and_export, batch)
+            else:
+                ok = await asyncio.to_thread(self._export, readable)
+            if ok:
+                self._metrics.spans_exported.labels(WRITER_LABEL).inc(len(batch))
+                return
+            failures += 1
+            self._metrics.export_errors.labels(WRITER_LABEL).inc()
+            if failures > self._config.max_retries:
+                log.error(
+                    "OTLP export to %s failed %d times; DROPPING %d spans",
+                    self._config.endpoint,
+                    failures,
+                    len(batch),
+                )
+                self._metrics.spans_dropped.labels(WRITER_LABEL).inc(len(batch))
+                return
+            delay = min(self._max_backoff, self._initial_backoff * 2 ** (failures - 1))
+            delay *= random.uniform(0.5, 1.0)  # jitter: replicas that failed together retry apart
+            log.warning(
+                "OTLP export to %s failed (attempt %d of %d); retrying %d spans in %.2fs",
+                self._config.endpoint,
+                failures,
+                self._config.max_retries + 1,
+                len(batch),
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    def _convert_and_export(self, batch: list[Span]) -> tuple[list[ReadableSpan], bool]:
+        convert = self._converter.convert
+        readable = [convert(span) for span in batch]
+        return readable, self._export(readable)
+
+    def _export(self, readable: list[ReadableSpan]) -> bool:
+        try:
+            return self._exporter.export(readable) is SpanExportResult.SUCCESS
+        except Exception:
+            log.exception("OTLP exporter raised")
+            return False

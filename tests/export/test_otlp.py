@@ -1,0 +1,194 @@
+"""OtlpSpanWriter against the real in-process OTLP receivers (gRPC and HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from kelemetry_py.config import ConfigError, OtlpConfig
+from kelemetry_py.export import SpanWriter
+from kelemetry_py.export.otlp import OtlpSpanWriter
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import LogEntry, ObjectRef, Span, child_span_id, object_span_id, object_trace_id
+from tests.support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, OtlpReceiver
+
+REF = ObjectRef("prod", "apps", "v1", "deployments", "default", "web", uid="u-1")
+T0 = 1_790_000_000_000_000_000
+
+
+def _sample_spans(count: int = 3) -> list[Span]:
+    """An object span and children with every attribute type, logs, and one error."""
+    window = T0 // 1_000_000_000 // 1800
+    trace_id = object_trace_id(REF.key, window)
+    root_id = object_span_id(REF.key, window)
+    spans = [
+        Span(
+            trace_id=trace_id,
+            span_id=root_id,
+            parent_id=None,
+            service="object",
+            name="deployments/web",
+            start_ns=window * 1800 * 1_000_000_000,
+            end_ns=(window + 1) * 1800 * 1_000_000_000,
+            attributes=dict(REF.tags()),
+        )
+    ]
+    for i in range(count - 1):
+        attributes = dict(REF.tags())
+        attributes.update(
+            {"verb": "update", "responseCode": 409 if i == 0 else 200, "sourceIPs": ["10.0.0.1", "10.0.0.2"]}
+        )
+        attributes.update({"ratio": 0.25, "dryRun": False, "auditID": f"audit-{i}"})
+        spans.append(
+            Span(
+                trace_id=trace_id,
+                span_id=child_span_id(trace_id, f"audit-{i}"),
+                parent_id=root_id,
+                service="audit",
+                name=f"admin update{' (409)' if i == 0 else ''}",
+                start_ns=T0 + i * 1000,
+                end_ns=T0 + i * 1000 + 750,
+                attributes=attributes,
+                logs=[LogEntry(T0 + i * 1000 + 10, "diff", {"diff": "spec.replicas 2 -> 4", "changes": 1})],
+                error=i == 0,
+                status_message="Conflict: the object has been modified" if i == 0 else "",
+            )
+        )
+    return spans
+
+
+def _config(receiver: OtlpReceiver, **overrides: object) -> OtlpConfig:
+    endpoint = receiver.endpoint  # type: ignore[attr-defined]
+    base = OtlpConfig(endpoint=endpoint, timeout_seconds=2.0, flush_interval_seconds=0.05, max_retries=3)
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def _count(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(f"kelemetry_{name}_total", {"writer": "otlp"}) or 0.0
+
+
+@pytest.fixture(params=["grpc", "http"])
+def receiver(
+    request: pytest.FixtureRequest, otlp_grpc_receiver: GrpcOtlpReceiver, otlp_http_receiver: HttpOtlpReceiver
+) -> OtlpReceiver:
+    return otlp_grpc_receiver if request.param == "grpc" else otlp_http_receiver
+
+
+async def test_spans_survive_the_trip(receiver: OtlpReceiver) -> None:
+    metrics = Metrics()
+    writer = OtlpSpanWriter(
+        _config(receiver, headers={"X-Scope-OrgID": "tenant-a"}),
+        metrics,
+        resource_attributes={"k8s.cluster.name": "prod"},
+    )
+    assert isinstance(writer, SpanWriter)
+    sent = _sample_spans(5)
+    await writer.write(sent)
+    await writer.flush()
+    received = receiver.spans_by_id()
+    assert len(receiver.spans) == len(sent)
+    for span in sent:
+        assert received[span.span_id] == span
+    assert received[sent[1].span_id].error and not received[sent[2].span_id].error
+    assert _count(metrics, "spans_exported") == len(sent)
+    assert _count(metrics, "export_errors") == 0
+    headers = {key.lower(): value for key, value in receiver.request_headers[0].items()}
+    assert headers["x-scope-orgid"] == "tenant-a"
+    resource = {
+        kv.key: kv.value.string_value for kv in receiver.decoded[0].resource_spans[0].resource.attributes
+    }
+    assert resource["k8s.cluster.name"] == "prod"
+    await writer.close()
+
+
+async def test_batches_are_cut_at_batch_size(receiver: OtlpReceiver) -> None:
+    writer = OtlpSpanWriter(_config(receiver, batch_size=3, flush_interval_seconds=30), Metrics())
+    await writer.write(_sample_spans(7))
+    await writer.flush()  # must not wait for the 30 s interval for the last partial batch
+    sizes = [
+        sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        for request in receiver.decoded
+    ]
+    assert sorted(sizes, reverse=True) == [3, 3, 1]
+    await writer.close()
+
+
+async def test_failed_exports_are_retried_and_counted(receiver: OtlpReceiver) -> None:
+    metrics = Metrics()
+    # A timeout shorter than the SDK's first backoff keeps the SDK from retrying on its own.
+    config = _config(receiver, timeout_seconds=0.5, max_retries=5)
+    writer = OtlpSpanWriter(config, metrics, initial_backoff_seconds=0.01)
+    receiver.fail_next(2)
+    sent = _sample_spans(4)
+    await writer.write(sent)
+    await writer.flush()
+    assert sorted(s.span_id for s in receiver.spans) == sorted(s.span_id for s in sent)
+    assert receiver.failed_requests == 2
+    assert _count(metrics, "export_errors") == 2
+    assert _count(metrics, "spans_exported") == len(sent)
+    assert _count(metrics, "spans_dropped") == 0
+    await writer.close()
+
+
+async def test_spans_given_up_on_are_counted(receiver: OtlpReceiver) -> None:
+    metrics = Metrics()
+    writer = OtlpSpanWriter(
+        _config(receiver, timeout_seconds=0.5, max_retries=2), metrics, initial_backoff_seconds=0.01
+    )
+    receiver.fail_forever()
+    await writer.write(_sample_spans(3))
+    await writer.flush()  # returns although nothing got through: the batch was given up on
+    assert receiver.spans == []
+    assert receiver.failed_requests == 3
+    assert _count(metrics, "export_errors") == 3
+    assert _count(metrics, "spans_dropped") == 3
+    assert _count(metrics, "spans_exported") == 0
+    await writer.close()
+
+
+async def test_full_queue_pushes_back_until_the_backend_recovers(receiver: OtlpReceiver) -> None:
+    metrics = Metrics()
+    config = _config(receiver, timeout_seconds=0.5, queue_size=4, batch_size=2, max_retries=10_000)
+    writer = OtlpSpanWriter(config, metrics, initial_backoff_seconds=0.005, max_backoff_seconds=0.01)
+    receiver.fail_forever()
+    spans = _sample_spans(8)
+    # One batch of 2 is out being retried and 4 wait in the queue: these 6 fit.
+    await asyncio.wait_for(writer.write(spans[:6]), timeout=5)
+    await receiver.wait_for_failures(1)
+    blocked = asyncio.create_task(writer.write(spans[6:]))
+    # The exporter keeps failing several more times while the write stays blocked.
+    await receiver.wait_for_failures(receiver.failed_requests + 5)
+    assert not blocked.done()
+    assert writer.pending == 6
+    await receiver.recover()
+    await asyncio.wait_for(blocked, timeout=5)
+    await writer.flush()
+    assert sorted(s.span_id for s in receiver.spans) == sorted(s.span_id for s in spans)
+    assert _count(metrics, "spans_dropped") == 0
+    assert _count(metrics, "spans_exported") == len(spans)
+    assert _count(metrics, "export_errors") == receiver.failed_requests
+    await writer.close()
+
+
+async def test_close_delivers_what_was_written_and_refuses_more(receiver: OtlpReceiver) -> None:
+    writer = OtlpSpanWriter(_config(receiver, flush_interval_seconds=30), Metrics())
+    sent = _sample_spans(3)
+    await writer.write(sent)
+    await writer.close()
+    assert len(receiver.spans) == len(sent)
+    with pytest.raises(RuntimeError, match="closed"):
+        await writer.write(sent)
+    await writer.close()  # closing twice is harmless
+
+
+def test_bad_endpoint_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"otlp\.endpoint"):
+        OtlpSpanWriter(OtlpConfig(endpoint="tcp://collector:4317"), Metrics())
+
+
+def test_unreadable_certificate_is_a_config_error(tmp_path: object) -> None:
+    config = OtlpConfig(endpoint="grpcs://collector:4317", ca_file="/nonexistent/ca.pem")
+    with pytest.raises(ConfigError, match=r"otlp\.ca_file"):
+        OtlpSpanWriter(config, Metrics())
