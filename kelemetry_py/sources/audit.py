@@ -137,7 +137,10 @@ class AuditConverter:
             name = body.get("metadata", {}).get("name", "")
         if not name and isinstance(request, dict) and isinstance(request.get("metadata"), dict):
             name = request["metadata"].get("name") or ""
-        if body is None and verb in ("create", "update") and request is not None and "metadata" in request:
+        succeeded = isinstance(code, int) and code < 400
+        if not succeeded:
+            body = None  # a refused request changed nothing: no snapshot, no links
+        elif body is None and verb in ("create", "update") and request is not None and "metadata" in request:
             body = request
         uid = ref.get("uid") or (body or {}).get("metadata", {}).get("uid", "")
         if not name and code is not None and code >= 400:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class AuditWebhook:
+    """Serve it from an AppRunner with ``auto_decompress=False``: the webhook inflates gzip bodies itself."""
+
     def __init__(
         self,
         *,

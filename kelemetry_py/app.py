@@ -1,0 +1,179 @@
+"""Wires the stages together from a Config: the all-in-one process behind ``kelemetry-py serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kelemetry_py import __version__
+from kelemetry_py.config import Config
+from kelemetry_py.export import SpanWriter
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.pipeline.core import Pipeline
+from kelemetry_py.pipeline.emission import EmissionSet
+from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
+from kelemetry_py.sources.audit import AuditConverter
+from kelemetry_py.sources.webhook import AuditWebhook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """What a running App is made of, for the frontend, the watchers and tests."""
+
+    metrics: Metrics
+    writer: SpanWriter
+    emission: EmissionSet
+    pipeline: Pipeline
+    store: Any = None  # the embedded SqliteStore when enabled (a SpanWriter and a TraceReader)
+    graph: Any = None
+    closers: list[Any] = field(default_factory=list)
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.components: Components | None = None
+        self._runners: list[web.AppRunner] = []
+        self.ports: dict[str, int] = {}
+        self._ready = False
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.config.http.tls_cert_file else "http"
+        return f"{scheme}://127.0.0.1:{self.ports['http']}"
+
+    async def start(self) -> None:
+        self.components = await build_components(self.config)
+        await self.components.pipeline.start()
+        main = web.Application(client_max_size=self.config.audit.max_body_bytes)
+        main["kelemetry"] = self
+        self._add_operational_routes(main)
+        AuditWebhook(
+            sink=self.components.pipeline,
+            converter=AuditConverter(self.config.audit, self.config.redaction),
+            metrics=self.components.metrics,
+            default_cluster=self.config.cluster,
+            audit=self.config.audit,
+            http=self.config.http,
+        ).add_routes(main)
+        self.ports["http"] = await self._serve(main, self.config.http.port)
+        self._ready = True
+        log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
+
+    async def stop(self) -> None:
+        self._ready = False
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self.components is not None:
+            await self.components.pipeline.stop()
+            for closer in reversed(self.components.closers):
+                await closer()
+            self.components = None
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    def _add_operational_routes(self, app: web.Application) -> None:
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if not self._ready:
+                return web.Response(status=503, text="not ready")
+            return web.Response(text="ready")
+
+        async def metrics(_: web.Request) -> web.Response:
+            assert self.components is not None
+            return web.Response(
+                body=self.components.metrics.exposition(),
+                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            )
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        # The webhook inflates gzip bodies itself, with a bound; aiohttp's own inflation has none.
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.http.host, port, ssl_context=self._ssl_context())
+        await site.start()
+        server = site._server
+        assert server is not None and hasattr(server, "sockets")
+        return int(server.sockets[0].getsockname()[1])
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        http = self.config.http
+        if not http.tls_cert_file:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+        if http.client_ca_file:
+            context.load_verify_locations(http.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+async def build_components(config: Config) -> Components:
+    from kelemetry_py.export.fanout import FanoutWriter
+    from kelemetry_py.linking.graph import ObjectGraph
+    from kelemetry_py.linking.registry import load_plugins
+
+    metrics = Metrics()
+    closers: list[Any] = []
+    writers: list[SpanWriter] = []
+    store = None
+    if config.store.enabled:
+        from kelemetry_py.storage.sqlite import SqliteStore
+
+        Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
+        store = await SqliteStore.open(
+            config.store.path, retention_hours=config.store.retention_hours, metrics=metrics
+        )
+        writers.append(store)
+        closers.append(store.close)
+    if config.otlp.endpoint:
+        from kelemetry_py.export.otlp import OtlpSpanWriter
+
+        otlp = OtlpSpanWriter(config.otlp, metrics)
+        writers.append(otlp)
+        closers.insert(0, otlp.close)  # flush exports before the store closes
+    writer: SpanWriter = writers[0] if len(writers) == 1 else FanoutWriter(writers)
+
+    emission: EmissionSet
+    if config.redis.url:
+        emission = RedisEmissionSet.from_url(config.redis.url, config.redis.key_prefix)
+    else:
+        emission = MemoryEmissionSet()
+    closers.append(emission.close)
+
+    graph = ObjectGraph()
+    linkers = load_plugins("kelemetry_py.linkers", config.plugins)
+    pipeline = Pipeline(
+        writer=writer,
+        emission=emission,
+        metrics=metrics,
+        config=config.pipeline,
+        linkers=linkers,  # type: ignore[arg-type]
+        graph=graph,
+    )
+    return Components(
+        metrics=metrics, writer=writer, emission=emission, pipeline=pipeline, store=store, graph=graph,
+        closers=closers,
+    )

@@ -1,0 +1,115 @@
+"""The ``kelemetry-py`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kelemetry_py import __version__
+from kelemetry_py.config import Config, ConfigError, load_config
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=os.environ.get("KELEMETRY_CONFIG"), help="YAML configuration file")
+    parser.add_argument("--cluster", dest="cluster", help="cluster name for POST /audit (default: default)")
+    parser.add_argument("--http-host", dest="http.host", help="address to listen on")
+    parser.add_argument("--http-port", dest="http.port", type=int, help="webhook and frontend port (8080)")
+    parser.add_argument(
+        "--otlp-endpoint", dest="otlp.endpoint", help="grpc://HOST:PORT or http://HOST:PORT/v1/traces"
+    )
+    parser.add_argument("--store-path", dest="store.path", help="embedded SQLite store file")
+    parser.add_argument(
+        "--no-store", dest="store.enabled", action="store_const", const=False, help="disable the embedded store"
+    )
+    parser.add_argument("--redis-url", dest="redis.url", help="share state with other replicas through Redis")
+    parser.add_argument("--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory")
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    flags = {key: value for key, value in vars(args).items() if "." in key or key in ("cluster", "log_level")}
+    return load_config(args.config, overrides=flags)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kelemetry-py", description="Kubernetes control-plane tracer")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the webhook, pipeline and frontend in one process")
+    _add_config_flags(serve)
+
+    config = commands.add_parser("config", help="print the effective configuration")
+    _add_config_flags(config)
+
+    replay = commands.add_parser("replay", help="post recorded audit.jsonl batches to a webhook")
+    replay.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    replay.add_argument("--target", default="http://127.0.0.1:8080", help="webhook base URL")
+    replay.add_argument("--cluster", default="default", help="cluster name (POST /audit/CLUSTER)")
+    replay.add_argument("--gzip", action="store_true", help="gzip each batch as the apiserver can")
+    replay.add_argument("--token", default="", help="bearer token for the webhook")
+    replay.add_argument("--concurrency", type=int, default=1, help="batches in flight at once")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"kelemetry-py {__version__}")
+        return 0
+    if args.command == "replay":
+        return _replay(args)
+    try:
+        config = _config_from(args)
+    except ConfigError as exc:
+        print(f"kelemetry-py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    return _serve(config)
+
+
+def _serve(config: Config) -> int:
+    from kelemetry_py.app import App
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(App(config).run_forever())
+    return 0
+
+
+def _replay(args: Any) -> int:
+    from kelemetry_py.sources.replay import replay
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    missing = [str(path) for path in args.paths if not path.is_file()]
+    if missing:
+        print(f"kelemetry-py replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    result = asyncio.run(
+        replay(
+            args.paths,
+            target=args.target,
+            cluster=args.cluster,
+            use_gzip=args.gzip,
+            token=args.token,
+            concurrency=max(1, args.concurrency),
+        )
+    )
+    print(
+        f"replayed {result.batches} batches ({result.events} events); "
+        f"{result.throttled} throttled and retried; {result.failed} failed"
+    )
+    return 1 if result.failed else 0

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from kelemetry_py.config import AuditConfig, HttpConfig, PipelineConfig, RedactionConfig
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.pipeline.core import Pipeline
+from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.sources.audit import AuditConverter
+from kelemetry_py.sources.webhook import AuditWebhook
+from tests.support.writers import CollectingWriter
+
+EMPTY = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[]}\n'
+
+
+@dataclass
+class Harness:
+    client: TestClient[web.Request, web.Application]
+    pipeline: Pipeline
+    writer: CollectingWriter
+    metrics: Metrics
+
+
+async def make_harness(
+    *, capacity: int = 50_000, max_body: int = 32 << 20, tokens: list[str] | None = None
+) -> Harness:
+    writer = CollectingWriter()
+    metrics = Metrics()
+    pipeline = Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=metrics,
+                        config=PipelineConfig(queue_capacity=capacity))
+    await pipeline.start()
+    app = web.Application()
+    audit = AuditConfig(max_body_bytes=max_body)
+    AuditWebhook(sink=pipeline, converter=AuditConverter(audit, RedactionConfig()), metrics=metrics,
+                 default_cluster="dflt", audit=audit, http=HttpConfig(webhook_tokens=tokens or [])).add_routes(app)
+    server = TestServer(app)
+    await server.start_server(auto_decompress=False)  # as the product's App runs it
+    client = TestClient(server, headers={"Content-Type": "application/json"})
+    await client.start_server()
+    return Harness(client, pipeline, writer, metrics)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = await make_harness()
+    yield h
+    await h.client.close()
+    await h.pipeline.stop()
+
+
+def first_batch(fixtures_dir: Path) -> bytes:
+    return (fixtures_dir / "deployment-lifecycle" / "audit.jsonl").read_bytes().splitlines(keepends=True)[2]
+
+
+async def test_batches_with_and_without_gzip_are_accepted(harness: Harness, fixtures_dir: Path) -> None:
+    body = first_batch(fixtures_dir)
+    plain = await harness.client.post("/audit/fixture", data=body, headers={"Content-Type": "application/json"})
+    assert plain.status == 200
+    answer = await plain.json()
+    assert answer["accepted"] == body.count(b'"auditID"') and answer["observations"] > 0
+    zipped = await harness.client.post("/audit", data=gzip.compress(body),
+                                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert zipped.status == 200
+    await harness.pipeline.drain()
+    clusters = {s.attributes["cluster"] for s in harness.writer.spans}
+    assert clusters == {"fixture", "dflt"}  # from the path, else the configured default; never the client address
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "reason"),
+    [
+        (b"{oops", {}, 400, "not valid JSON"),
+        (b'{"kind":"Status","apiVersion":"v1"}', {}, 400, "kind must be EventList"),
+        (b"not gzip at all", {"Content-Encoding": "gzip"}, 400, "gzip body could not be decoded"),
+        (gzip.compress(EMPTY)[:-12], {"Content-Encoding": "gzip"}, 400, "truncated gzip stream"),
+        (EMPTY, {"Content-Encoding": "br"}, 415, "Content-Encoding 'br' is not supported"),
+        (EMPTY, {"Content-Type": "text/plain"}, 415, "Content-Type must be application/json"),
+    ],
+)
+async def test_bad_requests_get_a_reason_and_the_server_keeps_serving(
+    harness: Harness, fixtures_dir: Path, body: bytes, headers: dict[str, str], status: int, reason: str
+) -> None:
+    response = await harness.client.post("/audit/c", data=body, headers={"Content-Type": "application/json", **headers})
+    assert response.status == status
+    assert reason in (await response.json())["error"]
+    good = await harness.client.post("/audit/c", data=first_batch(fixtures_dir))
+    assert good.status == 200
+
+
+async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_dir: Path) -> None:
+    h = await make_harness(max_body=4096)
+    try:
+        big = await h.client.post("/audit", data=first_batch(fixtures_dir))
+        assert big.status == 413 and "exceeds 4096" in (await big.json())["error"]
+        bomb = gzip.compress(b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[' + b" " * 3_000_000 + b"]}", compresslevel=9)
+        assert len(bomb) < 4096
+        inflated = await h.client.post("/audit", data=bomb, headers={"Content-Encoding": "gzip"})
+        assert inflated.status == 413 and "decompressed body exceeds" in (await inflated.json())["error"]
+        assert (await h.client.post("/audit", data=EMPTY)).status == 200
+    finally:
+        await h.client.close()
+        await h.pipeline.stop()
+
+
+async def test_overload_answers_429_with_retry_after_and_loses_nothing(fixtures_dir: Path) -> None:
+    h = await make_harness(capacity=40)
+    h.writer.gate.clear()
+    try:
+        batches = (fixtures_dir / "deployment-lifecycle" / "audit.jsonl").read_bytes().splitlines()
+        accepted, refused = [], 0
+        for body in batches:
+            response = await h.client.post("/audit/fixture", data=body)
+            if response.status == 429:
+                refused += 1
+                assert int(response.headers["Retry-After"]) >= 1
+            else:
+                assert response.status == 200
+                accepted.append((await response.json())["observations"])
+        assert refused > 0 and accepted
+        h.writer.gate.set()
+        await h.pipeline.drain()
+        assert len(h.writer.by_service("audit")) == sum(accepted)
+    finally:
+        await h.client.close()
+        await h.pipeline.stop()
+
+
+async def test_bearer_tokens_are_enforced_when_configured() -> None:
+    h = await make_harness(tokens=["s3cret-token"])
+    try:
+        assert (await h.client.post("/audit", data=EMPTY)).status == 401
+        wrong = await h.client.post("/audit", data=EMPTY, headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401
+        right = await h.client.post("/audit", data=EMPTY, headers={"Authorization": "Bearer s3cret-token"})
+        assert right.status == 200
+    finally:
+        await h.client.close()
+        await h.pipeline.stop()
