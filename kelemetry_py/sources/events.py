@@ -1,0 +1,295 @@
+"""The event tracker: core/v1 and events.k8s.io/v1 Events become ``event`` observations on their object.
+
+Every Event is served by both resources (same uid), and a list or resync delivers it again; what makes a new
+span is a new *occurrence*: ``series.count``, else ``count`` (``deprecatedCount``), else 1. The tracker emits
+each (uid, occurrence) once, remembered in an :class:`EventCursor`:
+
+- the cursor is "the highest occurrence emitted per Event uid", kept for twice ``kube.event_max_age_seconds``
+  (Kubernetes itself drops Events after an hour). In memory for one process, in Redis to survive restarts and
+  leader changes: a new leader relists, skips what the cursor says was emitted, and emits the rest;
+- it is written *after* the pipeline accepted the observation, so a crash in between re-emits rather than
+  loses; a re-emission has the same ``dedup_key`` (uid + occurrence), hence the same span id, and overwrites;
+- occurrences older than ``kube.event_max_age_seconds`` are skipped, so a start-up relist does not replay an
+  hour of history as new spans.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import redis.asyncio as aioredis
+
+from kelemetry_py.kube.catalog import CatalogSource, ClusterCatalogs, guess_plural, split_api_version
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
+from kelemetry_py.pipeline import ObservationSink
+from kelemetry_py.sources.differ import ResourceTypeLike
+
+EVENTS_GROUP = "events.k8s.io"
+
+
+# ------------------------------------------------------------------------------------------------ the cursor
+
+
+@runtime_checkable
+class EventCursor(Protocol):
+    async def emitted(self, cluster: str, uid: str) -> int:
+        """The highest occurrence of Event ``uid`` already emitted (0: none)."""
+
+    async def mark(self, cluster: str, uid: str, occurrence: int) -> None:
+        """Remember that ``occurrence`` was emitted; never lowers what is stored."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryEventCursor:
+    """One process's cursor: bounded, entries expire after ``ttl_seconds``."""
+
+    def __init__(
+        self,
+        ttl_seconds: float = 7200.0,
+        max_entries: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+
+    async def emitted(self, cluster: str, uid: str) -> int:
+        entry = self._entries.get((cluster, uid))
+        if entry is None or entry[1] <= self._clock():
+            return 0
+        return entry[0]
+
+    async def mark(self, cluster: str, uid: str, occurrence: int) -> None:
+        key = (cluster, uid)
+        current = await self.emitted(cluster, uid)
+        self._entries.pop(key, None)
+        self._entries[key] = (max(current, occurrence), self._clock() + self._ttl)
+        now = self._clock()
+        while self._entries:
+            first_key, (_, expires) = next(iter(self._entries.items()))
+            if expires > now and len(self._entries) <= self._max:
+                break
+            del self._entries[first_key]
+
+    async def close(self) -> None:
+        return None
+
+
+# Atomic "store the maximum" so two replicas overlapping during a leader change cannot lower the cursor.
+_MARK_MAX = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wanted = tonumber(ARGV[1])
+if wanted > current then current = wanted end
+redis.call('SET', KEYS[1], current, 'PX', ARGV[2])
+return current
+"""
+
+
+class RedisEventCursor:
+    """The cursor in Redis (keys ``<prefix>eventcursor:<cluster>:<uid>``), shared by replicas and restarts."""
+
+    def __init__(self, url: str, key_prefix: str = "kelemetry:", ttl_seconds: float = 7200.0) -> None:
+        self._client = aioredis.from_url(url)
+        self._prefix = key_prefix
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+
+    def _key(self, cluster: str, uid: str) -> str:
+        return f"{self._prefix}eventcursor:{cluster}:{uid}"
+
+    async def emitted(self, cluster: str, uid: str) -> int:
+        value = await self._client.get(self._key(cluster, uid))
+        return int(value) if value is not None else 0
+
+    async def mark(self, cluster: str, uid: str, occurrence: int) -> None:
+        await self._client.eval(_MARK_MAX, 1, self._key(cluster, uid), occurrence, self._ttl_ms)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def parse_time_ns(value: Any) -> int | None:
+    """RFC 3339 (``2026-11-21T05:26:14.123456Z`` or whole seconds) to unix nanoseconds; None when absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    seconds = int(parsed.timestamp())
+    return seconds * 1_000_000_000 + parsed.microsecond * 1000
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+class EventView:
+    """One Event read the same way whichever resource served it."""
+
+    def __init__(self, obj: Mapping[str, Any], new_api: bool) -> None:
+        metadata = _dict(obj.get("metadata"))
+        self.uid = str(metadata.get("uid", ""))
+        self.namespace = str(metadata.get("namespace", ""))
+        self.name = str(metadata.get("name", ""))
+        series = _dict(obj.get("series"))
+        if new_api:
+            self.regarding = _dict(obj.get("regarding"))
+            self.message = str(obj.get("note") or "")
+            self.reporting_controller = str(obj.get("reportingController") or "")
+            source = _dict(obj.get("deprecatedSource"))
+            count = obj.get("deprecatedCount")
+            first = obj.get("deprecatedFirstTimestamp")
+            last = obj.get("deprecatedLastTimestamp")
+        else:
+            self.regarding = _dict(obj.get("involvedObject"))
+            self.message = str(obj.get("message") or "")
+            self.reporting_controller = str(obj.get("reportingComponent") or "")
+            source = _dict(obj.get("source"))
+            count = obj.get("count")
+            first = obj.get("firstTimestamp")
+            last = obj.get("lastTimestamp")
+        self.reason = str(obj.get("reason") or "")
+        self.type = str(obj.get("type") or "")
+        self.action = str(obj.get("action") or "")
+        component, host = str(source.get("component") or ""), str(source.get("host") or "")
+        self.source = f"{component}/{host}" if component and host else component or host
+        if not self.reporting_controller:
+            self.reporting_controller = component
+        series_count = series.get("count")
+        if isinstance(series_count, int) and series_count > 0:
+            self.occurrence = series_count
+        elif isinstance(count, int) and count > 0:
+            self.occurrence = count
+        else:
+            self.occurrence = 1
+        event_time = parse_time_ns(obj.get("eventTime"))
+        first_ns, last_ns = parse_time_ns(first), parse_time_ns(last)
+        created = parse_time_ns(metadata.get("creationTimestamp"))
+        candidates: tuple[int | None, ...]
+        if self.occurrence > 1:
+            # A repeat happened when it was last observed, not when the Event was first recorded.
+            candidates = (
+                parse_time_ns(series.get("lastObservedTime")),
+                last_ns,
+                event_time,
+                first_ns,
+                created,
+            )
+        else:
+            candidates = (event_time, first_ns, last_ns, created)
+        self.time_ns = next((t for t in candidates if t is not None), None)
+
+
+# ------------------------------------------------------------------------------------------------ the tracker
+
+
+class EventTracker:
+    """A :class:`kelemetry_py.kube.watch.WatchHandler` for ``events`` and ``events.events.k8s.io``."""
+
+    def __init__(
+        self,
+        sink: ObservationSink,
+        metrics: Metrics,
+        cursor: EventCursor | None = None,
+        *,
+        catalogs: CatalogSource | None = None,
+        max_age_seconds: float = 3600.0,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._cursor: EventCursor = cursor if cursor is not None else MemoryEventCursor(max_age_seconds * 2)
+        self._catalogs: CatalogSource = catalogs if catalogs is not None else ClusterCatalogs()
+        self._max_age_ns = int(max_age_seconds * 1_000_000_000)
+        self._wall_clock_ns = wall_clock_ns
+        # (cluster, uid, occurrence) being emitted now: its twin from the other resource must not go too.
+        self._inflight: set[tuple[str, str, int]] = set()
+        self.emitted = 0
+        self.skipped_old = 0
+        self.skipped_seen = 0
+
+    async def on_event(
+        self,
+        cluster: str,
+        rtype: ResourceTypeLike,
+        event_type: str,
+        obj: dict[str, Any],
+        *,
+        relisted: bool,
+    ) -> None:
+        if event_type == "DELETED":
+            return  # Events expire; the deletion of an Event is not news about its object
+        view = EventView(obj, new_api=rtype.group == EVENTS_GROUP)
+        if not view.uid:
+            raise ValueError(f"event {view.namespace}/{view.name} has no metadata.uid")
+        ref = self.involved_ref(cluster, view)
+        if ref is None:
+            return
+        if view.time_ns is not None and view.time_ns < self._wall_clock_ns() - self._max_age_ns:
+            self.skipped_old += 1
+            return
+        token = (cluster, view.uid, view.occurrence)
+        if token in self._inflight or await self._cursor.emitted(cluster, view.uid) >= view.occurrence:
+            self.skipped_seen += 1
+            return
+        self._inflight.add(token)
+        try:
+            await self._sink.submit([self._observation(ref, view)], wait=True)
+            await self._cursor.mark(cluster, view.uid, view.occurrence)
+            self.emitted += 1
+        finally:
+            self._inflight.discard(token)
+
+    async def on_relist_done(self, cluster: str, rtype: ResourceTypeLike, present_uids: set[str]) -> None:
+        return None  # an Event gone from a list expired; nothing happened to its object
+
+    def involved_ref(self, cluster: str, view: EventView) -> ObjectRef | None:
+        involved = view.regarding
+        kind = str(involved.get("kind") or "")
+        name = str(involved.get("name") or "")
+        if not kind or not name:
+            return None
+        group, version = split_api_version(str(involved.get("apiVersion") or ""))
+        info = self._catalogs.for_cluster(cluster).by_kind(group, kind, version or None)
+        if info is not None:
+            resource, namespaced, version = info.resource, info.namespaced, version or info.version
+        else:
+            resource, namespaced = guess_plural(kind), bool(involved.get("namespace"))
+        namespace = str(involved.get("namespace") or "") if namespaced else ""
+        uid = str(involved.get("uid") or "")
+        if uid == name:
+            uid = ""  # the kubelet names its node by name in the uid field; that is not a uid
+        return ObjectRef(cluster, group, version, resource, namespace, name, uid)
+
+    def _observation(self, ref: ObjectRef, view: EventView) -> Observation:
+        time_ns = view.time_ns if view.time_ns is not None else self._wall_clock_ns()
+        tags: Attributes = {
+            "type": view.type,
+            "reason": view.reason,
+            "action": view.action,
+            "reportingController": view.reporting_controller,
+            "source": view.source,
+            "count": view.occurrence,
+            "eventName": f"{view.namespace}/{view.name}",
+        }
+        logs = [LogEntry(time_ns, "event", {"message": view.message})] if view.message else []
+        return Observation(
+            ref=ref,
+            kind="event",
+            title=view.reason or "event",
+            start_ns=time_ns,
+            end_ns=time_ns,
+            tags=tags,
+            logs=logs,
+            dedup_key=f"event/{view.uid}/{view.occurrence}",
+        )
