@@ -5,9 +5,9 @@ as an ERROR watch event, abrupt connection drops) and plain object CRUD (GET/POS
 resourceVersion conflicts, used for coordination.k8s.io Leases). Replay "time" belongs to the test: recorded
 watch lines are held back until :meth:`KubeApiDouble.release` lets them out, in their recorded order.
 
-ResourceVersions are opaque strings to clients. Internally each change gets a sequence number in the order the
-double applied it, and every resourceVersion a client can see is mapped to that number per resource, so recorded
-changes and changes made at runtime (whose versions are numbered above everything recorded) mix safely.
+ResourceVersions are opaque strings to clients. Internally each change gets a sequence number in the order
+the double applied it, and every resourceVersion a client can see is mapped to that number per resource, so
+recorded changes and runtime changes (numbered above everything recorded) mix safely.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class KubeApiDouble:
         self.url = ""
         self._fixture = fixture_dir
         self._discovery: dict[str, Any] = {}
+        self._watch_opened = asyncio.Condition()
+        self.watches_opened = 0
         self._load(fixture_dir)
 
     # ------------------------------------------------------------------ loading
@@ -226,6 +228,15 @@ class KubeApiDouble:
             if resource is None or resource in (gvr[2], f"{gvr[2]}.{gvr[0]}")
         )
 
+    async def wait_for_watches(self, opened: int, within: float = 10.0) -> None:
+        """Wait until ``opened`` watch connections (counted since start) have been accepted."""
+        async with self._watch_opened:
+            await asyncio.wait_for(self._watch_opened.wait_for(lambda: self.watches_opened >= opened), within)
+
+    def watch_requests(self, path: str) -> list[RecordedRequest]:
+        """The WATCH requests made for a collection path, in order."""
+        return [r for r in self.requests if r.path == path and r.query.get("watch") in ("1", "true")]
+
     def fail_next(self, path_prefix: str, status: int = 500, times: int = 1) -> None:
         """The next ``times`` requests whose path starts with ``path_prefix`` fail with ``status``."""
         self._failures.extend([(path_prefix, status)] * times)
@@ -268,7 +279,9 @@ class KubeApiDouble:
         obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": rv}}
         self._append(store, "DELETED", rv, _encode({"type": "DELETED", "object": obj}))
 
-    def get_object(self, group: str, version: str, resource: str, namespace: str, name: str) -> dict[str, Any]:
+    def get_object(
+        self, group: str, version: str, resource: str, namespace: str, name: str
+    ) -> dict[str, Any]:
         return self._stores[(group, version, resource)].objects[(namespace, name)]
 
     def objects(self, group: str, version: str, resource: str) -> list[dict[str, Any]]:
@@ -444,6 +457,9 @@ class KubeApiDouble:
             await response.write_eof()
             return response
         store.watchers.append(watcher)
+        async with self._watch_opened:
+            self.watches_opened += 1
+            self._watch_opened.notify_all()
         try:
             for item in backlog:
                 if isinstance(item, bytes):
