@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from kelemetry_py.config import PluginsConfig
+from kelemetry_py.kube import ClusterCatalogs, ResourceCatalog
+from kelemetry_py.linking import Linker
+from kelemetry_py.linking.annotation import ParentAnnotationLinker
+from kelemetry_py.linking.owners import OwnerReferenceLinker
+from kelemetry_py.linking.registry import LINKERS_GROUP, load_linkers, load_plugins, run_linkers
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import ObjectRef
+from tests.linking.fixture_objects import first, watched_objects
+from tests.linking.sample_plugins import HangingLinker, RaisingLinker, WrongResultLinker
+
+SAMPLE = "tests.linking.sample_plugins"
+BUILTINS = ["owner-references", "parent-annotation"]
+
+
+@pytest.fixture
+def sample_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real installed distribution (dist-info on sys.path) registering sample plugins."""
+    dist_info = tmp_path / "kelemetry_sample_plugins-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: kelemetry-sample-plugins\nVersion: 1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        f"[{LINKERS_GROUP}]\n"
+        f"labels = {SAMPLE}:LabelLinker\n"
+        f"raising = {SAMPLE}:RaisingLinker\n"
+        f"not-a-linker = {SAMPLE}:NotALinker\n"
+        "broken = tests.linking.no_such_module:Linker\n"
+        "\n[kelemetry_py.decorators]\n"
+        f"decorate = {SAMPLE}:Decorator\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def _counter(metrics: Metrics, plugin: str) -> float:
+    value = metrics.registry.get_sample_value("kelemetry_plugin_errors_total", {"plugin": plugin})
+    return value or 0.0
+
+
+def test_entry_points_find_both_builtins() -> None:
+    linkers = load_linkers(PluginsConfig())
+    assert [linker.name for linker in linkers] == BUILTINS
+    assert isinstance(linkers[0], OwnerReferenceLinker)
+    assert isinstance(linkers[1], ParentAnnotationLinker)
+
+
+def test_enabled_list_selects_and_orders() -> None:
+    config = PluginsConfig(enabled={LINKERS_GROUP: ["parent-annotation", "owner-references"]})
+    assert [linker.name for linker in load_linkers(config)] == ["parent-annotation", "owner-references"]
+    config = PluginsConfig(enabled={LINKERS_GROUP: ["parent-annotation"]})
+    assert [linker.name for linker in load_linkers(config)] == ["parent-annotation"]
+    # Another group's list does not restrict linkers.
+    config = PluginsConfig(enabled={"kelemetry_py.sources": ["something"]})
+    assert [linker.name for linker in load_linkers(config)] == BUILTINS
+
+
+def test_disabled_wins_and_unknown_names_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    assert [linker.name for linker in load_linkers(PluginsConfig(disabled=["owner-references"]))] == [
+        "parent-annotation"
+    ]
+    config = PluginsConfig(
+        enabled={LINKERS_GROUP: ["owner-references", "nope"]}, disabled=["owner-references"]
+    )
+    with caplog.at_level(logging.ERROR):
+        assert load_linkers(config) == []
+    assert any("nope" in r.getMessage() and "not installed" in r.getMessage() for r in caplog.records)
+
+
+async def test_settings_are_passed_to_the_constructor(fixtures_dir: Path) -> None:
+    ref, body = first(
+        watched_objects(fixtures_dir / "errors-and-links", "core_v1_configmaps"), "owned-by-viewer-extra"
+    )
+    default = load_linkers(PluginsConfig(enabled={LINKERS_GROUP: ["owner-references"]}))
+    strict = load_linkers(
+        PluginsConfig(
+            enabled={LINKERS_GROUP: ["owner-references"]},
+            settings={"owner-references": {"controller_only": True}},
+        )
+    )
+    assert len(await default[0].links(ref, body)) == 1  # the ClusterRole, controller: false
+    assert await strict[0].links(ref, body) == []
+
+
+async def test_shared_services_reach_constructors_that_take_them(sample_distribution: Path) -> None:
+    catalogs = ClusterCatalogs()
+    widgets = {
+        "groupVersion": "example.com/v1",
+        "resources": [{"name": "widgets", "namespaced": False, "kind": "Widget", "verbs": []}],
+    }
+    catalogs.set("east", ResourceCatalog.from_discovery({"groupVersion": "v1", "resources": []}, [widgets]))
+    config = PluginsConfig(enabled={LINKERS_GROUP: ["owner-references", "labels"]})
+    # LabelLinker takes no catalog: it is built without it rather than failing.
+    linkers = load_linkers(config, catalog=catalogs)
+    assert [linker.name for linker in linkers] == ["owner-references", "labels"]
+    body = {
+        "metadata": {"ownerReferences": [{"apiVersion": "example.com/v1", "kind": "Widget", "name": "w"}]}
+    }
+    (link,) = await linkers[0].links(ObjectRef("east", "", "v1", "configmaps", "ns", "c"), body)
+    assert link.target.namespace == ""
+
+
+async def test_broken_plugins_are_logged_and_skipped(
+    sample_distribution: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = PluginsConfig(settings={"labels": {"label": "owner", "resource": "secrets"}})
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+        linkers = load_linkers(config)
+    # Sorted by name: broken (import fails), labels, not-a-linker (skipped), owner-references, ...
+    assert [linker.name for linker in linkers] == [
+        "labels",
+        "owner-references",
+        "parent-annotation",
+        "raising",
+    ]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("broken" in m and "failed to import" in m for m in messages)
+    assert any("not a linker" in m for m in messages)
+    labels = linkers[0]
+    ref = ObjectRef("c", "", "v1", "configmaps", "ns", "x")
+    (link,) = await labels.links(ref, {"metadata": {"labels": {"owner": "boss"}}})
+    assert link.target.key == "c//secrets/ns/boss"
+
+
+def test_bad_settings_skip_only_that_plugin(
+    sample_distribution: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = PluginsConfig(
+        enabled={LINKERS_GROUP: ["labels", "parent-annotation"]}, settings={"labels": {"no_such_option": 1}}
+    )
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+        linkers = load_linkers(config)
+    assert [linker.name for linker in linkers] == ["parent-annotation"]
+    assert any("labels" in r.getMessage() and "failed to start" in r.getMessage() for r in caplog.records)
+
+
+def test_load_plugins_serves_other_groups(sample_distribution: Path) -> None:
+    config = PluginsConfig(settings={"decorate": {"colour": "blue"}})
+    (plugin,) = load_plugins("kelemetry_py.decorators", config, catalog="shared")
+    assert type(plugin).__name__ == "Decorator"
+    assert plugin.options == {"colour": "blue", "catalog": "shared"}  # type: ignore[attr-defined]
+    assert plugin.name == "decorate"  # type: ignore[attr-defined]
+    assert load_plugins("kelemetry_py.decorators", PluginsConfig(disabled=["decorate"])) == []
+
+
+async def test_a_raising_linker_is_isolated(fixtures_dir: Path) -> None:
+    ref, body = first(
+        watched_objects(fixtures_dir / "errors-and-links", "core_v1_configmaps"), "child-of-web"
+    )
+    metrics = Metrics()
+    linkers: list[Linker] = [
+        RaisingLinker(),
+        ParentAnnotationLinker(),
+        WrongResultLinker(),
+        OwnerReferenceLinker(),
+    ]
+    results = await run_linkers(linkers, ref, body, metrics)
+    assert [(name, link.target.key) for name, link in results] == [
+        ("parent-annotation", "fixture/apps/deployments/shop/web2")
+    ]
+    assert _counter(metrics, "raising") == 1
+    assert _counter(metrics, "wrong-result") == 1
+    assert _counter(metrics, "parent-annotation") == 0
+    await run_linkers(linkers, ref, body, metrics)
+    assert _counter(metrics, "raising") == 2
+
+
+async def test_a_hanging_linker_times_out(fixtures_dir: Path) -> None:
+    ref, body = first(
+        watched_objects(fixtures_dir / "errors-and-links", "core_v1_configmaps"), "child-of-web"
+    )
+    metrics = Metrics()
+    hanging = HangingLinker()
+    results = await run_linkers([hanging, ParentAnnotationLinker()], ref, body, metrics, timeout_seconds=0.01)
+    assert [name for name, _ in results] == ["parent-annotation"]
+    assert _counter(metrics, "hanging") == 1
+    assert not hanging.release.is_set()
+
+
+async def test_cancellation_is_not_swallowed() -> None:
+    hanging = HangingLinker()
+    task = asyncio.create_task(run_linkers([hanging], ObjectRef("c", "", "v1", "pods", "n", "p"), {}))
+    await asyncio.wait_for(hanging.entered.wait(), timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_no_linkers_no_links() -> None:
+    assert await run_linkers([], ObjectRef("c", "", "v1", "pods", "n", "p"), {}, None) == []
