@@ -20,7 +20,7 @@ def _annotated(value: Any) -> dict[str, Any]:
 
 
 def _parent_json(**overrides: Any) -> str:
-    value = {
+    value: dict[str, Any] = {
         "cluster": "",
         "group": "apps",
         "version": "v1",
@@ -29,7 +29,7 @@ def _parent_json(**overrides: Any) -> str:
         "name": "web2",
     }
     value.update(overrides)
-    return json.dumps({k: v for k, v in value.items() if v is not ...})
+    return json.dumps({k: v for k, v in value.items() if v is not ...})  # ... leaves the field out
 
 
 async def test_entry_point_constructor_needs_no_arguments() -> None:
