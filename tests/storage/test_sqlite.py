@@ -1,0 +1,258 @@
+"""SqliteStore: a real SQLite file, written and read through the SpanWriter and TraceReader protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kelemetry_py.export import SpanWriter
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import LogEntry, ObjectRef, Span, child_span_id, object_span_id, object_trace_id
+from kelemetry_py.storage import TraceQuery, TraceReader
+from kelemetry_py.storage.sqlite import SqliteStore, find_traces_sql
+
+WINDOW_NS = 1800 * 1_000_000_000
+HOUR_NS = 3600 * 1_000_000_000
+W0 = 1_790_000_000 // 1800  # a window in late 2026
+POD = ObjectRef("prod", "", "v1", "pods", "default", "web-1", uid="pod-uid")
+DEPLOY = ObjectRef("prod", "apps", "v1", "deployments", "default", "web", uid="deploy-uid")
+STAGING_POD = ObjectRef("staging", "", "v1", "pods", "default", "web-1")
+
+
+def object_span(ref: ObjectRef, window: int) -> Span:
+    return Span(
+        trace_id=object_trace_id(ref.key, window),
+        span_id=object_span_id(ref.key, window),
+        parent_id=None,
+        service="object",
+        name=f"{ref.resource}/{ref.name}",
+        start_ns=window * WINDOW_NS,
+        end_ns=(window + 1) * WINDOW_NS,
+        attributes=dict(ref.tags()),
+    )
+
+
+def child(ref: ObjectRef, window: int, identity: str, service: str = "audit", **tags: str | int) -> Span:
+    trace_id = object_trace_id(ref.key, window)
+    start = window * WINDOW_NS + 1_000_000_000
+    return Span(
+        trace_id=trace_id,
+        span_id=child_span_id(trace_id, identity),
+        parent_id=object_span_id(ref.key, window),
+        service=service,
+        name=f"{service} {identity}",
+        start_ns=start,
+        end_ns=start + 5_000_000,
+        attributes={**ref.tags(), **tags},
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with SqliteStore(str(tmp_path / "traces.db")) as opened:
+        yield opened
+
+
+def whole_range(**kwargs: object) -> TraceQuery:
+    return TraceQuery(start_ns=0, end_ns=(W0 + 100) * WINDOW_NS, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_round_trip_keeps_every_field(store: SqliteStore) -> None:
+    assert isinstance(store, SpanWriter) and isinstance(store, TraceReader)
+    root = object_span(POD, W0)
+    audit = child(POD, W0, "a1", verb="update", responseCode=409)
+    audit.attributes.update({"sourceIPs": ["10.0.0.1", "10.0.0.2"], "dryRun": False, "ratio": 0.5})
+    audit.logs = [LogEntry(audit.start_ns + 1, "diff", {"diff": "spec.replicas 2 -> 4", "changes": 1})]
+    audit.error, audit.status_message = True, "Conflict"
+    # Span ids use all 64 bits; the top bit must survive SQLite's signed integers.
+    high = child(POD, W0, "high")
+    high.span_id = (1 << 64) - 5
+    await store.write([root, audit, high])
+    spans = await store.get_trace(root.trace_id)
+    assert sorted(spans, key=lambda s: s.span_id) == sorted([root, audit, high], key=lambda s: s.span_id)
+    assert await store.get_trace(12345) == []
+
+
+async def test_rewriting_a_span_replaces_it(store: SqliteStore) -> None:
+    first = child(POD, W0, "a1", verb="update")
+    await store.write([object_span(POD, W0), first])
+    again = child(POD, W0, "a1", verb="patch")
+    again.name = "admin patch"
+    await store.write([again])
+    await store.write([again])
+    spans = {span.span_id: span for span in await store.get_trace(first.trace_id)}
+    assert len(spans) == 2
+    assert spans[first.span_id] == again
+    # The replaced span's old tag value no longer finds the trace.
+    assert await store.find_traces(whole_range(tags={"verb": "update"})) == []
+    assert [hit.trace_id for hit in await store.find_traces(whole_range(tags={"verb": "patch"}))] == [
+        first.trace_id
+    ]
+
+
+async def test_all_tags_must_match_on_one_span(store: SqliteStore) -> None:
+    # verb=update is on one span, username=alice on another: together they must not match.
+    await store.write(
+        [
+            object_span(POD, W0),
+            child(POD, W0, "a1", verb="update", username="bob"),
+            child(POD, W0, "a2", verb="patch", username="alice"),
+            object_span(DEPLOY, W0),
+            child(DEPLOY, W0, "a3", verb="update", username="alice"),
+        ]
+    )
+    hits = await store.find_traces(whole_range(tags={"verb": "update", "username": "alice"}))
+    assert [hit.ref for hit in hits] == [DEPLOY]
+    assert hits[0].ref.uid == "deploy-uid"
+    both = await store.find_traces(whole_range(tags={"verb": "update"}))
+    assert {hit.ref for hit in both} == {POD, DEPLOY}
+    # Values compare as text: an int tag is found by its decimal string.
+    await store.write([child(POD, W0, "a4", responseCode=422)])
+    assert [hit.ref for hit in await store.find_traces(whole_range(tags={"responseCode": "422"}))] == [POD]
+    assert await store.find_traces(whole_range(tags={"verb": "update", "username": "nobody"})) == []
+
+
+async def test_service_restricts_the_matching_span(store: SqliteStore) -> None:
+    await store.write(
+        [
+            object_span(POD, W0),
+            child(POD, W0, "e1", service="event", reason="Pulled"),
+            object_span(DEPLOY, W0),
+            child(DEPLOY, W0, "a1", service="audit", reason="Pulled"),
+        ]
+    )
+    hits = await store.find_traces(whole_range(tags={"reason": "Pulled"}, service="event"))
+    assert [hit.ref for hit in hits] == [POD]
+    # Cluster is on every span, the object span included.
+    hits = await store.find_traces(whole_range(tags={"cluster": "prod"}, service="object"))
+    assert {hit.ref for hit in hits} == {POD, DEPLOY}
+    only_service = await store.find_traces(whole_range(service="event"))
+    assert [hit.ref for hit in only_service] == [POD]
+
+
+async def test_time_overlap_newest_first_and_limit(store: SqliteStore) -> None:
+    spans = []
+    for window in (W0, W0 + 1, W0 + 2, W0 + 3):
+        spans += [object_span(POD, window), child(POD, window, f"a{window}", verb="update")]
+    spans += [object_span(STAGING_POD, W0 + 1)]
+    await store.write(spans)
+    # A range touching only the middle of window W0+1 through the start of W0+2.
+    query = TraceQuery(
+        tags={"name": "web-1", "cluster": "prod"},
+        start_ns=(W0 + 1) * WINDOW_NS + 10,
+        end_ns=(W0 + 2) * WINDOW_NS + 10,
+    )
+    hits = await store.find_traces(query)
+    assert [hit.trace_id for hit in hits] == [
+        object_trace_id(POD.key, W0 + 2),
+        object_trace_id(POD.key, W0 + 1),
+    ]
+    assert hits[0].start_ns == (W0 + 2) * WINDOW_NS and hits[0].end_ns == (W0 + 3) * WINDOW_NS
+    limited = await store.find_traces(whole_range(tags={"cluster": "prod"}, limit=3))
+    assert [hit.trace_id for hit in limited] == [
+        object_trace_id(POD.key, w) for w in (W0 + 3, W0 + 2, W0 + 1)
+    ]
+    assert await store.find_traces(whole_range(tags={"cluster": "prod"}, limit=0)) == []
+
+
+async def test_trace_without_object_span_is_named_by_its_spans(store: SqliteStore) -> None:
+    # The child can be written before its object span (another replica emits it); the root then takes over.
+    await store.write([child(POD, W0, "a1", verb="update")])
+    (hit,) = await store.find_traces(whole_range(tags={"verb": "update"}))
+    assert hit.ref == POD
+    await store.write([object_span(POD, W0)])
+    (hit,) = await store.find_traces(whole_range(tags={"verb": "update"}))
+    assert (hit.ref, hit.start_ns, hit.end_ns) == (POD, W0 * WINDOW_NS, (W0 + 1) * WINDOW_NS)
+
+
+async def test_tag_values(store: SqliteStore) -> None:
+    await store.write([object_span(POD, W0), object_span(STAGING_POD, W0 + 5), object_span(DEPLOY, W0)])
+    assert await store.tag_values("cluster") == ["prod", "staging"]
+    assert await store.tag_values("resource") == ["deployments", "pods"]
+    assert await store.tag_values("cluster", (W0 + 5) * WINDOW_NS, (W0 + 6) * WINDOW_NS) == ["staging"]
+    assert await store.tag_values("cluster", None, W0 * WINDOW_NS + 1) == ["prod"]
+    assert await store.tag_values("nonexistent") == []
+
+
+async def test_retention_deletes_old_traces(tmp_path: Path) -> None:
+    async with SqliteStore(str(tmp_path / "t.db"), retention_hours=2) as store:
+        old = [object_span(POD, W0), child(POD, W0, "old", verb="update")]
+        recent = [object_span(POD, W0 + 4), child(POD, W0 + 4, "new", verb="update")]
+        await store.write(old + recent)
+        # "Now" is 1.5 h after the recent window ends: the old one ended 3.5 h ago.
+        now = (W0 + 5) * WINDOW_NS + HOUR_NS + HOUR_NS // 2
+        assert await store.purge_expired(now_ns=now) == 1
+        assert await store.get_trace(old[0].trace_id) == []
+        assert len(await store.get_trace(recent[0].trace_id)) == 2
+        hits = await store.find_traces(whole_range(tags={"verb": "update"}))
+        assert [hit.trace_id for hit in hits] == [recent[0].trace_id]
+        assert await store.purge_expired(now_ns=now) == 0
+    conn = sqlite3.connect(tmp_path / "t.db")
+    tag_rows = conn.execute(
+        "SELECT count(*) FROM span_tags WHERE trace_id = ?", (old[0].trace_id.to_bytes(16, "big"),)
+    )
+    assert tag_rows.fetchone()[0] == 0
+    conn.close()
+
+
+async def test_retention_zero_keeps_everything(store: SqliteStore) -> None:
+    await store.write([object_span(POD, W0)])
+    assert await store.purge_expired(now_ns=(W0 + 10_000) * WINDOW_NS) == 0
+    assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 1
+
+
+async def test_concurrent_writes_all_land(tmp_path: Path) -> None:
+    metrics = Metrics()
+    async with SqliteStore(str(tmp_path / "t.db"), metrics=metrics) as store:
+        batches = [
+            [object_span(POD, W0 + w)] + [child(POD, W0 + w, f"a{i}", verb="update") for i in range(20)]
+            for w in range(25)
+        ]
+        await asyncio.gather(*(store.write(batch) for batch in batches))
+        for w in range(25):
+            assert len(await store.get_trace(object_trace_id(POD.key, W0 + w))) == 21
+        assert len(await store.find_traces(whole_range(tags={"verb": "update"}, limit=100))) == 25
+        exported = metrics.registry.get_sample_value("kelemetry_spans_exported_total", {"writer": "sqlite"})
+        assert exported == 25 * 21
+
+
+async def test_store_file_is_created_under_a_new_directory(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "traces.db"
+    async with SqliteStore(str(path)) as store:
+        await store.write([object_span(POD, W0)])
+    assert path.is_file()
+    # Reopening the same file finds what was written.
+    async with SqliteStore(str(path)) as reopened:
+        assert len(await reopened.get_trace(object_trace_id(POD.key, W0))) == 1
+        mode = await reopened._run(
+            lambda: reopened._connection().execute("PRAGMA journal_mode").fetchone()[0]
+        )
+        assert mode == "wal"
+
+
+async def test_use_outside_open_is_refused(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "t.db"))
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.write([object_span(POD, W0)])
+    await store.open()
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.write([object_span(POD, W0)])
+
+
+async def test_tag_search_uses_the_index(store: SqliteStore) -> None:
+    await store.write([object_span(POD, W0)])
+    query = whole_range(tags={"verb": "update", "username": "alice"}, service="audit")
+    sql, params = find_traces_sql(query)
+
+    def plan() -> list[str]:
+        return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    steps = await store._run(plan)
+    tag_steps = [step for step in steps if "span_tags" in step]
+    assert tag_steps and all(step.startswith("SEARCH") for step in tag_steps), steps
+    assert not any(step.startswith("SCAN") and "span_tags" in step for step in steps)
