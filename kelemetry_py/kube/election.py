@@ -1,0 +1,207 @@
+"""Leader election on a coordination.k8s.io/v1 Lease, one per cluster and watcher.
+
+The algorithm is client-go's: a candidate takes the lease when it is free or when its record has not changed
+for a whole lease duration *as observed on the candidate's own clock* (so clock skew between replicas does not
+matter); the leader renews every retry period and gives up leading if it cannot renew within the renew
+deadline. Updates carry the lease's resourceVersion, so two candidates never both win (the loser gets 409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kelemetry_py.kube.client import KubeApiError, KubeClient
+
+log = logging.getLogger(__name__)
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+
+def _micro_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    """Competes for one Lease; :meth:`run` runs ``lead`` only while this replica holds it."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float = 15.0,
+        renew_deadline: float | None = None,
+        retry_period: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not identity:
+            raise ValueError("leader election needs a non-empty identity")
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline if renew_deadline is not None else lease_duration * 2 / 3
+        self.retry_period = retry_period if retry_period is not None else lease_duration / 7.5
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("leader election needs 0 < retry_period < renew_deadline < lease_duration")
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._observed_rv = ""
+        self._observed_at = 0.0
+        self.is_leader = False
+        self.leading = asyncio.Event()  # set while leading, for tests and readiness
+        self.release_on_cancel = True
+        self.terms = 0
+
+    @property
+    def _collection(self) -> str:
+        return LEASES.format(namespace=self.namespace)
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt: True when this replica holds the lease afterwards."""
+        now = self._wall_clock()
+        try:
+            lease = await self.client.get_json(f"{self._collection}/{self.name}")
+        except KubeApiError as exc:
+            if exc.status != 404:
+                log.warning("lease %s/%s: cannot read: %s", self.namespace, self.name, exc)
+                return False
+            return await self._create(now)
+        metadata = lease.get("metadata") or {}
+        spec: dict[str, Any] = lease.get("spec") or {}
+        rv = str(metadata.get("resourceVersion") or "")
+        if rv != self._observed_rv:
+            self._observed_rv, self._observed_at = rv, self._clock()
+        holder = str(spec.get("holderIdentity") or "")
+        if holder and holder != self.identity and self._observed_at + self.lease_duration > self._clock():
+            return False
+        new_spec = dict(spec)
+        new_spec.update(
+            holderIdentity=self.identity,
+            leaseDurationSeconds=max(1, math.ceil(self.lease_duration)),
+            renewTime=_micro_time(now),
+        )
+        if holder != self.identity:
+            new_spec["acquireTime"] = _micro_time(now)
+            new_spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if holder else 0)
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace, "resourceVersion": rv},
+            "spec": new_spec,
+        }
+        try:
+            updated = await self.client.request_json("PUT", f"{self._collection}/{self.name}", body=body)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                log.warning("lease %s/%s: cannot update: %s", self.namespace, self.name, exc)
+            return False
+        self._observe(updated)
+        return True
+
+    async def _create(self, now: datetime) -> bool:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": max(1, math.ceil(self.lease_duration)),
+                "acquireTime": _micro_time(now),
+                "renewTime": _micro_time(now),
+                "leaseTransitions": 0,
+            },
+        }
+        try:
+            created = await self.client.request_json("POST", self._collection, body=body)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                log.warning("lease %s/%s: cannot create: %s", self.namespace, self.name, exc)
+            return False
+        self._observe(created)
+        return True
+
+    def _observe(self, lease: dict[str, Any]) -> None:
+        self._observed_rv = str((lease.get("metadata") or {}).get("resourceVersion") or "")
+        self._observed_at = self._clock()
+
+    async def release(self) -> None:
+        """Hand the lease back so another replica takes over at once instead of after it expires."""
+        try:
+            lease = await self.client.get_json(f"{self._collection}/{self.name}")
+            spec = dict(lease.get("spec") or {})
+            if spec.get("holderIdentity") != self.identity:
+                return
+            spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time(self._wall_clock()))
+            metadata = lease.get("metadata") or {}
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": self.name,
+                    "namespace": self.namespace,
+                    "resourceVersion": metadata.get("resourceVersion"),
+                },
+                "spec": spec,
+            }
+            await self.client.request_json("PUT", f"{self._collection}/{self.name}", body=body)
+        except KubeApiError as exc:
+            log.warning("lease %s/%s: cannot release: %s", self.namespace, self.name, exc)
+
+    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+        """Campaign forever; while leading, run ``lead()`` and cancel it as soon as leadership is lost."""
+        while True:
+            while not await self.try_acquire_or_renew():
+                await self._sleep(self.retry_period)
+            await self._lead_until_lost(lead)
+            # Work that ended or crashed is not restarted in a busy loop.
+            await self._sleep(self.retry_period)
+
+    async def _lead_until_lost(self, lead: Callable[[], Awaitable[None]]) -> None:
+        self.is_leader = True
+        self.terms += 1
+        self.leading.set()
+        log.info("lease %s/%s: %s is leading", self.namespace, self.name, self.identity)
+
+        async def work() -> None:
+            await lead()
+
+        task = asyncio.create_task(work())
+        last_renewal = self._clock()
+        try:
+            while not task.done():
+                await self._sleep(self.retry_period)
+                if task.done():
+                    break
+                if await self.try_acquire_or_renew():
+                    last_renewal = self._clock()
+                elif self._clock() - last_renewal > self.renew_deadline:
+                    log.warning("lease %s/%s: %s lost leadership", self.namespace, self.name, self.identity)
+                    break
+        except asyncio.CancelledError:
+            await self._stop(task)
+            if self.release_on_cancel:
+                await asyncio.shield(self.release())
+            raise
+        await self._stop(task)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("lease %s/%s: leader work failed", self.namespace, self.name, exc_info=task.exception())
+
+    async def _stop(self, task: asyncio.Task[None]) -> None:
+        self.is_leader = False
+        self.leading.clear()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
