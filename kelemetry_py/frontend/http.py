@@ -28,6 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _DEFAULT_LOOKBACK_NS = 3600 * 10**9
 _REDIRECT_WINDOW_NS = 3600 * 10**9
+_FAR_FUTURE_NS = 2**62
 _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_NS = {
     "ns": 1,
@@ -167,8 +168,8 @@ async def _services(request: web.Request) -> web.StreamResponse:
 
 
 async def _clusters(request: web.Request) -> list[str]:
-    end = _now_ns()
-    return await request.app[SERVICE_KEY].clusters(0, end + _DEFAULT_LOOKBACK_NS)
+    # Jaeger asks for operations without a time range: any cluster ever recorded (and still retained) counts.
+    return await request.app[SERVICE_KEY].clusters(0, _FAR_FUTURE_NS)
 
 
 async def _service_operations(request: web.Request) -> web.StreamResponse:
