@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,16 +33,23 @@ async def lease_api(tmp_path: Path) -> AsyncIterator[tuple[KubeApiDouble, KubeCl
 
 
 def candidate(
-    kube: KubeClient, identity: str, clock: ManualClock | None = None, **kw: float
+    kube: KubeClient,
+    identity: str,
+    clock: ManualClock | None = None,
+    *,
+    lease_duration: float = 15.0,
+    renew_deadline: float | None = None,
+    retry_period: float | None = None,
 ) -> LeaderElector:
-    extra = {"clock": clock} if clock else {}
     return LeaderElector(
         kube,
         namespace="kube-system",
         name="kelemetry-objects-c1",
         identity=identity,
-        **kw,
-        **extra,  # type: ignore[arg-type]
+        lease_duration=lease_duration,
+        renew_deadline=renew_deadline,
+        retry_period=retry_period,
+        clock=clock or time.monotonic,
     )
 
 
@@ -83,7 +91,7 @@ async def test_simultaneous_updates_conflict_and_only_one_wins(
 
 
 async def test_released_lease_is_taken_at_once(lease_api: tuple[KubeApiDouble, KubeClient]) -> None:
-    server, kube = lease_api
+    _, kube = lease_api
     clock = ManualClock()
     a, b = candidate(kube, "a", clock), candidate(kube, "b", clock)
     assert await a.try_acquire_or_renew()
