@@ -54,7 +54,13 @@ def load_plugins(group: str, config: PluginsConfig, **ctor_kwargs: Any) -> list[
                 sorted(installed),
             )
             continue
-        plugin = _instantiate(found, config.settings.get(name) or {}, ctor_kwargs)
+        settings = config.settings.get(name) or {}
+        if not isinstance(settings, Mapping):
+            logger.error(
+                "plugin %s (%s): settings must be a mapping of options, not %r", name, group, settings
+            )
+            continue
+        plugin = _instantiate(found, settings, ctor_kwargs)
         if plugin is not None:
             plugins.append(plugin)
     return plugins

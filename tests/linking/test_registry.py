@@ -143,6 +143,13 @@ def test_bad_settings_skip_only_that_plugin(
     assert any("labels" in r.getMessage() and "failed to start" in r.getMessage() for r in caplog.records)
 
 
+def test_settings_that_are_not_a_mapping_skip_the_plugin(caplog: pytest.LogCaptureFixture) -> None:
+    config = PluginsConfig(settings={"owner-references": ["controller_only"]})  # type: ignore[dict-item]
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+        assert [linker.name for linker in load_linkers(config)] == ["parent-annotation"]
+    assert any("must be a mapping" in r.getMessage() for r in caplog.records)
+
+
 def test_load_plugins_serves_other_groups(sample_distribution: Path) -> None:
     config = PluginsConfig(settings={"decorate": {"colour": "blue"}})
     (plugin,) = load_plugins("kelemetry_py.decorators", config, catalog="shared")
