@@ -54,6 +54,7 @@ class ObjectGraph:
         """Record a link a linker found on ``ref``."""
         now = self._now(seen)
         self._add_edge(ref, link, now)
+        self._recency.move_to_end(ref.key)  # the object observed is the freshest, not its last target
         self._evict()
 
     def sync_links(self, ref: ObjectRef, links: Iterable[Link], seen: float | None = None) -> None:
@@ -70,6 +71,7 @@ class ObjectGraph:
             if reporter == ref.key and (parent, child) not in current
         ]
         self._graph.remove_edges_from(stale)
+        self._recency.move_to_end(ref.key)
         self._evict()
 
     def remove(self, key: KeyLike) -> bool:
