@@ -131,9 +131,8 @@ class App:
 
 
 async def build_components(config: Config) -> Components:
-    from kelemetry_py.export.fanout import FanoutWriter
     from kelemetry_py.linking.graph import ObjectGraph
-    from kelemetry_py.linking.registry import load_plugins
+    from kelemetry_py.linking.registry import load_linkers
 
     metrics = Metrics()
     closers: list[Any] = []
@@ -154,7 +153,13 @@ async def build_components(config: Config) -> Components:
         otlp = OtlpSpanWriter(config.otlp, metrics)
         writers.append(otlp)
         closers.insert(0, otlp.close)  # flush exports before the store closes
-    writer: SpanWriter = writers[0] if len(writers) == 1 else FanoutWriter(writers)
+    writer: SpanWriter
+    if len(writers) == 1:
+        writer = writers[0]
+    else:
+        from kelemetry_py.export.fanout import FanoutWriter
+
+        writer = FanoutWriter(writers)
 
     emission: EmissionSet
     if config.redis.url:
@@ -164,13 +169,13 @@ async def build_components(config: Config) -> Components:
     closers.append(emission.close)
 
     graph = ObjectGraph()
-    linkers = load_plugins("kelemetry_py.linkers", config.plugins)
+    linkers = load_linkers(config.plugins)
     pipeline = Pipeline(
         writer=writer,
         emission=emission,
         metrics=metrics,
         config=config.pipeline,
-        linkers=linkers,  # type: ignore[arg-type]
+        linkers=linkers,
         graph=graph,
     )
     return Components(

@@ -11,8 +11,8 @@ import logging
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from kelemetry_py.config import PipelineConfig
 from kelemetry_py.export import SpanWriter
@@ -218,14 +218,19 @@ class Pipeline:
             )
         )
 
-    async def _links(self, ref: ObjectRef, body: object) -> list[Link]:
-        from kelemetry_py.linking.registry import run_linkers
-
-        found = await run_linkers(self._linkers, ref, body, self._metrics)  # type: ignore[arg-type]
-        links = [link for _, link in found]
+    async def _links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
+        links: list[Link] = []
+        for linker in self._linkers:
+            # Awaited in turn rather than gathered: a task per linker per observation costs more than the linking.
+            try:
+                found = await linker.links(ref, body)
+            except Exception:
+                self._metrics.plugin_errors.labels(linker.name).inc()
+                log.exception("linker %s failed on %s; its links are skipped", linker.name, ref.key)
+                continue
+            links.extend(found)
         if self._graph is not None:
-            for link in links:
-                self._graph.add_link(ref, link)
+            self._graph.sync_links(ref, links)
         return links
 
     async def _claim(self, key: str) -> bool:

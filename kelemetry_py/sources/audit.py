@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 import orjson
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
@@ -22,46 +23,114 @@ class InvalidAuditBatch(ValueError):
     """The body is not an audit EventList the apiserver would send; the message says why."""
 
 
-def parse_event_list(body: bytes) -> list[dict[str, Any]]:
+_ABSENT = msgspec.Raw(b"null")
+
+
+class AuditUser(msgspec.Struct):
+    username: str = ""
+
+
+class AuditObjectRef(msgspec.Struct):
+    resource: str = ""
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    apiGroup: str = ""  # noqa: N815 - the wire names
+    apiVersion: str = ""  # noqa: N815
+    subresource: str = ""
+
+
+class AuditStatus(msgspec.Struct):
+    code: int = 0
+    reason: str = ""
+    message: str = ""
+
+
+class AuditEvent(msgspec.Struct):
+    """An audit.k8s.io/v1 Event. The request and response objects stay raw JSON until an event is kept."""
+
+    auditID: str  # noqa: N815
+    stage: str
+    verb: str
+    stageTimestamp: str  # noqa: N815
+    requestReceivedTimestamp: str = ""  # noqa: N815
+    user: AuditUser = msgspec.field(default_factory=AuditUser)
+    impersonatedUser: AuditUser | None = None  # noqa: N815
+    sourceIPs: list[str] = msgspec.field(default_factory=list)  # noqa: N815
+    userAgent: str = ""  # noqa: N815
+    objectRef: AuditObjectRef | None = None  # noqa: N815
+    responseStatus: AuditStatus | None = None  # noqa: N815
+    requestObject: msgspec.Raw = _ABSENT  # noqa: N815
+    responseObject: msgspec.Raw = _ABSENT  # noqa: N815
+
+
+class _EventList(msgspec.Struct):
+    kind: str = ""
+    apiVersion: str = ""  # noqa: N815
+    items: list[AuditEvent] | None = None
+
+
+class _Header(msgspec.Struct):
+    kind: str = ""
+    apiVersion: str = ""  # noqa: N815
+
+
+_decode_list = msgspec.json.Decoder(_EventList).decode
+_decode_header = msgspec.json.Decoder(_Header).decode
+_decode_event = msgspec.json.Decoder(AuditEvent).decode
+
+
+def parse_event_list(body: bytes) -> list[AuditEvent]:
     """Decode and check an ``EventList`` body; returns its items."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidAuditBatch(f"body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidAuditBatch("body must be a JSON object (an audit.k8s.io/v1 EventList)")
-    if document.get("kind") != "EventList":
-        raise InvalidAuditBatch(f"kind must be EventList, not {document.get('kind')!r}")
-    if document.get("apiVersion") != "audit.k8s.io/v1":
-        raise InvalidAuditBatch(f"apiVersion must be audit.k8s.io/v1, not {document.get('apiVersion')!r}")
-    items = document.get("items")
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise InvalidAuditBatch("items must be a list of audit events")
+        document = _decode_list(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidAuditBatch(_explain(body, exc)) from None
+    _check_header(document.kind, document.apiVersion)
+    items = document.items or []
     for index, item in enumerate(items):
-        problem = _check_event(item)
-        if problem:
-            raise InvalidAuditBatch(f"items[{index}]: {problem}")
+        try:
+            _check_times(item)
+        except ValueError as exc:
+            raise InvalidAuditBatch(f"items[{index}]: {exc}") from None
     return items
 
 
-def _check_event(item: Any) -> str | None:
-    if not isinstance(item, dict):
-        return "must be an audit Event object"
-    for field in ("auditID", "stage", "verb", "stageTimestamp"):
-        if not isinstance(item.get(field), str):
-            return f"{field} is missing or not a string"
-    ref = item.get("objectRef")
-    if ref is not None and not isinstance(ref, dict):
-        return "objectRef must be an object"
+def parse_event(line: bytes) -> AuditEvent:
+    """One audit event as a JSON line (the audit log file's format)."""
     try:
-        parse_time_ns(item["stageTimestamp"])
-        if "requestReceivedTimestamp" in item:
-            parse_time_ns(item["requestReceivedTimestamp"])
-    except (TypeError, ValueError):
-        return "timestamps must be RFC 3339"
-    return None
+        event = _decode_event(line)
+        _check_times(event)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise InvalidAuditBatch(f"not an audit event: {exc}") from None
+    return event
+
+
+def _explain(body: bytes, exc: msgspec.DecodeError) -> str:
+    try:
+        header = _decode_header(body)
+    except msgspec.DecodeError:
+        if isinstance(exc, msgspec.ValidationError) and "$" not in str(exc):
+            return "body must be a JSON object (an audit.k8s.io/v1 EventList)"
+        return f"body is not valid JSON: {exc}" if not isinstance(exc, msgspec.ValidationError) else str(exc)
+    _check_header(header.kind, header.apiVersion)
+    return str(exc).replace("$.", "")
+
+
+def _check_header(kind: str, api_version: str) -> None:
+    if kind != "EventList":
+        raise InvalidAuditBatch(f"kind must be EventList, not {kind!r}")
+    if api_version != "audit.k8s.io/v1":
+        raise InvalidAuditBatch(f"apiVersion must be audit.k8s.io/v1, not {api_version!r}")
+
+
+def _check_times(event: AuditEvent) -> None:
+    try:
+        parse_time_ns(event.stageTimestamp)
+        if event.requestReceivedTimestamp:
+            parse_time_ns(event.requestReceivedTimestamp)
+    except ValueError:
+        raise ValueError("timestamps must be RFC 3339") from None
 
 
 def parse_time_ns(text: str) -> int:
@@ -70,6 +139,10 @@ def parse_time_ns(text: str) -> int:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _load(raw: msgspec.Raw) -> Any:
+    return None if raw is _ABSENT else orjson.loads(memoryview(raw))
 
 
 class AuditConverter:
@@ -84,43 +157,42 @@ class AuditConverter:
         self._redaction = redaction
         self._secret_resources = frozenset(redaction.secret_resources)
 
-    def convert(self, cluster: str, events: list[dict[str, Any]]) -> list[Observation]:
+    def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
         observations: list[Observation] = []
         for event in events:
             if self._wanted(event):
                 observations.extend(self._observations(cluster, event))
         return observations
 
-    def _wanted(self, event: Mapping[str, Any]) -> bool:
-        if event["stage"] not in self._stages:
+    def _wanted(self, event: AuditEvent) -> bool:
+        if event.stage not in self._stages:
             return False
-        ref = event.get("objectRef")
-        if not ref or not ref.get("resource"):
+        ref = event.objectRef
+        if ref is None or not ref.resource:
             return False
-        if event["verb"] not in self._verbs:
-            code = (event.get("responseStatus") or {}).get("code")
+        if event.verb not in self._verbs:
+            code = event.responseStatus.code if event.responseStatus else 0
             if not (self._include_denied and code in _DENIED):
                 return False
-        resource = ref["resource"]
-        if resource in self._excluded or f"{resource}.{ref.get('apiGroup') or ''}" in self._excluded:
+        if ref.resource in self._excluded or f"{ref.resource}.{ref.apiGroup}" in self._excluded:
             return False
         return _username(event) not in self._excluded_users
 
-    def _redact(self, obj: Any, resource: str) -> dict[str, Any] | None:
+    def _redact(self, raw: msgspec.Raw, resource: str) -> dict[str, Any] | None:
+        obj = _load(raw)
         if not isinstance(obj, dict):
             return None
         if resource in self._secret_resources or self._redaction.paths:
             return redact_object(obj, resource, self._redaction)
         return obj  # parsed from this request alone, so nobody else holds it
 
-    def _observations(self, cluster: str, event: dict[str, Any]) -> Iterator[Observation]:
-        ref = event["objectRef"]
-        resource: str = ref["resource"]
-        verb: str = event["verb"]
-        status = event.get("responseStatus") or {}
-        code = status.get("code")
-        response = self._redact(event.get("responseObject"), resource)
-        request = self._redact(event.get("requestObject"), resource)
+    def _observations(self, cluster: str, event: AuditEvent) -> Iterator[Observation]:
+        ref = event.objectRef
+        assert ref is not None
+        verb = event.verb
+        code = event.responseStatus.code if event.responseStatus else 0
+        succeeded = 0 < code < 400
+        response = self._redact(event.responseObject, ref.resource)
         response_is_object = response is not None and response.get("kind") != "Status" and "metadata" in response
 
         if verb == "deletecollection" and response_is_object and isinstance(response.get("items"), list):
@@ -131,44 +203,38 @@ class AuditConverter:
                     yield self._observation(cluster, event, metadata["name"], metadata.get("uid", ""), item, None)
             return
 
-        name = ref.get("name") or ""
+        name = ref.name
         body: dict[str, Any] | None = response if response_is_object else None
         if not name and body is not None:
             name = body.get("metadata", {}).get("name", "")
-        if not name and isinstance(request, dict) and isinstance(request.get("metadata"), dict):
+        # The request body is parsed only when it tells something the response did not.
+        needs_request = verb == "patch" or (verb in ("create", "update") and (not name or body is None))
+        request = self._redact(event.requestObject, ref.resource) if needs_request else None
+        if not name and request is not None and isinstance(request.get("metadata"), dict):
             name = request["metadata"].get("name") or ""
-        succeeded = isinstance(code, int) and code < 400
         if not succeeded:
             body = None  # a refused request changed nothing: no snapshot, no links
-        elif body is None and verb in ("create", "update") and request is not None and "metadata" in request:
+        elif body is None and request is not None and "metadata" in request:
             body = request
-        uid = ref.get("uid") or (body or {}).get("metadata", {}).get("uid", "")
-        if not name and code is not None and code >= 400:
-            yield self._nameless(cluster, event)
-            return
+        uid = ref.uid or (body or {}).get("metadata", {}).get("uid", "")
         if not name:
+            if code >= 400:
+                yield self._nameless(cluster, event)
             return
         yield self._observation(cluster, event, name, uid, body, request if verb == "patch" else None)
 
     def _observation(
         self,
         cluster: str,
-        event: dict[str, Any],
+        event: AuditEvent,
         name: str,
         uid: str,
         body: dict[str, Any] | None,
         patch: dict[str, Any] | None,
     ) -> Observation:
-        ref = event["objectRef"]
-        obj_ref = ObjectRef(
-            cluster=cluster,
-            group=ref.get("apiGroup") or "",
-            version=ref.get("apiVersion") or "",
-            resource=ref["resource"],
-            namespace=ref.get("namespace") or "",
-            name=name,
-            uid=uid or "",
-        )
+        ref = event.objectRef
+        assert ref is not None
+        obj_ref = ObjectRef(cluster, ref.apiGroup, ref.apiVersion, ref.resource, ref.namespace, name, uid or "")
         observation = self._base(event, obj_ref, _title(event))
         if body is not None:
             resource_version = body.get("metadata", {}).get("resourceVersion")
@@ -176,8 +242,7 @@ class AuditConverter:
                 observation.resource_version = resource_version
                 observation.tags["resourceVersion"] = resource_version
             observation.body = body
-            verb = event["verb"]
-            if not ref.get("subresource") and (verb == "create" or verb.startswith("delete")):
+            if not ref.subresource and (event.verb == "create" or event.verb.startswith("delete")):
                 observation.logs.append(
                     LogEntry(observation.end_ns, "snapshot", {"snapshot": _snapshot_json(body)})
                 )
@@ -188,39 +253,35 @@ class AuditConverter:
             observation.logs.append(LogEntry(observation.start_ns, "request", {"patch": text}))
         return observation
 
-    def _nameless(self, cluster: str, event: dict[str, Any]) -> Observation:
+    def _nameless(self, cluster: str, event: AuditEvent) -> Observation:
         """A failed request that names no object (a denied create): told on its namespace, or its collection."""
-        ref = event["objectRef"]
-        namespace = ref.get("namespace") or ""
-        if namespace:
-            target = ObjectRef(cluster, "", "v1", "namespaces", "", namespace)
+        ref = event.objectRef
+        assert ref is not None
+        if ref.namespace:
+            target = ObjectRef(cluster, "", "v1", "namespaces", "", ref.namespace)
         else:
-            target = ObjectRef(cluster, ref.get("apiGroup") or "", ref.get("apiVersion") or "", ref["resource"], "", "")
+            target = ObjectRef(cluster, ref.apiGroup, ref.apiVersion, ref.resource, "", "")
         observation = self._base(event, target, _title(event, show_resource=True))
-        observation.tags["targetResource"] = ref["resource"]
+        observation.tags["targetResource"] = ref.resource
         return observation
 
-    def _base(self, event: dict[str, Any], ref: ObjectRef, title: str) -> Observation:
-        end_ns = parse_time_ns(event["stageTimestamp"])
-        received = event.get("requestReceivedTimestamp")
-        start_ns = parse_time_ns(received) if received else end_ns
-        status = event.get("responseStatus") or {}
-        code = status.get("code")
-        objref = event["objectRef"]
+    def _base(self, event: AuditEvent, ref: ObjectRef, title: str) -> Observation:
+        end_ns = parse_time_ns(event.stageTimestamp)
+        start_ns = parse_time_ns(event.requestReceivedTimestamp) if event.requestReceivedTimestamp else end_ns
+        status = event.responseStatus
         tags: Attributes = {
-            "auditID": event["auditID"],
-            "verb": event["verb"],
-            "username": (event.get("user") or {}).get("username", ""),
-            "userAgent": event.get("userAgent", ""),
-            "sourceIPs": ",".join(event.get("sourceIPs") or ()),
+            "auditID": event.auditID,
+            "verb": event.verb,
+            "username": event.user.username,
+            "userAgent": event.userAgent,
+            "sourceIPs": ",".join(event.sourceIPs),
         }
-        if objref.get("subresource"):
-            tags["subresource"] = objref["subresource"]
-        if isinstance(code, int):
-            tags["responseCode"] = code
-        impersonated = (event.get("impersonatedUser") or {}).get("username")
-        if impersonated:
-            tags["impersonatedUser"] = impersonated
+        if event.objectRef is not None and event.objectRef.subresource:
+            tags["subresource"] = event.objectRef.subresource
+        if status is not None and status.code:
+            tags["responseCode"] = status.code
+        if event.impersonatedUser is not None and event.impersonatedUser.username:
+            tags["impersonatedUser"] = event.impersonatedUser.username
         observation = Observation(
             ref=ref,
             kind=SERVICE_AUDIT,
@@ -228,33 +289,34 @@ class AuditConverter:
             start_ns=start_ns,
             end_ns=max(end_ns, start_ns),
             tags=tags,
-            dedup_key=f"audit:{event['auditID']}:{ref.name}",
+            dedup_key=f"audit:{event.auditID}:{ref.name}",
         )
-        if isinstance(code, int) and code >= 400:
-            reason = status.get("reason") or _phrase(code)
-            message = status.get("message") or ""
-            observation.error = f"{reason}: {message}" if message else reason
+        if status is not None and status.code >= 400:
+            reason = status.reason or _phrase(status.code)
+            observation.error = f"{reason}: {status.message}" if status.message else reason
             observation.logs.append(
-                LogEntry(end_ns, "error", {"code": code, "reason": reason, "message": message})
+                LogEntry(end_ns, "error", {"code": status.code, "reason": reason, "message": status.message})
             )
         return observation
 
 
-def _username(event: Mapping[str, Any]) -> str:
-    impersonated = (event.get("impersonatedUser") or {}).get("username")
-    return impersonated or (event.get("user") or {}).get("username", "")
+def _username(event: AuditEvent) -> str:
+    if event.impersonatedUser is not None and event.impersonatedUser.username:
+        return event.impersonatedUser.username
+    return event.user.username
 
 
-def _title(event: Mapping[str, Any], *, show_resource: bool = False) -> str:
-    ref = event["objectRef"]
-    parts = [_username(event) or "unknown", event["verb"]]
+def _title(event: AuditEvent, *, show_resource: bool = False) -> str:
+    ref = event.objectRef
+    assert ref is not None
+    parts = [_username(event) or "unknown", event.verb]
     if show_resource:
-        parts.append(ref["resource"])
-    if ref.get("subresource"):
-        parts.append(ref["subresource"])
-    code = (event.get("responseStatus") or {}).get("code")
-    if isinstance(code, int) and code >= 400:
-        parts.append(f"({(event.get('responseStatus') or {}).get('reason') or _phrase(code)})")
+        parts.append(ref.resource)
+    if ref.subresource:
+        parts.append(ref.subresource)
+    status = event.responseStatus
+    if status is not None and status.code >= 400:
+        parts.append(f"({status.reason or _phrase(status.code)})")
     return " ".join(parts)
 
 
