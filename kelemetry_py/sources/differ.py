@@ -23,12 +23,13 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from deepdiff import DeepDiff
 
 from kelemetry_py.config import RedactionConfig
+from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
@@ -45,17 +46,6 @@ MAX_RENDERED_VALUE = 300
 _ITEM = "\x00"
 _PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
 _MATCH_KEYS = ("name", "type")
-
-
-class ResourceTypeLike(Protocol):
-    """What the differ needs of :class:`kelemetry_py.kube.watch.ResourceType`."""
-
-    @property
-    def group(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def resource(self) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------------------- diffing
@@ -197,12 +187,14 @@ def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
-def _covers(fields: Any, segments: Sequence[Any]) -> bool:
-    """Whether a ``fieldsV1`` set owns the field at ``segments`` (or an enclosing atomic field)."""
+def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
+    """Whether a ``fieldsV1`` set owns the field at ``segments`` (or an enclosing atomic field), and how many
+    leading segments it owns: a removed field has no owner left; the owner of its siblings likely removed it.
+    """
     node = fields
     for depth, segment in enumerate(segments):
         if not isinstance(node, dict):
-            return False
+            return False, depth
         child: Any = None
         if isinstance(segment, str) and segment.startswith(_ITEM):
             wanted = segment[1:]
@@ -217,14 +209,14 @@ def _covers(fields: Any, segments: Sequence[Any]) -> bool:
                         break
         elif isinstance(segment, int):
             # Positional items are owned through their list; owning any item is close enough.
-            return any(k.startswith(("k:", "v:", "i:")) for k in node) or depth > 0
+            return any(k.startswith(("k:", "v:", "i:")) for k in node) or depth > 0, depth
         else:
             child = node.get(f"f:{segment}")
         if child is None:
             # An owned leaf without children is an atomic field: its owner owns everything inside it.
-            return depth > 0 and not any(k != "." for k in node)
+            return depth > 0 and not any(k != "." for k in node), depth
         node = child
-    return True
+    return True, len(segments)
 
 
 def attribute(
@@ -232,23 +224,25 @@ def attribute(
 ) -> tuple[str, str]:
     """(field manager, operation) that most plausibly made this change.
 
-    Preference: the entry owning most of the changed fields, then an entry new or re-timed since the previous
-    state, then the newest ``time``. Ownership comes first because a write through a subresource (``kubectl
-    scale``) does not re-time any entry, while the status writer's entry may be newer.
+    Preference: the entry owning most of the changed fields, then the one owning most of their parents, then
+    an entry new or re-timed since the previous state, then the newest ``time``. Ownership comes first because
+    a write through a subresource (``kubectl scale``) re-times no entry, while the status writer's is newer.
     """
     entries = [e for e in (obj.get("metadata") or {}).get("managedFields") or [] if isinstance(e, dict)]
     if not entries:
         return "", ""
     before = set(previous)
-    best: tuple[tuple[int, int, str], dict[str, Any]] | None = None
+    best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry in entries:
         summary = _summary(entry)
-        covered = sum(1 for segments in changed if _covers(entry.get("fieldsV1"), segments))
-        score = (covered, int(summary not in before), summary[3])
+        owned = [_ownership(entry.get("fieldsV1"), segments) for segments in changed]
+        covered = sum(1 for full, _ in owned if full)
+        nearby = sum(depth for _, depth in owned)
+        score = (covered, nearby, int(summary not in before), summary[3])
         if best is None or score > best[0]:
             best = (score, entry)
     assert best is not None
-    if changed and best[0][:2] == (0, 0):
+    if changed and best[0][:3] == (0, 0, 0):
         # Nobody owns a changed field and nobody wrote since last time (a binding, a graceful delete):
         # naming the newest writer would be a guess dressed as a fact.
         return "", ""
@@ -368,7 +362,7 @@ class ObjectDiffer:
     async def on_event(
         self,
         cluster: str,
-        rtype: ResourceTypeLike,
+        rtype: ResourceType,
         event_type: str,
         obj: dict[str, Any],
         *,
@@ -408,7 +402,7 @@ class ObjectDiffer:
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
             await self._record(ref, rv, "create", obj, None, snapshot=clean)
 
-    async def on_relist_done(self, cluster: str, rtype: ResourceTypeLike, present_uids: set[str]) -> None:
+    async def on_relist_done(self, cluster: str, rtype: ResourceType, present_uids: set[str]) -> None:
         """Objects the differ knew that a fresh list no longer has were deleted while the watch was down."""
         prefix = f"{cluster}/{rtype.group}/{rtype.resource}/"
         gone = [

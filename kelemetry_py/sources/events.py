@@ -24,10 +24,10 @@ from typing import Any, Protocol, runtime_checkable
 import redis.asyncio as aioredis
 
 from kelemetry_py.kube.catalog import CatalogSource, ClusterCatalogs, guess_plural, split_api_version
+from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
-from kelemetry_py.sources.differ import ResourceTypeLike
 
 EVENTS_GROUP = "events.k8s.io"
 
@@ -221,7 +221,7 @@ class EventTracker:
     async def on_event(
         self,
         cluster: str,
-        rtype: ResourceTypeLike,
+        rtype: ResourceType,
         event_type: str,
         obj: dict[str, Any],
         *,
@@ -250,7 +250,7 @@ class EventTracker:
         finally:
             self._inflight.discard(token)
 
-    async def on_relist_done(self, cluster: str, rtype: ResourceTypeLike, present_uids: set[str]) -> None:
+    async def on_relist_done(self, cluster: str, rtype: ResourceType, present_uids: set[str]) -> None:
         return None  # an Event gone from a list expired; nothing happened to its object
 
     def involved_ref(self, cluster: str, view: EventView) -> ObjectRef | None:
