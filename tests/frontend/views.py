@@ -28,7 +28,7 @@ class V1Trace:
         self.services = {pid: process["serviceName"] for pid, process in trace["processes"].items()}
 
     def service(self, span: dict[str, Any]) -> str:
-        return self.services[span["processID"]]
+        return str(self.services[span["processID"]])
 
     @staticmethod
     def tags(span: dict[str, Any]) -> dict[str, Any]:
