@@ -12,7 +12,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2, duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import FileDescriptor
-from grpc_tools import protoc
+from grpc_tools import protoc  # type: ignore[import-untyped]
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ def _descriptor_set() -> bytes:
 
     for module in (timestamp_pb2, duration_pb2, trace_pb2):
         add(module.DESCRIPTOR)
-    return descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString()
+    return bytes(descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString())
 
 
 def main() -> int:
