@@ -13,6 +13,8 @@ from kelemetry_py.storage import TraceHit, TraceQuery
 from kelemetry_py.storage.otlp_json import BackendError, HttpBackend, decode_resource_spans, ref_from_spans
 
 _OBJECT_TAG_KEYS = frozenset((*OBJECT_TAGS, "uid"))
+# Object traces read to list a tag's values (e.g. clusters): enough for the operations dropdown.
+TAG_VALUE_SCAN_LIMIT = 1000
 
 
 def rfc3339_nano(time_ns: int) -> str:
@@ -70,6 +72,14 @@ class JaegerReader:
             params["query.attributes"] = orjson.dumps(query.tags).decode()
         document = await self._http.get_json("/api/v3/traces", params)
         return self._decode(document, "/api/v3/traces")
+
+    async def tag_values(self, key: str, start_ns: int, end_ns: int) -> list[str]:
+        """Values of one object tag in the range, read off the object spans (Jaeger has no tag-value API)."""
+        query = TraceQuery(
+            start_ns=start_ns, end_ns=end_ns, limit=TAG_VALUE_SCAN_LIMIT, service=SERVICE_OBJECT
+        )
+        spans = await self._find(query, SERVICE_OBJECT)
+        return sorted({str(span.attributes[key]) for span in spans if key in span.attributes})
 
     async def get_trace(self, trace_id: int) -> list[Span]:
         path = f"/api/v3/traces/{trace_id:032x}"

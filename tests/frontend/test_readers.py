@@ -505,6 +505,8 @@ async def test_jaeger_reader_finds_and_reads_traces() -> None:
             got = await reader.get_trace(deployment[0].trace_id)
             assert by_id(got) == by_id(deployment)
             assert await reader.get_trace(0xABC) == []
+            assert await reader.tag_values("cluster", WINDOW_START_NS, WINDOW_END_NS) == ["fixture"]
+            assert await reader.tag_values("name", WINDOW_START_NS, WINDOW_END_NS) == ["web", "web-5d8f"]
             none = await reader.find_traces(
                 TraceQuery(tags={"name": "nothing"}, start_ns=0, end_ns=WINDOW_END_NS)
             )
