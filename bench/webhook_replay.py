@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from kelemetry_py.app import App  # noqa: E402
 from kelemetry_py.config import load_config  # noqa: E402
+from kelemetry_py.export.otlp import WRITER_LABEL as OTLP_WRITER  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
@@ -128,10 +129,7 @@ async def main(target_events: int, concurrency: int) -> None:
         accepted_wall = time.perf_counter() - wall_before
         assert app.components is not None
         await app.components.pipeline.drain()
-        written = int(sum(
-            sample.value for metric in app.components.metrics.spans_exported.collect() for sample in metric.samples
-            if sample.name.endswith("_total")
-        ))
+        written = int(app.components.metrics.spans_exported.labels(OTLP_WRITER)._value.get())
         while receiver.spans < written:
             receiver.changed.clear()
             await receiver.changed.wait()

@@ -35,6 +35,7 @@ class Components:
     pipeline: Pipeline
     store: Any = None  # the embedded SqliteStore when enabled (a SpanWriter and a TraceReader)
     graph: Any = None
+    catalogs: Any = None
     closers: list[Any] = field(default_factory=list)
 
 
@@ -131,6 +132,7 @@ class App:
 
 
 async def build_components(config: Config) -> Components:
+    from kelemetry_py.kube.catalog import ClusterCatalogs
     from kelemetry_py.linking.graph import ObjectGraph
     from kelemetry_py.linking.registry import load_linkers
 
@@ -142,9 +144,9 @@ async def build_components(config: Config) -> Components:
         from kelemetry_py.storage.sqlite import SqliteStore
 
         Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
-        store = await SqliteStore.open(
+        store = await SqliteStore(
             config.store.path, retention_hours=config.store.retention_hours, metrics=metrics
-        )
+        ).open()
         writers.append(store)
         closers.append(store.close)
     if config.otlp.endpoint:
@@ -169,7 +171,9 @@ async def build_components(config: Config) -> Components:
     closers.append(emission.close)
 
     graph = ObjectGraph()
-    linkers = load_linkers(config.plugins)
+    # One catalog per cluster: the watchers refresh it from discovery, the linkers resolve owner kinds with it.
+    catalogs = ClusterCatalogs()
+    linkers = load_linkers(config.plugins, catalog=catalogs)
     pipeline = Pipeline(
         writer=writer,
         emission=emission,
@@ -180,5 +184,5 @@ async def build_components(config: Config) -> Components:
     )
     return Components(
         metrics=metrics, writer=writer, emission=emission, pipeline=pipeline, store=store, graph=graph,
-        closers=closers,
+        catalogs=catalogs, closers=closers,
     )
