@@ -94,6 +94,9 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 
+_OBJECT_WIDE_TAGS = frozenset({"cluster", "group", "version", "resource", "namespace"})
+
+
 def _signed(unsigned: int) -> int:
     """SQLite integers are signed 64-bit; span ids use all 64 bits."""
     return unsigned - _U64 if unsigned > _I64_MAX else unsigned
@@ -135,7 +138,9 @@ def find_traces_sql(query: TraceQuery) -> tuple[str, list[Any]]:
         "t.name, t.uid FROM traces t WHERE t.end_ns >= ? AND t.start_ns <= ?",
     ]
     params: list[Any] = [query.start_ns, query.end_ns]
-    tags = list(query.tags.items())
+    # The first tag drives the search: put tags every span of an object shares (cluster, resource...) last,
+    # so a selective one (name, verb, auditID) narrows the candidates first.
+    tags = sorted(query.tags.items(), key=lambda item: item[0] in _OBJECT_WIDE_TAGS)
     if tags:
         # One span must carry every tag: join the tag rows on the same (trace, span).
         first_key, first_value = tags[0]
@@ -233,6 +238,7 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         # With WAL, NORMAL loses at most the last commits on power loss, never consistency.
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the tag index is hot on every write
         conn.executescript(_SCHEMA)
         self._conn = conn
 
