@@ -27,7 +27,6 @@ from kelemetry_py.storage import TraceHit, TraceQuery, TraceReader
 
 # An object has at most one raw trace per window; a long range can hold many windows.
 _MAX_WINDOWS_PER_OBJECT = 10_000
-_OBJECT_TAG_KEYS = ("cluster", "group", "resource", "namespace", "name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +222,12 @@ class Assembler:
         ref = ObjectRef.from_key(key)
         async with self._limit:
             hits = await self._reader.find_traces(
+                # Two selective tags keep a store's tag join cheap; the exact key is checked on the hits.
                 TraceQuery(
-                    tags=object_tags(ref), start_ns=start_ns, end_ns=end_ns, limit=_MAX_WINDOWS_PER_OBJECT
+                    tags={"resource": ref.resource, "name": ref.name},
+                    start_ns=start_ns,
+                    end_ns=end_ns,
+                    limit=_MAX_WINDOWS_PER_OBJECT,
                 )
             )
         trace_ids = sorted({hit.trace_id for hit in hits if hit.ref.key == key})
