@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.model import Observation
+from kelemetry_py.sources.diffcache import DiffRecord
+from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 
 DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment", True)
 REPLICASETS = ResourceType("apps", "v1", "replicasets", "ReplicaSet", True)
@@ -21,13 +24,29 @@ CLUSTER = "fixture"
 
 
 class CollectingSink:
-    """An ObservationSink that keeps everything it is given."""
+    """An ObservationSink that keeps everything it is given; ``arrived`` is set by every submit."""
 
     def __init__(self) -> None:
         self.observations: list[Observation] = []
+        self.arrived = asyncio.Event()
 
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
         self.observations.extend(observations)
+        self.arrived.set()
+
+
+class ObservedMemoryCache(MemoryDiffCache):
+    """Tells the test when a lookup missed, i.e. when a waiter has registered and must be woken by a put."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.missed = asyncio.Event()
+
+    def _lookup(self, key: tuple[str, str]) -> DiffRecord | None:
+        found = super()._lookup(key)
+        if found is None:
+            self.missed.set()
+        return found
 
 
 def stream_name(rtype: ResourceType) -> str:

@@ -25,6 +25,7 @@ from tests.differ.support import (
     REPLICASETS,
     SECRETS,
     CollectingSink,
+    ObservedMemoryCache,
     list_items,
     watch_lines,
 )
@@ -220,13 +221,14 @@ async def test_secret_values_never_reach_a_diff_snapshot_or_observation(fixtures
 
 
 async def test_attacher_waits_for_a_late_diff_without_blocking(lifecycle: Path) -> None:
-    cache = MemoryDiffCache()
+    cache = ObservedMemoryCache()
     differ = _differ(cache)
     scale = _first_scale(lifecycle)
     attacher = DiffAttacher(cache, wait_seconds=30.0)
     pending = attacher.prepare(scale)
     assert pending is not None  # the watch has not caught up yet: parked, not blocking
     task = asyncio.ensure_future(pending)
+    await asyncio.wait_for(cache.missed.wait(), 5)  # parked on its waiter before the change arrives
     namespace_write = next(o for o in _audit_observations(lifecycle) if o.ref.resource == "namespaces")
     other = attacher.prepare(namespace_write)
     assert other is not None
@@ -261,27 +263,19 @@ async def test_attacher_gives_up_after_its_bound(lifecycle: Path) -> None:
 async def test_run_loop_emits_when_the_claim_window_passes(lifecycle: Path) -> None:
     clock = FakeClock()
     sink = CollectingSink()
-    emitted = asyncio.Event()
     slept: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
         clock.now += seconds  # time passes exactly as long as the loop asked
 
-    original_submit = sink.submit
-
-    async def submit(observations: list[Observation], *, wait: bool = False) -> None:
-        await original_submit(observations, wait=wait)
-        emitted.set()
-
-    sink.submit = submit  # type: ignore[method-assign]
     differ = ObjectDiffer(
         sink, Metrics(), MemoryDiffCache(), claim_wait_seconds=3.0, margin_seconds=1.0, clock=clock
     )
     runner = asyncio.create_task(differ.run(sleep=fake_sleep))
     _, first = next(watch_lines(lifecycle, DEPLOYMENTS))
     await differ.on_event(CLUSTER, DEPLOYMENTS, "ADDED", first, relisted=False)
-    await asyncio.wait_for(emitted.wait(), 5)
+    await asyncio.wait_for(sink.arrived.wait(), 5)
     runner.cancel()
     assert slept == [4.0]
     assert [o.tags["change"] for o in sink.observations] == ["create"]
