@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import orjson
 
+from kelemetry_py.config import FrontendConfig, RedisConfig
+
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
@@ -41,3 +43,14 @@ class TraceCache(Protocol):
         """The entry under ``key``, or None if unknown or expired."""
 
     async def close(self) -> None: ...
+
+
+def create_trace_cache(frontend: FrontendConfig, redis: RedisConfig) -> TraceCache:
+    """Redis when ``redis.url`` is set (shared by replicas), else in memory; both expire after the TTL."""
+    if redis.url:
+        from kelemetry_py.frontend.tracecache.redis import RedisTraceCache
+
+        return RedisTraceCache(redis.url, frontend.trace_cache_ttl_seconds, redis.key_prefix)
+    from kelemetry_py.frontend.tracecache.memory import MemoryTraceCache
+
+    return MemoryTraceCache(frontend.trace_cache_ttl_seconds)
