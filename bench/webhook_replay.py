@@ -44,7 +44,7 @@ class CountingReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans = 0
         self.changed = asyncio.Event()
 
-    async def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Export(self, request, context):  # type: ignore[no-untyped-def]
         self.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         self.changed.set()
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -61,7 +61,9 @@ def build_batches(target_events: int) -> tuple[list[bytes], int]:
     while total < target_events:
         for start in range(0, len(events), BATCH):
             chunk = events[start : start + BATCH]
-            body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": chunk})
+            body = orjson.dumps(
+                {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": chunk}
+            )
             # Unique audit IDs per round, so every round is new work rather than a re-delivery.
             bodies.append(body.replace(b'"auditID":"', f'"auditID":"r{round_number}-'.encode()))
             total += len(chunk)
@@ -112,7 +114,9 @@ async def main(target_events: int, concurrency: int) -> None:
             while (body := await queue.get()) is not None:
                 while True:
                     started = time.perf_counter()
-                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                    async with session.post(
+                        url, data=body, headers={"Content-Type": "application/json"}
+                    ) as resp:
                         await resp.read()
                     if resp.status == 429:
                         throttled += 1
@@ -140,20 +144,30 @@ async def main(target_events: int, concurrency: int) -> None:
 
     latencies.sort()
     ms = [x * 1000 for x in latencies]
-    print(f"events replayed       {total_events} in {len(bodies)} batches of up to {BATCH} (concurrency {concurrency})")
+    print(
+        f"events replayed       {total_events} in {len(bodies)} batches of up to {BATCH} (concurrency {concurrency})"
+    )
     print(f"spans exported        {receiver.spans} (received over OTLP/gRPC)")
-    print(f"throughput (wall)     {total_events / wall:,.0f} audit events/s end to end; "
-          f"{total_events / accepted_wall:,.0f} events/s accepted by the webhook")
-    print(f"throughput (per core) {total_events / cpu:,.0f} audit events per CPU-second "
-          f"(process CPU {cpu:.2f}s, includes the in-process receiver and client)")
-    print(f"webhook latency       p50 {statistics.median(ms):.1f} ms  p99 {ms[int(len(ms) * 0.99) - 1]:.1f} ms  "
-          f"max {ms[-1]:.1f} ms per batch")
+    print(
+        f"throughput (wall)     {total_events / wall:,.0f} audit events/s end to end; "
+        f"{total_events / accepted_wall:,.0f} events/s accepted by the webhook"
+    )
+    print(
+        f"throughput (per core) {total_events / cpu:,.0f} audit events per CPU-second "
+        f"(process CPU {cpu:.2f}s, includes the in-process receiver and client)"
+    )
+    print(
+        f"webhook latency       p50 {statistics.median(ms):.1f} ms  p99 {ms[int(len(ms) * 0.99) - 1]:.1f} ms  "
+        f"max {ms[-1]:.1f} ms per batch"
+    )
     print(f"throttled (429)       {throttled}")
     print(f"peak RSS              {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()

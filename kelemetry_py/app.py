@@ -45,6 +45,8 @@ class App:
         self.components: Components | None = None
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
+        self.frontend: Any = None  # the FrontendService, when the frontend is enabled
+        self._grpc: Any = None
         self._ready = False
 
     @property
@@ -66,12 +68,40 @@ class App:
             audit=self.config.audit,
             http=self.config.http,
         ).add_routes(main)
+        if self.config.frontend.enabled:
+            await self._start_frontend(main)
         self.ports["http"] = await self._serve(main, self.config.http.port)
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
 
+    async def _start_frontend(self, main: web.Application) -> None:
+        from kelemetry_py.frontend.http import add_frontend_routes
+        from kelemetry_py.frontend.tracecache import create_trace_cache
+
+        assert self.components is not None
+        config = self.config
+        reader = await open_reader(config, self.components)
+        cache = create_trace_cache(config.frontend, config.redis)
+        self.components.closers.append(cache.close)
+        if config.http.frontend_port:
+            target = web.Application()
+            self._add_operational_routes(target)
+        else:
+            target = main
+        self.frontend = add_frontend_routes(target, reader, cache, config.frontend)
+        if target is not main:
+            self.ports["frontend"] = await self._serve(target, config.http.frontend_port)
+        if config.frontend.grpc_port:
+            from kelemetry_py.frontend.grpc_storage import serve_grpc_storage
+
+            self._grpc = await serve_grpc_storage(self.frontend, config.http.host, config.frontend.grpc_port)
+            self.ports["grpc"] = self._grpc.port
+
     async def stop(self) -> None:
         self._ready = False
+        if self._grpc is not None:
+            await self._grpc.stop()
+            self._grpc = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -183,6 +213,28 @@ async def build_components(config: Config) -> Components:
         graph=graph,
     )
     return Components(
-        metrics=metrics, writer=writer, emission=emission, pipeline=pipeline, store=store, graph=graph,
-        catalogs=catalogs, closers=closers,
+        metrics=metrics,
+        writer=writer,
+        emission=emission,
+        pipeline=pipeline,
+        store=store,
+        graph=graph,
+        catalogs=catalogs,
+        closers=closers,
     )
+
+
+async def open_reader(config: Config, components: Components) -> Any:
+    """The TraceReader the frontend assembles views from: the embedded store, Tempo or Jaeger."""
+    if config.frontend.reader == "tempo":
+        from kelemetry_py.storage.tempo import TempoReader
+
+        reader: Any = TempoReader(config.frontend.tempo)
+    elif config.frontend.reader == "jaeger":
+        from kelemetry_py.storage.jaeger import JaegerReader
+
+        reader = JaegerReader(config.frontend.jaeger, window_seconds=config.pipeline.window_seconds)
+    else:
+        return components.store  # closed with the store
+    components.closers.append(reader.close)
+    return reader

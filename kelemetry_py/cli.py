@@ -18,7 +18,9 @@ from kelemetry_py.config import Config, ConfigError, load_config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default=os.environ.get("KELEMETRY_CONFIG"), help="YAML configuration file")
+    parser.add_argument(
+        "--config", "-c", default=os.environ.get("KELEMETRY_CONFIG"), help="YAML configuration file"
+    )
     parser.add_argument("--cluster", dest="cluster", help="cluster name for POST /audit (default: default)")
     parser.add_argument("--http-host", dest="http.host", help="address to listen on")
     parser.add_argument("--http-port", dest="http.port", type=int, help="webhook and frontend port (8080)")
@@ -27,10 +29,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--store-path", dest="store.path", help="embedded SQLite store file")
     parser.add_argument(
-        "--no-store", dest="store.enabled", action="store_const", const=False, help="disable the embedded store"
+        "--no-store",
+        dest="store.enabled",
+        action="store_const",
+        const=False,
+        help="disable the embedded store",
     )
     parser.add_argument("--redis-url", dest="redis.url", help="share state with other replicas through Redis")
-    parser.add_argument("--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory")
+    parser.add_argument(
+        "--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory"
+    )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
 
 

@@ -222,7 +222,7 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
-    config = _build(Config, raw, "")
+    config: Config = _build(Config, raw, "")
     validate(config)
     return config
 
@@ -332,7 +332,11 @@ def validate(config: Config) -> None:
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {config.log_level!r} is not debug, info, warning or error")
     if not config.store.enabled and not config.otlp.endpoint:
-        raise ConfigError("store.enabled: with no otlp.endpoint the embedded store is the only place spans go")
+        raise ConfigError(
+            "store.enabled: with no otlp.endpoint the embedded store is the only place spans go"
+        )
+    if config.frontend.enabled and config.frontend.reader == "embedded" and not config.store.enabled:
+        raise ConfigError("frontend.reader: the embedded reader needs store.enabled (or choose tempo or jaeger)")
     if config.frontend.reader not in READERS:
         raise ConfigError(f"frontend.reader: {config.frontend.reader!r} is not one of {', '.join(READERS)}")
     for backend in ("tempo", "jaeger"):
@@ -340,9 +344,13 @@ def validate(config: Config) -> None:
         if config.frontend.reader == backend and not backend_config.endpoint:
             raise ConfigError(f"frontend.{backend}.endpoint: reader {backend} needs an endpoint")
         if backend_config.endpoint and urlsplit(backend_config.endpoint).scheme not in ("http", "https"):
-            raise ConfigError(f"frontend.{backend}.endpoint: {backend_config.endpoint!r} is not an http(s):// URL")
+            raise ConfigError(
+                f"frontend.{backend}.endpoint: {backend_config.endpoint!r} is not an http(s):// URL"
+            )
         if bool(backend_config.client_cert_file) != bool(backend_config.client_key_file):
-            raise ConfigError(f"frontend.{backend}.client_cert_file: needs both client_cert_file and client_key_file")
+            raise ConfigError(
+                f"frontend.{backend}.client_cert_file: needs both client_cert_file and client_key_file"
+            )
         positive(f"frontend.{backend}.timeout_seconds", backend_config.timeout_seconds)
     if not 0 <= config.frontend.grpc_port <= 65535:
         raise ConfigError(f"frontend.grpc_port: {config.frontend.grpc_port} is not a TCP port")

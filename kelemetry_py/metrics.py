@@ -10,16 +10,24 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.audit_events_accepted = Counter(
-            "kelemetry_audit_events_accepted", "Audit events in accepted webhook batches", ["cluster"], registry=r
+            "kelemetry_audit_events_accepted",
+            "Audit events in accepted webhook batches",
+            ["cluster"],
+            registry=r,
         )
         self.audit_batches_rejected = Counter(
-            "kelemetry_audit_batches_rejected", "Webhook requests answered with an error", ["reason"], registry=r
+            "kelemetry_audit_batches_rejected",
+            "Webhook requests answered with an error",
+            ["reason"],
+            registry=r,
         )
         self.observations_submitted = Counter(
             "kelemetry_observations_submitted", "Observations handed to the pipeline", ["kind"], registry=r
         )
         self.queue_depth = Gauge(
-            "kelemetry_pipeline_queue_depth", "Observations accepted but not yet turned into spans", registry=r
+            "kelemetry_pipeline_queue_depth",
+            "Observations accepted but not yet turned into spans",
+            registry=r,
         )
         self.spans_written = Counter(
             "kelemetry_spans_written", "Spans handed to a span writer", ["writer", "service"], registry=r
@@ -34,7 +42,10 @@ class Metrics:
             "kelemetry_spans_dropped", "Spans given up on after every retry failed", ["writer"], registry=r
         )
         self.plugin_errors = Counter(
-            "kelemetry_plugin_errors", "Exceptions raised by plugins (isolated and skipped)", ["plugin"], registry=r
+            "kelemetry_plugin_errors",
+            "Exceptions raised by plugins (isolated and skipped)",
+            ["plugin"],
+            registry=r,
         )
         self.webhook_latency = Histogram(
             "kelemetry_webhook_seconds",

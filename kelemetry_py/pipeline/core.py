@@ -11,7 +11,7 @@ import logging
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kelemetry_py.config import PipelineConfig
@@ -22,8 +22,8 @@ from kelemetry_py.model import (
     SERVICE_LINK,
     SERVICE_OBJECT,
     Link,
-    Observation,
     ObjectRef,
+    Observation,
     Span,
     child_span_id,
     object_span_id,
@@ -153,7 +153,7 @@ class Pipeline:
                 log.exception("pipeline: failed to turn %d observations into spans", len(ready))
             await self._done(len(ready))
 
-    def _run_hooks(self, observation: Observation, start: int) -> Awaitable[None] | None:
+    def _run_hooks(self, observation: Observation, start: int) -> Coroutine[Any, Any, None] | None:
         for index in range(start, len(self._hooks)):
             hook = self._hooks[index]
             try:
@@ -166,7 +166,9 @@ class Pipeline:
                 return self._finish_parked(observation, pending, index + 1)
         return None
 
-    async def _finish_parked(self, observation: Observation, pending: Awaitable[None], next_hook: int) -> None:
+    async def _finish_parked(
+        self, observation: Observation, pending: Awaitable[None], next_hook: int
+    ) -> None:
         try:
             try:
                 await pending
@@ -260,7 +262,9 @@ class Pipeline:
             )
         )
 
-    async def _link_spans(self, ref: ObjectRef, link: Link, window: int, time_ns: int, out: list[Span]) -> None:
+    async def _link_spans(
+        self, ref: ObjectRef, link: Link, window: int, time_ns: int, out: list[Span]
+    ) -> None:
         inverse = "child" if link.role == "parent" else "parent"
         ends = ((ref, link.target, link.role), (link.target, ref, inverse))
         for owner, other, role in ends:

@@ -35,8 +35,8 @@ class AuditObjectRef(msgspec.Struct):
     namespace: str = ""
     name: str = ""
     uid: str = ""
-    apiGroup: str = ""  # noqa: N815 - the wire names
-    apiVersion: str = ""  # noqa: N815
+    apiGroup: str = ""
+    apiVersion: str = ""
     subresource: str = ""
 
 
@@ -49,30 +49,30 @@ class AuditStatus(msgspec.Struct):
 class AuditEvent(msgspec.Struct):
     """An audit.k8s.io/v1 Event. The request and response objects stay raw JSON until an event is kept."""
 
-    auditID: str  # noqa: N815
+    auditID: str
     stage: str
     verb: str
-    stageTimestamp: str  # noqa: N815
-    requestReceivedTimestamp: str = ""  # noqa: N815
+    stageTimestamp: str
+    requestReceivedTimestamp: str = ""
     user: AuditUser = msgspec.field(default_factory=AuditUser)
-    impersonatedUser: AuditUser | None = None  # noqa: N815
-    sourceIPs: list[str] = msgspec.field(default_factory=list)  # noqa: N815
-    userAgent: str = ""  # noqa: N815
-    objectRef: AuditObjectRef | None = None  # noqa: N815
-    responseStatus: AuditStatus | None = None  # noqa: N815
-    requestObject: msgspec.Raw = _ABSENT  # noqa: N815
-    responseObject: msgspec.Raw = _ABSENT  # noqa: N815
+    impersonatedUser: AuditUser | None = None
+    sourceIPs: list[str] = msgspec.field(default_factory=list)
+    userAgent: str = ""
+    objectRef: AuditObjectRef | None = None
+    responseStatus: AuditStatus | None = None
+    requestObject: msgspec.Raw = _ABSENT
+    responseObject: msgspec.Raw = _ABSENT
 
 
 class _EventList(msgspec.Struct):
     kind: str = ""
-    apiVersion: str = ""  # noqa: N815
+    apiVersion: str = ""
     items: list[AuditEvent] | None = None
 
 
 class _Header(msgspec.Struct):
     kind: str = ""
-    apiVersion: str = ""  # noqa: N815
+    apiVersion: str = ""
 
 
 _decode_list = msgspec.json.Decoder(_EventList).decode
@@ -195,7 +195,12 @@ class AuditConverter:
         response = self._redact(event.responseObject, ref.resource)
         response_is_object = response is not None and response.get("kind") != "Status" and "metadata" in response
 
-        if verb == "deletecollection" and response_is_object and isinstance(response.get("items"), list):
+        if (
+            verb == "deletecollection"
+            and response is not None
+            and response_is_object
+            and isinstance(response.get("items"), list)
+        ):
             # One deletecollection removes many objects: each deleted object's story gets the request.
             for item in response["items"]:
                 metadata = item.get("metadata") if isinstance(item, dict) else None
@@ -243,9 +248,7 @@ class AuditConverter:
                 observation.tags["resourceVersion"] = resource_version
             observation.body = body
             if not ref.subresource and (event.verb == "create" or event.verb.startswith("delete")):
-                observation.logs.append(
-                    LogEntry(observation.end_ns, "snapshot", {"snapshot": _snapshot_json(body)})
-                )
+                observation.logs.append(LogEntry(observation.end_ns, "snapshot", {"snapshot": _snapshot_json(body)}))
         if patch is not None:
             text = orjson.dumps(patch).decode()
             if len(text) > _PATCH_LOG_LIMIT:

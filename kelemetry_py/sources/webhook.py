@@ -57,12 +57,18 @@ class AuditWebhook:
         if self._tokens and not self._authorized(request):
             return self._reject(401, "unauthorized", "missing or unknown bearer token")
         if "Content-Type" in request.headers and request.content_type != "application/json":
-            return self._reject(415, "content_type", f"Content-Type must be application/json, not {request.content_type}")
+            return self._reject(
+                415, "content_type", f"Content-Type must be application/json, not {request.content_type}"
+            )
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", ""):
-            return self._reject(415, "content_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)")
+            return self._reject(
+                415, "content_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)"
+            )
         if request.content_length is not None and request.content_length > self._max_body:
-            return self._reject(413, "too_large", f"body of {request.content_length} bytes exceeds {self._max_body}")
+            return self._reject(
+                413, "too_large", f"body of {request.content_length} bytes exceeds {self._max_body}"
+            )
         try:
             body = await self._read_body(request, gzip=encoding == "gzip")
             events = parse_event_list(body)
@@ -78,7 +84,9 @@ class AuditWebhook:
         except Overloaded as exc:
             self._metrics.audit_batches_rejected.labels("overloaded").inc()
             return web.json_response(
-                {"error": str(exc)}, status=429, headers={"Retry-After": f"{max(1, round(exc.retry_after_seconds))}"}
+                {"error": str(exc)},
+                status=429,
+                headers={"Retry-After": f"{max(1, round(exc.retry_after_seconds))}"},
             )
         self._metrics.audit_events_accepted.labels(cluster).inc(len(events))
         return web.json_response({"accepted": len(events), "observations": len(observations)})

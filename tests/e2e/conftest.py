@@ -46,8 +46,9 @@ async def make_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
 
 
 async def replay_scenario(app: App, fixtures_dir: Path, scenario: str, *, use_gzip: bool = False) -> None:
-    result = await replay([fixtures_dir / scenario / "audit.jsonl"], target=app.base_url, cluster="fixture",
-                          use_gzip=use_gzip)
+    result = await replay(
+        [fixtures_dir / scenario / "audit.jsonl"], target=app.base_url, cluster="fixture", use_gzip=use_gzip
+    )
     assert result.failed == 0 and result.batches > 0
     assert app.components is not None
     await app.components.pipeline.drain()

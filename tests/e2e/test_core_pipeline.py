@@ -92,11 +92,18 @@ async def test_audit_spans_of_the_deployment_lifecycle(
     app = await make_app(**{"otlp.endpoint": otlp_receiver.endpoint})
     await replay_scenario(app, fixtures_dir, "deployment-lifecycle")
     spans = await exported(otlp_receiver, app)
-    deployment = [s for s in spans if s.service == "audit" and key_of(s) == "fixture/apps/deployments/shop/web"]
-    admin = [(s.name, s.attributes.get("subresource")) for s in deployment if s.attributes["username"] == "admin"]
+    deployment = [
+        s for s in spans if s.service == "audit" and key_of(s) == "fixture/apps/deployments/shop/web"
+    ]
+    admin = [
+        (s.name, s.attributes.get("subresource")) for s in deployment if s.attributes["username"] == "admin"
+    ]
     assert admin == [
-        ("admin create", None), ("admin patch scale", "scale"), ("admin patch", None),
-        ("admin patch scale", "scale"), ("admin delete", None),
+        ("admin create", None),
+        ("admin patch scale", "scale"),
+        ("admin patch", None),
+        ("admin patch scale", "scale"),
+        ("admin delete", None),
     ]
     by_name = {s.name: s for s in deployment}
     created = by_name["admin create"]
@@ -107,8 +114,14 @@ async def test_audit_spans_of_the_deployment_lifecycle(
     controllers = {s.name for s in deployment if s.attributes["username"] != "admin"}
     assert "system:serviceaccount:kube-system:deployment-controller update status" in controllers
 
-    pods = [s for s in spans if s.service == "audit" and s.attributes["resource"] == "pods"
-            and s.attributes["verb"] == "create" and "subresource" not in s.attributes]
+    pods = [
+        s
+        for s in spans
+        if s.service == "audit"
+        and s.attributes["resource"] == "pods"
+        and s.attributes["verb"] == "create"
+        and "subresource" not in s.attributes
+    ]
     assert len(pods) == 8 and all(s.attributes["name"].startswith("web-") for s in pods)  # type: ignore[union-attr]
 
 
@@ -120,13 +133,15 @@ async def test_failed_requests_carry_error_status_and_reason(
     spans = await exported(otlp_receiver, app)
     failed = {(key_of(s), s.name): s for s in spans if s.service == "audit" and s.error}
     invalid = failed[("fixture/apps/deployments/shop/broken", "admin create (Invalid)")]
-    assert invalid.status_message.startswith("Invalid: Deployment.apps \"broken\" is invalid")
+    assert invalid.status_message.startswith('Invalid: Deployment.apps "broken" is invalid')
     conflict = failed[("fixture//configmaps/shop/settings", "admin update (Conflict)")]
     assert "the object has been modified" in conflict.status_message
     forbidden_create = failed[
         ("fixture//namespaces//shop", "system:serviceaccount:shop:nobody create configmaps (Forbidden)")
     ]
-    forbidden_get = failed[("fixture/apps/deployments/shop/web2", "system:serviceaccount:shop:nobody get (Forbidden)")]
+    forbidden_get = failed[
+        ("fixture/apps/deployments/shop/web2", "system:serviceaccount:shop:nobody get (Forbidden)")
+    ]
     for span in (invalid, conflict, forbidden_create, forbidden_get):
         error_log = next(log for log in span.logs if log.name == "error")
         assert error_log.fields["reason"] in ("Invalid", "Conflict", "Forbidden")
@@ -141,7 +156,9 @@ def links_of(spans: list[Span]) -> set[tuple[str, str, str, str]]:
     for s in spans:
         if s.service == "link":
             a = s.attributes
-            other = f"{a['linkedCluster']}/{a['linkedGroup']}/{a['linkedResource']}/{a['linkedNamespace']}/{a['linkedName']}"
+            other = "/".join(
+                str(a[f"linked{part}"]) for part in ("Cluster", "Group", "Resource", "Namespace", "Name")
+            )
             out.add((key_of(s), str(a["linkRole"]), str(a["linkClass"]), other))
     return out
 
@@ -163,19 +180,34 @@ async def test_link_spans_under_both_ends(
     both(f"fixture/apps/replicasets/shop/{rs}", "fixture/apps/deployments/shop/web", "owner")
     pod = next(k for k, role, _, parent in links if "/pods/" in k and parent.endswith(f"/{rs}"))
     both(pod, f"fixture/apps/replicasets/shop/{rs}", "owner")
-    slice_key = next(k for k, _, _, parent in links if "/endpointslices/" in k and parent.endswith("/services/shop/web2"))
+    slice_key = next(
+        k for k, _, _, parent in links if "/endpointslices/" in k and parent.endswith("/services/shop/web2")
+    )
     both(slice_key, "fixture//services/shop/web2", "owner")
-    both("fixture//configmaps/shop/owned-by-viewer-extra",
-         "fixture/rbac.authorization.k8s.io/clusterroles//viewer-extra", "owner")
+    both(
+        "fixture//configmaps/shop/owned-by-viewer-extra",
+        "fixture/rbac.authorization.k8s.io/clusterroles//viewer-extra",
+        "owner",
+    )
     both("fixture//configmaps/shop/child-of-web", "fixture/apps/deployments/shop/web2", "annotation")
 
     per_window = Counter(
-        (s.trace_id, s.attributes["linkRole"], s.attributes["linkedName"]) for s in spans if s.service == "link"
+        (s.trace_id, s.attributes["linkRole"], s.attributes["linkedName"])
+        for s in spans
+        if s.service == "link"
     )
     assert max(per_window.values()) == 1, "a link is written once per object per window"
     # the parent's end of a link lives in the parent's trace
-    parent_roots = {s.trace_id for s in spans if s.service == "object" and key_of(s) == "fixture/apps/deployments/shop/web2"}
-    assert any(s.trace_id in parent_roots for s in spans if s.service == "link" and s.attributes["linkRole"] == "child")
+    parent_roots = {
+        s.trace_id
+        for s in spans
+        if s.service == "object" and key_of(s) == "fixture/apps/deployments/shop/web2"
+    }
+    assert any(
+        s.trace_id in parent_roots
+        for s in spans
+        if s.service == "link" and s.attributes["linkRole"] == "child"
+    )
 
 
 async def test_fake_secrets_appear_nowhere(
@@ -199,7 +231,9 @@ async def test_fake_secrets_appear_nowhere(
 async def test_two_replicas_sharing_redis_write_each_object_span_once(
     fixtures_dir: Path, make_app: AppFactory, otlp_receiver: GrpcOtlpReceiver, redis_url: str
 ) -> None:
-    apps = [await make_app(**{"otlp.endpoint": otlp_receiver.endpoint, "redis.url": redis_url}) for _ in range(2)]
+    apps = [
+        await make_app(**{"otlp.endpoint": otlp_receiver.endpoint, "redis.url": redis_url}) for _ in range(2)
+    ]
     bodies = (fixtures_dir / "deployment-lifecycle" / "audit.jsonl").read_bytes().splitlines()
     async with ClientSession(headers={"Content-Type": "application/json"}) as session:
         for i, body in enumerate(bodies):  # a load balancer spreading batches over the replicas
@@ -213,7 +247,9 @@ async def test_two_replicas_sharing_redis_write_each_object_span_once(
     spans = await otlp_receiver.wait_for_spans(total)
     roots = Counter(s.span_id for s in spans if s.service == "object")
     assert roots and max(roots.values()) == 1
-    deployment_roots = [s for s in spans if s.service == "object" and key_of(s) == "fixture/apps/deployments/shop/web"]
+    deployment_roots = [
+        s for s in spans if s.service == "object" and key_of(s) == "fixture/apps/deployments/shop/web"
+    ]
     assert len(deployment_roots) == 1
     hits = await apps[0].components.store.find_traces(  # type: ignore[union-attr]
         TraceQuery(tags={"name": "web", "resource": "deployments"}, start_ns=0, end_ns=2**63 - 1)
@@ -228,8 +264,9 @@ async def test_operational_endpoints_and_bad_input(make_app: AppFactory) -> None
             assert response.status == 200
         async with session.get(f"{app.base_url}/readyz") as response:
             assert response.status == 200
-        async with session.post(f"{app.base_url}/audit/x", data=b"garbage",
-                                headers={"Content-Type": "application/json"}) as response:
+        async with session.post(
+            f"{app.base_url}/audit/x", data=b"garbage", headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 400 and "not valid JSON" in (await response.json())["error"]
         async with session.get(f"{app.base_url}/metrics") as response:
             text = await response.text()

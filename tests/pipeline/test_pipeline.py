@@ -7,8 +7,8 @@ import pytest
 from kelemetry_py.config import PipelineConfig
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
-    Observation,
     ObjectRef,
+    Observation,
     object_span_id,
     object_trace_id,
 )
@@ -26,8 +26,15 @@ DEPLOY = ObjectRef("c1", "apps", "v1", "deployments", "shop", "web")
 
 def observation(ref: ObjectRef, at_s: float, key: str, kind: str = "audit") -> Observation:
     start = int(at_s * SECOND)
-    return Observation(ref=ref, kind=kind, title=f"admin {key}", start_ns=start, end_ns=start + 5, dedup_key=key,
-                       tags={"verb": key})
+    return Observation(
+        ref=ref,
+        kind=kind,
+        title=f"admin {key}",
+        start_ns=start,
+        end_ns=start + 5,
+        dedup_key=key,
+        tags={"verb": key},
+    )
 
 
 async def run(pipeline: Pipeline, observations: list[Observation]) -> None:
@@ -39,24 +46,42 @@ async def run(pipeline: Pipeline, observations: list[Observation]) -> None:
 
 async def test_one_object_span_per_object_per_window() -> None:
     writer = CollectingWriter()
-    pipeline = Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=Metrics(),
-                        config=PipelineConfig(window_seconds=WINDOW))
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW),
+    )
     base = 1_000 * WINDOW
-    await run(pipeline, [
-        observation(POD, base + 1, "a"), observation(POD, base + 2, "b"), observation(DEPLOY, base + 3, "c"),
-        observation(POD, base + WINDOW + 1, "d"),  # next window: a new raw trace
-    ])
+    await run(
+        pipeline,
+        [
+            observation(POD, base + 1, "a"),
+            observation(POD, base + 2, "b"),
+            observation(DEPLOY, base + 3, "c"),
+            observation(POD, base + WINDOW + 1, "d"),  # next window: a new raw trace
+        ],
+    )
     roots = writer.by_service("object")
     assert sorted((s.name, s.start_ns // SECOND) for s in roots) == [
-        ("deployments/web", base), ("pods/web-1", base), ("pods/web-1", base + WINDOW)
+        ("deployments/web", base),
+        ("pods/web-1", base),
+        ("pods/web-1", base + WINDOW),
     ]
     for root in roots:
         assert root.parent_id is None and root.end_ns - root.start_ns == WINDOW * SECOND
     pod_root = next(s for s in roots if s.name == "pods/web-1" and s.start_ns == base * SECOND)
     assert pod_root.trace_id == object_trace_id(POD.key, 1_000)
     assert pod_root.span_id == object_span_id(POD.key, 1_000)
-    assert pod_root.attributes == {"cluster": "c1", "group": "", "version": "v1", "resource": "pods",
-                                   "namespace": "shop", "name": "web-1", "uid": "u1"}
+    assert pod_root.attributes == {
+        "cluster": "c1",
+        "group": "",
+        "version": "v1",
+        "resource": "pods",
+        "namespace": "shop",
+        "name": "web-1",
+        "uid": "u1",
+    }
     audits = writer.by_service("audit")
     assert len(audits) == 4
     for span in audits:
@@ -78,14 +103,19 @@ async def test_redelivered_observation_gets_the_same_span_id() -> None:
 async def test_two_pipelines_sharing_redis_emit_each_object_span_once(redis_url: str) -> None:
     writers = [CollectingWriter(), CollectingWriter()]
     emissions = [RedisEmissionSet.from_url(redis_url), RedisEmissionSet.from_url(redis_url)]
-    pipelines = [Pipeline(writer=w, emission=e, metrics=Metrics()) for w, e in zip(writers, emissions, strict=True)]
+    pipelines = [
+        Pipeline(writer=w, emission=e, metrics=Metrics()) for w, e in zip(writers, emissions, strict=True)
+    ]
     refs = [ObjectRef("c1", "", "v1", "configmaps", "ns", f"cm-{i}") for i in range(50)]
     for pipeline in pipelines:
         await pipeline.start()
-    await asyncio.gather(*(
-        p.submit([observation(ref, 5000 + i, f"{ref.name}-{n}") for ref in refs])
-        for n, p in enumerate(pipelines) for i in range(3)
-    ))
+    await asyncio.gather(
+        *(
+            p.submit([observation(ref, 5000 + i, f"{ref.name}-{n}") for ref in refs])
+            for n, p in enumerate(pipelines)
+            for i in range(3)
+        )
+    )
     for pipeline in pipelines:
         await pipeline.drain()
         await pipeline.stop()
@@ -100,8 +130,12 @@ async def test_full_pipeline_refuses_whole_batches_and_recovers() -> None:
     writer = CollectingWriter()
     writer.gate.clear()  # the writer is stuck, as with a dead back end
     metrics = Metrics()
-    pipeline = Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=metrics,
-                        config=PipelineConfig(queue_capacity=10, partitions=2))
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=metrics,
+        config=PipelineConfig(queue_capacity=10, partitions=2),
+    )
     await pipeline.start()
     await pipeline.submit([observation(POD, 1, f"a{i}") for i in range(8)])
     with pytest.raises(Overloaded):
@@ -133,6 +167,7 @@ class SlowHook:
         async def wait() -> None:
             await self.release.wait()
             obs.tags["waited"] = True
+
         return wait()
 
 
@@ -147,12 +182,16 @@ async def test_parked_observations_do_not_hold_up_other_objects() -> None:
     writer = CollectingWriter()
     hook = SlowHook("web-1")
     metrics = Metrics()
-    pipeline = Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=metrics,
-                        config=PipelineConfig(partitions=1), hooks=[BrokenHook(), hook])
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=metrics,
+        config=PipelineConfig(partitions=1),
+        hooks=[BrokenHook(), hook],
+    )
     await pipeline.start()
     await pipeline.submit([observation(POD, 1, "slow"), observation(DEPLOY, 2, "fast")])
-    while not writer.by_service("audit"):
-        await asyncio.sleep(0)
+    await writer.written.wait()
     assert [s.attributes["verb"] for s in writer.by_service("audit")] == ["fast"]
     assert pipeline.pending == 1
     hook.release.set()

@@ -27,7 +27,8 @@ def test_time_parsing_keeps_microseconds() -> None:
 
 def test_generate_name_pods_take_their_name_from_the_response(fixtures_dir: Path) -> None:
     creates = [
-        o for o in observations_of(fixtures_dir, "deployment-lifecycle")
+        o
+        for o in observations_of(fixtures_dir, "deployment-lifecycle")
         if o.ref.resource == "pods" and o.tags["verb"] == "create" and "subresource" not in o.tags
     ]
     assert len(creates) == 8
@@ -44,7 +45,10 @@ def test_only_mutations_and_denials_are_kept(fixtures_dir: Path) -> None:
     for scenario in SCENARIOS:
         for o in observations_of(fixtures_dir, scenario):
             verb = o.tags["verb"]
-            assert verb in ("create", "update", "patch", "delete", "deletecollection") or o.tags["responseCode"] == 403
+            assert (
+                verb in ("create", "update", "patch", "delete", "deletecollection")
+                or o.tags["responseCode"] == 403
+            )
             assert o.ref.resource not in ("events", "leases")
 
 
@@ -55,9 +59,13 @@ def test_error_requests_carry_reason_and_message(fixtures_dir: Path) -> None:
         by_code.setdefault(int(o.tags["responseCode"]), []).append(o)  # type: ignore[arg-type]
 
     (invalid,) = by_code[422]
-    assert invalid.ref.name == "broken" and invalid.ref.resource == "deployments" and invalid.ref.group == "apps"
+    assert (
+        invalid.ref.name == "broken" and invalid.ref.resource == "deployments" and invalid.ref.group == "apps"
+    )
     assert invalid.title == "admin create (Invalid)"
-    assert invalid.error is not None and invalid.error.startswith("Invalid: Deployment.apps \"broken\" is invalid")
+    assert invalid.error is not None and invalid.error.startswith(
+        'Invalid: Deployment.apps "broken" is invalid'
+    )
     assert invalid.logs[-1].name == "error" and invalid.logs[-1].fields["code"] == 422
 
     denied = {(o.ref.resource, o.ref.name, o.tags["verb"]) for o in by_code[403]}
@@ -82,8 +90,13 @@ def test_secret_values_never_reach_an_observation(fixtures_dir: Path) -> None:
     for scenario in SCENARIOS:
         for o in observations_of(fixtures_dir, scenario):
             text = orjson.dumps(
-                {"tags": o.tags, "logs": [[log.name, log.fields] for log in o.logs], "body": o.body,
-                 "title": o.title, "error": o.error}
+                {
+                    "tags": o.tags,
+                    "logs": [[log.name, log.fields] for log in o.logs],
+                    "body": o.body,
+                    "title": o.title,
+                    "error": o.error,
+                }
             )
             for value in FAKE_SECRET_VALUES:
                 assert value not in text, (scenario, o.ref.key, value)
@@ -99,7 +112,10 @@ def test_deletecollection_tells_each_deleted_object(fixtures_dir: Path) -> None:
     collected = [o for o in obs if o.tags["verb"] == "deletecollection"]
     assert collected, "the namespace controller empties the namespace with deletecollection"
     assert all(o.ref.name and o.ref.namespace == "jobs" for o in collected)
-    assert all(o.title == "system:serviceaccount:kube-system:namespace-controller deletecollection" for o in collected)
+    assert all(
+        o.title == "system:serviceaccount:kube-system:namespace-controller deletecollection"
+        for o in collected
+    )
     assert {o.ref.resource for o in collected} >= {"configmaps", "serviceaccounts"}
     assert len({o.dedup_key for o in collected}) == len(collected)
 
@@ -141,7 +157,10 @@ def test_configured_filters_and_redaction_paths(fixtures_dir: Path) -> None:
         (b'{"kind":"PodList","apiVersion":"v1","items":[]}', "kind must be EventList"),
         (b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1beta1","items":[]}', "apiVersion must be"),
         (b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":{}}', "got `object` - at `items`"),
-        (b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[1]}', "Expected `object`, got `int` - at `items[0]`"),
+        (
+            b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[1]}',
+            "Expected `object`, got `int` - at `items[0]`",
+        ),
         (
             b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a","stage":"x",'
             b'"verb":"get","stageTimestamp":"yesterday"}]}',

@@ -33,13 +33,23 @@ async def make_harness(
 ) -> Harness:
     writer = CollectingWriter()
     metrics = Metrics()
-    pipeline = Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=metrics,
-                        config=PipelineConfig(queue_capacity=capacity))
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=metrics,
+        config=PipelineConfig(queue_capacity=capacity),
+    )
     await pipeline.start()
     app = web.Application()
     audit = AuditConfig(max_body_bytes=max_body)
-    AuditWebhook(sink=pipeline, converter=AuditConverter(audit, RedactionConfig()), metrics=metrics,
-                 default_cluster="dflt", audit=audit, http=HttpConfig(webhook_tokens=tokens or [])).add_routes(app)
+    AuditWebhook(
+        sink=pipeline,
+        converter=AuditConverter(audit, RedactionConfig()),
+        metrics=metrics,
+        default_cluster="dflt",
+        audit=audit,
+        http=HttpConfig(webhook_tokens=tokens or []),
+    ).add_routes(app)
     server = TestServer(app)
     await server.start_server(auto_decompress=False)  # as the product's App runs it
     client = TestClient(server, headers={"Content-Type": "application/json"})
@@ -61,16 +71,24 @@ def first_batch(fixtures_dir: Path) -> bytes:
 
 async def test_batches_with_and_without_gzip_are_accepted(harness: Harness, fixtures_dir: Path) -> None:
     body = first_batch(fixtures_dir)
-    plain = await harness.client.post("/audit/fixture", data=body, headers={"Content-Type": "application/json"})
+    plain = await harness.client.post(
+        "/audit/fixture", data=body, headers={"Content-Type": "application/json"}
+    )
     assert plain.status == 200
     answer = await plain.json()
     assert answer["accepted"] == body.count(b'"auditID"') and answer["observations"] > 0
-    zipped = await harness.client.post("/audit", data=gzip.compress(body),
-                                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    zipped = await harness.client.post(
+        "/audit",
+        data=gzip.compress(body),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert zipped.status == 200
     await harness.pipeline.drain()
     clusters = {s.attributes["cluster"] for s in harness.writer.spans}
-    assert clusters == {"fixture", "dflt"}  # from the path, else the configured default; never the client address
+    assert clusters == {
+        "fixture",
+        "dflt",
+    }  # from the path, else the configured default; never the client address
 
 
 @pytest.mark.parametrize(
@@ -87,7 +105,9 @@ async def test_batches_with_and_without_gzip_are_accepted(harness: Harness, fixt
 async def test_bad_requests_get_a_reason_and_the_server_keeps_serving(
     harness: Harness, fixtures_dir: Path, body: bytes, headers: dict[str, str], status: int, reason: str
 ) -> None:
-    response = await harness.client.post("/audit/c", data=body, headers={"Content-Type": "application/json", **headers})
+    response = await harness.client.post(
+        "/audit/c", data=body, headers={"Content-Type": "application/json", **headers}
+    )
     assert response.status == status
     assert reason in (await response.json())["error"]
     good = await harness.client.post("/audit/c", data=first_batch(fixtures_dir))
@@ -99,7 +119,10 @@ async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_
     try:
         big = await h.client.post("/audit", data=first_batch(fixtures_dir))
         assert big.status == 413 and "exceeds 4096" in (await big.json())["error"]
-        bomb = gzip.compress(b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[' + b" " * 3_000_000 + b"]}", compresslevel=9)
+        bomb = gzip.compress(
+            b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[' + b" " * 3_000_000 + b"]}",
+            compresslevel=9,
+        )
         assert len(bomb) < 4096
         inflated = await h.client.post("/audit", data=bomb, headers={"Content-Encoding": "gzip"})
         assert inflated.status == 413 and "decompressed body exceeds" in (await inflated.json())["error"]

@@ -13,10 +13,12 @@ class CollectingWriter:
         self.spans: list[Span] = []
         self.gate = asyncio.Event()  # cleared: write() blocks, as a writer with a full queue does
         self.gate.set()
+        self.written = asyncio.Event()  # set after every write
 
     async def write(self, spans: Sequence[Span]) -> None:
         await self.gate.wait()
         self.spans.extend(spans)
+        self.written.set()
 
     async def flush(self) -> None:
         pass
