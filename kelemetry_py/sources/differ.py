@@ -61,27 +61,8 @@ def _match_key(items: list[Any]) -> str | None:
     return None
 
 
-def _keyed(value: Any) -> Any:
-    """Turn named lists into dicts keyed by marker+name, so deepdiff matches items by name, not position."""
-    if isinstance(value, dict):
-        return {k: _keyed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        key = _match_key(value)
-        if key is None:
-            return [_keyed(v) for v in value]
-        return {_ITEM + item[key]: _keyed(item) for item in value}
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Undo :func:`_keyed` for values shown to users."""
-    if isinstance(value, dict):
-        if value and all(isinstance(k, str) and k.startswith(_ITEM) for k in value):
-            return [_plain(v) for v in value.values()]
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _by_match_key(items: list[Any], key: str) -> dict[str, Any]:
+    return {_ITEM + item[key]: item for item in items}
 
 
 def render_path(segments: Sequence[Any]) -> str:
@@ -135,29 +116,51 @@ _REPORTS: dict[str, str] = {
 }
 
 
-def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
-    tree = DeepDiff(
-        _keyed(strip_bookkeeping(old)),
-        _keyed(strip_bookkeeping(new)),
-        view="tree",
-        threshold_to_diff_deeper=0,
-        verbose_level=2,
-    )
-    found: list[tuple[list[Any], Change]] = []
+def _walk(old: Any, new: Any, prefix: list[Any], found: list[tuple[list[Any], Change]]) -> None:
+    """Walk both trees together. Dicts (and named lists, as dicts) are compared here, skipping equal subtrees
+    at C speed; positional lists that differ are handed to deepdiff, which aligns their items."""
+    if isinstance(old, list) and isinstance(new, list):
+        old_key, new_key = _match_key(old), _match_key(new)
+        key = old_key or new_key if not (old and new) else (old_key if old_key == new_key else None)
+        if key is None:
+            _deepdiff_lists(old, new, prefix, found)
+            return
+        old, new = _by_match_key(old, key), _by_match_key(new, key)
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key, old_value in old.items():
+            if key not in new:
+                found.append(([*prefix, key], Change(render_path([*prefix, key]), "remove", old_value)))
+            elif old_value != new[key]:
+                _walk(old_value, new[key], [*prefix, key], found)
+        for key, new_value in new.items():
+            if key not in old:
+                path = [*prefix, key]
+                found.append((path, Change(render_path(path), "add", None, new_value)))
+        return
+    found.append((prefix, Change(render_path(prefix), "change", old, new)))
+
+
+def _deepdiff_lists(old: list[Any], new: list[Any], prefix: list[Any], found: list[tuple[list[Any], Change]]) -> None:
+    tree = DeepDiff(old, new, view="tree", threshold_to_diff_deeper=0, verbose_level=2)
     for report, levels in tree.items():
         op = _REPORTS.get(report)
         if op is None:
             continue
         for level in levels:
-            segments = list(level.path(output_format="list"))
+            segments = [*prefix, *level.path(output_format="list")]
             path = render_path(segments)
             if op == "add":
-                change = Change(path, "add", None, _plain(level.t2))
+                change = Change(path, "add", None, level.t2)
             elif op == "remove":
-                change = Change(path, "remove", _plain(level.t1), None)
+                change = Change(path, "remove", level.t1, None)
             else:
-                change = Change(path, "change", _plain(level.t1), _plain(level.t2))
+                change = Change(path, "change", level.t1, level.t2)
             found.append((segments, change))
+
+
+def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
+    found: list[tuple[list[Any], Change]] = []
+    _walk(strip_bookkeeping(old), strip_bookkeeping(new), [], found)
     found.sort(key=lambda item: item[1].path)
     return found
 
@@ -219,9 +222,7 @@ def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
     return True, len(segments)
 
 
-def attribute(
-    previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequence[Sequence[Any]]
-) -> tuple[str, str]:
+def attribute(previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequence[Sequence[Any]]) -> tuple[str, str]:
     """(field manager, operation) that most plausibly made this change.
 
     Preference: the entry owning most of the changed fields, then the one owning most of their parents, then
@@ -317,10 +318,6 @@ class _State:
         return loaded
 
 
-def _pack(obj: Mapping[str, Any]) -> bytes:
-    return zlib.compress(orjson.dumps(obj), 1)
-
-
 class ObjectDiffer:
     """A :class:`kelemetry_py.kube.watch.WatchHandler` that records diffs and emits the unclaimed ones."""
 
@@ -348,6 +345,13 @@ class ObjectDiffer:
         self._states: dict[str, _State] = {}
         self._pending: deque[tuple[float, DiffRecord]] = deque()
         self._pending_added = asyncio.Event()
+
+    def _redact(self, obj: dict[str, Any], resource: str) -> Mapping[str, Any]:
+        # redact_object deep-copies; most objects hold nothing to strip and are never mutated here.
+        config = self._redaction
+        if config.paths or resource in config.secret_resources or obj.get("kind") in ("Secret", "SecretList"):
+            return redact_object(obj, resource, config)
+        return obj
 
     @property
     def watched_objects(self) -> int:
@@ -383,24 +387,25 @@ class ObjectDiffer:
             str(metadata["name"]),
             uid,
         )
-        clean = strip_bookkeeping(redact_object(obj, rtype.resource, self._redaction))
+        clean = strip_bookkeeping(self._redact(obj, rtype.resource))
         managers = summarize_managers(obj)
         previous = self._states.get(ref.key)
 
         if event_type == "DELETED":
             self._states.pop(ref.key, None)
-            await self._record(ref, rv, "delete", obj, previous, snapshot=clean)
+            await self._record(ref, rv, "delete", obj, previous, snapshot=orjson.loads(orjson.dumps(clean)))
             return
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
-        self._states[ref.key] = _State(uid, rv, _pack(clean), managers)
+        encoded = orjson.dumps(clean)
+        self._states[ref.key] = _State(uid, rv, zlib.compress(encoded, 1), managers)
         if previous is not None and previous.uid == uid:
             if previous.resource_version != rv:
                 await self._record_diff(ref, rv, previous, clean, obj)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
-            await self._record(ref, rv, "create", obj, None, snapshot=clean)
+            await self._record(ref, rv, "create", obj, None, snapshot=orjson.loads(encoded))
 
     async def on_relist_done(self, cluster: str, rtype: ResourceType, present_uids: set[str]) -> None:
         """Objects the differ knew that a fresh list no longer has were deleted while the watch was down."""
@@ -421,7 +426,7 @@ class ObjectDiffer:
     # ---- recording
 
     async def _record_diff(
-        self, ref: ObjectRef, rv: str, previous: _State, clean: dict[str, Any], obj: Mapping[str, Any]
+        self, ref: ObjectRef, rv: str, previous: _State, clean: Mapping[str, Any], obj: Mapping[str, Any]
     ) -> None:
         found = _diff_segments(previous.load(), clean)
         if not found:
