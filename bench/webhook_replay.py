@@ -94,6 +94,7 @@ async def main(target_events: int, concurrency: int) -> None:
                 "otlp.endpoint": f"grpc://127.0.0.1:{port}",
                 "otlp.compression": "none",
                 "store.enabled": False,
+                "frontend.enabled": False,
                 "store.path": f"{tmp}/unused.db",
                 "log_level": "warning",
             },
