@@ -38,6 +38,7 @@ class Components:
     graph: Any = None
     catalogs: Any = None
     closers: list[Any] = field(default_factory=list)
+    sources: Any = None  # the SourceRunner of the enabled source plugins, started and stopped by App
 
 
 class App:
@@ -59,6 +60,8 @@ class App:
         tune_garbage_collector()
         self.components = await build_components(self.config)
         await self.components.pipeline.start()
+        if self.components.sources is not None:
+            await self.components.sources.start()
         main = web.Application(client_max_size=self.config.audit.max_body_bytes)
         self._add_operational_routes(main)
         AuditWebhook(
@@ -90,6 +93,10 @@ class App:
         else:
             target = main
         self.frontend = add_frontend_routes(target, reader, cache, config.frontend)
+        from kelemetry_py.plugins import load_transforms
+
+        self.frontend.transforms = load_transforms(config.plugins)
+        self.frontend.metrics = self.components.metrics
         if target is not main:
             self.ports["frontend"] = await self._serve(target, config.http.frontend_port)
         if config.frontend.grpc_port:
@@ -107,6 +114,8 @@ class App:
             await runner.cleanup()
         self._runners.clear()
         if self.components is not None:
+            if self.components.sources is not None:
+                await self.components.sources.stop()  # before the pipeline stops accepting their batches
             await self.components.pipeline.stop()
             for closer in reversed(self.components.closers):
                 await closer()
@@ -166,6 +175,8 @@ async def build_components(config: Config) -> Components:
     from kelemetry_py.kube.catalog import ClusterCatalogs
     from kelemetry_py.linking.graph import ObjectGraph
     from kelemetry_py.linking.registry import load_linkers
+    from kelemetry_py.plugins import load_decorators, load_sources
+    from kelemetry_py.plugins.sources import SourceRunner
 
     metrics = Metrics()
     closers: list[Any] = []
@@ -212,7 +223,9 @@ async def build_components(config: Config) -> Components:
         config=config.pipeline,
         linkers=linkers,
         graph=graph,
+        decorators=load_decorators(config.plugins, catalog=catalogs),
     )
+    sources = load_sources(config.plugins, catalog=catalogs)
     return Components(
         metrics=metrics,
         writer=writer,
@@ -222,6 +235,7 @@ async def build_components(config: Config) -> Components:
         graph=graph,
         catalogs=catalogs,
         closers=closers,
+        sources=SourceRunner(sources, pipeline, config, metrics) if sources else None,
     )
 
 

@@ -23,7 +23,10 @@ from kelemetry_py.frontend.modes import (
     render,
 )
 from kelemetry_py.frontend.tracecache import CacheEntry, TraceCache
+from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span
+from kelemetry_py.plugins import FrontendTransform, ViewInfo
+from kelemetry_py.plugins.transforms import apply_transforms
 from kelemetry_py.storage import TraceQuery, TraceReader
 
 # An operation of "all" (what some UIs send) means every cluster.
@@ -82,6 +85,9 @@ class FrontendService:
             max_ancestor_depth=config.max_ancestor_depth,
             max_descendant_depth=config.max_descendant_depth,
         )
+        # Frontend-transform plugins reshape every rendered view; the app sets these after loading them.
+        self.transforms: list[FrontendTransform] = []
+        self.metrics: Metrics | None = None
 
     @staticmethod
     def mode_names() -> list[str]:
@@ -132,7 +138,11 @@ class FrontendService:
             return None
         key = await self.cache.put(entry)
         view_id = ViewId(mode, key)
-        return View(view_id.value, mode, render(trace, mode, view_id.value), view_id)
+        spans = render(trace, mode, view_id.value)
+        if self.transforms:
+            info = ViewInfo(mode=mode.name, object_key=entry.object_key, trace_id=view_id.value)
+            spans = await apply_transforms(self.transforms, spans, info, self.metrics)
+        return View(view_id.value, mode, spans, view_id)
 
     async def get(self, trace_id: str) -> View | None:
         """A view by its user-facing id (any mode digits), or a raw trace by its own id; None if unknown."""

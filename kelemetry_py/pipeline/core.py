@@ -32,9 +32,11 @@ from kelemetry_py.model import (
 )
 from kelemetry_py.pipeline import ObservationHook, Overloaded
 from kelemetry_py.pipeline.emission import EmissionSet
+from kelemetry_py.plugins.decorators import apply_decorators
 
 if TYPE_CHECKING:
     from kelemetry_py.linking.graph import ObjectGraph
+    from kelemetry_py.plugins import Decorator
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class Pipeline:
         linkers: Sequence[Linker] = (),
         hooks: Sequence[ObservationHook] = (),
         graph: ObjectGraph | None = None,
+        decorators: Sequence[Decorator] = (),
     ) -> None:
         self._config = config or PipelineConfig()
         self._writer = writer
@@ -61,6 +64,7 @@ class Pipeline:
         self._linkers = list(linkers)
         self._hooks = list(hooks)
         self._graph = graph
+        self._decorators = list(decorators)
         self._window_ns = self._config.window_seconds * 1_000_000_000
         self._queues: list[asyncio.Queue[Observation]] = [
             asyncio.Queue() for _ in range(self._config.partitions)
@@ -197,28 +201,29 @@ class Pipeline:
         window = window_of(observation.start_ns, self._config.window_seconds)
         key = ref.key
         trace_id = object_trace_id(key, window)
-        await self._ensure_object_span(ref, window, out)
+        await self._ensure_object_span(ref, window, out, observation.body)
         if observation.body is not None and self._linkers:
             for link in await self._links(ref, observation.body):
                 await self._link_spans(ref, link, window, observation.start_ns, out)
         identity = observation.dedup_key or f"{observation.kind}:{observation.start_ns}:{os.urandom(6).hex()}"
         attributes = ref.tags()
         attributes.update(observation.tags)
-        out.append(
-            Span(
-                trace_id=trace_id,
-                span_id=child_span_id(trace_id, identity),
-                parent_id=object_span_id(key, window),
-                service=observation.kind,
-                name=observation.title,
-                start_ns=observation.start_ns,
-                end_ns=max(observation.end_ns, observation.start_ns),
-                attributes=attributes,
-                logs=observation.logs,
-                error=observation.error is not None,
-                status_message=observation.error or "",
-            )
+        span = Span(
+            trace_id=trace_id,
+            span_id=child_span_id(trace_id, identity),
+            parent_id=object_span_id(key, window),
+            service=observation.kind,
+            name=observation.title,
+            start_ns=observation.start_ns,
+            end_ns=max(observation.end_ns, observation.start_ns),
+            attributes=attributes,
+            logs=observation.logs,
+            error=observation.error is not None,
+            status_message=observation.error or "",
         )
+        if self._decorators:
+            await apply_decorators(self._decorators, span, ref, observation.body, self._metrics)
+        out.append(span)
 
     async def _links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
         links: list[Link] = []
@@ -244,23 +249,26 @@ class Pipeline:
             self._known.popitem(last=False)
         return await self._emission.claim(key, 2 * self._config.window_seconds)
 
-    async def _ensure_object_span(self, ref: ObjectRef, window: int, out: list[Span]) -> None:
+    async def _ensure_object_span(
+        self, ref: ObjectRef, window: int, out: list[Span], body: Mapping[str, Any] | None = None
+    ) -> None:
         key = ref.key
         if not await self._claim(f"obj\x00{key}\x00{window}"):
             return
         start = window * self._window_ns
-        out.append(
-            Span(
-                trace_id=object_trace_id(key, window),
-                span_id=object_span_id(key, window),
-                parent_id=None,
-                service=SERVICE_OBJECT,
-                name=f"{ref.resource}/{ref.name}",
-                start_ns=start,
-                end_ns=start + self._window_ns,
-                attributes=ref.tags(),
-            )
+        span = Span(
+            trace_id=object_trace_id(key, window),
+            span_id=object_span_id(key, window),
+            parent_id=None,
+            service=SERVICE_OBJECT,
+            name=f"{ref.resource}/{ref.name}",
+            start_ns=start,
+            end_ns=start + self._window_ns,
+            attributes=ref.tags(),
         )
+        if self._decorators:
+            await apply_decorators(self._decorators, span, ref, body, self._metrics)
+        out.append(span)
 
     async def _link_spans(
         self, ref: ObjectRef, link: Link, window: int, time_ns: int, out: list[Span]
