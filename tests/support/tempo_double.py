@@ -1,20 +1,26 @@
 """A Grafana Tempo HTTP API stand-in holding raw spans, answering in the shapes recorded from real Tempo.
 
+Like Tempo's distributor, it also ingests OTLP/HTTP protobuf (``POST /v1/traces``; real Tempo takes it on its
+own port, 4318), so an App can export into it and a second App read the same spans back through the reader.
+
 It understands the TraceQL the Tempo reader emits (attribute equality joined by ``&&``, an optional
 ``| select(...)``) and answers 400 to anything else, as Tempo does to a query it cannot parse.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.message import DecodeError
 
 from kelemetry_py.model import Span
 from kelemetry_py.storage.otlp_json import encode_resource_spans, encode_value
+from tests.support.otlp_receiver import ExportRequest, request_to_spans
 
 
 class TraceQLUnsupported(ValueError):
@@ -106,9 +112,7 @@ def parse_traceql(text: str) -> ParsedTraceQL:
             parsed.selected.append(attribute())
         take("op", ")")
     if position != len(tokens):
-        raise TraceQLUnsupported(
-            f"unsupported TraceQL after {tokens[position - 1][1]!r}: {tokens[position][1]!r}"
-        )
+        raise TraceQLUnsupported(f"unsupported TraceQL after {tokens[position - 1][1]!r}: {tokens[position][1]!r}")
     return parsed
 
 
@@ -128,18 +132,32 @@ class RecordedRequest:
 class TempoDouble:
     """Serves /api/search, /api/v2/traces/{id}, /api/traces/{id} and /api/search/tag/{tag}/values."""
 
-    def __init__(
-        self, spans: Sequence[Span] = (), *, serve_v2: bool = True, serve_select: bool = True
-    ) -> None:
+    def __init__(self, spans: Sequence[Span] = (), *, serve_v2: bool = True, serve_select: bool = True) -> None:
         self.spans: list[Span] = list(spans)
         self.serve_v2 = serve_v2  # False: a Tempo before 2.5, without /api/v2/traces
         self.serve_select = serve_select  # False: selected attributes are not returned in span sets
         self.requests: list[RecordedRequest] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._ingested = asyncio.Condition()
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """What OtlpConfig.endpoint takes to export into this double."""
+        return f"{self.url}/v1/traces"
+
+    async def wait_for_spans(self, count: int, within: float = 10.0) -> None:
+        """Wait until the double holds at least ``count`` spans; TimeoutError says how many it has."""
+        try:
+            async with asyncio.timeout(within):
+                async with self._ingested:
+                    await self._ingested.wait_for(lambda: len(self.spans) >= count)
+        except TimeoutError:
+            raise TimeoutError(f"expected {count} spans within {within}s, hold {len(self.spans)}") from None
 
     async def __aenter__(self) -> TempoDouble:
-        app = web.Application(middlewares=[self._record])
+        app = web.Application(middlewares=[self._record], client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", self._ingest)
         app.router.add_get("/api/search", self._search)
         app.router.add_get("/api/v2/traces/{trace_id}", self._trace_v2)
         app.router.add_get("/api/traces/{trace_id}", self._trace_v1)
@@ -161,6 +179,18 @@ class TempoDouble:
         self.requests.append(RecordedRequest(request.path, dict(request.query), dict(request.headers)))
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/x-protobuf":
+            return web.Response(status=415, text=f"unsupported content type {request.content_type}")
+        try:
+            export = ExportRequest.FromString(await request.read())  # aiohttp already undid gzip
+        except DecodeError as exc:
+            return web.Response(status=400, text=f"body is not an ExportTraceServiceRequest: {exc}")
+        async with self._ingested:
+            self.spans.extend(request_to_spans(export))
+            self._ingested.notify_all()
+        return web.Response(body=b"", content_type="application/x-protobuf")
 
     def _traces(self) -> dict[int, list[Span]]:
         traces: dict[int, list[Span]] = {}
@@ -248,9 +278,7 @@ class TempoDouble:
         if not self.serve_v2:
             raise web.HTTPNotFound(text="404 page not found")
         resource_spans = encode_resource_spans(self._lookup(request), "tempo")
-        return web.json_response(
-            {"trace": {"resourceSpans": resource_spans}, "metrics": {"inspectedBytes": "1024"}}
-        )
+        return web.json_response({"trace": {"resourceSpans": resource_spans}, "metrics": {"inspectedBytes": "1024"}})
 
     async def _trace_v1(self, request: web.Request) -> web.Response:
         return web.json_response({"batches": encode_resource_spans(self._lookup(request), "tempo")})
