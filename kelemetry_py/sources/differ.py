@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 import zlib
 from collections import deque
@@ -181,12 +182,13 @@ def summarize_managers(obj: Mapping[str, Any]) -> ManagerSummary:
 
 
 def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    # Interned: a few managers and timestamps repeat across every watched object.
     get = entry.get
     return (
-        str(get("manager", "")),
-        str(get("operation", "")),
-        str(get("subresource", "")),
-        str(get("time", "")),
+        sys.intern(str(get("manager", ""))),
+        sys.intern(str(get("operation", ""))),
+        sys.intern(str(get("subresource", ""))),
+        sys.intern(str(get("time", ""))),
     )
 
 
