@@ -33,12 +33,12 @@ class NullSink:
 def _template() -> dict[str, Any]:
     """The last Running pod of the deployment-lifecycle recording, as a realistic shape."""
     lines = (FIXTURES / "deployment-lifecycle" / "watch" / "core_v1_pods.jsonl").read_text().splitlines()
-    running = [json.loads(line)["object"] for line in lines if '"phase":"Running"' in line]
+    running: list[dict[str, Any]] = [json.loads(line)["object"] for line in lines if '"phase":"Running"' in line]
     return running[-1]
 
 
 def _pod(template: dict[str, Any], index: int) -> dict[str, Any]:
-    pod = json.loads(json.dumps(template))
+    pod: dict[str, Any] = json.loads(json.dumps(template))
     metadata = pod["metadata"]
     metadata["name"] = f"synthetic-{index}"
     metadata["uid"] = f"00000000-0000-0000-0000-{index:012d}"

@@ -140,16 +140,12 @@ async def test_unclaimed_diffs_are_attributed_to_their_field_managers(lifecycle:
     assert by_rv[("deployments", "283")].tags["fieldManager"] == "kubectl"  # kubectl scale, via /scale
     assert "spec.replicas 2 -> 4" in str(by_rv[("deployments", "283")].logs[0].fields["diff"])
     assert by_rv[("deployments", "313")].tags["fieldManager"] == "kubectl-set"
-    status_updates = [
-        o for o in sink.observations if o.ref.resource == "deployments" and "status." in _diff(o)
-    ]
+    status_updates = [o for o in sink.observations if o.ref.resource == "deployments" and "status." in _diff(o)]
     assert status_updates
     assert {o.tags["fieldManager"] for o in status_updates} == {"kube-controller-manager"}
     assert by_rv[("deployments", "448")].tags["change"] == "delete"
 
-    running = [
-        o for o in sink.observations if o.ref.resource == "pods" and '"Pending" -> "Running"' in _diff(o)
-    ]
+    running = [o for o in sink.observations if o.ref.resource == "pods" and '"Pending" -> "Running"' in _diff(o)]
     assert len(running) == 8  # every pod of both ReplicaSets
     assert {(o.tags["fieldManager"], o.title) for o in running} == {("kubelet", "kubelet Update")}
     assert all(o.kind == "diff" and o.dedup_key for o in sink.observations)
@@ -269,9 +265,7 @@ async def test_run_loop_emits_when_the_claim_window_passes(lifecycle: Path) -> N
         slept.append(seconds)
         clock.now += seconds  # time passes exactly as long as the loop asked
 
-    differ = ObjectDiffer(
-        sink, Metrics(), MemoryDiffCache(), claim_wait_seconds=3.0, margin_seconds=1.0, clock=clock
-    )
+    differ = ObjectDiffer(sink, Metrics(), MemoryDiffCache(), claim_wait_seconds=3.0, margin_seconds=1.0, clock=clock)
     runner = asyncio.create_task(differ.run(sleep=fake_sleep))
     _, first = next(watch_lines(lifecycle, DEPLOYMENTS))
     await differ.on_event(CLUSTER, DEPLOYMENTS, "ADDED", first, relisted=False)

@@ -29,9 +29,7 @@ def lifecycle(fixtures_dir: Path) -> Path:
 
 
 def _tracker(sink: CollectingSink, cursor: EventCursor, max_age: float = 3600.0) -> EventTracker:
-    return EventTracker(
-        sink, Metrics(), cursor, max_age_seconds=max_age, wall_clock_ns=lambda: RECORDING_NOW_NS
-    )
+    return EventTracker(sink, Metrics(), cursor, max_age_seconds=max_age, wall_clock_ns=lambda: RECORDING_NOW_NS)
 
 
 async def _feed_both(tracker: EventTracker, scenario: Path) -> None:
@@ -63,9 +61,7 @@ async def test_each_occurrence_once_across_both_event_apis(lifecycle: Path) -> N
     repeated = Counter(o.dedup_key.split("/")[1] for o in sink.observations if o.dedup_key)
     bumped = [uid for uid, n in repeated.items() if n == 2]
     assert len(bumped) == 1
-    pair = sorted(
-        (o for o in sink.observations if o.dedup_key and bumped[0] in o.dedup_key), key=lambda o: o.start_ns
-    )
+    pair = sorted((o for o in sink.observations if o.dedup_key and bumped[0] in o.dedup_key), key=lambda o: o.start_ns)
     assert [o.tags["count"] for o in pair] == [1, 2]
     assert pair[0].start_ns < pair[1].start_ns  # the repeat is placed at its last occurrence
     assert pair[1].logs[0].fields["message"].startswith("(combined from similar events)")  # type: ignore[union-attr]
