@@ -56,6 +56,11 @@ class ObjectTrace:
     def key(self) -> str:
         return self.ref.key
 
+    @property
+    def active(self) -> bool:
+        """Whether anything happened to the object inside the range (children and logs are clipped to it)."""
+        return bool(self.children or self.logs)
+
 
 @dataclass(slots=True)
 class AssembledTrace:
@@ -264,6 +269,8 @@ class Assembler:
         elif modifier is Modifier.OWNED_OBJECTS:
             await self._descend(searched_key, self.max_descendant_depth, objects, graph, start_ns, end_ns)
         tree = self._as_tree(graph.subgraph([key for key in graph if key in objects]), root)
+        path = nx.shortest_path(tree, root, searched_key) if searched_key in tree else [root]
+        tree = self._without_idle(tree, root, set(path), objects)
         kept = {key: objects[key] for key in tree}
         return AssembledTrace(searched_key, root, kept, tree, start_ns, end_ns)
 
@@ -338,6 +345,19 @@ class Assembler:
         for parent, child in itertools.pairwise(path):
             tree.add_edge(parent, child, **graph.edges[parent, child])
         return AssembledTrace(searched, root, {key: objects[key] for key in path}, tree, start_ns, end_ns)
+
+    @staticmethod
+    def _without_idle(
+        tree: nx.DiGraph, root: str, keep: set[str], objects: dict[str, ObjectTrace]
+    ) -> nx.DiGraph:
+        """Leave out related objects with nothing in the range (e.g. created after it ends), unless something
+        beneath them has; a raw trace covers a whole window, so the search range is narrower than the data."""
+        kept = set(keep)
+        for key in reversed(list(nx.dfs_preorder_nodes(tree, root))):  # children before their parents
+            if objects[key].active or any(child in kept for child in tree.successors(key)):
+                kept.add(key)
+        pruned: nx.DiGraph = tree.subgraph(kept).copy()
+        return pruned
 
     @staticmethod
     def _as_tree(graph: nx.DiGraph, root: str) -> nx.DiGraph:

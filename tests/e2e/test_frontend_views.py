@@ -31,6 +31,7 @@ from tests.frontend.views import V1Trace
 LIFECYCLE = "deployment-lifecycle"
 WEB = object_key("apps", "deployments", "shop", "web")
 MUTATING = ("create", "update", "patch", "delete", "deletecollection")
+WEB_TAGS = {"resource": "deployments", "namespace": "shop", "name": "web"}
 OBJECT_TAGS = ("cluster", "group", "version", "resource", "namespace", "name")
 
 
@@ -333,3 +334,33 @@ async def test_annotation_link_shows_in_the_full_tree(fixtures_dir: Path, make_a
         assert object_tree(from_parent) == tree
         (up,) = await client.search("tracing [ancestors]", key_tags(child))
         assert object_tree(up) == {parent_key: None, child: parent_key}
+
+
+def request_ns(event: dict[str, Any]) -> int:
+    from kelemetry_py.sources.audit import parse_time_ns
+
+    return parse_time_ns(event["requestReceivedTimestamp"])
+
+
+async def test_a_narrow_range_shows_only_what_happened_in_it(lifecycle: FrontendClient) -> None:
+    facts = lifecycle.facts
+    # Up to the image rollout: the second ReplicaSet and its Pods do not exist yet.
+    rollout = next(
+        e for e in admin_requests(facts, WEB) if e["verb"] == "patch" and "subresource" not in e["objectRef"]
+    )
+    cut_ns = request_ns(rollout)
+    family = {WEB} | descendants(facts, WEB)
+    active = {
+        key
+        for key in family
+        if any(e["verb"] in MUTATING and request_ns(e) <= cut_ns for e in facts.requests.get(key, []))
+    }
+    assert 0 < len(active) < len(family)
+    (trace,) = await lifecycle.search(
+        "tracing [full tree]", WEB_TAGS, start=str(facts.search_start_ns // 1000), end=str(cut_ns // 1000)
+    )
+    assert set(object_tree(trace)) == active
+    for span in trace.spans.values():
+        assert all(log["timestamp"] <= cut_ns // 1000 for log in span["logs"])
+        assert span["startTime"] + span["duration"] <= cut_ns // 1000
+    assert rollout["auditID"] in [log.get("auditID") for log in trace.log_fields(trace.root)]
