@@ -1,0 +1,99 @@
+"""``GET /api/analysis`` (the analysis document as JSON) and ``GET /api/analysis/schema`` (its JSON Schema).
+
+Query parameters: ``resource`` (or ``kind``: ``deploy``, ``Deployment``, ``deployments.apps``), ``name``,
+``namespace``, ``cluster``, ``group``; the range as ``start``/``end`` (RFC 3339 or unix seconds) and/or
+``lookback`` (a Go duration before ``end``, default 1h); ``scope`` = ``owned`` (default), ``full`` or ``object``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kelemetry_py.analysis.schema import ANALYSIS_SCHEMA
+from kelemetry_py.analysis.service import AnalysisError, AnalysisRequest, AnalysisService
+from kelemetry_py.frontend.http import parse_go_duration, parse_rfc3339
+from kelemetry_py.frontend.modes import FrontendError
+from kelemetry_py.frontend.service import FrontendService
+from kelemetry_py.kube.catalog import ResourceCatalog
+
+ANALYSIS_KEY = web.AppKey("kelemetry_analysis", AnalysisService)
+_DEFAULT_LOOKBACK_NS = 3600 * 10**9
+_UNIX_SECONDS = re.compile(r"^\d+(\.\d+)?$")
+
+
+def parse_time(text: str, name: str) -> int:
+    """Nanoseconds of an RFC 3339 time or of unix seconds (a fraction allowed)."""
+    text = text.strip()
+    if _UNIX_SECONDS.match(text):
+        seconds, _, fraction = text.partition(".")
+        return int(seconds) * 10**9 + int(fraction[:9].ljust(9, "0") or 0)
+    return parse_rfc3339(text, name)
+
+
+def request_from_query(query: Any, now_ns: int) -> AnalysisRequest:
+    """An :class:`AnalysisRequest` from query parameters (a mapping of str to str)."""
+    resource = query.get("resource", "")
+    group = query.get("group")
+    kind = query.get("kind", "")
+    if not resource and kind:
+        info = ResourceCatalog.builtin().lookup(kind)
+        if info is None:
+            raise AnalysisError(f"kind: {kind!r} is not a known resource; pass resource= and group= instead")
+        resource = info.resource
+        group = info.group if group is None else group
+    end_text = query.get("end", "")
+    end_ns = parse_time(end_text, "end") if end_text else now_ns
+    start_text = query.get("start", "")
+    if start_text:
+        start_ns = parse_time(start_text, "start")
+    else:
+        lookback = query.get("lookback", "")
+        start_ns = end_ns - (parse_go_duration(lookback, "lookback") if lookback else _DEFAULT_LOOKBACK_NS)
+    request = AnalysisRequest(
+        resource=resource,
+        name=query.get("name", ""),
+        namespace=query.get("namespace"),
+        cluster=query.get("cluster") or None,
+        group=group,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        scope=query.get("scope", "") or "owned",
+    )
+    request.check()
+    return request
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"code": status, "message": message}}, status=status)
+
+
+async def _analysis(request: web.Request) -> web.StreamResponse:
+    try:
+        wanted = request_from_query(request.query, time.time_ns())
+        document = await request.app[ANALYSIS_KEY].analyze(wanted)
+    except FrontendError as exc:
+        return _error(400, str(exc))
+    except Exception as exc:  # a reader failing still gets a readable answer, not a bare 500 page
+        request.app.logger.exception("analysis of %s failed", request.query_string)
+        return _error(500, f"{type(exc).__name__}: {exc}")
+    if document is None:
+        return _error(404, "no trace of that object in that time range")
+    return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+
+async def _schema(_: web.Request) -> web.StreamResponse:
+    return web.Response(body=orjson.dumps(ANALYSIS_SCHEMA), content_type="application/schema+json")
+
+
+def add_analysis_routes(app: web.Application, frontend: FrontendService) -> AnalysisService:
+    """Serve the analysis API on ``app`` over the frontend's assembled traces; returns the service."""
+    service = AnalysisService(frontend)
+    app[ANALYSIS_KEY] = service
+    app.router.add_get("/api/analysis", _analysis)
+    app.router.add_get("/api/analysis/schema", _schema)
+    return service
