@@ -173,6 +173,38 @@ async def test_time_range_clips_windows_and_objects(client: TestClient[Any, Any]
     assert all(span["startTime"] + span["duration"] <= us(T0 + WINDOW_NS) for span in trace.spans.values())
 
 
+async def test_objects_with_nothing_in_the_range_are_left_out(client: TestClient[Any, Any]) -> None:
+    # Pod web-aaa-2 is created 3 s after the Deployment: a range ending before that has the rest of its window
+    # in storage, but nothing of that Pod.
+    created = T0 + 100 * 10**9
+    response = await client.get(
+        "/api/traces",
+        params={
+            "service": "tracing [full tree]",
+            "tags": '{"resource":"deployments","name":"web"}',
+            "start": str(us(T0)),
+            "end": str(us(created + 2_500_000_000)),
+        },
+    )
+    (raw,) = (await response.json())["data"]
+    trace = V1Trace(raw)
+    assert trace.object_children(trace.root) == ["shop web-aaa"]
+    (replicaset,) = trace.children(trace.root, "replicasets")
+    assert trace.object_children(replicaset) == ["shop web-aaa-1"]
+    # The searched object and its path from the root stay even when nothing happened to them in the range.
+    response = await client.get(
+        "/api/traces",
+        params={
+            "service": "tracing [full tree]",
+            "tags": '{"resource":"pods","name":"web-aaa-2"}',
+            "start": str(us(created + 2_500_000_000)),
+            "end": str(us(created + 2_900_000_000)),
+        },
+    )
+    (quiet,) = (await response.json())["data"]
+    assert sorted(span["operationName"] for span in quiet["spans"]) == ["shop web", "shop web-aaa", "shop web-aaa-2"]
+
+
 async def test_operation_filters_by_cluster(client: TestClient[Any, Any]) -> None:
     assert len(await find(client, "tracing", WEB, operation=CLUSTER)) == 1
     assert await find(client, "tracing", WEB, operation="elsewhere") == []
