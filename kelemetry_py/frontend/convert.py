@@ -49,7 +49,7 @@ def to_jaeger_v1(trace_id: int, spans: Sequence[Span]) -> dict[str, Any]:
     out_spans = []
     for span in spans:
         tags = _jaeger_tags(span.attributes)
-        if span.error:
+        if span.error and "error" not in span.attributes:
             tags.append({"key": "error", "type": "bool", "value": True})
             if span.status_message:
                 tags.append(

@@ -208,6 +208,8 @@ class Pipeline:
         identity = observation.dedup_key or f"{observation.kind}:{observation.start_ns}:{os.urandom(6).hex()}"
         attributes = ref.tags()
         attributes.update(observation.tags)
+        if observation.error is not None:
+            attributes["error"] = True  # what Jaeger UI users search for; the status alone is not a tag
         span = Span(
             trace_id=trace_id,
             span_id=child_span_id(trace_id, identity),

@@ -148,6 +148,12 @@ async def test_failed_requests_carry_error_status_and_reason(
         assert error_log.fields["code"] == span.attributes["responseCode"]
         assert error_log.fields["message"]
     assert forbidden_get.attributes["impersonatedUser"] == "system:serviceaccount:shop:nobody"
+    assert all(s.attributes["error"] is True for s in failed.values())
+    assert not any("error" in s.attributes for s in spans if not s.error)
+    hits = await app.components.store.find_traces(  # type: ignore[union-attr]
+        TraceQuery(tags={"error": "true", "name": "broken"}, start_ns=0, end_ns=2**63 - 1)
+    )
+    assert [hit.ref.name for hit in hits] == ["broken"], "Jaeger UI's error=true search finds failed requests"
     assert all(s.attributes["responseCode"] >= 400 for s in failed.values())  # type: ignore[operator]
 
 
