@@ -66,7 +66,38 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--concurrency", type=int, default=1, help="batches in flight at once")
 
     commands.add_parser("version", help="print the version")
+    _add_analysis_commands(commands)
     return parser
+
+
+def _add_object_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("object", metavar="KIND/NAME", help="e.g. deploy/web, pod/web-1, clusterrole/view")
+    parser.add_argument("-n", "--namespace", help="namespace of a namespaced object (default: default)")
+    parser.add_argument("--cluster", default="", help="cluster name (default: any)")
+    parser.add_argument("--since", default="1h", help="how far back from --end to look (Go duration, 1h)")
+    parser.add_argument("--start", help="range start: RFC 3339 or unix seconds (overrides --since)")
+    parser.add_argument("--end", help="range end: RFC 3339 or unix seconds (default: now)")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("KELEMETRY_SERVER", "http://127.0.0.1:8080"),
+        help="kelemetry-py frontend URL (env KELEMETRY_SERVER)",
+    )
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+
+
+def _add_analysis_commands(commands: Any) -> None:
+    analyze = commands.add_parser("analyze", help="timeline, rollout latency, failures and changes of an object")
+    _add_object_flags(analyze)
+    analyze.add_argument(
+        "--scope",
+        choices=("owned", "full", "object"),
+        default="owned",
+        help="the object and what it owns (default), its whole tree, or the object alone",
+    )
+    trace = commands.add_parser("trace", help="print an object's trace as a tree")
+    _add_object_flags(trace)
+    trace.add_argument("--mode", default="tracing", help="display mode, e.g. tree, tracing [full tree]")
+    trace.add_argument("--no-logs", action="store_true", help="spans only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "replay":
         return _replay(args)
+    if args.command in ("analyze", "trace"):
+        return _query_command(args)
     try:
         config = _config_from(args)
     except ConfigError as exc:
@@ -121,3 +154,28 @@ def _replay(args: Any) -> int:
         f"{result.throttled} throttled and retried; {result.failed} failed"
     )
     return 1 if result.failed else 0
+
+
+def _query_command(args: Any, out: Any = None) -> int:
+    """``analyze`` and ``trace``: ask a running server, print a report or JSON."""
+    import orjson
+
+    from kelemetry_py.analysis.client import CommandError, Target, fetch_analysis, fetch_trace, time_range
+    from kelemetry_py.analysis.report import render_report
+    from kelemetry_py.analysis.tree import render_tree
+
+    out = out or sys.stdout
+    try:
+        target = Target.parse(args.object, args.namespace, args.cluster)
+        start_ns, end_ns = time_range(args.since, args.start, args.end)
+        if args.command == "analyze":
+            document = asyncio.run(fetch_analysis(args.server, target, start_ns, end_ns, args.scope))
+            text = render_report(document) if args.output == "text" else None
+        else:
+            document = asyncio.run(fetch_trace(args.server, target, start_ns, end_ns, args.mode))
+            text = render_tree(document, show_logs=not args.no_logs) if args.output == "text" else None
+    except CommandError as exc:
+        print(f"kelemetry-py {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+    out.write(text if text is not None else orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0

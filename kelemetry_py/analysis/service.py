@@ -59,7 +59,12 @@ class AnalysisService:
         }
         tags = {key: value for key, value in wanted.items() if value is not None}
         matches = await self.frontend.assembler.search(
-            TraceQuery(tags=tags, start_ns=request.start_ns, end_ns=request.end_ns, limit=_CANDIDATES),
+            TraceQuery(
+                tags={k: v for k, v in tags.items() if v},
+                start_ns=request.start_ns,
+                end_ns=request.end_ns,
+                limit=_CANDIDATES,
+            ),
             max_objects=_CANDIDATES,
         )
         exact = [match for match in matches if all(_field(match, k) == v for k, v in tags.items())]
