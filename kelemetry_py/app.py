@@ -49,6 +49,7 @@ class App:
         self.ports: dict[str, int] = {}
         self.frontend: Any = None  # the FrontendService, when the frontend is enabled
         self._grpc: Any = None
+        self.watching: Any = None  # KubeWatching, when kube.clusters are configured
         self._ready = False
 
     @property
@@ -62,6 +63,13 @@ class App:
         await self.components.pipeline.start()
         if self.components.sources is not None:
             await self.components.sources.start()
+        if self.config.kube.clusters:
+            from kelemetry_py.sources.kubewatch import KubeWatching
+
+            self.watching = KubeWatching(
+                self.config, self.components.pipeline, self.components.metrics, self.components.catalogs
+            )
+            await self.watching.start()
         main = web.Application(client_max_size=self.config.audit.max_body_bytes)
         self._add_operational_routes(main)
         AuditWebhook(
@@ -116,6 +124,9 @@ class App:
         if self.components is not None:
             if self.components.sources is not None:
                 await self.components.sources.stop()  # before the pipeline stops accepting their batches
+            if self.watching is not None:
+                await self.watching.stop()
+                self.watching = None
             await self.components.pipeline.stop()
             for closer in reversed(self.components.closers):
                 await closer()
