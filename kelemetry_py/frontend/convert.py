@@ -10,6 +10,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from kelemetry_py.model import Attributes, AttrValue, Span
+from kelemetry_py.storage.otlp_json import encode_resource_spans
 
 SCOPE_NAME = "kelemetry-py"
 _SPAN_KIND_INTERNAL = 1
@@ -89,56 +90,9 @@ def to_jaeger_v1(trace_id: int, spans: Sequence[Span]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ OTLP JSON
 
 
-def _otlp_json_value(value: AttrValue) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, list):
-        return {"arrayValue": {"values": [{"stringValue": item} for item in value]}}
-    return {"stringValue": value}
-
-
-def _otlp_json_attributes(attributes: Attributes) -> list[dict[str, Any]]:
-    return [{"key": key, "value": _otlp_json_value(value)} for key, value in attributes.items()]
-
-
 def to_otlp_json(spans: Sequence[Span]) -> dict[str, Any]:
     """``{"resourceSpans": [...]}`` in OTLP JSON as Jaeger api_v3 writes it: hex ids, nanosecond strings."""
-    resource_spans = []
-    for service, group in _by_service(spans).items():
-        out = []
-        for span in group:
-            item: dict[str, Any] = {
-                "traceId": f"{span.trace_id:032x}",
-                "spanId": f"{span.span_id:016x}",
-                "name": span.name,
-                "kind": _SPAN_KIND_INTERNAL,
-                "startTimeUnixNano": str(span.start_ns),
-                "endTimeUnixNano": str(span.end_ns),
-                "attributes": _otlp_json_attributes(span.attributes),
-                "events": [
-                    {
-                        "timeUnixNano": str(log.time_ns),
-                        "name": log.name,
-                        "attributes": _otlp_json_attributes(log.fields),
-                    }
-                    for log in span.logs
-                ],
-                "status": {"code": _STATUS_ERROR, "message": span.status_message} if span.error else {},
-            }
-            if span.parent_id is not None:
-                item["parentSpanId"] = f"{span.parent_id:016x}"
-            out.append(item)
-        resource_spans.append(
-            {
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-                "scopeSpans": [{"scope": {"name": SCOPE_NAME}, "spans": out}],
-            }
-        )
-    return {"resourceSpans": resource_spans}
+    return {"resourceSpans": encode_resource_spans(spans, "jaeger")}
 
 
 # ------------------------------------------------------------------------------------------ OTLP protobuf
