@@ -29,8 +29,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DEFAULT_LOOKBACK_NS = 3600 * 10**9
 _REDIRECT_WINDOW_NS = 3600 * 10**9
 _FAR_FUTURE_NS = 2**62
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# Go's units, plus the days and weeks of Jaeger UI's lookback choices ("2d", "7d").
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d|w)")
 _UNIT_NS = {
+    "w": 7 * 86_400 * 10**9,
+    "d": 86_400 * 10**9,
     "ns": 1,
     "us": 10**3,
     "µs": 10**3,

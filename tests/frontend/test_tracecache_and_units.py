@@ -62,13 +62,15 @@ def test_view_ids_round_trip_and_raw_ids_pass_through() -> None:
         ("0.010s", 10**7),
         ("1.5µs", 1500),
         ("0", 0),
+        ("2d", 2 * 86_400 * 10**9),  # Jaeger UI's "Last 2 Days" lookback
+        ("1w", 7 * 86_400 * 10**9),
     ],
 )
 def test_go_durations(text: str, nanos: int) -> None:
     assert parse_go_duration(text, "d") == nanos
 
 
-@pytest.mark.parametrize("text", ["", "10", "ms", "10 ms", "1d", "5s3"])
+@pytest.mark.parametrize("text", ["", "10", "ms", "10 ms", "1y", "5s3"])
 def test_bad_go_durations(text: str) -> None:
     with pytest.raises(FrontendError, match="duration"):
         parse_go_duration(text, "duration")
