@@ -96,7 +96,11 @@ def _add_analysis_commands(commands: Any) -> None:
     )
     trace = commands.add_parser("trace", help="print an object's trace as a tree")
     _add_object_flags(trace)
-    trace.add_argument("--mode", default="tracing", help="display mode, e.g. tree, tracing [full tree]")
+    trace.add_argument(
+        "--mode",
+        default="tracing [owned objects]",
+        help="display mode (default: tracing [owned objects], like kubectl tree); e.g. tree, tracing [full tree]",
+    )
     trace.add_argument("--no-logs", action="store_true", help="spans only")
 
 

@@ -162,6 +162,15 @@ def _objects(trace: AssembledTrace) -> list[dict[str, Any]]:
 
 
 def _summary_text(span: Span) -> str:
+    """What the entry adds to its actor and action: an error, the changed fields, an event's message."""
+    if span.service == SERVICE_AUDIT:
+        error = request_error(span)
+        if error is not None:
+            return f"{error.reason}: {error.message}" if error.message else error.reason or str(error.code)
+        lines = [change.line for log in diff_logs(span) for change in diff_changes(log)]
+        if not lines and patch_text(span):
+            lines = [change.line for change in patch_changes(patch_text(span)) or []]
+        return "; ".join(lines[:3]) + (f" (+{len(lines) - 3})" if len(lines) > 3 else "")
     if span.service == SERVICE_EVENT:
         message = event_message(span)
         reason = tag(span, "reason") or span.name

@@ -40,11 +40,16 @@ def render_report(doc: Mapping[str, Any], *, timeline_limit: int = 200) -> str:
 
 def _objects(doc: Mapping[str, Any], lines: list[str]) -> None:
     lines += ["", "OBJECTS"]
-    objects = doc["objects"]
+    objects = doc["objects"]  # preorder, each with its depth
+    open_levels: list[bool] = []  # per ancestor level: does that ancestor have siblings still to come?
     for index, item in enumerate(objects):
         depth = item["depth"]
-        later_siblings = any(other["depth"] == depth for other in _until_shallower(objects[index + 1 :], depth))
-        prefix = "" if depth == 0 else "   " * (depth - 1) + ("├─ " if later_siblings else "└─ ")
+        has_next_sibling = any(other["depth"] == depth for other in _until_shallower(objects[index + 1 :], depth))
+        del open_levels[max(depth - 1, 0) :]
+        prefix = ""
+        if depth > 0:
+            prefix = "".join("│  " if more else "   " for more in open_levels) + ("├─ " if has_next_sibling else "└─ ")
+            open_levels.append(has_next_sibling)
         via = f" ({item['linkClass']})" if item["linkClass"] and item["linkClass"] != "owner" else ""
         lines.append(
             f"  {prefix}{_short(item['key'])}{via}  {item['spans']} spans, "
