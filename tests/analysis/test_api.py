@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from aiohttp import ClientSession
 
 from kelemetry_py.analysis.schema import ANALYSIS_SCHEMA
+from kelemetry_py.kube.watch import ResourceType
+from kelemetry_py.metrics import Metrics
 from kelemetry_py.sources.audit import parse_time_ns
+from kelemetry_py.sources.events import EventTracker
 from tests.analysis.conftest import Served, ServeScenario
 
 VALIDATOR = jsonschema.Draft202012Validator(ANALYSIS_SCHEMA)
 CONTROLLERS = "system:serviceaccount:kube-system:"
+CORE_EVENTS = ResourceType("", "v1", "events", "Event", True)
+NEW_EVENTS = ResourceType("events.k8s.io", "v1", "events", "Event", True)
 
 
 async def get(served: Served, **query: str) -> tuple[int, Any]:
@@ -208,3 +215,43 @@ async def test_scope_object_leaves_owned_objects_out(serve_scenario: ServeScenar
     alone = await analysis(served, kind="deploy", namespace="shop", name="web2", scope="object")
     assert len(alone["objects"]) == 1 < len(owned["objects"])
     assert {entry["object"] for entry in alone["timeline"]} == {"fixture/apps/deployments/shop/web2"}
+
+
+async def test_recorded_events_through_the_real_pipeline_join_the_story(
+    serve_scenario: ServeScenario, fixtures_dir: Path
+) -> None:
+    served = await serve_scenario("deployment-lifecycle")
+    assert served.app.components is not None
+    tracker = EventTracker(
+        served.app.components.pipeline,
+        Metrics(),
+        catalogs=served.app.components.catalogs,
+        wall_clock_ns=lambda: served.end_ns,
+    )
+    recorded = 0
+    for rtype, stream in ((CORE_EVENTS, "core_v1_events"), (NEW_EVENTS, "events.k8s.io_v1_events")):
+        for line in (fixtures_dir / "deployment-lifecycle" / "watch" / f"{stream}.jsonl").read_bytes().splitlines():
+            change = orjson.loads(line)
+            await tracker.on_event("fixture", rtype, change["type"], change["object"], relisted=False)
+            recorded += 1
+    assert recorded and tracker.emitted
+    await served.app.components.pipeline.drain()
+    await served.app.components.writer.flush()
+
+    doc = await analysis(served, resource="deployments", group="apps", namespace="shop", name="web")
+    events = [entry for entry in doc["timeline"] if entry["source"] == "event"]
+    reasons = {entry["action"] for entry in events}
+    assert {"ScalingReplicaSet", "SuccessfulCreate", "Scheduled", "Pulled", "Started", "Killing"} <= reasons
+    scheduled = [entry for entry in events if entry["action"] == "Scheduled"]
+    assert len(scheduled) == 8 and {entry["actorKind"] for entry in scheduled} == {"scheduler"}
+    assert all(entry["summary"].startswith("Scheduled: Successfully assigned shop/web-") for entry in scheduled)
+    kubelet = [entry for entry in events if entry["action"] in ("Pulled", "Started", "Created")]
+    assert kubelet and {entry["actor"] for entry in kubelet} == {"kubelet"}
+    # No Warning in the recording, so none reported; the rollouts read the same with events added.
+    assert doc["failures"]["warningEvents"] == [] and doc["failures"]["backOffs"] == []
+    rollouts = doc["latency"]["rollouts"]
+    assert [r["kind"] for r in rollouts] == ["create", "scale", "update", "scale", "delete"]
+    for rollout in rollouts:
+        stages = {stage["name"]: stage["count"] for stage in rollout["stages"]}
+        assert stages.get("pod scheduled", 0) == stages.get("pod created", 0)
+        assert rollout["converged"]
