@@ -15,11 +15,15 @@ each (uid, occurrence) once, remembered in an :class:`EventCursor`:
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aioredis
 
@@ -30,6 +34,7 @@ from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
 
 EVENTS_GROUP = "events.k8s.io"
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------------------------------------ the cursor
@@ -112,6 +117,112 @@ class RedisEventCursor:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+_CURSOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS event_cursor (
+    cluster TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    occurrence INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (cluster, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS event_cursor_by_expiry ON event_cursor (expires);
+"""
+
+_CURSOR_MARK = """
+INSERT INTO event_cursor (cluster, uid, occurrence, expires) VALUES (:cluster, :uid, :occurrence, :expires)
+ON CONFLICT (cluster, uid) DO UPDATE SET
+    -- an expired row must not keep its old occurrence through the max()
+    occurrence = iif(event_cursor.expires <= :now, excluded.occurrence,
+                     max(event_cursor.occurrence, excluded.occurrence)),
+    expires = excluded.expires
+"""
+
+
+class SqliteEventCursor:
+    """The cursor in a small SQLite file beside the embedded store, so one replica without Redis survives
+    restarts. Every sqlite call runs on one dedicated thread; expiry uses the wall clock, which (unlike a
+    monotonic clock) means the same thing after a restart."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        ttl_seconds: float = 7200.0,
+        *,
+        purge_every: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._ttl = ttl_seconds
+        self._purge_every = purge_every
+        self._clock = clock
+        self._marks = 0
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> SqliteEventCursor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-cursor")
+            await self._run(self._open_sync)
+        return self
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_CURSOR_SCHEMA)
+        self._conn = conn
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            await self.open()
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteEventCursor is closed")
+        return self._conn
+
+    async def emitted(self, cluster: str, uid: str) -> int:
+        return await self._run(self._emitted_sync, cluster, uid)
+
+    def _emitted_sync(self, cluster: str, uid: str) -> int:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT occurrence FROM event_cursor WHERE cluster = ? AND uid = ? AND expires > ?",
+                (cluster, uid, self._clock()),
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row is not None else 0
+
+    async def mark(self, cluster: str, uid: str, occurrence: int) -> None:
+        await self._run(self._mark_sync, cluster, uid, occurrence)
+
+    def _mark_sync(self, cluster: str, uid: str, occurrence: int) -> None:
+        conn = self._connection()
+        now = self._clock()
+        values = {"cluster": cluster, "uid": uid, "occurrence": occurrence, "expires": now + self._ttl, "now": now}
+        conn.execute(_CURSOR_MARK, values)
+        self._marks += 1
+        if self._marks % self._purge_every == 0:
+            conn.execute("DELETE FROM event_cursor WHERE expires <= ?", (now,))
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 # ------------------------------------------------------------------------------------------------ parsing

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from pathlib import Path
 from typing import Any
 
 from kelemetry_py.config import Config
@@ -15,8 +16,16 @@ from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache import DiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
-from kelemetry_py.sources.events import EventCursor, EventTracker, MemoryEventCursor, RedisEventCursor
+from kelemetry_py.sources.events import (
+    EventCursor,
+    EventTracker,
+    MemoryEventCursor,
+    RedisEventCursor,
+    SqliteEventCursor,
+)
 from kelemetry_py.sources.watchers import WatcherKind, WatcherService
+
+STATE_FILE = "state.db"
 
 
 class KubeWatching:
@@ -42,6 +51,8 @@ class KubeWatching:
         return self.differ if kind == "objects" else self.events
 
     async def start(self) -> None:
+        if isinstance(self.cursor, SqliteEventCursor):
+            await self.cursor.open()
         await self.service.start()
         self._flusher = asyncio.create_task(self.differ.run(), name="differ-unclaimed")
 
@@ -74,4 +85,7 @@ def _event_cursor(config: Config) -> EventCursor:
     ttl = max(2 * config.kube.event_max_age_seconds, 3600.0)
     if config.redis.url:
         return RedisEventCursor(config.redis.url, config.redis.key_prefix, ttl_seconds=ttl)
+    if config.store.enabled:
+        # One replica without Redis: beside the store, so a restart neither repeats nor loses Events.
+        return SqliteEventCursor(Path(config.store.path).parent / STATE_FILE, ttl_seconds=ttl)
     return MemoryEventCursor(ttl)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from kelemetry_py.sources.events import (
     EventTracker,
     MemoryEventCursor,
     RedisEventCursor,
+    SqliteEventCursor,
     parse_time_ns,
 )
 from tests.differ.support import CLUSTER, CORE_EVENTS, NEW_EVENTS, CollectingSink, list_items, watch_lines
@@ -156,3 +158,45 @@ async def test_an_event_without_uid_is_refused() -> None:
     tracker = _tracker(CollectingSink(), MemoryEventCursor())
     with pytest.raises(ValueError, match=r"no metadata\.uid"):
         await tracker.on_event(CLUSTER, CORE_EVENTS, "ADDED", {"metadata": {"name": "x"}}, relisted=False)
+
+
+async def test_sqlite_cursor_survives_a_restart(lifecycle: Path, tmp_path: Path) -> None:
+    sink = CollectingSink()
+    path = tmp_path / "data" / "state.db"
+    first = await SqliteEventCursor(path).open()
+    await _feed_both(_tracker(sink, first), lifecycle)
+    await first.close()
+    emitted = len(sink.observations)
+    assert emitted == len(_distinct_occurrences(lifecycle))
+    second = await SqliteEventCursor(path).open()
+    try:
+        await _feed_both(_tracker(sink, second), lifecycle)
+        assert len(sink.observations) == emitted, "a restarted process re-emitted events"
+        uid, occurrence = max(_distinct_occurrences(lifecycle), key=lambda pair: pair[1])
+        await second.mark(CLUSTER, uid, 1)  # never lowers what is stored
+        assert await second.emitted(CLUSTER, uid) == occurrence
+        assert await second.emitted("other-cluster", uid) == 0
+    finally:
+        await second.close()
+
+
+async def test_sqlite_cursor_entries_expire(tmp_path: Path) -> None:
+    now = [1000.0]
+    cursor = await SqliteEventCursor(tmp_path / "state.db", ttl_seconds=60, purge_every=2, clock=lambda: now[0]).open()
+    try:
+        await cursor.mark(CLUSTER, "uid-a", 3)
+        assert await cursor.emitted(CLUSTER, "uid-a") == 3
+        now[0] += 61
+        assert await cursor.emitted(CLUSTER, "uid-a") == 0
+        # An expired entry does not hold its old occurrence against a new, lower one.
+        await cursor.mark(CLUSTER, "uid-a", 1)
+        assert await cursor.emitted(CLUSTER, "uid-a") == 1
+        await cursor.mark(CLUSTER, "uid-b", 1)
+        now[0] += 61
+        await cursor.mark(CLUSTER, "uid-c", 1)  # every second mark purges what expired
+        await cursor.mark(CLUSTER, "uid-d", 1)
+    finally:
+        await cursor.close()
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        rows = {uid for (uid,) in conn.execute("SELECT uid FROM event_cursor")}
+    assert rows == {"uid-c", "uid-d"}
