@@ -230,6 +230,16 @@ def _is_trigger(fact: _Fact) -> bool:
     return False
 
 
+def _is_teardown(fact: _Fact) -> bool:
+    span = fact.span
+    return (
+        span.service == SERVICE_AUDIT
+        and tag(span, "verb").startswith("delete")
+        and not tag(span, "subresource")
+        and succeeded(span)
+    )
+
+
 def _trigger_kind(span: Span) -> str:
     verb = tag(span, "verb") or tag(span, "change")
     if verb == "create":
@@ -318,7 +328,12 @@ class _Rollouts:
     def build(self) -> list[dict[str, Any]]:
         workloads = [key for key in self.trace.objects if any(_is_pod(d) for d in self._descendants(key))]
         triggers = sorted(
-            (fact for key in workloads for fact in self.by_key.get(key, []) if _is_trigger(fact)),
+            (
+                fact
+                for key in workloads
+                for fact in self.by_key.get(key, [])
+                if _is_trigger(fact) or (self._is_top(key) and _is_teardown(fact))
+            ),
             key=lambda fact: (fact.span.start_ns, fact.span.span_id),
         )
         out: list[dict[str, Any]] = []
@@ -326,6 +341,10 @@ class _Rollouts:
             until = triggers[index + 1].span.start_ns if index + 1 < len(triggers) else self.trace.end_ns + 1
             out.append(self._rollout(trigger, until))
         return out
+
+    def _is_top(self, key: str) -> bool:
+        """No owner of the object is in the tree: a controller deleting it (a namespace going) starts a story."""
+        return key == self.trace.root or not any(True for _ in self.trace.graph.predecessors(key))
 
     def _descendants(self, key: str) -> set[str]:
         return set(nx.descendants(self.trace.graph, key)) if key in self.trace.graph else set()
@@ -368,17 +387,20 @@ class _Rollouts:
                 [(label, fact)] for key, owner in owners.items() for label, fact in self._owner_events(key, owner)
             ]
         critical = max(chains, key=lambda chain: (chain[-1][1].time_ns, len(chain)), default=[])
-        steps = self._steps([("spec change", trigger), *critical])
+        first = "deletion" if _trigger_kind(trigger.span) == "delete" else "spec change"
+        steps = self._steps([(first, trigger), *critical])
 
         stages = self._stages(created, leaving, owners)
+        # A pod still moving when the next change came may settle after it: judge it on the rest of the range.
+        settled = {key: _pod_story(self._within(key, start_ns, self.trace.end_ns + 1)) for key in [*created, *leaving]}
         pending = [
-            {"pod": key, "lastStep": _last_step(story)}
-            for key, story in sorted(created.items())
-            if story.ready is None and story.removed is None and story.terminating is None
+            {"pod": key, "lastStep": _last_step(settled[key])}
+            for key in sorted(created)
+            if all(getattr(settled[key], step) is None for step in ("ready", "removed", "terminating"))
         ] + [
             {"pod": key, "lastStep": "pod terminating"}
-            for key, story in sorted(leaving.items())
-            if story.removed is None and not created
+            for key in sorted(leaving)
+            if settled[key].removed is None and not created
         ]
         actor = actor_of(trigger.span)
         end_ns = steps[-1]["endUnixNano"]

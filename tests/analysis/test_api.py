@@ -88,7 +88,7 @@ async def test_deployment_lifecycle_names_each_rollout_and_its_steps(serve_scena
     ]
     assert [s["name"] for s in scale_up["steps"]][:2] == ["spec change", "ReplicaSet scaled"]
     assert [s["name"] for s in scale_down["steps"]][-2:] == ["pod terminating", "pod removed"]
-    assert [s["name"] for s in delete["steps"]][1] == "ReplicaSet deleted"
+    assert [s["name"] for s in delete["steps"]][:2] == ["deletion", "ReplicaSet deleted"]
 
     # The image change created the second ReplicaSet: the one deployment-controller created after it.
     rs_creates = [
@@ -255,3 +255,22 @@ async def test_recorded_events_through_the_real_pipeline_join_the_story(
         stages = {stage["name"]: stage["count"] for stage in rollout["stages"]}
         assert stages.get("pod scheduled", 0) == stages.get("pod created", 0)
         assert rollout["converged"]
+
+
+async def test_statefulset_rollouts_end_with_the_namespace_teardown(serve_scenario: ServeScenario) -> None:
+    served = await serve_scenario("batch-and-stateful")
+    doc = await analysis(served, kind="sts", namespace="jobs", name="db")
+    rollouts = doc["latency"]["rollouts"]
+    assert [(r["kind"], r["trigger"]["actor"]) for r in rollouts] == [
+        ("create", "admin"),
+        ("scale", "admin"),
+        ("delete", CONTROLLERS + "namespace-controller"),
+    ]
+    assert all(r["converged"] for r in rollouts), [r["pending"] for r in rollouts]
+    create, scale, teardown = rollouts
+    # StatefulSet pods come straight from the StatefulSet, one after the other.
+    assert [s["name"] for s in create["steps"]] == ["spec change", "pod created", "pod scheduled", "pod ready"]
+    assert {stage["name"]: stage["count"] for stage in create["stages"]}["pod ready"] == 3
+    assert teardown["steps"][0]["name"] == "deletion"
+    removed_by_scale = {stage["name"]: stage["count"] for stage in scale["stages"]}
+    assert removed_by_scale["pod removed"] == 2  # db-2 and db-1; db-0 goes with the namespace
