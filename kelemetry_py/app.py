@@ -87,6 +87,7 @@ class App:
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
 
     async def _start_frontend(self, main: web.Application) -> None:
+        from kelemetry_py.analysis.http import add_analysis_routes
         from kelemetry_py.frontend.http import add_frontend_routes
         from kelemetry_py.frontend.tracecache import create_trace_cache
 
@@ -101,6 +102,7 @@ class App:
         else:
             target = main
         self.frontend = add_frontend_routes(target, reader, cache, config.frontend)
+        add_analysis_routes(target, self.frontend)
         from kelemetry_py.plugins import load_transforms
 
         self.frontend.transforms = load_transforms(config.plugins)

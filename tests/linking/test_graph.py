@@ -6,7 +6,7 @@ import pytest
 
 from kelemetry_py.config import PluginsConfig
 from kelemetry_py.linking.graph import ObjectGraph
-from kelemetry_py.linking.registry import load_linkers, run_linkers
+from kelemetry_py.linking.registry import LINKERS_GROUP, load_linkers, run_linkers
 from kelemetry_py.model import Link, ObjectRef
 from tests.linking.fixture_objects import CLUSTER, watched_objects
 
@@ -37,7 +37,8 @@ async def recorded_graph(fixtures_dir: Path) -> ObjectGraph:
     """The graph a collector builds from the deployment-lifecycle watch streams through the real linkers."""
     scenario = fixtures_dir / "deployment-lifecycle"
     graph = ObjectGraph()
-    linkers = load_linkers(PluginsConfig())
+    # The built-in linkers only: an installed pod-node plugin would add node-1 as every pod's second parent.
+    linkers = load_linkers(PluginsConfig(enabled={LINKERS_GROUP: ["owner-references", "parent-annotation"]}))
     for stream in ("apps_v1_deployments", "apps_v1_replicasets", "core_v1_pods"):
         for ref, body in watched_objects(scenario, stream):
             graph.sync_links(ref, [link for _, link in await run_linkers(linkers, ref, body)])
