@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import tempfile
 import time
@@ -106,6 +107,7 @@ async def main(runs: int) -> None:
             )
             await measure(service, "tracing [ancestors]", {"resource": "pods", "name": "bench-3-4"}, runs)
             print(f"target < 300 ms: {'met' if percentile(full, 0.99) < 300 else 'MISSED'} (full tree p99)")
+            print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
         finally:
             await store.close()
 
