@@ -193,6 +193,17 @@ class ResourceWatch:
         # Set whenever a list or watch connection has been established; tests and readiness checks wait on it.
         self.synced = asyncio.Event()
         self.watching = asyncio.Event()
+        self._advanced = asyncio.Event()
+
+    async def wait_for_version(self, resource_version: str) -> None:
+        """Wait until everything up to ``resource_version`` has been handed to the handler."""
+        while self.resource_version != resource_version:
+            self._advanced.clear()
+            await self._advanced.wait()
+
+    def _advance(self, resource_version: str) -> None:
+        self.resource_version = resource_version
+        self._advanced.set()
 
     async def run(self) -> None:
         """List and watch forever; only cancellation ends it."""
@@ -265,7 +276,7 @@ class ResourceWatch:
         except Exception:
             self._metrics.handler_errors.labels(self.cluster, self.rtype.group_resource).inc()
             log.exception("%s %s: on_relist_done failed", self.cluster, self.rtype.group_resource)
-        self.resource_version = list_rv
+        self._advance(list_rv)
         self.relists += 1
         self.synced.set()
 
@@ -312,7 +323,7 @@ class ResourceWatch:
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         if event_type == "BOOKMARK":
             if rv:
-                self.resource_version = rv
+                self._advance(rv)
             return
         if event_type not in ("ADDED", "MODIFIED", "DELETED"):
             raise WatchStreamError(f"unknown watch event type {event_type!r}")
@@ -324,7 +335,7 @@ class ResourceWatch:
             self.uids.add(uid)
         self._metrics.objects.labels(self.cluster, self.rtype.group_resource).set(len(self.uids))
         if rv:
-            self.resource_version = rv
+            self._advance(rv)
 
     async def _deliver(self, event_type: str, obj: dict[str, Any], *, relisted: bool) -> None:
         self._metrics.events.labels(self.cluster, self.rtype.group_resource, event_type).inc()

@@ -350,11 +350,16 @@ class EventTracker:
             self.skipped_old += 1
             return
         token = (cluster, view.uid, view.occurrence)
-        if token in self._inflight or await self._cursor.emitted(cluster, view.uid) >= view.occurrence:
+        if token in self._inflight:
             self.skipped_seen += 1
             return
+        # Taken before the cursor is asked: a cursor read yields (Redis, SQLite), and the twin from the other
+        # Event resource must not slip through while it does.
         self._inflight.add(token)
         try:
+            if await self._cursor.emitted(cluster, view.uid) >= view.occurrence:
+                self.skipped_seen += 1
+                return
             await self._sink.submit([self._observation(ref, view)], wait=True)
             await self._cursor.mark(cluster, view.uid, view.occurrence)
             self.emitted += 1

@@ -87,6 +87,8 @@ class ClusterWatchers:
         self.engine_options = dict(engine_options or {})
         # The engines running now, per watcher, for inspection.
         self.engines: dict[WatcherKind, dict[ResourceType, ResourceWatch]] = {kind: {} for kind in handlers}
+        # Set while a watcher runs its engines (after discovery, and on the leader only), for tests and readiness.
+        self.running: dict[WatcherKind, asyncio.Event] = {kind: asyncio.Event() for kind in handlers}
         # With leader election: one candidate per watcher, made up front so callers can follow them.
         self.electors: dict[WatcherKind, LeaderElector] = {}
         if config.kube.leader_election:
@@ -137,7 +139,9 @@ class ClusterWatchers:
                     )
                     engines[rtype] = engine
                     tasks[rtype] = asyncio.create_task(engine.run(), name=f"watch {self.cluster} {rtype}")
+                self.running[kind].set()
         finally:
+            self.running[kind].clear()
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import sqlite3
 from collections import Counter
@@ -200,3 +201,26 @@ async def test_sqlite_cursor_entries_expire(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "state.db") as conn:
         rows = {uid for (uid,) in conn.execute("SELECT uid FROM event_cursor")}
     assert rows == {"uid-c", "uid-d"}
+
+
+class YieldingCursor(MemoryEventCursor):
+    """A cursor whose reads give the event loop away, as Redis and SQLite reads do."""
+
+    async def emitted(self, cluster: str, uid: str) -> int:
+        await asyncio.sleep(0)
+        return await super().emitted(cluster, uid)
+
+
+async def test_both_views_delivered_concurrently_emit_once(lifecycle: Path) -> None:
+    sink = CollectingSink()
+    tracker = _tracker(sink, YieldingCursor())
+    core = list(watch_lines(lifecycle, CORE_EVENTS))
+    new = {obj["metadata"]["uid"]: obj for _, obj in watch_lines(lifecycle, NEW_EVENTS)}
+    for event_type, obj in core[:10]:
+        twin = new[obj["metadata"]["uid"]]
+        await asyncio.gather(
+            tracker.on_event(CLUSTER, CORE_EVENTS, event_type, obj, relisted=False),
+            tracker.on_event(CLUSTER, NEW_EVENTS, event_type, twin, relisted=False),
+        )
+    keys = [o.dedup_key for o in sink.observations]
+    assert len(keys) == len(set(keys)) == len({(o["metadata"]["uid"], o.get("count")) for _, o in core[:10]})

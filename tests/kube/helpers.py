@@ -55,11 +55,7 @@ class RecordingHandler:
             await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), within)
 
     def watched(self, resource: str, *, relisted: bool | None = None) -> list[Delivered]:
-        return [
-            e
-            for e in self.events
-            if e.rtype.resource == resource and (relisted is None or e.relisted == relisted)
-        ]
+        return [e for e in self.events if e.rtype.resource == resource and (relisted is None or e.relisted == relisted)]
 
 
 def write_kubeconfig(path: Path, server: str, *, token: str = "", user: dict[str, Any] | None = None) -> Path:
@@ -90,3 +86,50 @@ class SleepGate:
         self.delays.append(delay)
         self.asked.set()
         await self.opened.wait()
+
+
+# ------------------------------------------------------------------------------------------------ whole Apps
+
+WATCHED_CLUSTER = "fixture"
+DOUBLE_TOKEN = "e2e-watcher-token"
+
+
+def watcher_settings(directory: Path, double_url: str, **overrides: Any) -> dict[str, Any]:
+    """App overrides that watch the double as cluster ``fixture``. Recorded Events are months old by the time
+    a test runs on some machines, so the start-up age limit is lifted."""
+    kubeconfig = write_kubeconfig(directory / "kubeconfig", double_url, token=DOUBLE_TOKEN)
+    settings: dict[str, Any] = {
+        "kube.clusters": [{"name": WATCHED_CLUSTER, "kubeconfig": str(kubeconfig)}],
+        "kube.event_max_age_seconds": 10 * 365 * 86400.0,
+        "kube.discovery_interval_seconds": 3600.0,
+    }
+    settings.update(overrides)
+    return settings
+
+
+def cluster_watchers(app: Any) -> Any:
+    """The App's ClusterWatchers of the watched cluster."""
+    assert app.watching is not None, "the App runs no watchers"
+    return app.watching.service.clusters[WATCHED_CLUSTER]
+
+
+async def all_watching(app: Any, kinds: tuple[str, ...] = ("objects", "events"), within: float = 15.0) -> int:
+    """Wait until every engine of ``kinds`` has its watch open; returns how many engines that is."""
+    cluster = cluster_watchers(app)
+    engines = 0
+    async with asyncio.timeout(within):
+        for kind in kinds:
+            await cluster.running[kind].wait()
+            for engine in list(cluster.engines[kind].values()):
+                await engine.watching.wait()
+                engines += 1
+    return engines
+
+
+async def caught_up(app: Any, double: Any, within: float = 15.0) -> None:
+    """Wait until every running engine has handed everything the double released to its handler."""
+    cluster = cluster_watchers(app)
+    async with asyncio.timeout(within):
+        for engines in cluster.engines.values():
+            for rtype, engine in list(engines.items()):
+                await engine.wait_for_version(double.latest_version(rtype.group, rtype.version, rtype.resource))

@@ -205,6 +205,15 @@ class KubeApiDouble:
         self._pending = remaining
         return released
 
+    def release_until(self, moment: float) -> int:
+        """Apply every recorded watch line received at or before ``moment`` (recording's unix seconds)."""
+        due = sum(1 for pending in self._pending if pending.time <= moment)
+        return self.release(due)
+
+    def latest_version(self, group: str, version: str, resource: str) -> str:
+        """The resourceVersion a watcher of this resource has seen once it has seen everything."""
+        return self._stores[(group, version, resource)].latest_rv
+
     def compact(self) -> None:
         """Forget all history: a watch from any earlier resourceVersion now gets 410 Gone."""
         for store in self._stores.values():
