@@ -4,6 +4,7 @@ the webhook receives the same scenario's audit stream: diffs on audit spans, Eve
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -142,3 +143,70 @@ async def test_diffs_land_on_audit_spans_and_events_once(
     on = Counter(key.split("/")[2] for _, _, key in events)
     assert on["deployments"] and on["replicasets"] and on["pods"]
     assert max(events.values()) == 1
+
+
+async def test_without_audit_changes_become_diff_spans_attributed_to_field_managers(
+    fixtures_dir: Path,
+    lifecycle_double: KubeApiDouble,
+    otlp_receiver: GrpcOtlpReceiver,
+    make_app: AppFactory,
+    tmp_path: Path,
+) -> None:
+    app = await make_app(
+        **watcher_settings(tmp_path, lifecycle_double.url, **{"otlp.endpoint": otlp_receiver.endpoint})
+    )
+    await all_watching(app)
+    lifecycle_double.release()
+    await caught_up(app, lifecycle_double)
+    assert app.watching is not None and app.components is not None
+    await app.watching.differ.flush_unclaimed(now=math.inf)  # no audit span will claim anything
+    await app.components.pipeline.drain()
+    spans = await exported(otlp_receiver, app)
+    diffs = [s for s in spans if s.service == "diff"]
+
+    def changed_by(key: str, line: str) -> set[tuple[object, object]]:
+        return {
+            (s.attributes["fieldManager"], s.attributes["operation"])
+            for s in diffs
+            if key_of(s) == key and line in log_lines(s, "diff")
+        }
+
+    assert changed_by(DEPLOYMENT, "spec.replicas 2 -> 4") == {("kubectl", "Update")}
+    assert changed_by(DEPLOYMENT, "spec.replicas 4 -> 2") == {("kubectl", "Update")}
+    image = 'spec.template.spec.containers[nginx].image "nginx:1.25" -> "nginx:1.26"'
+    assert changed_by(DEPLOYMENT, image) == {("kubectl-set", "Update")}
+    deployment_status = {
+        (s.attributes["fieldManager"], s.name)
+        for s in diffs
+        if key_of(s) == DEPLOYMENT
+        and s.attributes["change"] == "diff"
+        and all(line.startswith("status.") for line in log_lines(s, "diff"))
+    }
+    assert deployment_status == {("kube-controller-manager", "kube-controller-manager Update")}
+    created = next(s for s in diffs if key_of(s) == DEPLOYMENT and s.attributes["change"] == "create")
+    assert created.attributes["fieldManager"] == "kubectl-client-side-apply"
+
+    # Pods: the kubelet's status patches.
+    running = [
+        s
+        for s in diffs
+        if s.attributes["resource"] == "pods" and 'status.phase "Pending" -> "Running"' in log_lines(s, "diff")
+    ]
+    assert len(running) == 8
+    assert {s.attributes["fieldManager"] for s in running} == {"kubelet"}
+
+    # The new ReplicaSet appears whole, created by the controller manager, with the new image.
+    rs_created = {
+        orjson.loads(str(log.fields["snapshot"]))["spec"]["template"]["spec"]["containers"][0]["image"]: s
+        for s in diffs
+        if s.attributes["resource"] == "replicasets" and s.attributes["change"] == "create"
+        for log in s.logs
+        if log.name == "snapshot"
+    }
+    assert set(rs_created) == {"nginx:1.25", "nginx:1.26"}
+    assert rs_created["nginx:1.26"].attributes["fieldManager"] == "kube-controller-manager"
+    # Every ReplicaSet and Pod that went away has a delete snapshot.
+    deleted = Counter(s.attributes["resource"] for s in diffs if s.attributes["change"] == "delete")
+    assert deleted["replicasets"] == 2 and deleted["pods"] == 8 and deleted["deployments"] == 1
+    # Each change once.
+    assert max(Counter((key_of(s), s.attributes["resourceVersion"]) for s in diffs).values()) == 1

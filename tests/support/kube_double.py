@@ -288,9 +288,7 @@ class KubeApiDouble:
         obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": rv}}
         self._append(store, "DELETED", rv, _encode({"type": "DELETED", "object": obj}))
 
-    def get_object(
-        self, group: str, version: str, resource: str, namespace: str, name: str
-    ) -> dict[str, Any]:
+    def get_object(self, group: str, version: str, resource: str, namespace: str, name: str) -> dict[str, Any]:
         return self._stores[(group, version, resource)].objects[(namespace, name)]
 
     def objects(self, group: str, version: str, resource: str) -> list[dict[str, Any]]:
@@ -489,6 +487,8 @@ class KubeApiDouble:
                 if self._visible(change, watcher):
                     await response.write(change.line)
             await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away (a watcher stopped): nothing left to tell it
         finally:
             store.watchers.remove(watcher)
         return response
