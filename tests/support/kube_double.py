@@ -161,7 +161,8 @@ class KubeApiDouble:
     async def start(self, host: str = "127.0.0.1") -> str:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        # A watcher that hangs up is forgotten at once, as the apiserver does, not at the next write.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, 0, ssl_context=self._tls)
         await self._site.start()
@@ -215,10 +216,15 @@ class KubeApiDouble:
         return self._stores[(group, version, resource)].latest_rv
 
     def compact(self) -> None:
-        """Forget all history: a watch from any earlier resourceVersion now gets 410 Gone."""
+        """Forget all history: a watch from any earlier resourceVersion now gets 410 Gone. As with etcd, a LIST
+        afterwards answers with the current revision, from which a watch may start."""
+        revision = self._new_rv()
+        self._seq += 1
         for store in self._stores.values():
             store.history.clear()
             store.compacted_seq = self._seq
+            store.rv_seq[revision] = self._seq
+            store.latest_rv = revision
 
     def drop_watches(self, *, abrupt: bool = True) -> int:
         """End every open watch; ``abrupt`` cuts the connection mid-stream instead of ending it cleanly."""
