@@ -129,22 +129,11 @@ class KubeConfig:
 
 
 @dataclass
-class TempoConfig:
-    # Tempo's HTTP API, e.g. http://tempo:3200; used when frontend.reader is "tempo".
+class BackendConfig:
+    """A tracing back end's HTTP API (Tempo's, or jaeger-query's api_v3)."""
+
     endpoint: str = ""
     # Sent on every request, e.g. {"X-Scope-OrgID": "tenant", "Authorization": "Bearer ..."}.
-    headers: dict[str, str] = field(default_factory=dict)
-    ca_file: str = ""
-    client_cert_file: str = ""
-    client_key_file: str = ""
-    insecure_skip_verify: bool = False
-    timeout_seconds: float = 10.0
-
-
-@dataclass
-class JaegerConfig:
-    # jaeger-query's HTTP API (api_v3), e.g. http://jaeger:16686; used when frontend.reader is "jaeger".
-    endpoint: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     ca_file: str = ""
     client_cert_file: str = ""
@@ -161,8 +150,10 @@ class FrontendConfig:
     enabled: bool = True
     # Where raw traces are read from: "embedded" (the store), "tempo" or "jaeger".
     reader: str = "embedded"
-    tempo: TempoConfig = field(default_factory=TempoConfig)
-    jaeger: JaegerConfig = field(default_factory=JaegerConfig)
+    # Tempo's HTTP API (e.g. http://tempo:3200) when reader is "tempo".
+    tempo: BackendConfig = field(default_factory=BackendConfig)
+    # jaeger-query's HTTP API (e.g. http://jaeger:16686) when reader is "jaeger".
+    jaeger: BackendConfig = field(default_factory=BackendConfig)
     # Jaeger v2 remote-storage gRPC API (jaeger.storage.v2.TraceReader); 0 leaves it off.
     grpc_port: int = 0
     default_mode: str = "tracing"
@@ -340,7 +331,7 @@ def validate(config: Config) -> None:
     if config.frontend.reader not in READERS:
         raise ConfigError(f"frontend.reader: {config.frontend.reader!r} is not one of {', '.join(READERS)}")
     for backend in ("tempo", "jaeger"):
-        backend_config: TempoConfig | JaegerConfig = getattr(config.frontend, backend)
+        backend_config: BackendConfig = getattr(config.frontend, backend)
         if config.frontend.reader == backend and not backend_config.endpoint:
             raise ConfigError(f"frontend.{backend}.endpoint: reader {backend} needs an endpoint")
         if backend_config.endpoint and urlsplit(backend_config.endpoint).scheme not in ("http", "https"):

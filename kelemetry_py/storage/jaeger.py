@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from kelemetry_py.config import JaegerConfig
+from kelemetry_py.config import BackendConfig
 from kelemetry_py.model import OBJECT_TAGS, SERVICE_OBJECT, Span
 from kelemetry_py.storage import TraceHit, TraceQuery
 from kelemetry_py.storage.otlp_json import BackendError, HttpBackend, decode_resource_spans, ref_from_spans
@@ -25,7 +25,7 @@ def rfc3339_nano(time_ns: int) -> str:
 class JaegerReader:
     """TraceReader over jaeger-query's api_v3 HTTP API; endpoint, headers, TLS and timeout configurable."""
 
-    def __init__(self, config: JaegerConfig, window_seconds: int = 1800) -> None:
+    def __init__(self, config: BackendConfig, window_seconds: int = 1800) -> None:
         self._http = HttpBackend(config, "jaeger")
         # Jaeger filters on a trace's start, and a raw trace starts with its window: look back one window.
         self._lookback_ns = window_seconds * 1_000_000_000

@@ -10,11 +10,12 @@ import base64
 import binascii
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import aiohttp
 import orjson
 
+from kelemetry_py.config import BackendConfig
 from kelemetry_py.model import OBJECT_TAGS, SERVICE_OBJECT, Attributes, AttrValue, LogEntry, ObjectRef, Span
 
 IdEncoding = Literal["base64", "hex"]
@@ -207,19 +208,7 @@ def ref_from_spans(spans: Iterable[Span]) -> ObjectRef | None:
     return fallback
 
 
-class HttpBackendConfig(Protocol):
-    """What TempoConfig and JaegerConfig have in common."""
-
-    endpoint: str
-    headers: dict[str, str]
-    ca_file: str
-    client_cert_file: str
-    client_key_file: str
-    insecure_skip_verify: bool
-    timeout_seconds: float
-
-
-def ssl_context(config: HttpBackendConfig) -> ssl.SSLContext | bool:
+def ssl_context(config: BackendConfig) -> ssl.SSLContext | bool:
     """``True`` (aiohttp's default checks) unless a CA, a client certificate or skipping is asked for."""
     if not (config.ca_file or config.client_cert_file or config.insecure_skip_verify):
         return True
@@ -235,7 +224,7 @@ def ssl_context(config: HttpBackendConfig) -> ssl.SSLContext | bool:
 class HttpBackend:
     """A lazily opened aiohttp session bound to one back end's endpoint, headers, TLS and timeout."""
 
-    def __init__(self, config: HttpBackendConfig, what: str) -> None:
+    def __init__(self, config: BackendConfig, what: str) -> None:
         if not config.endpoint:
             raise ValueError(f"{what}: no endpoint configured")
         self._config = config

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from kelemetry_py.config import TempoConfig
+from kelemetry_py.config import BackendConfig
 from kelemetry_py.model import OBJECT_TAGS, Span
 from kelemetry_py.storage import TraceHit, TraceQuery
 from kelemetry_py.storage.otlp_json import (
@@ -49,7 +49,7 @@ def build_traceql(query: TraceQuery) -> str:
 class TempoReader:
     """TraceReader over Tempo's HTTP API; endpoint, headers (X-Scope-OrgID, Authorization), TLS, timeout."""
 
-    def __init__(self, config: TempoConfig) -> None:
+    def __init__(self, config: BackendConfig) -> None:
         self._http = HttpBackend(config, "tempo")
 
     async def find_traces(self, query: TraceQuery) -> list[TraceHit]:

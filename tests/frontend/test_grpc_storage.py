@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from kelemetry_py.config import FrontendConfig, TempoConfig
+from kelemetry_py.config import BackendConfig, FrontendConfig
 from kelemetry_py.frontend.grpc_storage import SERVICE_NAME, GrpcStorageServer, serve_grpc_storage
 from kelemetry_py.frontend.proto import trace_storage_pb2 as pb
 from kelemetry_py.frontend.proto import trace_storage_pb2_grpc
@@ -80,7 +80,7 @@ class Running:
 @pytest.fixture
 async def running() -> AsyncIterator[Running]:
     async with TempoDouble(stored_spans()) as tempo:
-        reader = TempoReader(TempoConfig(endpoint=tempo.url))
+        reader = TempoReader(BackendConfig(endpoint=tempo.url))
         service = FrontendService(reader, MemoryTraceCache(ttl_seconds=600), FrontendConfig())
         server = await serve_grpc_storage(service, "127.0.0.1", 0)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -205,7 +205,7 @@ async def test_bad_requests_and_back_end_failures_have_clear_statuses(running: R
     nothing = search("tracing", name="nothing-here")
     assert [chunk async for chunk in running.stub.FindTraces(pb.FindTracesRequest(query=nothing))] == []
 
-    dead_reader = TempoReader(TempoConfig(endpoint="http://127.0.0.1:9", timeout_seconds=2))
+    dead_reader = TempoReader(BackendConfig(endpoint="http://127.0.0.1:9", timeout_seconds=2))
     service = FrontendService(dead_reader, MemoryTraceCache(ttl_seconds=600), FrontendConfig())
     server = await serve_grpc_storage(service, "127.0.0.1", 0)
     try:

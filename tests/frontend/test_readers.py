@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from kelemetry_py.config import JaegerConfig, TempoConfig
+from kelemetry_py.config import BackendConfig
 from kelemetry_py.model import (
     SERVICE_AUDIT,
     SERVICE_EVENT,
@@ -327,8 +327,8 @@ def test_traceql_double_understands_only_what_the_reader_emits() -> None:
             parse_traceql(unsupported)
 
 
-def tempo_config(url: str, **overrides: Any) -> TempoConfig:
-    return TempoConfig(endpoint=url, headers=dict(HEADERS), **overrides)
+def tempo_config(url: str, **overrides: Any) -> BackendConfig:
+    return BackendConfig(endpoint=url, headers=dict(HEADERS), **overrides)
 
 
 async def test_tempo_search_finds_object_by_tags_with_leading_zero_trace_id() -> None:
@@ -433,7 +433,7 @@ async def test_tempo_tag_values_and_errors() -> None:
         finally:
             await reader.close()
             await broken.close()
-    unreachable = TempoReader(TempoConfig(endpoint="http://127.0.0.1:9", timeout_seconds=2))
+    unreachable = TempoReader(BackendConfig(endpoint="http://127.0.0.1:9", timeout_seconds=2))
     try:
         with pytest.raises(BackendError, match="failed"):
             await unreachable.get_trace(1)
@@ -442,12 +442,12 @@ async def test_tempo_tag_values_and_errors() -> None:
 
 
 def test_tls_settings_shape_the_ssl_context(tmp_path: Path) -> None:
-    assert ssl_context(TempoConfig(endpoint="https://tempo:3200")) is True
-    skipping = ssl_context(TempoConfig(endpoint="https://tempo:3200", insecure_skip_verify=True))
+    assert ssl_context(BackendConfig(endpoint="https://tempo:3200")) is True
+    skipping = ssl_context(BackendConfig(endpoint="https://tempo:3200", insecure_skip_verify=True))
     assert isinstance(skipping, ssl.SSLContext)
     assert skipping.verify_mode == ssl.CERT_NONE and not skipping.check_hostname
     with pytest.raises(OSError):
-        ssl_context(JaegerConfig(endpoint="https://jaeger", ca_file=str(tmp_path / "missing-ca.pem")))
+        ssl_context(BackendConfig(endpoint="https://jaeger", ca_file=str(tmp_path / "missing-ca.pem")))
 
 
 def test_search_ids_are_padded_and_validated() -> None:
@@ -465,7 +465,7 @@ async def test_jaeger_reader_finds_and_reads_traces() -> None:
     earlier_window = raw_trace(DEPLOYMENT, window=WINDOW - 1)
     async with JaegerDouble(deployment + replicaset + earlier_window) as jaeger:
         reader = JaegerReader(
-            JaegerConfig(endpoint=jaeger.url, headers=dict(HEADERS)), window_seconds=WINDOW_S
+            BackendConfig(endpoint=jaeger.url, headers=dict(HEADERS)), window_seconds=WINDOW_S
         )
         assert isinstance(reader, TraceReader)
         try:
