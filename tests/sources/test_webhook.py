@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -26,6 +28,7 @@ class Harness:
     pipeline: Pipeline
     writer: CollectingWriter
     metrics: Metrics
+    throttled: asyncio.Event  # set once the webhook has answered 429
 
 
 async def make_harness(
@@ -40,7 +43,16 @@ async def make_harness(
         config=PipelineConfig(queue_capacity=capacity),
     )
     await pipeline.start()
-    app = web.Application()
+    throttled = asyncio.Event()
+
+    @web.middleware
+    async def watch_for_429(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if response.status == 429:
+            throttled.set()
+        return response
+
+    app = web.Application(middlewares=[watch_for_429])
     audit = AuditConfig(max_body_bytes=max_body)
     AuditWebhook(
         sink=pipeline,
@@ -54,7 +66,7 @@ async def make_harness(
     await server.start_server(auto_decompress=False)  # as the product's App runs it
     client = TestClient(server, headers={"Content-Type": "application/json"})
     await client.start_server()
-    return Harness(client, pipeline, writer, metrics)
+    return Harness(client, pipeline, writer, metrics, throttled)
 
 
 @pytest.fixture
