@@ -7,6 +7,7 @@ response carries its resourceVersion, or, when none does in time, by the differ 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -106,3 +107,33 @@ class DiffCache(Protocol):
         """The record as soon as it is stored, or None after ``wait_seconds``."""
 
     async def close(self) -> None: ...
+
+
+class Waiters:
+    """Futures of callers waiting for a record per (object key, resourceVersion); both caches wake them."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], list[asyncio.Future[DiffRecord | None]]] = {}
+
+    def add(self, key: tuple[str, str]) -> asyncio.Future[DiffRecord | None]:
+        waiter: asyncio.Future[DiffRecord | None] = asyncio.get_running_loop().create_future()
+        self._by_key.setdefault(key, []).append(waiter)
+        return waiter
+
+    def discard(self, key: tuple[str, str], waiter: asyncio.Future[DiffRecord | None]) -> None:
+        remaining = [w for w in self._by_key.get(key, []) if w is not waiter]
+        if remaining:
+            self._by_key[key] = remaining
+        else:
+            self._by_key.pop(key, None)
+
+    def wake(self, key: tuple[str, str], record: DiffRecord | None) -> None:
+        for waiter in self._by_key.pop(key, []):
+            if not waiter.done():
+                waiter.set_result(record)
+
+    def cancel_all(self) -> None:
+        for waiters in self._by_key.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._by_key.clear()

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from kelemetry_py.sources.diffcache import DiffRecord
+from kelemetry_py.sources.diffcache import DiffRecord, Waiters
 
 _Key = tuple[str, str]
 
@@ -29,7 +29,7 @@ class MemoryDiffCache:
         # Insertion order is expiry order, because every record gets the same TTL.
         self._records: OrderedDict[_Key, tuple[float, DiffRecord]] = OrderedDict()
         self._claims: OrderedDict[_Key, float] = OrderedDict()
-        self._waiters: dict[_Key, list[asyncio.Future[DiffRecord]]] = {}
+        self._waiters = Waiters()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -50,9 +50,7 @@ class MemoryDiffCache:
         self._records.pop(key, None)
         self._records[key] = (self._clock() + self._ttl, record)
         self._expire()
-        for waiter in self._waiters.pop(key, []):
-            if not waiter.done():
-                waiter.set_result(record)
+        self._waiters.wake(key, record)
 
     def _lookup(self, key: _Key) -> DiffRecord | None:
         entry = self._records.get(key)
@@ -85,21 +83,13 @@ class MemoryDiffCache:
         record = self._lookup(key)
         if record is not None:
             return record
-        waiter: asyncio.Future[DiffRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(waiter)
+        waiter = self._waiters.add(key)
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), wait_seconds)
         except TimeoutError:
             return None
         finally:
-            remaining = [w for w in self._waiters.get(key, []) if w is not waiter]
-            if remaining:
-                self._waiters[key] = remaining
-            else:
-                self._waiters.pop(key, None)
+            self._waiters.discard(key, waiter)
 
     async def close(self) -> None:
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.cancel()
-        self._waiters.clear()
+        self._waiters.cancel_all()

@@ -12,7 +12,7 @@ import logging
 
 import redis.asyncio as aioredis
 
-from kelemetry_py.sources.diffcache import DiffRecord
+from kelemetry_py.sources.diffcache import DiffRecord, Waiters
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class RedisDiffCache:
         self._prefix = key_prefix
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self._channel = f"{key_prefix}diffs"
-        self._waiters: dict[_Key, list[asyncio.Future[DiffRecord | None]]] = {}
+        self._waiters = Waiters()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
 
@@ -74,9 +74,7 @@ class RedisDiffCache:
                 data = message["data"]
                 text = data.decode() if isinstance(data, bytes) else str(data)
                 object_key, _, resource_version = text.partition("\x00")
-                for waiter in self._waiters.pop((object_key, resource_version), []):
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self._waiters.wake((object_key, resource_version), None)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -88,27 +86,20 @@ class RedisDiffCache:
 
     async def wait(self, object_key: str, resource_version: str, wait_seconds: float) -> DiffRecord | None:
         key = (object_key, resource_version)
-        waiter: asyncio.Future[DiffRecord | None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(waiter)
+        waiter = self._waiters.add(key)
         try:
-            # Subscribed before looking, so a record stored after the GET still wakes us.
-            await asyncio.wait_for(self._ensure_listening(), wait_seconds)
-            record = await self.get(object_key, resource_version)
-            if record is not None:
-                return record
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), wait_seconds)
-            except TimeoutError:
-                return None
-            return await self.get(object_key, resource_version)
+            async with asyncio.timeout(wait_seconds):  # one bound for subscribing, looking and waiting
+                # Subscribed before looking, so a record stored after the GET still wakes us.
+                await self._ensure_listening()
+                record = await self.get(object_key, resource_version)
+                if record is not None:
+                    return record
+                await asyncio.shield(waiter)
         except TimeoutError:
             return None
         finally:
-            remaining = [w for w in self._waiters.get(key, []) if w is not waiter]
-            if remaining:
-                self._waiters[key] = remaining
-            else:
-                self._waiters.pop(key, None)
+            self._waiters.discard(key, waiter)
+        return await self.get(object_key, resource_version)
 
     async def close(self) -> None:
         if self._listener is not None:
