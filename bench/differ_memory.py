@@ -21,7 +21,7 @@ from kelemetry_py.model import Observation
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 PODS = ResourceType("", "v1", "pods", "Pod", True)
 
 

@@ -32,7 +32,7 @@ from kelemetry_py.app import App  # noqa: E402
 from kelemetry_py.config import load_config  # noqa: E402
 from kelemetry_py.export.otlp import WRITER_LABEL as OTLP_WRITER  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
 BATCH = 400
 

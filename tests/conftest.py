@@ -8,8 +8,8 @@ import redis.asyncio as aioredis
 
 from tests.support.redis_server import running_redis
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
+# Real recordings from a Kubernetes 1.24 control plane, kept byte-exact (tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
 FAKE_SECRET_VALUES = (b"s3cr3t-Passw0rd", b"n3w-s3cr3t", b"czNjcjN0LVBhc3N3MHJk", b"bjN3LXMzY3IzdA==")
 

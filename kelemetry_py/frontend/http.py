@@ -1,6 +1,6 @@
 """Jaeger's query HTTP APIs (v1 and v3), /redirect and the optional Jaeger UI bundle, as aiohttp routes.
 
-Shapes follow what real jaeger-query returns (``/work/shared/fixtures/backends/jaeger``) so Jaeger UI releases
+Shapes follow what real jaeger-query returns (``tests/fixtures/backends/jaeger``) so Jaeger UI releases
 and Grafana's Jaeger data source work against us directly.
 """
 
