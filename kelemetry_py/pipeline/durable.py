@@ -274,6 +274,10 @@ class Delivery:
     async def stop_feeding(self) -> None:
         """Stop handing observations to the pipeline (before it stops); the rest stays in the log."""
         if self._feeder is not None:
+            # Readers of a shared stream finish their blocking read rather than being cut mid-command.
+            self.observations.stop_reading()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._feeder), timeout=2)
             self._feeder.cancel()
             await asyncio.gather(self._feeder, return_exceptions=True)
 

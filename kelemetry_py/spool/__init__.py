@@ -63,5 +63,8 @@ class DurableLog(Protocol):
 
     def used_bytes(self) -> int: ...
 
+    def stop_reading(self) -> None:
+        """Readers return an empty batch from now on (within a moment) and appends are refused."""
+
     async def close(self) -> None:
         """Wake readers with an empty batch and persist positions."""

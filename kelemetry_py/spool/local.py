@@ -112,18 +112,21 @@ class LocalLog:
             self._consumers[name] = LocalConsumer(self, name, start)
         return self._consumers[name]
 
-    async def close(self) -> None:
-        if self._closing:
-            return
+    def stop_reading(self) -> None:
         self._closing = True
         self._notify()
+
+    async def close(self) -> None:
+        if self._background is None:
+            return
+        self.stop_reading()
         if self._flusher is not None:
             with contextlib.suppress(Exception):
                 await self._flusher
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+        self._background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._background
+        self._background = None
         await self._persist_cursors()
         await self._on_writer(self._close_sync)
         self._writer.shutdown(wait=True)
@@ -434,7 +437,7 @@ class LocalConsumer:
     async def read(self, max_records: int) -> list[Record]:
         log = self._log
         await log._wait_for_records(self.position)
-        if log._closing and self.position >= log._next:
+        if log._closing:
             return []
         records = await log._read(self.position, max_records)
         if records:

@@ -58,6 +58,7 @@ class RedisLog:
         self._consumers: dict[str, RedisConsumer] = {}
         self._length = 0
         self._closing = False
+        self._closed = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -100,12 +101,20 @@ class RedisLog:
             await pipe.execute()
         self._length += len(payloads)
 
-    async def close(self) -> None:
+    def stop_reading(self) -> None:
         self._closing = True
+        self._closed.set()
+
+    async def close(self) -> None:
+        self.stop_reading()
         if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
+            # Let a command in flight finish: cancelling redis-py mid-command can leave its connection hanging.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._maintainer), timeout=15)
+            except TimeoutError:
+                self._maintainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._maintainer
         await self._client.aclose()
 
     async def _ensure_group(self, group: str) -> None:
@@ -117,8 +126,11 @@ class RedisLog:
                 raise
 
     async def _maintain(self) -> None:
-        while True:
-            await asyncio.sleep(_MAINTAIN_SECONDS)
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), timeout=_MAINTAIN_SECONDS)
+            if self._closing:
+                return
             try:
                 for consumer in list(self._consumers.values()):
                     await consumer.refresh()
