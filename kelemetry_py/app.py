@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,13 @@ from kelemetry_py.config import Config
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.core import Pipeline
+from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.spool.local import LocalLog
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,10 @@ class Components:
     """What a running App is made of, for the frontend, the watchers and tests."""
 
     metrics: Metrics
-    writer: SpanWriter
+    writers: dict[str, SpanWriter]
     emission: EmissionSet
     pipeline: Pipeline
+    delivery: Delivery
     store: Any = None  # the embedded SqliteStore when enabled (a SpanWriter and a TraceReader)
     graph: Any = None
     catalogs: Any = None
@@ -51,6 +54,7 @@ class App:
         self._grpc: Any = None
         self.watching: Any = None  # KubeWatching, when kube.clusters are configured
         self._ready = False
+        self._stopping = False
 
     @property
     def base_url(self) -> str:
@@ -61,19 +65,21 @@ class App:
         tune_garbage_collector()
         self.components = await build_components(self.config)
         await self.components.pipeline.start()
+        await self.components.delivery.start()
+        intake = self.components.delivery.intake
         if self.components.sources is not None:
             await self.components.sources.start()
         if self.config.kube.clusters:
             from kelemetry_py.sources.kubewatch import KubeWatching
 
             self.watching = KubeWatching(
-                self.config, self.components.pipeline, self.components.metrics, self.components.catalogs
+                self.config, self.components.pipeline, self.components.metrics, self.components.catalogs, intake
             )
             await self.watching.start()
         main = web.Application(client_max_size=self.config.audit.max_body_bytes)
         self._add_operational_routes(main)
         AuditWebhook(
-            sink=self.components.pipeline,
+            sink=intake,
             converter=AuditConverter(self.config.audit, self.config.redaction),
             metrics=self.components.metrics,
             default_cluster=self.config.cluster,
@@ -115,43 +121,67 @@ class App:
             self._grpc = await serve_grpc_storage(self.frontend, config.http.host, config.frontend.grpc_port)
             self.ports["grpc"] = self._grpc.port
 
-    async def stop(self) -> None:
+    async def settle(self) -> None:
+        """Wait until everything accepted so far has been delivered by every writer."""
+        assert self.components is not None
+        await self.components.delivery.drain(float("inf"))
+
+    async def stop(self, grace_seconds: float | None = None) -> bool:
+        """Stop accepting, drain for at most ``grace_seconds`` (default ``shutdown_grace_seconds``), close.
+        Returns whether everything accepted was delivered; what was not stays in the spool for the next start."""
+        deadline = time.monotonic() + (self.config.shutdown_grace_seconds if grace_seconds is None else grace_seconds)
         self._ready = False
+        self._stopping = True
+        drained = True
+        if self.components is not None:
+            if self.components.sources is not None:
+                await self.components.sources.stop()  # they submit into the spool: stop them first
+            if self.watching is not None:
+                await self.watching.stop()
+                self.watching = None
         if self._grpc is not None:
             await self._grpc.stop()
             self._grpc = None
         for runner in reversed(self._runners):
-            await runner.cleanup()
+            await runner.cleanup()  # stops listening; requests in flight finish first
         self._runners.clear()
         if self.components is not None:
-            if self.components.sources is not None:
-                await self.components.sources.stop()  # before the pipeline stops accepting their batches
-            if self.watching is not None:
-                await self.watching.stop()
-                self.watching = None
-            await self.components.pipeline.stop()
-            for closer in reversed(self.components.closers):
+            components = self.components
+            drained = await components.delivery.drain(deadline)
+            if not drained:
+                backlog = {name: records for name, (records, _) in components.delivery.backlog().items() if records}
+                log.warning("shutdown: grace period over; kept in the spool for the next start: %s", backlog)
+            await components.delivery.stop_feeding()
+            await components.pipeline.stop(deadline=deadline)
+            await components.delivery.stop()
+            for closer in reversed(components.closers):
                 await closer()
             self.components = None
-
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
+        self._stopping = False
+        return drained
 
     def _add_operational_routes(self, app: web.Application) -> None:
         async def healthz(_: web.Request) -> web.Response:
             return web.Response(text="ok")
 
         async def readyz(_: web.Request) -> web.Response:
-            if not self._ready:
-                return web.Response(status=503, text="not ready")
-            return web.Response(text="ready")
+            body: dict[str, Any] = {"status": "ready"}
+            status = 200
+            if self._stopping:
+                body["status"], status = "shutting down", 503
+            elif not self._ready or self.components is None:
+                body["status"], status = "starting", 503
+            elif not self.components.delivery.has_room():
+                body["status"], status = "spool full", 503
+            if self.components is not None:
+                delivery = self.components.delivery
+                body["backlog"] = {name: records for name, (records, _) in delivery.backlog().items()}
+                body["failing_writers"] = [pump.name for pump in delivery.pumps if pump.failing]
+            return web.json_response(body, status=status)
 
         async def metrics(_: web.Request) -> web.Response:
             assert self.components is not None
+            self.components.delivery.update_metrics()
             return web.Response(
                 body=self.components.metrics.exposition(),
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -193,7 +223,7 @@ async def build_components(config: Config) -> Components:
 
     metrics = Metrics()
     closers: list[Any] = []
-    writers: list[SpanWriter] = []
+    writers: dict[str, SpanWriter] = {}
     store = None
     if config.store.enabled:
         from kelemetry_py.storage.sqlite import SqliteStore
@@ -202,21 +232,14 @@ async def build_components(config: Config) -> Components:
         store = await SqliteStore(
             config.store.path, retention_hours=config.store.retention_hours, metrics=metrics
         ).open()
-        writers.append(store)
+        writers["sqlite"] = store
         closers.append(store.close)
     if config.otlp.endpoint:
         from kelemetry_py.export.otlp import OtlpSpanWriter
 
         otlp = OtlpSpanWriter(config.otlp, metrics)
-        writers.append(otlp)
-        closers.insert(0, otlp.close)  # flush exports before the store closes
-    writer: SpanWriter
-    if len(writers) == 1:
-        writer = writers[0]
-    else:
-        from kelemetry_py.export.fanout import FanoutWriter
-
-        writer = FanoutWriter(writers)
+        writers["otlp"] = otlp
+        closers.insert(0, otlp.close)
 
     emission: EmissionSet
     if config.redis.url:
@@ -229,8 +252,9 @@ async def build_components(config: Config) -> Components:
     # One catalog per cluster: the watchers refresh it from discovery, the linkers resolve owner kinds with it.
     catalogs = ClusterCatalogs()
     linkers = load_linkers(config.plugins, catalog=catalogs)
+    observation_log, span_log = open_spool(config)
     pipeline = Pipeline(
-        writer=writer,
+        writer=SpanLogWriter(span_log),
         emission=emission,
         metrics=metrics,
         config=config.pipeline,
@@ -239,17 +263,53 @@ async def build_components(config: Config) -> Components:
         decorators=load_decorators(config.plugins, catalog=catalogs),
     )
     sources = load_sources(config.plugins, catalog=catalogs)
+    delivery = Delivery(
+        observations=observation_log,
+        spans=span_log,
+        pipeline=pipeline,
+        writers=writers,
+        metrics=metrics,
+        # Redis Streams: an observation stays pending until every writer has its spans, so that another replica
+        # can finish it if this one dies; a local spool survives on this disk anyway.
+        ack_after_writers=config.spool.backend == "redis",
+    )
     return Components(
         metrics=metrics,
-        writer=writer,
+        writers=writers,
         emission=emission,
         pipeline=pipeline,
+        delivery=delivery,
         store=store,
         graph=graph,
         catalogs=catalogs,
         closers=closers,
-        sources=SourceRunner(sources, pipeline, config, metrics) if sources else None,
+        sources=SourceRunner(sources, delivery.intake, config, metrics) if sources else None,
     )
+
+
+def open_spool(config: Config) -> tuple[Any, LocalLog]:
+    """The observation log (local, or Redis Streams) and the span log (always local: per-writer cursors)."""
+    spool = config.spool
+
+    def local(name: str) -> LocalLog:
+        return LocalLog(
+            config.spool_dir() / name,
+            name=name,
+            max_bytes=spool.max_bytes,
+            fsync=spool.fsync,
+            fsync_interval_seconds=spool.fsync_interval_seconds,
+            segment_bytes=spool.segment_bytes,
+            cache_bytes=spool.memory_bytes,
+        )
+
+    observations: Any
+    if spool.backend == "redis":
+        from kelemetry_py.spool.redis import RedisLog
+
+        observations = RedisLog.from_config(config, name="observations")
+    else:
+        observations = local("observations")
+    return observations, local("spans")
 
 
 async def open_reader(config: Config, components: Components) -> Any:

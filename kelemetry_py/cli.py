@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,11 @@ from kelemetry_py.config import Config, ConfigError, load_config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", "-c", default=os.environ.get("KELEMETRY_CONFIG"), help="YAML configuration file"
-    )
+    parser.add_argument("--config", "-c", default=os.environ.get("KELEMETRY_CONFIG"), help="YAML configuration file")
     parser.add_argument("--cluster", dest="cluster", help="cluster name for POST /audit (default: default)")
     parser.add_argument("--http-host", dest="http.host", help="address to listen on")
     parser.add_argument("--http-port", dest="http.port", type=int, help="webhook and frontend port (8080)")
-    parser.add_argument(
-        "--otlp-endpoint", dest="otlp.endpoint", help="grpc://HOST:PORT or http://HOST:PORT/v1/traces"
-    )
+    parser.add_argument("--otlp-endpoint", dest="otlp.endpoint", help="grpc://HOST:PORT or http://HOST:PORT/v1/traces")
     parser.add_argument("--store-path", dest="store.path", help="embedded SQLite store file")
     parser.add_argument(
         "--no-store",
@@ -36,9 +32,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help="disable the embedded store",
     )
     parser.add_argument("--redis-url", dest="redis.url", help="share state with other replicas through Redis")
-    parser.add_argument(
-        "--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory"
-    )
+    parser.add_argument("--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory")
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
 
 
@@ -127,11 +121,33 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(config: Config) -> int:
     from kelemetry_py.app import App
 
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_run_until_signalled(App(config)))
+
+
+async def _run_until_signalled(app: Any) -> int:
+    """Serve until SIGTERM or SIGINT, then drain within ``shutdown_grace_seconds`` and exit 0: a rolling update
+    or a Ctrl-C must not drop what was accepted (whatever does not drain in time stays in the spool)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+    def request_stop(signum: int) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, request_stop, signum)
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop(grace_seconds=0)
+        raise
+    await stop.wait()
+    logging.getLogger("kelemetry_py").info(
+        "%s received: draining for at most %ss", received[0], app.config.shutdown_grace_seconds
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(App(config).run_forever())
+    drained = await app.stop()
+    logging.getLogger("kelemetry_py").info("stopped (%s)", "drained" if drained else "the rest waits in the spool")
     return 0
 
 

@@ -87,9 +87,36 @@ class OtlpConfig:
     compression: str = "gzip"
     timeout_seconds: float = 10.0
     batch_size: int = 512
-    queue_size: int = 20_000
-    flush_interval_seconds: float = 1.0
-    max_retries: int = 5
+
+
+SPOOL_BACKENDS = ("local", "redis")
+FSYNC_POLICIES = ("always", "interval", "never")
+
+
+@dataclass
+class SpoolConfig:
+    """Durable acceptance: what a source accepted is on disk before it answers 200 or advances its cursor."""
+
+    # Empty: a "spool" directory beside store.path.
+    dir: str = ""
+    # "local" (segment files) or "redis" (Redis Streams with consumer groups, so another replica finishes
+    # the work of one that died; needs redis.url).
+    backend: str = "local"
+    # Bound of each log (accepted observations, and spans waiting for their writers). Full: the webhook answers 429.
+    max_bytes: int = 2 << 30
+    # "always": fsync before answering (a 200 survives power loss); "interval": fsync every
+    # fsync_interval_seconds (a process crash loses nothing, a power loss up to the interval); "never".
+    fsync: str = "always"
+    fsync_interval_seconds: float = 0.2
+    segment_bytes: int = 64 << 20
+    # The newest records of each log kept decoded in memory, so consumers that keep up never read the disk.
+    memory_bytes: int = 8 << 20
+    # Redis backend: work a replica took but did not finish is claimed by another after this long.
+    claim_idle_seconds: float = 30.0
+    # Redis backend: this replica's consumer name (default: the host name).
+    replica_id: str = ""
+    # Redis backend: at most this many accepted observation batches wait in the stream.
+    max_stream_records: int = 200_000
 
 
 @dataclass
@@ -186,6 +213,13 @@ class Config:
     kube: KubeConfig = field(default_factory=KubeConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    # On SIGTERM: stop accepting, then drain the pipeline and writers for at most this long (under Kubernetes'
+    # default 30 s termination grace); what did not drain stays in the spool for the next start.
+    shutdown_grace_seconds: float = 25.0
+
+    def spool_dir(self) -> Path:
+        return Path(self.spool.dir) if self.spool.dir else Path(self.store.path).expanduser().parent / "spool"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -312,7 +346,18 @@ def validate(config: Config) -> None:
     positive("pipeline.queue_capacity", config.pipeline.queue_capacity)
     positive("pipeline.window_seconds", config.pipeline.window_seconds)
     positive("otlp.batch_size", config.otlp.batch_size)
-    positive("otlp.queue_size", config.otlp.queue_size)
+    positive("spool.max_bytes", config.spool.max_bytes)
+    positive("spool.segment_bytes", config.spool.segment_bytes)
+    positive("spool.claim_idle_seconds", config.spool.claim_idle_seconds)
+    positive("spool.max_stream_records", config.spool.max_stream_records)
+    if config.shutdown_grace_seconds < 0:
+        raise ConfigError(f"shutdown_grace_seconds: must be 0 or more, not {config.shutdown_grace_seconds}")
+    if config.spool.fsync not in FSYNC_POLICIES:
+        raise ConfigError(f"spool.fsync: {config.spool.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    if config.spool.backend not in SPOOL_BACKENDS:
+        raise ConfigError(f"spool.backend: {config.spool.backend!r} is not one of {', '.join(SPOOL_BACKENDS)}")
+    if config.spool.backend == "redis" and not config.redis.url:
+        raise ConfigError("spool.backend: redis needs redis.url")
     positive("otlp.timeout_seconds", config.otlp.timeout_seconds)
     if config.otlp.endpoint:
         parse_otlp_endpoint(config.otlp.endpoint)

@@ -24,6 +24,42 @@ class Metrics:
         self.observations_submitted = Counter(
             "kelemetry_observations_submitted", "Observations handed to the pipeline", ["kind"], registry=r
         )
+        self.observations_failed = Counter(
+            "kelemetry_observations_failed",
+            "Observations dropped because they could not become spans (counted, never silent)",
+            ["kind"],
+            registry=r,
+        )
+        self.spool_backlog_records = Gauge(
+            "kelemetry_spool_backlog_records",
+            "Records accepted into a durable log but not yet handled by this consumer",
+            ["consumer"],
+            registry=r,
+        )
+        self.spool_backlog_bytes = Gauge(
+            "kelemetry_spool_backlog_bytes",
+            "Bytes accepted into a durable log but not yet handled by this consumer",
+            ["consumer"],
+            registry=r,
+        )
+        self.spool_used_bytes = Gauge(
+            "kelemetry_spool_used_bytes", "Bytes a durable log holds on disk", ["log"], registry=r
+        )
+        self.spool_capacity_bytes = Gauge(
+            "kelemetry_spool_capacity_bytes", "The byte bound of a durable log", ["log"], registry=r
+        )
+        self.writer_failing = Gauge(
+            "kelemetry_writer_failing",
+            "1 while a span writer's last attempt failed (its backlog waits in the spool)",
+            ["writer"],
+            registry=r,
+        )
+        self.audit_events_rejected = Counter(
+            "kelemetry_audit_events_rejected",
+            "Audit events dropped alone at parse because they cannot be represented",
+            ["reason"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "kelemetry_pipeline_queue_depth",
             "Observations accepted but not yet turned into spans",

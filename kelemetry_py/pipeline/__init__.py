@@ -16,6 +16,10 @@ class Overloaded(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+class TooLarge(Exception):
+    """A batch larger than the sink could ever hold; retrying cannot help (HTTP 413)."""
+
+
 @runtime_checkable
 class ObservationSink(Protocol):
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:

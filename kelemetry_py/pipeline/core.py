@@ -2,16 +2,22 @@
 
 Each object key hashes to one of N partitions, so one object's observations are handled in order while objects
 run in parallel. Capacity is counted across partitions: a batch is accepted whole or refused whole.
+
+Emission claims (which replica writes an object or link span) are kept only once the spans are written; a write
+that fails is retried, and claims are given back if the pipeline stops before it succeeds. Observations fed with a
+:class:`Ticket` report back when every one of them is written, so a durable log can acknowledge them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kelemetry_py.config import PipelineConfig
@@ -42,6 +48,29 @@ log = logging.getLogger(__name__)
 
 _BATCH = 256  # observations a partition worker turns into one writer call
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
+_RETRY_MAX_SECONDS = 5.0
+
+
+class Ticket:
+    """A batch fed by a durable log: ``on_done`` runs once all its observations are written. A replayed batch
+    (an earlier run or a dead replica may have handled part of it) writes object and link spans regardless of
+    claims, since the claim may have outlived a write that never happened; ids are deterministic, so at worst a
+    span is written twice."""
+
+    __slots__ = ("on_done", "remaining", "replayed")
+
+    def __init__(self, count: int, on_done: Callable[[], None], *, replayed: bool = False) -> None:
+        self.remaining = count
+        self.on_done = on_done
+        self.replayed = replayed
+
+    def done(self, count: int) -> None:
+        self.remaining -= count
+        if self.remaining == 0:
+            self.on_done()
+
+
+_Item = tuple[Observation, Ticket | None]
 
 
 class Pipeline:
@@ -66,7 +95,7 @@ class Pipeline:
         self._graph = graph
         self._decorators = list(decorators)
         self._window_ns = self._config.window_seconds * 1_000_000_000
-        self._queues: list[asyncio.Queue[Observation]] = [
+        self._queues: list[asyncio.Queue[_Item]] = [
             asyncio.Queue() for _ in range(self._config.partitions)
         ]
         self._workers: list[asyncio.Task[None]] = []
@@ -92,6 +121,10 @@ class Pipeline:
         ]
 
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
+        await self.feed(observations, None, wait=wait)
+
+    async def feed(self, observations: Sequence[Observation], ticket: Ticket | None, *, wait: bool = True) -> None:
+        """Enqueue ``observations``; ``ticket.done`` is called as they are written."""
         if not observations:
             return
         if self._closing:
@@ -110,24 +143,35 @@ class Pipeline:
         for observation in observations:
             self._metrics.observations_submitted.labels(observation.kind).inc()
             index = zlib.crc32(observation.ref.key.encode()) % partitions
-            self._queues[index].put_nowait(observation)
+            self._queues[index].put_nowait((observation, ticket))
 
     async def drain(self) -> None:
         """Wait until every accepted observation has been written and the writer has flushed."""
         await self._idle.wait()
         await self._writer.flush()
 
-    async def stop(self) -> None:
-        """Stop accepting, finish everything accepted, flush the writer."""
+    async def stop(self, deadline: float | None = None) -> None:
+        """Stop accepting, finish everything accepted (until the monotonic ``deadline``, if given), flush the
+        writer. Work cut off by the deadline is not lost when it came from a durable log: it was never acked."""
         self._closing = True
-        await self._idle.wait()
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        if deadline is None:
+            await self._idle.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._idle.wait()
+        tasks = [*self._workers, *self._parked]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers = []
         await self._writer.flush()
 
-    async def _done(self, count: int) -> None:
+    async def _done(self, items: Sequence[_Item]) -> None:
+        for _, ticket in items:
+            if ticket is not None:
+                ticket.done(1)
+        count = len(items)
         self._pending -= count
         self._metrics.queue_depth.set(self._pending)
         if self._pending == 0:
@@ -135,16 +179,16 @@ class Pipeline:
         async with self._room:
             self._room.notify_all()
 
-    async def _run_partition(self, queue: asyncio.Queue[Observation]) -> None:
+    async def _run_partition(self, queue: asyncio.Queue[_Item]) -> None:
         while True:
             batch = [await queue.get()]
             while len(batch) < _BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            ready: list[Observation] = []
-            for observation in batch:
-                waiting = self._run_hooks(observation, 0)
+            ready: list[_Item] = []
+            for item in batch:
+                waiting = self._run_hooks(item, 0)
                 if waiting is None:
-                    ready.append(observation)
+                    ready.append(item)
                 else:
                     task = asyncio.create_task(waiting)
                     self._parked.add(task)
@@ -155,9 +199,10 @@ class Pipeline:
                 # Writers retry and count their own failures; anything reaching here is a bug worth a traceback,
                 # but one bad batch must not stop the partition.
                 log.exception("pipeline: failed to turn %d observations into spans", len(ready))
-            await self._done(len(ready))
+            await self._done(ready)
 
-    def _run_hooks(self, observation: Observation, start: int) -> Coroutine[Any, Any, None] | None:
+    def _run_hooks(self, item: _Item, start: int) -> Coroutine[Any, Any, None] | None:
+        observation = item[0]
         for index in range(start, len(self._hooks)):
             hook = self._hooks[index]
             try:
@@ -167,44 +212,74 @@ class Pipeline:
                 log.exception("pipeline hook %s failed; observation kept without it", hook.name)
                 continue
             if pending is not None:
-                return self._finish_parked(observation, pending, index + 1)
+                return self._finish_parked(item, pending, index + 1)
         return None
 
-    async def _finish_parked(
-        self, observation: Observation, pending: Awaitable[None], next_hook: int
-    ) -> None:
+    async def _finish_parked(self, item: _Item, pending: Awaitable[None], next_hook: int) -> None:
         try:
             try:
                 await pending
             except Exception:
                 log.exception("pipeline hook failed while waiting; observation kept without it")
-            more = self._run_hooks(observation, next_hook)
+            more = self._run_hooks(item, next_hook)
             if more is not None:
                 await more
                 return  # the nested call wrote the observation and did the accounting
-            await self._write_observations([observation])
+            await self._write_observations([item])
         except Exception:
             log.exception("pipeline: failed to write a parked observation")
-        await self._done(1)
+        await self._done([item])
 
-    async def _write_observations(self, observations: Sequence[Observation]) -> None:
-        if not observations:
+    async def _write_observations(self, items: Sequence[_Item]) -> None:
+        if not items:
             return
         spans: list[Span] = []
-        for observation in observations:
-            await self._spans_for(observation, spans)
-        if spans:
-            await self._writer.write(spans)
+        claims: list[str] = []
+        for observation, ticket in items:
+            force = ticket is not None and ticket.replayed
+            span_mark, claim_mark = len(spans), len(claims)
+            try:
+                await self._spans_for(observation, spans, claims, force)
+            except Exception:
+                # One observation that cannot become spans is dropped alone, never with its neighbours.
+                del spans[span_mark:]
+                await self._release(claims[claim_mark:])
+                del claims[claim_mark:]
+                self._metrics.observations_failed.labels(observation.kind).inc()
+                log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
+        if not spans:
+            return
+        delay = 0.05
+        try:
+            while True:
+                try:
+                    await self._writer.write(spans)
+                    return
+                except Exception as exc:
+                    # The writer is the durable span log: it fails only when the disk does, or when it is full
+                    # because a backend is down. Wait for room rather than lose what was accepted.
+                    log.warning("pipeline: writing %d spans failed (%s); retrying in %.2fs", len(spans), exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_SECONDS)
+        except BaseException:
+            await self._release(claims)
+            raise
 
-    async def _spans_for(self, observation: Observation, out: list[Span]) -> None:
+    async def _release(self, claims: Sequence[str]) -> None:
+        for key in claims:
+            self._known.pop(key, None)
+            with contextlib.suppress(Exception):
+                await self._emission.release(key)
+
+    async def _spans_for(self, observation: Observation, out: list[Span], claims: list[str], force: bool) -> None:
         ref = observation.ref
         window = window_of(observation.start_ns, self._config.window_seconds)
         key = ref.key
         trace_id = object_trace_id(key, window)
-        await self._ensure_object_span(ref, window, out, observation.body)
+        await self._ensure_object_span(ref, window, out, claims, force, observation.body)
         if observation.body is not None and self._linkers:
             for link in await self._links(ref, observation.body):
-                await self._link_spans(ref, link, window, observation.start_ns, out)
+                await self._link_spans(ref, link, window, observation.start_ns, out, claims, force)
         identity = observation.dedup_key or f"{observation.kind}:{observation.start_ns}:{os.urandom(6).hex()}"
         attributes = ref.tags()
         attributes.update(observation.tags)
@@ -242,20 +317,29 @@ class Pipeline:
             self._graph.sync_links(ref, links)
         return links
 
-    async def _claim(self, key: str) -> bool:
+    async def _claim(self, key: str, claims: list[str], force: bool) -> bool:
         if key in self._known:
             self._known.move_to_end(key)
-            return False
+            return force
         self._known[key] = None
         if len(self._known) > _KNOWN_WINDOWS:
             self._known.popitem(last=False)
-        return await self._emission.claim(key, 2 * self._config.window_seconds)
+        if not await self._emission.claim(key, 2 * self._config.window_seconds):
+            return force
+        claims.append(key)
+        return True
 
     async def _ensure_object_span(
-        self, ref: ObjectRef, window: int, out: list[Span], body: Mapping[str, Any] | None = None
+        self,
+        ref: ObjectRef,
+        window: int,
+        out: list[Span],
+        claims: list[str],
+        force: bool,
+        body: Mapping[str, Any] | None = None,
     ) -> None:
         key = ref.key
-        if not await self._claim(f"obj\x00{key}\x00{window}"):
+        if not await self._claim(f"obj\x00{key}\x00{window}", claims, force):
             return
         start = window * self._window_ns
         span = Span(
@@ -273,15 +357,22 @@ class Pipeline:
         out.append(span)
 
     async def _link_spans(
-        self, ref: ObjectRef, link: Link, window: int, time_ns: int, out: list[Span]
+        self,
+        ref: ObjectRef,
+        link: Link,
+        window: int,
+        time_ns: int,
+        out: list[Span],
+        claims: list[str],
+        force: bool,
     ) -> None:
         inverse = "child" if link.role == "parent" else "parent"
         ends = ((ref, link.target, link.role), (link.target, ref, inverse))
         for owner, other, role in ends:
             claim = f"link\x00{owner.key}\x00{window}\x00{other.key}\x00{role}\x00{link.link_class}"
-            if not await self._claim(claim):
+            if not await self._claim(claim, claims, force):
                 continue
-            await self._ensure_object_span(owner, window, out)
+            await self._ensure_object_span(owner, window, out, claims, force)
             trace_id = object_trace_id(owner.key, window)
             attributes = owner.tags()
             attributes.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -80,29 +81,60 @@ _decode_header = msgspec.json.Decoder(_Header).decode
 _decode_event = msgspec.json.Decoder(AuditEvent).decode
 
 
-def parse_event_list(body: bytes) -> list[AuditEvent]:
-    """Decode and check an ``EventList`` body; returns its items."""
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An event of a batch that was dropped alone because a trace cannot represent it."""
+
+    index: int
+    reason: str
+    message: str
+
+
+def parse_batch(body: bytes) -> tuple[list[AuditEvent], list[Rejected]]:
+    """Decode and check an ``EventList`` body. A malformed body (not JSON, wrong types, nested too deeply) raises
+    :class:`InvalidAuditBatch` naming the item and field; events whose values no trace can hold are returned
+    apart, so the rest of the batch is kept."""
     try:
         document = _decode_list(body)
+    except RecursionError:
+        raise InvalidAuditBatch("body is nested too deeply") from None
     except msgspec.DecodeError as exc:
         raise InvalidAuditBatch(_explain(body, exc)) from None
     _check_header(document.kind, document.apiVersion)
-    items = document.items or []
-    for index, item in enumerate(items):
+    events: list[AuditEvent] = []
+    rejected: list[Rejected] = []
+    for index, item in enumerate(document.items or []):
         try:
-            _check_times(item)
+            problem = _unrepresentable(item)
         except ValueError as exc:
             raise InvalidAuditBatch(f"items[{index}]: {exc}") from None
-    return items
+        if problem is None:
+            events.append(item)
+        else:
+            field, reason, message = problem
+            rejected.append(Rejected(index, reason, f"items[{index}].{field}: {message}"))
+    return events, rejected
+
+
+def parse_event_list(body: bytes) -> list[AuditEvent]:
+    """The representable events of an ``EventList`` body (see :func:`parse_batch`)."""
+    return parse_batch(body)[0]
 
 
 def parse_event(line: bytes) -> AuditEvent:
     """One audit event as a JSON line (the audit log file's format)."""
     try:
         event = _decode_event(line)
-        _check_times(event)
-    except (msgspec.DecodeError, ValueError) as exc:
+    except RecursionError:
+        raise InvalidAuditBatch("not an audit event: nested too deeply") from None
+    except msgspec.DecodeError as exc:
         raise InvalidAuditBatch(f"not an audit event: {exc}") from None
+    try:
+        problem = _unrepresentable(event)
+    except ValueError as exc:
+        raise InvalidAuditBatch(f"not an audit event: {exc}") from None
+    if problem is not None:
+        raise InvalidAuditBatch(f"not a representable audit event: {problem[0]}: {problem[2]}")
     return event
 
 
@@ -124,13 +156,26 @@ def _check_header(kind: str, api_version: str) -> None:
         raise InvalidAuditBatch(f"apiVersion must be audit.k8s.io/v1, not {api_version!r}")
 
 
-def _check_times(event: AuditEvent) -> None:
-    try:
-        parse_time_ns(event.stageTimestamp)
-        if event.requestReceivedTimestamp:
-            parse_time_ns(event.requestReceivedTimestamp)
-    except ValueError:
-        raise ValueError("timestamps must be RFC 3339") from None
+# Span times are unsigned nanoseconds in OTLP and signed 64-bit integers in the store: 1970 to 2262.
+_MAX_TIME_NS = (1 << 63) - 1
+
+
+def _unrepresentable(event: AuditEvent) -> tuple[str, str, str] | None:
+    """(field, reason, message) of the first value no trace can hold, or None."""
+    times = (("stageTimestamp", event.stageTimestamp), ("requestReceivedTimestamp", event.requestReceivedTimestamp))
+    for field, text in times:
+        if not text and field == "requestReceivedTimestamp":
+            continue
+        try:
+            time_ns = parse_time_ns(text)
+        except ValueError:
+            raise ValueError("timestamps must be RFC 3339") from None
+        if not 0 <= time_ns <= _MAX_TIME_NS:
+            return field, "time_out_of_range", f"{text[:64]!r} is outside 1970-01-01..2262-04-11"
+    status = event.responseStatus
+    if status is not None and not 0 <= status.code <= 999:
+        return "responseStatus.code", "bad_status_code", f"{status.code} is not an HTTP status code"
+    return None
 
 
 def parse_time_ns(text: str) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from kelemetry_py.config import Config
 from kelemetry_py.kube.catalog import ClusterCatalogs
 from kelemetry_py.metrics import Metrics
+from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache import DiffCache
@@ -31,20 +32,28 @@ STATE_FILE = "state.db"
 class KubeWatching:
     """Start after the pipeline, stop before it: unclaimed diffs are flushed into the pipeline on the way out."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, metrics: Metrics, catalogs: ClusterCatalogs) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        catalogs: ClusterCatalogs,
+        sink: ObservationSink | None = None,
+    ) -> None:
         kube = config.kube
+        sink = sink or pipeline  # the durable intake: observations are on disk before a cursor moves
         self.diff_cache = _diff_cache(config)
         self.cursor = _event_cursor(config)
         self.differ = ObjectDiffer(
-            pipeline, metrics, self.diff_cache, redaction=config.redaction, claim_wait_seconds=kube.diff_wait_seconds
+            sink, metrics, self.diff_cache, redaction=config.redaction, claim_wait_seconds=kube.diff_wait_seconds
         )
         self.events = EventTracker(
-            pipeline, metrics, self.cursor, catalogs=catalogs, max_age_seconds=kube.event_max_age_seconds
+            sink, metrics, self.cursor, catalogs=catalogs, max_age_seconds=kube.event_max_age_seconds
         )
         if kube.watch_objects:
             # Only with a differ running is there a diff worth waiting for.
             pipeline.add_hook(DiffAttacher(self.diff_cache, kube.diff_wait_seconds))
-        self.service = WatcherService(config, pipeline, metrics, self._handler, catalogs=catalogs)
+        self.service = WatcherService(config, sink, metrics, self._handler, catalogs=catalogs)
         self._flusher: asyncio.Task[None] | None = None
 
     def _handler(self, kind: WatcherKind) -> Any:

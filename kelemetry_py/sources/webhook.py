@@ -1,7 +1,10 @@
 """The audit webhook: kube-apiserver POSTs audit EventList batches here.
 
-Answers 200 only once a batch is in the pipeline; 4xx with a reason for what the apiserver should not resend;
-429 with Retry-After when the pipeline is full, so the apiserver's webhook backend retries the batch.
+Answers 200 only once a batch is kept (appended to the durable spool); 4xx with a reason for what the apiserver
+should not resend; 429 with Retry-After when the spool is full, so the apiserver's webhook backend retries the
+batch; 413 for a batch that could never fit. An event that cannot be represented (a time outside what a trace can
+hold, a status code out of range) is dropped alone, counted and named in the answer: it never takes the other
+events of its batch down with it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from aiohttp import web
 
 from kelemetry_py.config import AuditConfig, HttpConfig
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.pipeline import ObservationSink, Overloaded
-from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_event_list
+from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
+from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class AuditWebhook:
             )
         try:
             body = await self._read_body(request, gzip=encoding == "gzip")
-            events = parse_event_list(body)
+            events, poison = parse_batch(body)
         except _TooLarge as exc:
             return self._reject(413, "too_large", str(exc))
         except (zlib.error, InvalidAuditBatch) as exc:
@@ -88,8 +91,23 @@ class AuditWebhook:
                 status=429,
                 headers={"Retry-After": f"{max(1, round(exc.retry_after_seconds))}"},
             )
+        except TooLarge as exc:
+            return self._reject(413, "too_large", f"batch can never fit the spool: {exc}")
+        except Exception:
+            # The disk refused the append: nothing was kept, so the apiserver must retry. No detail leaves.
+            log.exception("audit webhook: could not keep a batch")
+            self._metrics.audit_batches_rejected.labels("unavailable").inc()
+            return web.json_response(
+                {"error": "the batch could not be stored; retry later"}, status=503, headers={"Retry-After": "5"}
+            )
         self._metrics.audit_events_accepted.labels(cluster).inc(len(events))
-        return web.json_response({"accepted": len(events), "observations": len(observations)})
+        answer: dict[str, object] = {"accepted": len(events), "observations": len(observations)}
+        if poison:
+            for item in poison:
+                self._metrics.audit_events_rejected.labels(item.reason).inc()
+                log.warning("audit webhook: dropped items[%d]: %s", item.index, item.message)
+            answer["rejected"] = [{"index": p.index, "reason": p.reason, "message": p.message} for p in poison]
+        return web.json_response(answer)
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")

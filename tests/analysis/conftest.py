@@ -45,7 +45,6 @@ async def serve_scenario(make_app: Any, fixtures_dir: Path) -> AsyncIterator[Ser
         app = await make_app()
         await replay_scenario(app, fixtures_dir, scenario)
         assert app.components is not None
-        await app.components.writer.flush()
         events = audit_events(fixtures_dir, scenario)
         start = min(parse_time_ns(e["requestReceivedTimestamp"]) for e in events)
         end = max(parse_time_ns(e["stageTimestamp"]) for e in events)

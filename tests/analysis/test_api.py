@@ -235,8 +235,7 @@ async def test_recorded_events_through_the_real_pipeline_join_the_story(
             await tracker.on_event("fixture", rtype, change["type"], change["object"], relisted=False)
             recorded += 1
     assert recorded and tracker.emitted
-    await served.app.components.pipeline.drain()
-    await served.app.components.writer.flush()
+    await served.app.settle()
 
     doc = await analysis(served, resource="deployments", group="apps", namespace="shop", name="web")
     events = [entry for entry in doc["timeline"] if entry["source"] == "event"]

@@ -51,4 +51,4 @@ async def replay_scenario(app: App, fixtures_dir: Path, scenario: str, *, use_gz
     )
     assert result.failed == 0 and result.batches > 0
     assert app.components is not None
-    await app.components.pipeline.drain()
+    await app.settle()

@@ -28,7 +28,6 @@ def key_of(span: Span) -> str:
 
 async def exported(app_receiver: GrpcOtlpReceiver, app: object) -> list[Span]:
     metrics = app.components.metrics  # type: ignore[attr-defined]
-    await app.components.writer.flush()  # type: ignore[attr-defined]
     return await app_receiver.wait_for_spans(otlp_exported(metrics))
 
 
@@ -247,8 +246,7 @@ async def test_two_replicas_sharing_redis_write_each_object_span_once(
                 assert response.status == 200
     total = 0
     for app in apps:
-        await app.components.pipeline.drain()  # type: ignore[union-attr]
-        await app.components.writer.flush()  # type: ignore[union-attr]
+        await app.settle()
         total += otlp_exported(app.components.metrics)  # type: ignore[union-attr]
     spans = await otlp_receiver.wait_for_spans(total)
     roots = Counter(s.span_id for s in spans if s.service == "object")

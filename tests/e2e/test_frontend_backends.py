@@ -39,7 +39,6 @@ MODES = ("tracing [full tree]", "tracing [ancestors]", "tree [owned objects]", "
 
 async def exported_everything(app: App, tempo: TempoDouble) -> None:
     assert app.components is not None
-    await app.components.writer.flush()
     sent = int(app.components.metrics.spans_exported.labels(OTLP_WRITER)._value.get())
     assert sent > 0
     await tempo.wait_for_spans(sent)

@@ -51,7 +51,7 @@ async def replay_alongside_watches(app: App, double: KubeApiDouble, scenario_dir
     double.release()
     await caught_up(app, double)
     assert app.components is not None
-    await app.components.pipeline.drain()
+    await app.settle()
 
 
 def recorded_event_occurrences(scenario_dir: Path) -> Counter[tuple[str, int, str]]:
@@ -160,7 +160,7 @@ async def test_without_audit_changes_become_diff_spans_attributed_to_field_manag
     await caught_up(app, lifecycle_double)
     assert app.watching is not None and app.components is not None
     await app.watching.differ.flush_unclaimed(now=math.inf)  # no audit span will claim anything
-    await app.components.pipeline.drain()
+    await app.settle()
     spans = await exported(otlp_receiver, app)
     diffs = [s for s in spans if s.service == "diff"]
 

@@ -46,7 +46,7 @@ async def settle(app: App) -> Metrics:
     """Emit what no audit span will claim, write everything accepted; the App's metrics for export counts."""
     assert app.watching is not None and app.components is not None
     await app.watching.differ.flush_unclaimed(now=math.inf)
-    await app.components.pipeline.drain()
+    await app.settle()
     return app.components.metrics
 
 

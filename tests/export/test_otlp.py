@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
 
 from kelemetry_py.config import ConfigError, OtlpConfig
 from kelemetry_py.export import SpanWriter
-from kelemetry_py.export.otlp import OtlpSpanWriter
+from kelemetry_py.export.otlp import OtlpExportFailed, OtlpSpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Span, child_span_id, object_span_id, object_trace_id
 from tests.support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver, OtlpReceiver
@@ -61,7 +60,7 @@ def _sample_spans(count: int = 3) -> list[Span]:
 
 def _config(receiver: OtlpReceiver, **overrides: object) -> OtlpConfig:
     endpoint = receiver.endpoint  # type: ignore[attr-defined]
-    base = OtlpConfig(endpoint=endpoint, timeout_seconds=2.0, flush_interval_seconds=0.05, max_retries=3)
+    base = OtlpConfig(endpoint=endpoint, timeout_seconds=2.0)
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -85,8 +84,7 @@ async def test_spans_survive_the_trip(receiver: OtlpReceiver) -> None:
     )
     assert isinstance(writer, SpanWriter)
     sent = _sample_spans(5)
-    await writer.write(sent)
-    await writer.flush()
+    await writer.write(sent)  # returns once delivered
     received = receiver.spans_by_id()
     assert len(receiver.spans) == len(sent)
     for span in sent:
@@ -104,76 +102,35 @@ async def test_spans_survive_the_trip(receiver: OtlpReceiver) -> None:
 
 
 async def test_batches_are_cut_at_batch_size(receiver: OtlpReceiver) -> None:
-    writer = OtlpSpanWriter(_config(receiver, batch_size=3, flush_interval_seconds=30), Metrics())
+    writer = OtlpSpanWriter(_config(receiver, batch_size=3), Metrics())
     await writer.write(_sample_spans(7))
-    await writer.flush()  # must not wait for the 30 s interval for the last partial batch
     sizes = [
         sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
         for request in receiver.decoded
     ]
-    assert sorted(sizes, reverse=True) == [3, 3, 1]
+    assert sizes == [3, 3, 1]
     await writer.close()
 
 
-async def test_failed_exports_are_retried_and_counted(receiver: OtlpReceiver) -> None:
+async def test_a_refused_export_raises_and_is_counted_never_dropped(receiver: OtlpReceiver) -> None:
+    """The span log in front of the writer keeps and retries what a write did not deliver."""
     metrics = Metrics()
     # A timeout shorter than the SDK's first backoff keeps the SDK from retrying on its own.
-    config = _config(receiver, timeout_seconds=0.5, max_retries=5)
-    writer = OtlpSpanWriter(config, metrics, initial_backoff_seconds=0.01)
-    receiver.fail_next(2)
+    writer = OtlpSpanWriter(_config(receiver, timeout_seconds=0.5), metrics)
+    receiver.fail_next(1)
     sent = _sample_spans(4)
-    await writer.write(sent)
-    await writer.flush()
-    assert sorted(s.span_id for s in receiver.spans) == sorted(s.span_id for s in sent)
-    assert receiver.failed_requests == 2
-    assert _count(metrics, "export_errors") == 2
-    assert _count(metrics, "spans_exported") == len(sent)
-    assert _count(metrics, "spans_dropped") == 0
-    await writer.close()
-
-
-async def test_spans_given_up_on_are_counted(receiver: OtlpReceiver) -> None:
-    metrics = Metrics()
-    writer = OtlpSpanWriter(
-        _config(receiver, timeout_seconds=0.5, max_retries=2), metrics, initial_backoff_seconds=0.01
-    )
-    receiver.fail_forever()
-    await writer.write(_sample_spans(3))
-    await writer.flush()  # returns although nothing got through: the batch was given up on
+    with pytest.raises(OtlpExportFailed):
+        await writer.write(sent)
     assert receiver.spans == []
-    assert receiver.failed_requests == 3
-    assert _count(metrics, "export_errors") == 3
-    assert _count(metrics, "spans_dropped") == 3
-    assert _count(metrics, "spans_exported") == 0
+    assert _count(metrics, "export_errors") == 1
+    await writer.write(sent)  # the retry goes through
+    assert sorted(s.span_id for s in receiver.spans) == sorted(s.span_id for s in sent)
+    assert _count(metrics, "spans_exported") == len(sent)
     await writer.close()
 
 
-async def test_full_queue_pushes_back_until_the_backend_recovers(receiver: OtlpReceiver) -> None:
-    metrics = Metrics()
-    config = _config(receiver, timeout_seconds=0.5, queue_size=4, batch_size=2, max_retries=10_000)
-    writer = OtlpSpanWriter(config, metrics, initial_backoff_seconds=0.005, max_backoff_seconds=0.01)
-    receiver.fail_forever()
-    spans = _sample_spans(8)
-    # One batch of 2 is out being retried and 4 wait in the queue: these 6 fit.
-    await asyncio.wait_for(writer.write(spans[:6]), timeout=5)
-    await receiver.wait_for_failures(1)
-    blocked = asyncio.create_task(writer.write(spans[6:]))
-    # The exporter keeps failing several more times while the write stays blocked.
-    await receiver.wait_for_failures(receiver.failed_requests + 5)
-    assert not blocked.done()
-    assert writer.pending == 6
-    await receiver.recover()
-    await asyncio.wait_for(blocked, timeout=5)
-    await writer.flush()
-    assert sorted(s.span_id for s in receiver.spans) == sorted(s.span_id for s in spans)
-    assert _count(metrics, "spans_dropped") == 0
-    assert _count(metrics, "spans_exported") == len(spans)
-    assert _count(metrics, "export_errors") == receiver.failed_requests
-    await writer.close()
-
-
-async def test_close_delivers_what_was_written_and_refuses_more(receiver: OtlpReceiver) -> None:
-    writer = OtlpSpanWriter(_config(receiver, flush_interval_seconds=30), Metrics())
+async def test_close_refuses_more(receiver: OtlpReceiver) -> None:
+    writer = OtlpSpanWriter(_config(receiver), Metrics())
     sent = _sample_spans(3)
     await writer.write(sent)
     await writer.close()

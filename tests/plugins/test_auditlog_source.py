@@ -109,7 +109,7 @@ async def test_app_starts_and_stops_the_audit_log_source(fixtures_dir: Path, tmp
         (source,) = app.components.sources.sources
         assert isinstance(source, AuditLogSource)
         await source.caught_up()
-        await app.components.pipeline.drain()
+        await app.settle()
         event = next(
             event
             for line in (fixtures_dir / "errors-and-links" / "audit.jsonl").read_bytes().splitlines()

@@ -67,7 +67,7 @@ async def test_recorded_pods_are_linked_to_node_1(fixtures_dir: Path, tmp_path: 
         )
         assert result.failed == 0
         assert app.components is not None
-        await app.components.pipeline.drain()
+        await app.settle()
         node_links = links_in(await trace_spans(app, NODE_KEY, times), "node")
         assert node_links == {("child", "pods", name) for name in scheduled}
         for name in scheduled:
@@ -93,7 +93,7 @@ async def post(app: App, cluster: str, items: list[dict[str, Any]]) -> None:
         )
         assert response.status == 200, await response.text()
     assert app.components is not None
-    await app.components.pipeline.drain()
+    await app.settle()
 
 
 async def test_propagated_object_links_to_its_origin_in_another_cluster(fixtures_dir: Path, tmp_path: Path) -> None:

@@ -24,5 +24,8 @@ class MemoryEmissionSet:
             self._expiry.popitem(last=False)
         return True
 
+    async def release(self, key: str) -> None:
+        self._expiry.pop(key, None)
+
     async def close(self) -> None:
         self._expiry.clear()

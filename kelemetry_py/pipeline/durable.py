@@ -1,0 +1,295 @@
+"""At-least-once delivery: sources → observation log → pipeline → span log → each writer at its own pace.
+
+``DurableIntake`` is the :class:`ObservationSink` every source calls: a batch is appended to the observation log
+(on disk, or Redis Streams) before ``submit`` returns, so a 200 or an advanced cursor means kept. A pump feeds the
+log to the pipeline and acknowledges a record once all of its observations are spans in the span log. One pump per
+writer (embedded store, OTLP, plugins) reads the span log from its own cursor and acknowledges what its writer
+confirmed, so a backend outage grows that writer's backlog on disk and never holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from kelemetry_py.export import SpanWriter
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import Observation, Span
+from kelemetry_py.pipeline import Overloaded, TooLarge
+from kelemetry_py.pipeline.core import Pipeline, Ticket
+from kelemetry_py.spool import DurableLog, LogConsumer, Record, RecordTooLarge, SpoolFull
+from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_observations, encode_spans
+from kelemetry_py.spool.local import LocalConsumer, LocalLog
+
+log = logging.getLogger(__name__)
+
+PIPELINE_CONSUMER = "pipeline"
+_READ_RECORDS = 64
+_WRITER_READ_RECORDS = 16
+_ROOM_POLL_SECONDS = 0.05
+_WRITER_RETRY_MAX_SECONDS = 30.0
+
+
+class DurableIntake:
+    """The sink sources submit to: accepted means appended to the observation log."""
+
+    def __init__(self, observations: DurableLog) -> None:
+        self._log = observations
+
+    async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
+        if not observations:
+            return
+        batch = list(observations)
+        payload = encode_observations(batch)
+        delay = _ROOM_POLL_SECONDS
+        while True:
+            try:
+                await self._log.append([payload], [batch])
+                return
+            except RecordTooLarge as exc:
+                raise TooLarge(str(exc)) from None
+            except SpoolFull:
+                if not wait:
+                    raise Overloaded(retry_after_seconds=1) from None
+            # Watchers and file tailers wait for room instead of dropping; their cursors stay put meanwhile.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+class SpanLogWriter:
+    """The pipeline's writer: spans are kept once they are in the span log."""
+
+    def __init__(self, spans: DurableLog) -> None:
+        self._log = spans
+
+    async def write(self, spans: Sequence[Span]) -> None:
+        batch = list(spans)
+        await self._log.append([encode_spans(batch)], [batch])
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class _Acker:
+    """Acknowledges records as they complete, in the background; optionally only once a gate says so (with Redis
+    Streams an observation is acknowledged only after every writer has written its spans)."""
+
+    def __init__(self, consumer: LogConsumer, gate: Callable[[], int] | None, mark: Callable[[], int]) -> None:
+        self._consumer = consumer
+        self._gate = gate
+        self._mark = mark
+        self._done: deque[tuple[int, Record]] = deque()
+        self._wake = asyncio.Event()
+
+    def done(self, record: Record) -> None:
+        self._done.append((self._mark(), record))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if self._gate is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        limit = self._gate() if self._gate is not None else None
+        ready: list[Record] = []
+        while self._done and (limit is None or self._done[0][0] <= limit):
+            ready.append(self._done.popleft()[1])
+        if ready:
+            await self._consumer.ack(ready)
+
+
+@dataclass
+class WriterPump:
+    """Feeds one writer from the span log at its own pace; retries a failed batch until it is written."""
+
+    name: str
+    consumer: LogConsumer
+    writer: SpanWriter
+    metrics: Metrics
+    failing: bool = False
+
+    async def run(self) -> None:
+        while True:
+            records = await self.consumer.read(_WRITER_READ_RECORDS)
+            if not records:
+                return
+            spans: list[Span] = []
+            for record in records:
+                spans.extend(record.value if record.value is not None else decode_spans(record.payload))
+            await self._write(spans)
+            await self.consumer.ack(records)
+
+    async def _write(self, spans: list[Span]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.writer.write(spans)
+                await self.writer.flush()
+                break
+            except Exception as exc:
+                if not self.failing:
+                    log.warning("writer %s failed (%s); its spans wait in the spool and are retried", self.name, exc)
+                self.failing = True
+                self.metrics.writer_failing.labels(self.name).set(1)
+                self.metrics.export_errors.labels(self.name).inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _WRITER_RETRY_MAX_SECONDS)
+        if self.failing:
+            log.info("writer %s recovered; delivering its backlog", self.name)
+            self.failing = False
+            self.metrics.writer_failing.labels(self.name).set(0)
+        written = self.metrics.spans_written
+        for span in spans:
+            written.labels(self.name, span.service).inc()
+
+
+class Delivery:
+    """Owns the two logs and the pumps between them; started after the pipeline, stopped before it."""
+
+    def __init__(
+        self,
+        *,
+        observations: DurableLog,
+        spans: LocalLog,
+        pipeline: Pipeline,
+        writers: Mapping[str, SpanWriter],
+        metrics: Metrics,
+        ack_after_writers: bool = False,
+    ) -> None:
+        self.observations = observations
+        self.spans = spans
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.intake = DurableIntake(observations)
+        self._ack_after_writers = ack_after_writers
+        self._pipeline_consumer: LogConsumer | None = None
+        self.pumps: list[WriterPump] = []
+        self._span_consumers: list[LocalConsumer] = []
+        self._writers = dict(writers)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._acker: _Acker | None = None
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.observations.open()
+        await self.spans.open()
+        self._span_consumers = [self.spans.consumer(name) for name in self._writers]
+        self.pumps = [
+            WriterPump(name, consumer, writer, self.metrics)
+            for (name, writer), consumer in zip(self._writers.items(), self._span_consumers, strict=True)
+        ]
+        self._pipeline_consumer = self.observations.consumer(PIPELINE_CONSUMER)
+        gate = self._written_by_all if self._ack_after_writers else None
+        self._acker = _Acker(self._pipeline_consumer, gate, lambda: self.spans.end)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(pump.run(), name=f"writer-{pump.name}") for pump in self.pumps]
+        self._feeder = loop.create_task(self._feed_pipeline(), name="observation-pump")
+        self._tasks.append(self._feeder)
+        self._tasks.append(loop.create_task(self._acker.run(), name="observation-acker"))
+
+    def _written_by_all(self) -> int:
+        return min((consumer.committed for consumer in self._span_consumers), default=self.spans.end)
+
+    async def _feed_pipeline(self) -> None:
+        consumer = self._pipeline_consumer
+        acker = self._acker
+        assert consumer is not None and acker is not None
+        while True:
+            records = await consumer.read(_READ_RECORDS)
+            if not records:
+                return
+            for record in records:
+                try:
+                    batch = record.value if record.value is not None else decode_observations(record.payload)
+                except Exception:
+                    log.exception("observation log: record %s cannot be decoded; dropped and counted", record.id)
+                    self.metrics.observations_failed.labels("undecodable").inc()
+                    acker.done(record)
+                    continue
+                if not batch:
+                    acker.done(record)
+                    continue
+                ticket = Ticket(len(batch), functools.partial(acker.done, record), replayed=record.replayed)
+                await self.pipeline.feed(batch, ticket, wait=True)
+
+    # -- observing --------------------------------------------------------------------------------------------
+
+    def backlog(self) -> dict[str, tuple[int, int]]:
+        """(records, bytes) not yet handled, per consumer: ``pipeline`` and each writer."""
+        out: dict[str, tuple[int, int]] = {}
+        if self._pipeline_consumer is not None:
+            records, size = self._pipeline_consumer.backlog()
+            out[PIPELINE_CONSUMER] = (records + self.pipeline.pending, size)
+        for pump in self.pumps:
+            out[pump.name] = pump.consumer.backlog()
+        return out
+
+    def has_room(self) -> bool:
+        for spool in (self.observations, self.spans):
+            capacity = getattr(spool, "max_bytes", 0)
+            if capacity and spool.used_bytes() > 0.95 * capacity:
+                return False
+        room = getattr(self.observations, "has_room", None)
+        return bool(room()) if callable(room) else True
+
+    def update_metrics(self) -> None:
+        for name, (records, size) in self.backlog().items():
+            self.metrics.spool_backlog_records.labels(name).set(records)
+            self.metrics.spool_backlog_bytes.labels(name).set(size)
+        for spool in (self.observations, self.spans):
+            self.metrics.spool_used_bytes.labels(spool.name).set(spool.used_bytes())
+            self.metrics.spool_capacity_bytes.labels(spool.name).set(getattr(spool, "max_bytes", 0))
+
+    # -- stopping ---------------------------------------------------------------------------------------------
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until every consumer has handled everything, or the monotonic ``deadline`` passes."""
+        while True:
+            if self._acker is not None:
+                await self._acker.flush()
+            if self._pipeline_consumer is not None:
+                await self._pipeline_consumer.refresh()
+            if all(records == 0 for records, _ in self.backlog().values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+    async def stop_feeding(self) -> None:
+        """Stop handing observations to the pipeline (before it stops); the rest stays in the log."""
+        if self._feeder is not None:
+            # Readers of a shared stream finish their blocking read rather than being cut mid-command.
+            self.observations.stop_reading()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._feeder), timeout=2)
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Persist positions and stop; whatever is not handled stays in the logs for the next start."""
+        await self.stop_feeding()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._acker is not None:
+            with contextlib.suppress(Exception):
+                await self._acker.flush()
+        await self.observations.close()
+        await self.spans.close()

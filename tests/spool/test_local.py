@@ -1,0 +1,139 @@
+"""The local durable log on a real directory: order, per-consumer progress, restarts, torn tails, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kelemetry_py.spool import RecordTooLarge, SpoolFull
+from kelemetry_py.spool.local import LocalLog
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def _log(directory: Path, **options: object) -> LocalLog:
+    settings: dict[str, object] = {"max_bytes": 1 << 20, "segment_bytes": 256, "cursor_interval_seconds": 0.01}
+    settings.update(options)
+    return LocalLog(directory, name="test", **settings)  # type: ignore[arg-type]
+
+
+async def _drain(consumer: object, count: int) -> list[bytes]:
+    out: list[bytes] = []
+    while len(out) < count:
+        records = await consumer.read(count - len(out))  # type: ignore[attr-defined]
+        out.extend(record.payload for record in records)
+        await consumer.ack(records)  # type: ignore[attr-defined]
+    return out
+
+
+async def test_each_consumer_reads_everything_in_order_at_its_own_pace(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    await log.open()
+    fast, slow = log.consumer("fast"), log.consumer("slow")
+    payloads = [f"record-{i}".encode() * 5 for i in range(50)]  # spans several 256-byte segments
+    for payload in payloads:
+        await log.append([payload], [payload.decode()])
+    assert await _drain(fast, 50) == payloads
+    assert fast.backlog()[0] == 0
+    assert slow.backlog()[0] == 50 and slow.backlog()[1] > 0
+    first = await slow.read(10)
+    assert [record.payload for record in first] == payloads[:10]
+    await log.close()
+
+
+async def test_records_not_acknowledged_come_back_after_a_restart_marked_replayed(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    await log.open()
+    consumer = log.consumer("writer")
+    for i in range(30):
+        await log.append([f"r{i}".encode()])
+    done = await consumer.read(10)
+    await consumer.ack(done)
+    await consumer.read(10)  # read but never acknowledged: the process "dies" here
+    await log.close()
+
+    again = _log(tmp_path)
+    await again.open()
+    consumer = again.consumer("writer")
+    assert consumer.backlog()[0] == 20
+    records = await consumer.read(100)
+    assert [record.payload for record in records] == [f"r{i}".encode() for i in range(10, 30)]
+    assert all(record.replayed and record.value is None for record in records)
+    await again.append([b"new"])
+    (fresh,) = await consumer.read(1)
+    assert fresh.payload == b"new" and not fresh.replayed
+    await again.close()
+
+
+async def test_a_torn_tail_is_cut_and_appends_continue(tmp_path: Path) -> None:
+    log = _log(tmp_path, segment_bytes=1 << 20)
+    await log.open()
+    await log.append([b"whole-1", b"whole-2"])
+    await log.close()
+    (segment,) = _segments(tmp_path)
+    with segment.open("ab") as file:
+        file.write(b"\x40\x00\x00\x00\x01\x02\x03\x04half a rec")  # a header promising 64 bytes, and 10 of them
+    again = _log(tmp_path, segment_bytes=1 << 20)
+    await again.open()
+    await again.append([b"after"])
+    assert await _drain(again.consumer("c"), 3) == [b"whole-1", b"whole-2", b"after"]
+    await again.close()
+
+
+async def test_consumed_segments_are_deleted_once_every_cursor_is_persisted(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    await log.open()
+    a, b = log.consumer("a"), log.consumer("b")
+    for i in range(40):
+        await log.append([b"x" * 60 + str(i).encode()])
+    segments_before = len(_segments(tmp_path))
+    used_before = log.used_bytes()
+    assert segments_before > 3
+    await _drain(a, 40)
+    await log._persist_cursors()
+    await log._delete_consumed()
+    assert len(_segments(tmp_path)) == segments_before  # b still needs them
+    await _drain(b, 40)
+    await log._persist_cursors()
+    await log._delete_consumed()
+    assert len(_segments(tmp_path)) == 1  # the active segment stays
+    assert log.used_bytes() < used_before
+    await log.close()
+
+
+async def test_a_full_log_refuses_appends_and_never_drops_what_it_holds(tmp_path: Path) -> None:
+    log = _log(tmp_path, max_bytes=400)
+    await log.open()
+    consumer = log.consumer("c")
+    with pytest.raises(RecordTooLarge):
+        await log.append([b"y" * 500])
+    kept = [f"{i:02d}".encode() * 20 for i in range(12)]
+    accepted = []
+    with pytest.raises(SpoolFull):
+        for payload in kept:
+            await log.append([payload])
+            accepted.append(payload)
+    assert 0 < len(accepted) < len(kept)
+    assert await _drain(consumer, len(accepted)) == accepted
+    await log.close()
+
+
+async def test_concurrent_appends_share_commits_and_keep_their_order_per_caller(tmp_path: Path) -> None:
+    log = _log(tmp_path, segment_bytes=1 << 20)
+    await log.open()
+    consumer = log.consumer("c")
+
+    async def writer(name: str) -> None:
+        for i in range(20):
+            await log.append([f"{name}-{i}".encode()])
+
+    await asyncio.gather(*(writer(name) for name in "abcd"))
+    seen = [payload.decode() for payload in await _drain(consumer, 80)]
+    for name in "abcd":
+        mine = [int(item.split("-")[1]) for item in seen if item.startswith(name)]
+        assert mine == list(range(20))
+    await log.close()

@@ -1,0 +1,57 @@
+"""The Redis Streams log on a real Redis: replicas share the work, and a dead replica's work is claimed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from kelemetry_py.spool.redis import RedisLog
+
+
+def _replica(url: str, name: str, *, claim_idle_seconds: float = 30.0) -> RedisLog:
+    return RedisLog(
+        aioredis.from_url(url),
+        name="observations",
+        key="test:spool:observations",
+        replica=name,
+        claim_idle_seconds=claim_idle_seconds,
+        max_records=100,
+    )
+
+
+async def test_work_a_silent_replica_took_is_claimed_by_another(redis_url: str) -> None:
+    a = _replica(redis_url, "a")
+    b = _replica(redis_url, "b", claim_idle_seconds=0.2)
+    await a.open()
+    await b.open()
+    await a.append([b"one", b"two", b"three"])
+    taken = await a.consumer("pipeline").read(10)
+    assert [record.payload for record in taken] == [b"one", b"two", b"three"]
+    # a dies without acknowledging; b finds the entries once they have been idle long enough.
+    claimed = await asyncio.wait_for(b.consumer("pipeline").read(10), timeout=10)
+    assert [record.payload for record in claimed] == [b"one", b"two", b"three"]
+    assert all(record.replayed for record in claimed)
+    await b.consumer("pipeline").ack(claimed)
+    await b.consumer("pipeline").refresh()
+    assert b.consumer("pipeline").backlog()[0] == 0
+    await a.close()
+    await b.close()
+
+
+async def test_acknowledged_entries_are_trimmed_and_the_bound_holds(redis_url: str) -> None:
+    log = _replica(redis_url, "a")
+    await log.open()
+    consumer = log.consumer("pipeline")
+    await log.append([f"r{i}".encode() for i in range(100)])
+    assert not log.has_room()
+    records = []
+    while len(records) < 100:
+        records.extend(await consumer.read(100))
+    await consumer.ack(records)
+    await log._trim()
+    assert log.has_room()
+    client = aioredis.from_url(redis_url)
+    assert await client.xlen("test:spool:observations") <= 1
+    await client.aclose()
+    await log.close()
