@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from kelemetry_py import __version__
-from kelemetry_py.config import Config, ConfigError, load_config
+from kelemetry_py.config import Config, ConfigError, load_config, masked
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kelemetry-py: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "config":
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(masked(config.to_dict()), sort_keys=False), end="")
         return 0
     return _serve(config)
 
