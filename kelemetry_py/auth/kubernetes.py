@@ -90,6 +90,10 @@ class KubernetesScope:
             return False
         return await self._authenticator.may_get(self.identity, ref)
 
+    async def may_get_path(self, path: str) -> bool:
+        """A non-resource URL (``/metrics``), as RBAC's nonResourceURLs decide."""
+        return await self._authenticator.may_get_path(self.identity, path)
+
     async def visible(self, refs: Iterable[ObjectRef]) -> set[ObjectRef]:
         wanted = list(dict.fromkeys(refs))
         limit = asyncio.Semaphore(_CONCURRENT_REVIEWS)
@@ -170,11 +174,24 @@ class KubernetesAuthenticator:
             attributes["group"] = ref.group
         if ref.namespace:
             attributes["namespace"] = ref.namespace
-        spec: dict[str, Any] = {
-            "user": identity.username,
-            "groups": list(identity.groups),
-            "resourceAttributes": attributes,
-        }
+        allowed = await self._access_review(identity, {"resourceAttributes": attributes})
+        if allowed is not None:
+            self._decisions.put(key, allowed)
+        return bool(allowed)
+
+    async def may_get_path(self, identity: KubeUser, path: str) -> bool:
+        key = (identity, "", "", "", path)
+        cached = self._decisions.get(key)
+        if cached is not None:
+            return cached
+        allowed = await self._access_review(identity, {"nonResourceAttributes": {"path": path, "verb": "get"}})
+        if allowed is not None:
+            self._decisions.put(key, allowed)
+        return bool(allowed)
+
+    async def _access_review(self, identity: KubeUser, attributes: dict[str, Any]) -> bool | None:
+        """The verdict of a SubjectAccessReview, or None when it could not be asked (then the caller denies)."""
+        spec: dict[str, Any] = {"user": identity.username, "groups": list(identity.groups), **attributes}
         if identity.uid:
             spec["uid"] = identity.uid
         if identity.extra:
@@ -185,10 +202,8 @@ class KubernetesAuthenticator:
                 {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
             )
         except AuthUnavailable:
-            return False  # fail closed, and do not remember it
-        allowed = bool((review.get("status") or {}).get("allowed"))
-        self._decisions.put(key, allowed)
-        return allowed
+            return None  # fail closed, and do not remember it
+        return bool((review.get("status") or {}).get("allowed"))
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:

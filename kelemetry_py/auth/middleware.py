@@ -95,13 +95,21 @@ def auth_middleware(
         if scope is None:
             metrics.auth_requests_denied.labels("invalid_token").inc()
             return _deny(401, "the bearer token is not valid")
-        if path == "/metrics" and not scope.sees_everything:
+        if path == "/metrics" and not await _may_read_metrics(scope):
             metrics.auth_requests_denied.labels("forbidden").inc()
             return _deny(403, "/metrics needs a token that sees everything (or metrics.public: true)")
         request[SCOPE_KEY] = scope
         return await handler(request)
 
     return authenticate
+
+
+async def _may_read_metrics(scope: Scope) -> bool:
+    if scope.sees_everything:
+        return True
+    from kelemetry_py.auth.kubernetes import KubernetesScope
+
+    return isinstance(scope, KubernetesScope) and await scope.may_get_path("/metrics")
 
 
 def error_middleware(metrics: Metrics) -> Middleware:

@@ -283,7 +283,7 @@ async def check_grpc(token: str, port: int, facts: Recorded, hidden_view: str, s
                         namespaces.add(attributes.get("namespace"))
                         assert attributes.get("resource") not in ("nodes", "clusterroles", "namespaces")
         assert namespaces == {"shop"}
-        jobs = [c async for c in stub.FindTraces(pb.FindTracesRequest(query=query(namespace="jobs")), metadata=metadata)]
-        assert jobs == []
+        in_jobs = pb.FindTracesRequest(query=query(namespace="jobs"))
+        assert [c async for c in stub.FindTraces(in_jobs, metadata=metadata)] == []
         hidden = pb.GetTracesRequest(query=[pb.GetTraceParams(trace_id=bytes.fromhex(hidden_view))])
         assert [c async for c in stub.GetTraces(hidden, metadata=metadata)] == []

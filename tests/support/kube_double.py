@@ -92,6 +92,13 @@ class Binding:
     role_name: str
     subject: str  # a username or a group
     rules: Rules
+    non_resource_urls: tuple[str, ...] = ()  # e.g. ("/metrics",) or ("*",); only a ClusterRoleBinding grants them
+
+    def allows_path(self, user: str, groups: list[str], attributes: Mapping[str, Any]) -> bool:
+        if (self.subject != user and self.subject not in groups) or self.namespace is not None:
+            return False
+        path = str(attributes.get("path", ""))
+        return attributes.get("verb") == "get" and ("*" in self.non_resource_urls or path in self.non_resource_urls)
 
     def allows(self, user: str, groups: list[str], attributes: Mapping[str, Any]) -> bool:
         if self.subject != user and self.subject not in groups:
@@ -104,8 +111,10 @@ class Binding:
             resource += "/" + str(attributes["subresource"])
         group, verb = str(attributes.get("group", "")), str(attributes.get("verb", ""))
         return any(
-            (group in groups_ or "*" in groups_) and (resource in resources or "*" in resources) and verb in verbs
-            for groups_, resources, verbs in self.rules
+            (group in api_groups or "*" in api_groups)
+            and (resource in resources or "*" in resources)
+            and (verb in verbs or "*" in verbs)
+            for api_groups, resources, verbs in self.rules
         )
 
     def reason(self, user: str) -> str:
@@ -538,9 +547,13 @@ class KubeApiDouble:
         spec = body.get("spec") or {}
         self.reviews.append(("SubjectAccessReview", spec))
         attributes = spec.get("resourceAttributes") or {}
+        paths = spec.get("nonResourceAttributes")
         user, groups = str(spec.get("user", "")), list(spec.get("groups") or [])
         for binding in self.bindings:
-            if binding.allows(user, groups, attributes):
+            allowed = (
+                binding.allows_path(user, groups, paths) if paths else binding.allows(user, groups, attributes)
+            )
+            if allowed:
                 status = {"allowed": True, "reason": binding.reason(user)}
                 break
         else:
