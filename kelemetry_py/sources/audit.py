@@ -88,9 +88,12 @@ _decode_event = msgspec.json.Decoder(AuditEvent).decode
 def parse_event_list(body: bytes) -> list[AuditEvent]:
     """Decode and check an ``EventList`` body; returns its items."""
     try:
-        document = _decode_list(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidAuditBatch(_explain(body, exc)) from None
+        try:
+            document = _decode_list(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidAuditBatch(_explain(body, exc)) from None
+    except RecursionError:
+        raise InvalidAuditBatch("body nests JSON deeper than any audit event does") from None
     _check_header(document.kind, document.apiVersion)
     items = document.items or []
     for index, item in enumerate(items):
