@@ -589,12 +589,20 @@ class KubeApiDouble:
             # Like the real apiserver, list items carry neither apiVersion nor kind.
             "items": [{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")} for obj in page],
         }
+        if _wants_metadata(request):
+            body = {
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata,
+                "items": [_partial(obj) for obj in page],
+            }
         return web.json_response(body)
 
     async def _watch(self, request: web.Request, store: _Store, namespace: str | None) -> web.StreamResponse:
         requested = request.query.get("resourceVersion", "")
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true", "True")
         watcher = _Watcher(bookmarks, namespace)
+        metadata_only = _wants_metadata(request)
         backlog: list[_Change | bytes] = []
         expired = False
         if requested in ("", "0"):
@@ -631,9 +639,9 @@ class KubeApiDouble:
         try:
             for item in backlog:
                 if isinstance(item, bytes):
-                    await response.write(item)
+                    await response.write(_as_partial(item) if metadata_only else item)
                 elif self._visible(item, watcher):
-                    await response.write(item.line)
+                    await response.write(_as_partial(item.line) if metadata_only else item.line)
             timeout = float(request.query.get("timeoutSeconds") or 0) or None
             while True:
                 try:
@@ -646,7 +654,7 @@ class KubeApiDouble:
                         return response
                     break
                 if self._visible(change, watcher):
-                    await response.write(change.line)
+                    await response.write(_as_partial(change.line) if metadata_only else change.line)
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away (a watcher stopped): nothing left to tell it
@@ -698,6 +706,23 @@ class KubeApiDouble:
                 "modified; please apply your changes to the latest version and try again",
             )
         return web.json_response(self.put_object(*_gvr(store), body))
+
+
+def _wants_metadata(request: web.Request) -> bool:
+    """``Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1``: metadata only."""
+    accept = request.headers.get("Accept", "")
+    return "as=PartialObjectMetadata" in accept and "g=meta.k8s.io" in accept
+
+
+def _partial(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
+
+
+def _as_partial(line: bytes) -> bytes:
+    event = json.loads(line)
+    if event.get("type") in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+        event["object"] = _partial(event["object"])
+    return _encode(event)
 
 
 def _fields_v1(value: Any, nested: bool = False) -> Any:
