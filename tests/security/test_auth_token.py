@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 from aiohttp import ClientSession
@@ -29,3 +31,31 @@ async def test_tenant_token_sees_its_namespace_and_nothing_else(fixtures_dir: Pa
         tenant = Reader(session, app.base_url, TENANT_TOKEN)
         admin = Reader(session, app.base_url, ADMIN_TOKEN)
         await check_tenant_view(tenant, admin, facts, port)
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "kelemetry-py"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_trace_command_sends_the_token(fixtures_dir: Path, make_app: AppFactory) -> None:
+    facts = recorded(fixtures_dir, {s: scenario_facts(fixtures_dir, s) for s in SCENARIOS})
+    app = await make_app(**{"auth.mode": "token", "auth.tokens": TOKENS})
+    await replay_all(app, fixtures_dir)
+    window = ["--start", str(facts.start_ns // 10**9), "--end", str(facts.end_ns // 10**9), "--server", app.base_url]
+    code, out, _ = await run_cli("trace", "deploy/web", "-n", "shop", "--no-logs", "--token", TENANT_TOKEN, *window)
+    assert code == 0 and "web" in out
+    code, _, err = await run_cli("trace", "deploy/web", "-n", "shop", *window)
+    assert code != 0 and "--token" in err
+    code, out, err = await run_cli("analyze", "statefulset/db", "-n", "jobs", "--token", TENANT_TOKEN, *window)
+    assert code != 0 and "no trace" in err and "db-0" not in out
+    code, out, _ = await run_cli("analyze", "statefulset/db", "-n", "jobs", "--token", ADMIN_TOKEN, *window)
+    assert code == 0 and "db" in out
