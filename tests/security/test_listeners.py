@@ -170,3 +170,25 @@ async def test_webhook_tokens_remain_an_alias_of_ingest_tokens(make_app: AppFact
         headers = {"Authorization": "Bearer old-name-token-0123", **JSON}
         async with session.post(app.base_url + "/audit/fixture", data=EMPTY, headers=headers) as response:
             assert response.status == 200
+
+
+def audit_level(policy: dict[str, object], group: str, resource: str, verb: str) -> str:
+    """The level the apiserver would pick: the first rule whose resources and verbs match."""
+    for rule in policy["rules"]:  # type: ignore[attr-defined]
+        if rule.get("verbs") and verb not in rule["verbs"]:
+            continue
+        if rule.get("resources") and not any(
+            entry["group"] == group and resource in entry["resources"] for entry in rule["resources"]
+        ):
+            continue
+        return str(rule["level"])
+    return "None"
+
+
+def test_shipped_audit_policy_keeps_secrets_and_tokens_at_metadata() -> None:
+    policy = yaml.safe_load((Path(__file__).parents[2] / "quickstart" / "audit-policy.yaml").read_text())
+    for group, resource in (("", "secrets"), ("", "serviceaccounts/token"), ("authentication.k8s.io", "tokenreviews")):
+        for verb in ("create", "update", "patch", "delete", "get"):
+            assert audit_level(policy, group, resource, verb) == "Metadata", (resource, verb)
+    assert audit_level(policy, "apps", "deployments", "patch") == "RequestResponse"
+    assert audit_level(policy, "", "configmaps", "create") == "RequestResponse"
