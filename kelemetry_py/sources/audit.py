@@ -196,6 +196,8 @@ def check_metadata(body: Mapping[str, Any] | None, field: str) -> None:
         for key, value in labels.items():
             if len(str(key)) > _MAX_NAME + 1 + _MAX_LABEL:
                 raise InvalidField(f"{field}.metadata.labels", "a label key is longer than Kubernetes allows")
+            if value is None:  # a merge patch removing the label
+                continue
             if not isinstance(value, str) or len(value) > _MAX_LABEL or not _LABEL_VALUE.fullmatch(value):
                 raise InvalidField(f"{field}.metadata.labels", "a label value is not a valid label value")
 
@@ -223,10 +225,16 @@ class AuditConverter:
                 observations.extend(list(self._observations(cluster, event)))
             except InvalidField as exc:
                 # A bad event must never take the good ones of its batch down: it alone is dropped, and counted.
-                if self._metrics is not None:
-                    self._metrics.audit_events_invalid.labels(exc.field).inc()
-                log.warning("audit: dropped items[%d] (auditID %.64s): %s", index, event.auditID, exc)
+                self._drop(index, event, exc.field, str(exc))
+            except (TypeError, AttributeError, KeyError, ValueError) as exc:
+                # Bodies of a shape no apiserver sends (metadata that is not an object, a number for a name...).
+                self._drop(index, event, "object", f"malformed object ({type(exc).__name__})")
         return observations
+
+    def _drop(self, index: int, event: AuditEvent, field: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.audit_events_invalid.labels(field).inc()
+        log.warning("audit: dropped items[%d] (auditID %.64s): %s", index, event.auditID, reason)
 
     def _wanted(self, event: AuditEvent) -> bool:
         if event.stage not in self._stages:
@@ -246,7 +254,8 @@ class AuditConverter:
         obj = _load(raw)
         if not isinstance(obj, dict):
             return None
-        check_metadata(obj, field)
+        if field == "responseObject":  # what was stored; a request may be a patch of it
+            check_metadata(obj, field)
         # Parsed from this request alone, so nobody else holds it: redacted in place.
         self._redactor.redact_in_place(obj, resource)
         return obj
@@ -304,6 +313,8 @@ class AuditConverter:
     ) -> Observation:
         ref = event.objectRef
         assert ref is not None
+        if len(name) > _MAX_NAME or len(uid) > _MAX_NAME:
+            raise InvalidField("metadata.name", f"name or uid longer than {_MAX_NAME} characters")
         obj_ref = ObjectRef(cluster, ref.apiGroup, ref.apiVersion, ref.resource, ref.namespace, name, uid or "")
         observation = self._base(event, obj_ref, _title(event))
         if body is not None:

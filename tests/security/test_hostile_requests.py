@@ -80,6 +80,23 @@ def webhook_cases() -> list[Case]:
         Case(200, "/audit/fixture", "POST", batch(huge_name), json_type),
         Case(200, "/audit/fixture", "POST", batch(slash_namespace, event()), json_type),
         Case(200, "/audit/fixture", "POST", batch(long_label), json_type),
+        Case(200, "/audit/fixture", "POST", batch(event(responseObject={"kind": "X", "metadata": 5})), json_type),
+        Case(
+            200,
+            "/audit/fixture",
+            "POST",
+            batch(
+                event(objectRef={"resource": "configmaps", "namespace": "shop"}, responseObject={"metadata": {"name": 5}})
+            ),
+            json_type,
+        ),
+        Case(
+            200,
+            "/audit/fixture",
+            "POST",
+            batch(event(verb="patch", requestObject={"metadata": []}, responseObject={"metadata": {"uid": 7}})),
+            json_type,
+        ),
         Case(400, "/audit/fixture", "POST", b"[]", json_type),
         Case(400, "/audit/fixture", "POST", deep, json_type),
         Case(400, "/audit/fixture", "POST", b"{" * 10_000, json_type),
@@ -262,6 +279,15 @@ async def test_hostile_requests_get_their_asserted_status(fixtures_dir: Path, ma
                 wrong.append(f"{case}: {status}, expected {case.status}")
         assert wrong == []
 
+        # A bad event is dropped alone: the good one beside it is kept.
+        bad = event(objectRef={"resource": "configmaps", "namespace": "x/y", "name": "z"})
+        good = event(auditID="3f0c1d4e-0000-4000-8000-000000000099")
+        async with session.post(
+            app.base_url + "/audit/fixture", data=batch(bad, good), headers={"Content-Type": "application/json"}
+        ) as response:
+            assert response.status == 200
+            assert (await response.json()) == {"accepted": 2, "observations": 1}
+
         # Healthy afterwards, still answering real queries; nothing failed inside.
         for path in ("/healthz", "/readyz"):
             async with session.get(app.base_url + path) as response:
@@ -283,6 +309,7 @@ async def test_hostile_requests_get_their_asserted_status(fixtures_dir: Path, ma
     clusters = {line.split('cluster="')[1].split('"')[0] for line in metrics.splitlines() if 'cluster="' in line}
     assert clusters == {"fixture"}
     assert 'kelemetry_audit_events_invalid_total{field="objectRef.name"} 1.0' in metrics
-    assert 'kelemetry_audit_events_invalid_total{field="objectRef.namespace"} 1.0' in metrics
+    assert 'kelemetry_audit_events_invalid_total{field="objectRef.namespace"} 2.0' in metrics
     assert 'kelemetry_audit_events_invalid_total{field="responseObject.metadata.labels"} 1.0' in metrics
     assert 'kelemetry_audit_batches_rejected_total{reason="unknown_cluster"}' in metrics
+    assert 'kelemetry_audit_events_invalid_total{field="object"} 3.0' in metrics
