@@ -17,6 +17,7 @@ from tests.e2e.conftest import AppFactory, replay_scenario
 
 EMPTY = {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": []}
 TOKEN = "corpus-admin-token-0123456789abcdef"
+NUMBER_NAME = {"metadata": {"name": 5}}
 
 
 @dataclass
@@ -85,9 +86,7 @@ def webhook_cases() -> list[Case]:
             200,
             "/audit/fixture",
             "POST",
-            batch(
-                event(objectRef={"resource": "configmaps", "namespace": "shop"}, responseObject={"metadata": {"name": 5}})
-            ),
+            batch(event(objectRef={"resource": "configmaps", "namespace": "shop"}, responseObject=NUMBER_NAME)),
             json_type,
         ),
         Case(
