@@ -218,23 +218,23 @@ class App:
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         http = self.config.http
-        if not http.tls_cert_file:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
-        return context
+        return server_ssl_context(http.tls_cert_file, http.tls_key_file)
 
     def _ingest_ssl_context(self) -> ssl.SSLContext | None:
         """TLS of the ingest listener; with ingest.client_ca_file the apiserver must present a certificate."""
         ingest = self.config.ingest
-        if not ingest.tls_cert_file:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(ingest.tls_cert_file, ingest.tls_key_file)
-        if ingest.client_ca_file:
-            context.load_verify_locations(ingest.client_ca_file)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
+
+
+def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext | None:
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def build_components(config: Config) -> Components:
