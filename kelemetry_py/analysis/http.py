@@ -98,7 +98,10 @@ async def _analysis(request: web.Request) -> web.StreamResponse:
         return _error(500, f"internal error; request id {request_id(request)}")
     if document is None:
         return _error(404, "no trace of that object in that time range")
-    return web.Response(body=orjson.dumps(document), content_type="application/json")
+    body = orjson.dumps(document)
+    if len(body) > service.frontend.config.max_response_bytes:
+        return _error(400, "the analysis exceeds frontend.max_response_bytes; narrow the range or the scope")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _schema(_: web.Request) -> web.StreamResponse:

@@ -192,3 +192,21 @@ def test_shipped_audit_policy_keeps_secrets_and_tokens_at_metadata() -> None:
             assert audit_level(policy, group, resource, verb) == "Metadata", (resource, verb)
     assert audit_level(policy, "apps", "deployments", "patch") == "RequestResponse"
     assert audit_level(policy, "", "configmaps", "create") == "RequestResponse"
+
+
+async def test_metrics_need_the_admin_scope_unless_public(make_app: AppFactory) -> None:
+    tokens = [
+        {"token": "admin-token-0123456789", "user": "admin", "cluster_scoped": True},
+        {"token": "tenant-token-0123456789", "user": "t", "namespaces": ["shop"]},
+    ]
+    closed = await make_app(**{"auth.mode": "token", "auth.tokens": tokens})
+    public = await make_app(**{"auth.mode": "token", "auth.tokens": tokens, "metrics.public": True})
+    async with ClientSession() as session:
+        for token, status in (("", 401), ("tenant-token-0123456789", 403), ("admin-token-0123456789", 200)):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with session.get(closed.base_url + "/metrics", headers=headers) as response:
+                assert response.status == status
+        async with session.get(public.base_url + "/metrics") as response:
+            assert response.status == 200 and "kelemetry_" in await response.text()
+        async with session.get(public.base_url + "/api/services") as response:
+            assert response.status == 401  # only /metrics is public
