@@ -9,8 +9,9 @@ from pathlib import Path
 
 from aiohttp import ClientSession
 
+from kelemetry_py.auth.kubernetes import TtlCache
 from tests.conftest import SCENARIOS
-from tests.e2e.conftest import AppFactory
+from tests.e2e.conftest import AppFactory, replay_scenario
 from tests.e2e.test_frontend_backends import free_port
 from tests.frontend.scenario import scenario_facts
 from tests.kube.helpers import write_kubeconfig
@@ -76,3 +77,49 @@ async def test_service_account_sees_what_its_rolebinding_allows(
     ]
     assert all(spec["groups"] == list(viewer.groups) and spec["uid"] == viewer.uid for spec in viewer_reviews)
     assert {spec["resourceAttributes"]["verb"] for spec in viewer_reviews if "resourceAttributes" in spec} == {"get"}
+
+
+async def test_reviews_that_cannot_be_asked_fail_closed(
+    fixtures_dir: Path, make_app: AppFactory, tmp_path: Path
+) -> None:
+    facts = recorded(fixtures_dir, {s: scenario_facts(fixtures_dir, s) for s in SCENARIOS})
+    double, _ = rbac_double()
+    async with double:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", double.url, token=KELEMETRY_TOKEN)
+        app = await make_app(
+            **{
+                "auth.mode": "kubernetes",
+                "auth.kubernetes.cluster": "fixture",
+                "auth.kubernetes.kubeconfig": str(kubeconfig),
+            }
+        )
+        await replay_scenario(app, fixtures_dir, "deployment-lifecycle")
+        web = {"resource": "deployments", "namespace": "shop", "name": "web"}
+        async with ClientSession() as session:
+            tenant = Reader(session, app.base_url, VIEWER_TOKEN)
+            # The TokenReview fails: 503 with a request id, never the apiserver's words, never let through.
+            double.fail_next("/apis/authentication.k8s.io/", 500)
+            body = await tenant.get("/api/services", status=503)
+            assert b"request id" in body and b"injected" not in body
+            # Every SubjectAccessReview fails: nothing is shown, and nothing of it is remembered.
+            double.fail_next("/apis/authorization.k8s.io/", 500, times=10_000)
+            assert await tenant.search("tracing", web, facts) == []
+            double.clear_failures()
+            (found,) = await tenant.search("tracing", web, facts)
+            assert found.root["operationName"] == "shop web"
+
+
+def test_decisions_expire_after_their_ttl() -> None:
+    now = [0.0]
+    cache: TtlCache[str, bool] = TtlCache(ttl=60.0, max_entries=2, clock=lambda: now[0])
+    cache.put("a", True)
+    now[0] = 59.0
+    assert cache.get("a") is True
+    now[0] = 60.0
+    assert cache.get("a") is None
+    for key in ("x", "y", "z"):
+        cache.put(key, False)
+    assert cache.get("x") is None and cache.get("z") is False  # bounded: the oldest went first
+    never: TtlCache[str, bool] = TtlCache(ttl=0.0, max_entries=10)
+    never.put("a", True)
+    assert never.get("a") is None

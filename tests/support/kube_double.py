@@ -362,6 +362,10 @@ class KubeApiDouble:
         """The next ``times`` requests whose path starts with ``path_prefix`` fail with ``status``."""
         self._failures.extend([(path_prefix, status)] * times)
 
+    def clear_failures(self) -> None:
+        """Forget the failures ``fail_next`` asked for that have not happened yet."""
+        self._failures.clear()
+
     def send_bookmark(self, group: str, version: str, resource: str) -> str:
         """A BOOKMARK at a fresh resourceVersion to the resource's watchers (as after a quiet minute)."""
         store = self._stores[(group, version, resource)]
