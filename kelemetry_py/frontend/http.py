@@ -264,7 +264,8 @@ async def _find_traces(request: web.Request) -> web.StreamResponse:
     start_us = _int_param(request, "start", high=MAX_TIME_NS // 1000)
     if start_us is not None:
         start_ns = start_us * 1000
-        checked_range(start_ns, end_ns, service.max_range_ns, "start")
+        # Jaeger UI sends its lookback choice beside start: name what the user picked.
+        checked_range(start_ns, end_ns, service.max_range_ns, "lookback" if "lookback" in request.query else "start")
     else:
         lookback = _text_param(request, "lookback", 64)
         lookback_ns = (
