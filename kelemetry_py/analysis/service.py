@@ -7,6 +7,7 @@ from typing import Any
 
 from kelemetry_py.analysis.analyzer import analyze
 from kelemetry_py.auth import EVERYTHING, Scope
+from kelemetry_py.auth.masking import mask_document, namespaces_allowed
 from kelemetry_py.frontend.assembly import ObjectMatch
 from kelemetry_py.frontend.modes import FrontendError, Modifier
 from kelemetry_py.frontend.service import FrontendService
@@ -82,7 +83,11 @@ class AnalysisService:
         )
         if trace is None:
             return None
-        return analyze(trace)
+        document = analyze(trace)
+        if not scope.sees_everything:
+            shown = namespaces_allowed(scope, (obj.ref for obj in trace.objects.values()))
+            document = mask_document(document, shown)
+        return document
 
 
 def _field(match: ObjectMatch, name: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from kelemetry_py.auth import EVERYTHING, Scope
+from kelemetry_py.auth.masking import mask_spans, namespaces_allowed
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.assembly import Assembler, ObjectMatch
 from kelemetry_py.frontend.modes import (
@@ -150,6 +151,8 @@ class FrontendService:
         key = await self.cache.put(entry)
         view_id = ViewId(mode, key)
         spans = render(trace, mode, view_id.value)
+        if not scope.sees_everything:
+            spans = mask_spans(spans, namespaces_allowed(scope, (obj.ref for obj in trace.objects.values())))
         if self.transforms:
             info = ViewInfo(mode=mode.name, object_key=entry.object_key, trace_id=view_id.value)
             spans = await apply_transforms(self.transforms, spans, info, self.metrics)
@@ -162,6 +165,7 @@ class FrontendService:
             spans = await self.reader.get_trace(parsed)
             if not scope.sees_everything:
                 spans = await _visible_spans(spans, scope)
+                spans = mask_spans(spans, namespaces_allowed(scope, (_ref_of(span.attributes) for span in spans)))
             if not spans:
                 return None
             spans.sort(key=lambda span: (span.parent_id is not None, span.start_ns))

@@ -143,6 +143,10 @@ def assert_nothing_of_jobs(seen: list[bytes], facts: Recorded) -> None:
         pattern = rb"(?<![A-Za-z0-9.-])" + re.escape(name.encode()) + rb"(?![A-Za-z0-9-])"
         assert re.search(pattern, blob) is None, f"{name!r} of namespace jobs leaked into a tenant answer"
     assert b'"jobs"' not in blob and b"jobs/" not in blob
+    # Nor any other namespace outside the scope, not even in the user names of the controllers that acted.
+    for namespace in (b"jobs", b"kube-system", b"kube-node-lease", b"kube-public"):
+        assert re.search(rb"(?<![A-Za-z0-9-])" + namespace + rb"(?![A-Za-z0-9-])", blob) is None, namespace
+    assert b"system:serviceaccount:<other-namespace>:deployment-controller" in blob  # who acted is still told
 
 
 def object_resources(trace: V1Trace) -> set[str]:
