@@ -12,6 +12,9 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER kelemetry
 WORKDIR /data
 ENV KELEMETRY_STORE__PATH=/data/traces.db
+# A container is reached from outside: listen on every interface. serve refuses to start like this unless ingest
+# and query authentication are configured (ingest.tokens, auth.mode) or security.allow_unauthenticated is set.
+ENV KELEMETRY_HTTP__HOST=0.0.0.0
 EXPOSE 8080
 ENTRYPOINT ["kelemetry-py"]
 CMD ["serve"]

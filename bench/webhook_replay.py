@@ -133,7 +133,7 @@ async def main(target_events: int, concurrency: int) -> None:
             await asyncio.gather(*(client(session) for _ in range(concurrency)))
         accepted_wall = time.perf_counter() - wall_before
         assert app.components is not None
-        await app.components.pipeline.drain()
+        await app.settle()
         written = int(app.components.metrics.spans_exported.labels(OTLP_WRITER)._value.get())
         while receiver.spans < written:
             receiver.changed.clear()

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from kelemetry_py import __version__
-from kelemetry_py.config import Config
+from kelemetry_py.config import Config, allowed_clusters
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.core import Pipeline
@@ -55,11 +55,20 @@ class App:
         self.watching: Any = None  # KubeWatching, when kube.clusters are configured
         self._ready = False
         self._stopping = False
+        self.authenticator: Any = None  # who may read (auth.mode); None when everyone may
 
     @property
     def base_url(self) -> str:
         scheme = "https" if self.config.http.tls_cert_file else "http"
         return f"{scheme}://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def ingest_url(self) -> str:
+        """Where the audit webhook listens: its own port (http.ingest_port) or the main one."""
+        if "ingest" not in self.ports:
+            return self.base_url
+        scheme = "https" if self.config.ingest.tls_cert_file else "http"
+        return f"{scheme}://127.0.0.1:{self.ports['ingest']}"
 
     async def start(self) -> None:
         tune_garbage_collector()
@@ -76,19 +85,31 @@ class App:
                 self.config, self.components.pipeline, self.components.metrics, self.components.catalogs, intake
             )
             await self.watching.start()
-        main = web.Application(client_max_size=self.config.audit.max_body_bytes)
+        from kelemetry_py.auth.middleware import create_authenticator
+
+        self.authenticator = await create_authenticator(self.config.auth, self.config.kube)
+        main = self._web_application(client_max_size=self.config.audit.max_body_bytes)
         self._add_operational_routes(main)
+        # The apiserver's trust domain: on its own listener (TLS, client CA) when http.ingest_port is set.
+        ingest = main
+        if self.config.http.ingest_port:
+            ingest = self._web_application(client_max_size=self.config.audit.max_body_bytes)
+            self._add_operational_routes(ingest, with_metrics=False)
         AuditWebhook(
             sink=intake,
-            converter=AuditConverter(self.config.audit, self.config.redaction),
+            converter=AuditConverter(self.config.audit, self.config.redaction, self.components.metrics),
             metrics=self.components.metrics,
             default_cluster=self.config.cluster,
             audit=self.config.audit,
             http=self.config.http,
-        ).add_routes(main)
+            ingest=self.config.ingest,
+            clusters=allowed_clusters(self.config),
+        ).add_routes(ingest)
         if self.config.frontend.enabled:
             await self._start_frontend(main)
         self.ports["http"] = await self._serve(main, self.config.http.port)
+        if ingest is not main:
+            self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
 
@@ -103,11 +124,15 @@ class App:
         cache = create_trace_cache(config.frontend, config.redis)
         self.components.closers.append(cache.close)
         if config.http.frontend_port:
-            target = web.Application()
+            target = self._web_application()
             self._add_operational_routes(target)
         else:
             target = main
-        self.frontend = add_frontend_routes(target, reader, cache, config.frontend)
+        retention_ns = int(config.store.retention_hours * 3600e9) if config.store.enabled else 0
+        if retention_ns > 0 and config.frontend.reader == "embedded":
+            self.frontend = add_frontend_routes(target, reader, cache, config.frontend, max_range_ns=retention_ns)
+        else:
+            self.frontend = add_frontend_routes(target, reader, cache, config.frontend)
         add_analysis_routes(target, self.frontend)
         from kelemetry_py.plugins import load_transforms
 
@@ -118,7 +143,9 @@ class App:
         if config.frontend.grpc_port:
             from kelemetry_py.frontend.grpc_storage import serve_grpc_storage
 
-            self._grpc = await serve_grpc_storage(self.frontend, config.http.host, config.frontend.grpc_port)
+            self._grpc = await serve_grpc_storage(
+                self.frontend, config.http.host, config.frontend.grpc_port, self.authenticator
+            )
             self.ports["grpc"] = self._grpc.port
 
     async def settle(self) -> None:
@@ -157,10 +184,25 @@ class App:
             for closer in reversed(components.closers):
                 await closer()
             self.components = None
+        if self.authenticator is not None:
+            await self.authenticator.close()
+            self.authenticator = None
         self._stopping = False
         return drained
 
-    def _add_operational_routes(self, app: web.Application) -> None:
+    def _web_application(self, **kwargs: Any) -> web.Application:
+        """An aiohttp app with the error guard (500s tell a request id, nothing else) and authentication."""
+        from kelemetry_py.auth.middleware import auth_middleware, error_middleware
+
+        assert self.components is not None
+        metrics = self.components.metrics
+        guard = error_middleware(metrics)
+        authenticate = auth_middleware(
+            self.authenticator, metrics=metrics, metrics_public=self.config.metrics.public
+        )
+        return web.Application(middlewares=[guard, authenticate], **kwargs)
+
+    def _add_operational_routes(self, app: web.Application, *, with_metrics: bool = True) -> None:
         async def healthz(_: web.Request) -> web.Response:
             return web.Response(text="ok")
 
@@ -189,14 +231,16 @@ class App:
 
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
+        if with_metrics:
+            app.router.add_get("/metrics", metrics)
 
-    async def _serve(self, app: web.Application, port: int) -> int:
+    async def _serve(self, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         # The webhook inflates gzip bodies itself, with a bound; aiohttp's own inflation has none.
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.http.host, port, ssl_context=self._ssl_context())
+        context = ssl_context if ssl_context is not None else self._ssl_context()
+        site = web.TCPSite(runner, self.config.http.host, port, ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None and hasattr(server, "sockets")
@@ -204,14 +248,23 @@ class App:
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         http = self.config.http
-        if not http.tls_cert_file:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
-        if http.client_ca_file:
-            context.load_verify_locations(http.client_ca_file)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return server_ssl_context(http.tls_cert_file, http.tls_key_file)
+
+    def _ingest_ssl_context(self) -> ssl.SSLContext | None:
+        """TLS of the ingest listener; with ingest.client_ca_file the apiserver must present a certificate."""
+        ingest = self.config.ingest
+        return server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
+
+
+def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext | None:
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def build_components(config: Config) -> Components:

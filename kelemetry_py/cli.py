@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from kelemetry_py import __version__
-from kelemetry_py.config import Config, ConfigError, load_config
+from kelemetry_py.config import Config, ConfigError, load_config, masked
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +76,11 @@ def _add_object_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("KELEMETRY_SERVER", "http://127.0.0.1:8080"),
         help="kelemetry-py frontend URL (env KELEMETRY_SERVER)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("KELEMETRY_TOKEN", ""),
+        help="bearer token when the server has auth.mode token or kubernetes (env KELEMETRY_TOKEN)",
+    )
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
 
 
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kelemetry-py: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "config":
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(masked(config.to_dict()), sort_keys=False), end="")
         return 0
     return _serve(config)
 
@@ -189,10 +194,10 @@ def _query_command(args: Any, out: Any = None) -> int:
         target = Target.parse(args.object, args.namespace, args.cluster)
         start_ns, end_ns = time_range(args.since, args.start, args.end)
         if args.command == "analyze":
-            document = asyncio.run(fetch_analysis(args.server, target, start_ns, end_ns, args.scope))
+            document = asyncio.run(fetch_analysis(args.server, target, start_ns, end_ns, args.scope, args.token))
             text = render_report(document) if args.output == "text" else None
         else:
-            document = asyncio.run(fetch_trace(args.server, target, start_ns, end_ns, args.mode))
+            document = asyncio.run(fetch_trace(args.server, target, start_ns, end_ns, args.mode, args.token))
             text = render_tree(document, show_logs=not args.no_logs) if args.output == "text" else None
     except CommandError as exc:
         print(f"kelemetry-py {args.command}: {exc}", file=sys.stderr)

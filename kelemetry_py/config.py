@@ -7,7 +7,9 @@ Every problem is reported as ``ConfigError("section.key: reason")`` before anyth
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -29,16 +31,84 @@ class ConfigError(ValueError):
 
 @dataclass
 class HttpConfig:
-    host: str = "0.0.0.0"
+    # Loopback by default: anything wider is said explicitly (the image and deploy manifests say 0.0.0.0).
+    host: str = "127.0.0.1"
     port: int = 8080
     # A separate port for the query frontend; 0 serves it on the webhook's port.
     frontend_port: int = 0
+    # A separate listener for the audit webhook (with the ingest.* TLS, client CA and tokens); 0 serves the
+    # webhook on the main port, where only ingest.tokens can protect it.
+    ingest_port: int = 0
+    # TLS of the main (query) listener. Client certificates belong to the ingest listener (ingest.client_ca_file).
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Client certificates for the webhook (the apiserver's --audit-webhook-config-file kubeconfig).
+    # Moved to ingest.client_ca_file (client certificates on the main port break browsers and probes).
     client_ca_file: str = ""
-    # Bearer tokens accepted on the webhook; empty accepts any caller.
+    # Bearer tokens accepted on the webhook, an alias of ingest.tokens (both lists are accepted).
     webhook_tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestConfig:
+    """How the kube-apiserver authenticates to /audit: its own trust domain, apart from people and tools."""
+
+    # Server certificate of the ingest listener (http.ingest_port).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Client certificates the apiserver presents (its --audit-webhook-config-file kubeconfig); needs TLS.
+    client_ca_file: str = ""
+    # Bearer tokens accepted on /audit; empty (and no client CA) accepts any caller.
+    tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuthToken:
+    token: str = ""
+    user: str = ""
+    # "*" means every cluster / every namespace.
+    clusters: list[str] = field(default_factory=lambda: ["*"])
+    namespaces: list[str] = field(default_factory=lambda: ["*"])
+    # Cluster-scoped objects (Nodes, ClusterRoles, Namespaces...).
+    cluster_scoped: bool = False
+
+
+@dataclass
+class KubernetesAuthConfig:
+    # The cluster whose TokenReview / SubjectAccessReview decide: a kube.clusters name, or a cluster of its own
+    # given by kubeconfig/context/in_cluster below (then this is the name its objects are recorded under).
+    cluster: str = ""
+    kubeconfig: str = ""
+    context: str = ""
+    in_cluster: bool = False
+    # Audiences the caller's token must be valid for; empty means the apiserver's own.
+    audiences: list[str] = field(default_factory=list)
+    # How long TokenReview and SubjectAccessReview decisions are reused.
+    cache_ttl_seconds: float = 60.0
+    cache_max_entries: int = 100_000
+
+
+AUTH_MODES = ("none", "token", "kubernetes")
+
+
+@dataclass
+class AuthConfig:
+    """Who may read (every read surface: Jaeger APIs, /redirect, /api/analysis, gRPC, /metrics)."""
+
+    mode: str = "none"
+    tokens: list[AuthToken] = field(default_factory=list)
+    kubernetes: KubernetesAuthConfig = field(default_factory=KubernetesAuthConfig)
+
+
+@dataclass
+class SecurityConfig:
+    # Allow a non-loopback listener without ingest or query authentication (only on a trusted network).
+    allow_unauthenticated: bool = False
+
+
+@dataclass
+class MetricsConfig:
+    # /metrics without the admin scope (for a Prometheus that cannot send a token).
+    public: bool = False
 
 
 @dataclass
@@ -58,8 +128,11 @@ class RedactionConfig:
     # Dotted paths stripped from every object before a span or log is made, in addition to Secret data.
     # A path segment may be "*" (any key or list item); e.g. "spec.template.spec.containers.*.env".
     paths: list[str] = field(default_factory=list)
-    # Resources whose objects lose data/stringData and their last-applied-configuration annotation.
+    # Resources whose objects lose data/stringData and their last-applied-configuration annotation
+    # (matched case-insensitively).
     secret_resources: list[str] = field(default_factory=lambda: ["secrets"])
+    # Container env values whose variable name matches are replaced in every pod spec and pod template.
+    env_name_pattern: str = "(?i)(pass|secret|token|key|credential|auth)"
 
 
 @dataclass
@@ -143,7 +216,12 @@ class KubeConfig:
     watch_objects: bool = True
     # Resources as "resource" or "resource.group"; empty include means every list+watch resource.
     include_resources: list[str] = field(default_factory=list)
-    exclude_resources: list[str] = field(default_factory=lambda: ["events", "events.events.k8s.io", "leases"])
+    # Secrets are not watched: reading them needs the most dangerous permission there is (see watch_secret_metadata).
+    exclude_resources: list[str] = field(
+        default_factory=lambda: ["events", "events.events.k8s.io", "leases", "secrets"]
+    )
+    # Opt-in: watch Secrets as metadata only (PartialObjectMetadata), never their data.
+    watch_secret_metadata: bool = False
     discovery_interval_seconds: float = 300.0
     event_max_age_seconds: float = 3600.0
     # How long an audit span waits for the differ's diff of its resourceVersion.
@@ -184,6 +262,9 @@ class FrontendConfig:
     # Jaeger v2 remote-storage gRPC API (jaeger.storage.v2.TraceReader); 0 leaves it off.
     grpc_port: int = 0
     default_mode: str = "tracing"
+    # Bounds of every search: traces per answer and bytes per answer (larger answers are refused with 400).
+    max_traces: int = 1000
+    max_response_bytes: int = 64 * 1024 * 1024
     ui_dir: str = ""
     trace_cache_ttl_seconds: float = 3600.0
     max_ancestor_depth: int = 3
@@ -202,6 +283,9 @@ class PluginsConfig:
 class Config:
     # The cluster name used when a webhook path names none (POST /audit).
     cluster: str = "default"
+    # Cluster names the webhook accepts besides `cluster` and kube.clusters; when this or kube.clusters is
+    # set, any other name in /audit/{cluster} answers 404.
+    clusters: list[str] = field(default_factory=list)
     log_level: str = "info"
     http: HttpConfig = field(default_factory=HttpConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
@@ -213,6 +297,10 @@ class Config:
     kube: KubeConfig = field(default_factory=KubeConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     # On SIGTERM: stop accepting, then drain the pipeline and writers for at most this long (under Kubernetes'
     # default 30 s termination grace); what did not drain stays in the spool for the next start.
@@ -243,7 +331,7 @@ def load_config(
             raise ConfigError(f"config file {path}: must be a mapping of sections")
         raw = loaded or {}
     for key, value in _env_overrides(os.environ if env is None else env).items():
-        _set_dotted(raw, key, yaml.safe_load(value) if value else value)
+        _set_dotted(raw, key, _env_value(key, value))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
@@ -258,6 +346,28 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
         if name.startswith(ENV_PREFIX) and name not in ("KELEMETRY_CONFIG",):
             out[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
     return out
+
+
+def _env_value(dotted: str, text: str) -> Any:
+    """An environment value stays a string unless the key's type is structured (a mapping, a list of sections):
+    ``on`` is not True and ``0755`` is not 493. Scalars are converted by the key's own type afterwards."""
+    hint: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(hint):
+            return text
+        hint = typing.get_type_hints(hint).get(part)
+        if hint is None:
+            return text
+    origin = typing.get_origin(hint)
+    structured = origin is dict or (
+        origin is list and any(dataclasses.is_dataclass(arg) for arg in typing.get_args(hint))
+    )
+    if structured and text:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{dotted}: not valid YAML: {exc}") from None
+    return text
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -337,10 +447,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"http.frontend_port: {config.http.frontend_port} is not a TCP port")
     if bool(config.http.tls_cert_file) != bool(config.http.tls_key_file):
         raise ConfigError("http.tls_cert_file: TLS needs both tls_cert_file and tls_key_file")
-    if config.http.client_ca_file and not config.http.tls_cert_file:
-        raise ConfigError("http.client_ca_file: client certificates need tls_cert_file and tls_key_file")
-    if not config.cluster or "/" in config.cluster:
-        raise ConfigError(f"cluster: {config.cluster!r} is not a usable cluster name")
+    validate_security(config)
+    if not is_cluster_name(config.cluster):
+        raise ConfigError(f"cluster: {config.cluster!r} is not a cluster name ({CLUSTER_NAME_RULE})")
+    for i, name in enumerate(config.clusters):
+        if not is_cluster_name(name):
+            raise ConfigError(f"clusters[{i}]: {name!r} is not a cluster name ({CLUSTER_NAME_RULE})")
+    try:
+        re.compile(config.redaction.env_name_pattern)
+    except re.error as exc:
+        raise ConfigError(f"redaction.env_name_pattern: not a regular expression: {exc}") from None
+    positive("frontend.max_traces", config.frontend.max_traces)
+    positive("frontend.max_response_bytes", config.frontend.max_response_bytes)
     positive("audit.max_body_bytes", config.audit.max_body_bytes)
     positive("pipeline.partitions", config.pipeline.partitions)
     positive("pipeline.queue_capacity", config.pipeline.queue_capacity)
@@ -394,8 +512,137 @@ def validate(config: Config) -> None:
     for i, cluster in enumerate(config.kube.clusters):
         if not cluster.name:
             raise ConfigError(f"kube.clusters[{i}].name: every watched cluster needs a name")
+        if not is_cluster_name(cluster.name):
+            raise ConfigError(f"kube.clusters[{i}].name: {cluster.name!r} is not a cluster name ({CLUSTER_NAME_RULE})")
     if len(set(names)) != len(names):
         raise ConfigError("kube.clusters: cluster names must be unique")
+
+
+CLUSTER_NAME_RULE = "lower-case letters, digits, '-' and '.', starting and ending alphanumeric, at most 63"
+_CLUSTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def is_cluster_name(name: str) -> bool:
+    return len(name) <= 63 and _CLUSTER_NAME.fullmatch(name) is not None
+
+
+def allowed_clusters(config: Config) -> frozenset[str] | None:
+    """Cluster names the webhook accepts, or None when none are configured (any valid name then)."""
+    named = [*config.clusters, *(cluster.name for cluster in config.kube.clusters)]
+    if not named:
+        return None
+    return frozenset([config.cluster, *named])
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def ingest_authenticated(config: Config) -> bool:
+    return bool(config.ingest.tokens or config.http.webhook_tokens or config.ingest.client_ca_file)
+
+
+def validate_security(config: Config) -> None:
+    """Listeners, ingest and query authentication: a non-loopback server must authenticate both trust domains."""
+    http, ingest, auth = config.http, config.ingest, config.auth
+    if not 0 <= http.ingest_port <= 65535:
+        raise ConfigError(f"http.ingest_port: {http.ingest_port} is not a TCP port")
+    if http.client_ca_file:
+        raise ConfigError(
+            "http.client_ca_file: client certificates now apply to the ingest listener only; "
+            "set ingest.client_ca_file (with http.ingest_port and ingest.tls_cert_file/tls_key_file)"
+        )
+    if bool(ingest.tls_cert_file) != bool(ingest.tls_key_file):
+        raise ConfigError("ingest.tls_cert_file: TLS needs both ingest.tls_cert_file and ingest.tls_key_file")
+    if (ingest.tls_cert_file or ingest.client_ca_file) and not http.ingest_port:
+        raise ConfigError(
+            "http.ingest_port: ingest.tls_cert_file and ingest.client_ca_file need a separate ingest listener"
+        )
+    if ingest.client_ca_file and not ingest.tls_cert_file:
+        raise ConfigError("ingest.client_ca_file: client certificates need ingest.tls_cert_file and tls_key_file")
+    if auth.mode not in AUTH_MODES:
+        raise ConfigError(f"auth.mode: {auth.mode!r} is not one of {', '.join(AUTH_MODES)}")
+    if auth.mode == "token":
+        if not auth.tokens:
+            raise ConfigError("auth.tokens: auth.mode token needs at least one token")
+        seen: set[str] = set()
+        for i, token in enumerate(auth.tokens):
+            if len(token.token) < 16:
+                raise ConfigError(f"auth.tokens[{i}].token: must be at least 16 characters")
+            if token.token in seen:
+                raise ConfigError(f"auth.tokens[{i}].token: tokens must be unique")
+            seen.add(token.token)
+            if not token.user:
+                raise ConfigError(f"auth.tokens[{i}].user: every token needs a user name")
+            if not token.clusters or not token.namespaces:
+                raise ConfigError(f"auth.tokens[{i}]: clusters and namespaces must not be empty (\"*\" means all)")
+    if auth.mode == "kubernetes":
+        kube = auth.kubernetes
+        own = bool(kube.kubeconfig or kube.in_cluster or kube.context)
+        watched = {cluster.name for cluster in config.kube.clusters}
+        if not kube.cluster:
+            raise ConfigError("auth.kubernetes.cluster: name the cluster whose RBAC decides")
+        if not own and kube.cluster not in watched:
+            raise ConfigError(
+                f"auth.kubernetes.cluster: {kube.cluster!r} is not in kube.clusters; "
+                "give auth.kubernetes.kubeconfig or in_cluster for a cluster of its own"
+            )
+        if kube.cache_ttl_seconds < 0:
+            raise ConfigError("auth.kubernetes.cache_ttl_seconds: must not be negative")
+        if kube.cache_max_entries <= 0:
+            raise ConfigError("auth.kubernetes.cache_max_entries: must be greater than 0")
+    if is_loopback(http.host) or config.security.allow_unauthenticated:
+        return
+    missing = []
+    if not ingest_authenticated(config):
+        missing.append("ingest.tokens (or ingest.client_ca_file with http.ingest_port)")
+    if auth.mode == "none":
+        missing.append("auth.mode (token or kubernetes)")
+    if missing:
+        raise ConfigError(
+            f"http.host: {http.host} is not loopback and nothing authenticates callers; set "
+            + " and ".join(missing)
+            + ", or security.allow_unauthenticated: true if this network is trusted"
+        )
+
+
+_SECRET_KEY = re.compile(r"(?i)(pass|secret|token|credential|auth)")
+_MASK = "<masked>"
+
+
+def masked(value: Any, key: str = "") -> Any:
+    """``value`` (from :meth:`Config.to_dict`) with every secret-bearing value masked: tokens, passwords,
+    headers, and passwords inside URLs (``redis://:pw@host``). Paths (``*_file``) stay readable."""
+    if isinstance(value, dict):
+        if key == "headers":
+            return {name: _MASK for name in value}
+        return {name: masked(item, str(name)) for name, item in value.items()}
+    if isinstance(value, list):
+        return [masked(item, key) for item in value]
+    if isinstance(value, str):
+        if value and _SECRET_KEY.search(key) and not key.endswith(("_file", "_files", "_pattern", "_resources")):
+            return _MASK
+        return _mask_url_password(value)
+    return value
+
+
+def _mask_url_password(text: str) -> str:
+    if "@" not in text or "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if parts.password is None:
+        return text
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:{_MASK}@{host}").geturl()
 
 
 @dataclass(frozen=True)

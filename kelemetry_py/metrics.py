@@ -21,6 +21,23 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.audit_events_invalid = Counter(
+            "kelemetry_audit_events_invalid",
+            "Audit events dropped alone at ingest because a field is longer or stranger than Kubernetes allows",
+            ["field"],
+            registry=r,
+        )
+        self.auth_requests_denied = Counter(
+            "kelemetry_auth_requests_denied",
+            "Read requests refused by authentication or authorization",
+            ["reason"],
+            registry=r,
+        )
+        self.http_errors = Counter(
+            "kelemetry_http_internal_errors",
+            "Requests answered 500 (the log line carries the request id)",
+            registry=r,
+        )
         self.observations_submitted = Counter(
             "kelemetry_observations_submitted", "Observations handed to the pipeline", ["kind"], registry=r
         )

@@ -7,6 +7,7 @@ readers move spans in and out of storage. Nothing here knows about OpenTelemetry
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,11 +40,22 @@ class ObjectRef:
 
     @property
     def key(self) -> str:
-        return f"{self.cluster}/{self.group}/{self.resource}/{self.namespace}/{self.name}"
+        """``cluster/group/resource/namespace/name`` with ``%`` and ``/`` escaped inside each part, so two
+        different objects never share a key (``ns=x/y name=z`` vs ``ns=x name=y/z``). Parts without those
+        characters (every valid Kubernetes name) read as before, so span ids of real objects are unchanged."""
+        joined = f"{self.cluster}/{self.group}/{self.resource}/{self.namespace}/{self.name}"
+        if joined.count("/") == 4 and "%" not in joined:  # the hot path: nothing to escape
+            return joined
+        return "/".join(
+            _escape_part(part) for part in (self.cluster, self.group, self.resource, self.namespace, self.name)
+        )
 
     @classmethod
     def from_key(cls, key: str, version: str = "", uid: str = "") -> ObjectRef:
-        cluster, group, resource, namespace, name = key.split("/", 4)
+        parts = key.split("/")
+        if len(parts) != 5:
+            raise ValueError(f"not an object key: {key!r}")
+        cluster, group, resource, namespace, name = (_unescape_part(part) for part in parts)
         return cls(cluster, group, version, resource, namespace, name, uid)
 
     def tags(self) -> Attributes:
@@ -61,6 +73,21 @@ class ObjectRef:
 
     def __str__(self) -> str:
         return self.key
+
+
+_ESCAPED = re.compile("%(25|2F)")
+
+
+def _escape_part(part: str) -> str:
+    if "%" in part or "/" in part:
+        return part.replace("%", "%25").replace("/", "%2F")
+    return part
+
+
+def _unescape_part(part: str) -> str:
+    if "%" in part:
+        return _ESCAPED.sub(lambda match: "/" if match.group(1) == "2F" else "%", part)
+    return part
 
 
 @dataclass(slots=True)

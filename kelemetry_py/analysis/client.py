@@ -74,17 +74,20 @@ def _seconds(ns: int) -> str:
     return f"{ns // 10**9}.{ns % 10**9:09d}"
 
 
-async def _get(server: str, path: str, params: dict[str, str]) -> tuple[int, Any]:
+async def _get(server: str, path: str, params: dict[str, str], token: str = "") -> tuple[int, Any]:
     url = server.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with (
             aiohttp.ClientSession(timeout=_TIMEOUT) as session,
-            session.get(url, params=params) as response,
+            session.get(url, params=params, headers=headers) as response,
         ):
             body = await response.read()
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise CommandError(f"cannot reach {server}: {exc or type(exc).__name__}") from None
+    if status in (401, 403):
+        raise CommandError(f"{server} refused the request ({status}): give a token with --token or KELEMETRY_TOKEN")
     try:
         return status, orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -103,10 +106,10 @@ def _server_message(payload: Any) -> str:
 
 
 async def fetch_analysis(
-    server: str, target: Target, start_ns: int, end_ns: int, scope: str = "owned"
+    server: str, target: Target, start_ns: int, end_ns: int, scope: str = "owned", token: str = ""
 ) -> dict[str, Any]:
     params = {**target.tags(), "start": _seconds(start_ns), "end": _seconds(end_ns), "scope": scope}
-    status, payload = await _get(server, "/api/analysis", params)
+    status, payload = await _get(server, "/api/analysis", params, token)
     if status == 404:
         raise CommandError(f"no trace of {target} between the given times")
     if status != 200 or not isinstance(payload, dict):
@@ -114,7 +117,9 @@ async def fetch_analysis(
     return payload
 
 
-async def fetch_trace(server: str, target: Target, start_ns: int, end_ns: int, mode: str = "tracing") -> dict[str, Any]:
+async def fetch_trace(
+    server: str, target: Target, start_ns: int, end_ns: int, mode: str = "tracing", token: str = ""
+) -> dict[str, Any]:
     """The object's trace in Jaeger's v1 JSON model, as Jaeger UI would get it from ``/api/traces``."""
     # Empty values (the core group, no namespace) are checked on the results, not searched for.
     tags = {key: value for key, value in target.tags().items() if key != "cluster" and value}
@@ -126,7 +131,7 @@ async def fetch_trace(server: str, target: Target, start_ns: int, end_ns: int, m
         "end": str(end_ns // 1000),
         "limit": "20",
     }
-    status, payload = await _get(server, "/api/traces", params)
+    status, payload = await _get(server, "/api/traces", params, token)
     if status != 200 or not isinstance(payload, dict):
         raise CommandError(f"search failed ({status}): {_server_message(payload)}", 2 if status == 400 else 1)
     traces = [trace for trace in payload.get("data") or [] if isinstance(trace, dict)]

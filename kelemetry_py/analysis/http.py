@@ -16,7 +16,9 @@ from aiohttp import web
 
 from kelemetry_py.analysis.schema import ANALYSIS_SCHEMA
 from kelemetry_py.analysis.service import AnalysisError, AnalysisRequest, AnalysisService
-from kelemetry_py.frontend.http import parse_go_duration, parse_rfc3339
+from kelemetry_py.auth import request_scope
+from kelemetry_py.auth.middleware import internal_error, request_id
+from kelemetry_py.frontend.http import checked_range, checked_time, parse_go_duration, parse_rfc3339
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.service import FrontendService
 from kelemetry_py.kube.catalog import ResourceCatalog
@@ -31,12 +33,17 @@ def parse_time(text: str, name: str) -> int:
     text = text.strip()
     if _UNIX_SECONDS.match(text):
         seconds, _, fraction = text.partition(".")
-        return int(seconds) * 10**9 + int(fraction[:9].ljust(9, "0") or 0)
+        if len(seconds) > 12:
+            raise FrontendError(f"{name}: out of range (the epoch to the year 2116)")
+        return checked_time(int(seconds) * 10**9 + int(fraction[:9].ljust(9, "0") or 0), name)
     return parse_rfc3339(text, name)
 
 
-def request_from_query(query: Any, now_ns: int) -> AnalysisRequest:
+def request_from_query(query: Any, now_ns: int, max_range_ns: int | None = None) -> AnalysisRequest:
     """An :class:`AnalysisRequest` from query parameters (a mapping of str to str)."""
+    for key in ("resource", "group", "kind", "name", "namespace", "cluster", "scope", "start", "end", "lookback"):
+        if len(query.get(key, "")) > 253:
+            raise AnalysisError(f"{key}: longer than 253 characters")
     resource = query.get("resource", "")
     group = query.get("group")
     kind = query.get("kind", "")
@@ -53,7 +60,14 @@ def request_from_query(query: Any, now_ns: int) -> AnalysisRequest:
         start_ns = parse_time(start_text, "start")
     else:
         lookback = query.get("lookback", "")
-        start_ns = end_ns - (parse_go_duration(lookback, "lookback") if lookback else _DEFAULT_LOOKBACK_NS)
+        lookback_ns = parse_go_duration(lookback, "lookback") if lookback else _DEFAULT_LOOKBACK_NS
+        if lookback_ns < 0:
+            raise AnalysisError("lookback: must not be negative")
+        if max_range_ns is not None:
+            checked_range(end_ns - lookback_ns, end_ns, max_range_ns, "lookback")
+        start_ns = max(0, end_ns - lookback_ns)
+    if max_range_ns is not None:
+        checked_range(start_ns, end_ns, max_range_ns, "start")
     request = AnalysisRequest(
         resource=resource,
         name=query.get("name", ""),
@@ -73,17 +87,21 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _analysis(request: web.Request) -> web.StreamResponse:
+    service = request.app[ANALYSIS_KEY]
     try:
-        wanted = request_from_query(request.query, time.time_ns())
-        document = await request.app[ANALYSIS_KEY].analyze(wanted)
+        wanted = request_from_query(request.query, time.time_ns(), service.frontend.max_range_ns)
+        document = await service.analyze(wanted, request_scope(request))
     except FrontendError as exc:
         return _error(400, str(exc))
-    except Exception as exc:  # a reader failing still gets a readable answer, not a bare 500 page
-        request.app.logger.exception("analysis of %s failed", request.query_string)
-        return _error(500, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a generic message and a request id, never the exception text
+        internal_error(request, service.frontend.metrics, exc)
+        return _error(500, f"internal error; request id {request_id(request)}")
     if document is None:
         return _error(404, "no trace of that object in that time range")
-    return web.Response(body=orjson.dumps(document), content_type="application/json")
+    body = orjson.dumps(document)
+    if len(body) > service.frontend.config.max_response_bytes:
+        return _error(400, "the analysis exceeds frontend.max_response_bytes; narrow the range or the scope")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _schema(_: web.Request) -> web.StreamResponse:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kelemetry_py.analysis.analyzer import analyze
+from kelemetry_py.auth import EVERYTHING, Scope
+from kelemetry_py.auth.masking import mask_document, namespaces_allowed
 from kelemetry_py.frontend.assembly import ObjectMatch
 from kelemetry_py.frontend.modes import FrontendError, Modifier
 from kelemetry_py.frontend.service import FrontendService
@@ -47,7 +49,7 @@ class AnalysisService:
     def __init__(self, frontend: FrontendService) -> None:
         self.frontend = frontend
 
-    async def find(self, request: AnalysisRequest) -> ObjectMatch | None:
+    async def find(self, request: AnalysisRequest, scope: Scope = EVERYTHING) -> ObjectMatch | None:
         """The object the request names with data in the range; the most recently active one on a tie."""
         request.check()
         wanted = {
@@ -66,21 +68,26 @@ class AnalysisService:
                 limit=_CANDIDATES,
             ),
             max_objects=_CANDIDATES,
+            scope=scope,
         )
         exact = [match for match in matches if all(_field(match, k) == v for k, v in tags.items())]
         return exact[0] if exact else None
 
-    async def analyze(self, request: AnalysisRequest) -> dict[str, Any] | None:
-        """The analysis document, or None when the object has no data in the range."""
-        match = await self.find(request)
+    async def analyze(self, request: AnalysisRequest, scope: Scope = EVERYTHING) -> dict[str, Any] | None:
+        """The analysis document over what ``scope`` may see, or None when the object has no data in the range."""
+        match = await self.find(request, scope)
         if match is None:
             return None
         trace = await self.frontend.assembler.assemble(
-            match.key, request.start_ns, request.end_ns, SCOPES[request.scope]
+            match.key, request.start_ns, request.end_ns, SCOPES[request.scope], scope
         )
         if trace is None:
             return None
-        return analyze(trace)
+        document = analyze(trace)
+        if not scope.sees_everything:
+            shown = namespaces_allowed(scope, (obj.ref for obj in trace.objects.values()))
+            document = mask_document(document, shown)
+        return document
 
 
 def _field(match: ObjectMatch, name: str) -> str:

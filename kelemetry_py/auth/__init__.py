@@ -43,6 +43,9 @@ class Scope(Protocol):
     async def visible(self, refs: Iterable[ObjectRef]) -> set[ObjectRef]:
         """The subset of ``refs`` the caller may see (checked concurrently, decisions cached)."""
 
+    def allows_cluster(self, cluster: str) -> bool:
+        """May objects of this cluster be visible at all (what lists of clusters show)?"""
+
 
 class _Everything:
     user = "anonymous"
@@ -59,6 +62,9 @@ class _Everything:
 
     async def visible(self, refs: Iterable[ObjectRef]) -> set[ObjectRef]:
         return set(refs)
+
+    def allows_cluster(self, cluster: str) -> bool:
+        return True
 
 
 EVERYTHING: Scope = _Everything()

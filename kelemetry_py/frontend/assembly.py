@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from kelemetry_py.auth import EVERYTHING, Scope
 from kelemetry_py.frontend.modes import Modifier
 from kelemetry_py.model import (
     SERVICE_LINK,
@@ -202,13 +203,17 @@ class Assembler:
         self.max_descendant_depth = max_descendant_depth
         self._limit = asyncio.Semaphore(concurrency)
 
-    async def search(self, query: TraceQuery, max_objects: int) -> list[ObjectMatch]:
-        """Objects with a raw trace matching ``query``, newest activity first, at most ``max_objects``."""
+    async def search(self, query: TraceQuery, max_objects: int, scope: Scope = EVERYTHING) -> list[ObjectMatch]:
+        """Objects with a raw trace matching ``query`` that ``scope`` may see, newest activity first, at most
+        ``max_objects``."""
+        tags = dict(query.tags) if scope.sees_everything else _narrowed(query.tags, scope)
+        if tags is None:
+            return []
         wide = TraceQuery(
-            tags=dict(query.tags),
+            tags=tags,
             start_ns=query.start_ns,
             end_ns=query.end_ns,
-            limit=max(query.limit, max_objects) * 4,
+            limit=max(query.limit, max_objects) * (4 if scope.sees_everything else 16),
             service=query.service,
         )
         hits = await self._reader.find_traces(wide)
@@ -219,6 +224,9 @@ class Assembler:
             ObjectMatch(group[0].ref, tuple(sorted(group, key=lambda hit: -hit.end_ns)))
             for group in grouped.values()
         ]
+        if not scope.sees_everything:
+            allowed = await scope.visible(match.ref for match in matches)
+            matches = [match for match in matches if match.ref in allowed]
         matches.sort(key=lambda match: (-match.end_ns, match.key))
         return matches[:max_objects]
 
@@ -245,29 +253,47 @@ class Assembler:
         async with self._limit:
             return await self._reader.get_trace(trace_id)
 
-    async def _load_many(self, keys: Iterable[str], start_ns: int, end_ns: int) -> dict[str, ObjectTrace]:
+    async def _load_many(
+        self, keys: Iterable[str], start_ns: int, end_ns: int, scope: Scope = EVERYTHING
+    ) -> dict[str, ObjectTrace]:
         wanted = sorted(set(keys))
+        if not scope.sees_everything:
+            # An object out of scope is never read, and no link leads to it: it is absent, not hidden.
+            refs = {key: ObjectRef.from_key(key) for key in wanted}
+            allowed = await scope.visible(refs.values())
+            wanted = [key for key in wanted if refs[key] in allowed]
         loaded = await asyncio.gather(*(self.load(key, start_ns, end_ns) for key in wanted))
-        return {key: obj for key, obj in zip(wanted, loaded, strict=True) if obj is not None}
+        objects = {key: obj for key, obj in zip(wanted, loaded, strict=True) if obj is not None}
+        if not scope.sees_everything:
+            targets = await scope.visible(link.target for obj in objects.values() for link in obj.links)
+            for obj in objects.values():
+                obj.links = [link for link in obj.links if link.target in targets]
+        return objects
 
     async def assemble(
-        self, searched_key: str, start_ns: int, end_ns: int, modifier: Modifier = Modifier.NONE
+        self,
+        searched_key: str,
+        start_ns: int,
+        end_ns: int,
+        modifier: Modifier = Modifier.NONE,
+        scope: Scope = EVERYTHING,
     ) -> AssembledTrace | None:
-        """The view's objects for ``searched_key`` over the range; None when the object has no data there."""
-        objects = await self._load_many([searched_key], start_ns, end_ns)
+        """The view's objects for ``searched_key`` over the range as ``scope`` may see them; None when the object
+        has no data there (or is out of scope)."""
+        objects = await self._load_many([searched_key], start_ns, end_ns, scope)
         if searched_key not in objects:
             return None
         graph: nx.DiGraph = nx.DiGraph()
         graph.add_node(searched_key)
         root = searched_key
         if modifier in (Modifier.ANCESTORS, Modifier.FULL_TREE):
-            root, path = await self._climb(searched_key, objects, graph, start_ns, end_ns)
+            root, path = await self._climb(searched_key, objects, graph, start_ns, end_ns, scope)
             if modifier is Modifier.ANCESTORS:
                 return self._restricted(searched_key, root, path, objects, graph, start_ns, end_ns)
             depth = len(path) - 1 + self.max_descendant_depth
-            await self._descend(root, depth, objects, graph, start_ns, end_ns)
+            await self._descend(root, depth, objects, graph, start_ns, end_ns, scope)
         elif modifier is Modifier.OWNED_OBJECTS:
-            await self._descend(searched_key, self.max_descendant_depth, objects, graph, start_ns, end_ns)
+            await self._descend(searched_key, self.max_descendant_depth, objects, graph, start_ns, end_ns, scope)
         tree = self._as_tree(graph.subgraph([key for key in graph if key in objects]), root)
         path = nx.shortest_path(tree, root, searched_key) if searched_key in tree else [root]
         tree = self._without_idle(tree, root, set(path), objects)
@@ -275,7 +301,13 @@ class Assembler:
         return AssembledTrace(searched_key, root, kept, tree, start_ns, end_ns)
 
     async def _climb(
-        self, start: str, objects: dict[str, ObjectTrace], graph: nx.DiGraph, start_ns: int, end_ns: int
+        self,
+        start: str,
+        objects: dict[str, ObjectTrace],
+        graph: nx.DiGraph,
+        start_ns: int,
+        end_ns: int,
+        scope: Scope = EVERYTHING,
     ) -> tuple[str, list[str]]:
         """Follow parent links upward; returns the chosen root and the path root → ``start``."""
         frontier = [start]
@@ -288,7 +320,7 @@ class Assembler:
                         graph.add_edge(link.target.key, key, link_class=link.link_class)
                         if link.target.key not in distance:
                             wanted.setdefault(link.target.key, link)
-            loaded = await self._load_many(wanted, start_ns, end_ns)
+            loaded = await self._load_many(wanted, start_ns, end_ns, scope)
             objects.update(loaded)
             frontier = sorted(loaded)
             for key in frontier:
@@ -313,6 +345,7 @@ class Assembler:
         graph: nx.DiGraph,
         start_ns: int,
         end_ns: int,
+        scope: Scope = EVERYTHING,
     ) -> None:
         seen = {root}
         frontier = [root]
@@ -325,7 +358,7 @@ class Assembler:
                         wanted.add(link.target.key)
             seen |= wanted
             missing = [key for key in wanted if key not in objects]
-            objects.update(await self._load_many(missing, start_ns, end_ns))
+            objects.update(await self._load_many(missing, start_ns, end_ns, scope))
             frontier = sorted(key for key in wanted if key in objects)
             if not frontier:
                 break
@@ -367,6 +400,27 @@ class Assembler:
         for parent, child in nx.bfs_edges(graph, root, sort_neighbors=sorted):
             tree.add_edge(parent, child, **graph.edges[parent, child])
         return tree
+
+
+def _narrowed(tags: dict[str, str], scope: Scope) -> dict[str, str] | None:
+    """The query's tags with a one-cluster / one-namespace scope pushed down; None when the query asks only for
+    what the scope cannot see."""
+    narrowed = dict(tags)
+    if "cluster" in narrowed and not scope.allows_cluster(narrowed["cluster"]):
+        return None
+    static = scope.static()
+    if static is None:
+        return narrowed
+    if static.clusters is not None and len(static.clusters) == 1:
+        narrowed.setdefault("cluster", next(iter(static.clusters)))
+    if static.namespaces is not None:
+        namespace = narrowed.get("namespace")
+        if namespace is not None:
+            if namespace not in static.namespaces and not (namespace == "" and static.cluster_scoped):
+                return None
+        elif len(static.namespaces) == 1 and not static.cluster_scoped:
+            narrowed["namespace"] = next(iter(static.namespaces))
+    return narrowed
 
 
 def _neg_key(key: str) -> tuple[int, ...]:

@@ -16,12 +16,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kelemetry_py.auth import request_scope
+from kelemetry_py.auth.middleware import internal_error, request_id
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.convert import to_jaeger_v1, to_otlp_json
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.service import FrontendService, View, ViewQuery
 from kelemetry_py.frontend.tracecache import TraceCache
 from kelemetry_py.storage import TraceReader
+from kelemetry_py.storage.otlp_json import BackendError
 
 SERVICE_KEY = web.AppKey("kelemetry_frontend", FrontendService)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +47,12 @@ _UNIT_NS = {
     "h": 3600 * 10**9,
 }
 _API_PREFIXES = ("/api/", "/redirect", "/audit", "/metrics", "/healthz", "/readyz")
+# Bounds of what a query may ask (answered 400 with the parameter named when exceeded).
+MAX_TIME_NS = 2**62  # about the year 2116; anything later is a typo or an attack on int64 arithmetic
+MAX_TAGS = 16
+MAX_TAG_TEXT = 1024
+MAX_PARAM_TEXT = 4096
+_DEFAULT_MAX_RANGE_NS = 400 * 86_400 * 10**9
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -63,44 +72,89 @@ def parse_go_duration(text: str, name: str) -> int:
             break
         total += float(match.group(1)) * _UNIT_NS[match.group(2)]
         position = match.end()
-    if not body or position != len(body):
-        raise FrontendError(f"{name}: {text!r} is not a duration such as 10ms, 2s or 1h30m")
+    if not body or position != len(body) or len(body) > 64:
+        raise FrontendError(f"{name}: {text[:64]!r} is not a duration such as 10ms, 2s or 1h30m")
+    if total > MAX_TIME_NS:
+        raise FrontendError(f"{name}: {text[:64]!r} is longer than any stored history")
     return sign * int(total)
 
 
 def parse_rfc3339(text: str, name: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time (any fraction precision, ``Z`` or an offset)."""
-    match = re.fullmatch(r"(.+?T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})", text.strip())
+    match = (
+        re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,12}))?(Z|z|[+-]\d{2}:\d{2})", text.strip())
+        if len(text) <= 64
+        else None
+    )
     if not match:
-        raise FrontendError(f"{name}: {text!r} is not an RFC 3339 time")
+        raise FrontendError(f"{name}: {text[:64]!r} is not an RFC 3339 time")
     base, fraction, zone = match.groups()
     try:
         moment = datetime.fromisoformat(base + ("+00:00" if zone in ("Z", "z") else zone))
     except ValueError:
         raise FrontendError(f"{name}: {text!r} is not an RFC 3339 time") from None
     nanos = int((fraction or "0")[:9].ljust(9, "0"))
-    return int(moment.timestamp()) * 10**9 + nanos
+    return checked_time(int(moment.timestamp()) * 10**9 + nanos, name)
 
 
-def _int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
+def checked_time(time_ns: int, name: str) -> int:
+    """``time_ns`` if it is between the epoch and :data:`MAX_TIME_NS`, else a 400 naming ``name``."""
+    if not 0 <= time_ns <= MAX_TIME_NS:
+        raise FrontendError(f"{name}: out of range (the epoch to the year 2116)")
+    return time_ns
+
+
+def checked_range(start_ns: int, end_ns: int, max_range_ns: int, name: str) -> None:
+    if end_ns - start_ns > max_range_ns:
+        hours = max_range_ns / 3600e9
+        raise FrontendError(f"{name}: the range is longer than the {hours:g} hours the store keeps")
+
+
+def _int_param(
+    request: web.Request, name: str, default: int | None = None, *, low: int = 0, high: int = MAX_TIME_NS
+) -> int | None:
     raw = request.query.get(name, "")
     if raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise FrontendError(f"{name}: {raw!r} is not an integer") from None
+    if len(raw) > 20 or not re.fullmatch(r"[+-]?\d+", raw):
+        raise FrontendError(f"{name}: {raw[:32]!r} is not an integer")
+    value = int(raw)
+    if not low <= value <= high:
+        raise FrontendError(f"{name}: must be between {low} and {high}, not {raw}")
+    return value
+
+
+def _checked_tags(tags: dict[str, str], name: str) -> dict[str, str]:
+    if len(tags) > MAX_TAGS:
+        raise FrontendError(f"{name}: at most {MAX_TAGS} tags, not {len(tags)}")
+    for key, value in tags.items():
+        if not key or len(key) > MAX_TAG_TEXT or len(value) > MAX_TAG_TEXT:
+            raise FrontendError(f"{name}: tag keys must not be empty; keys and values at most {MAX_TAG_TEXT} long")
+    return tags
+
+
+def _text_param(request: web.Request, name: str, limit: int = 253) -> str:
+    value = request.query.get(name, "")
+    if len(value) > limit:
+        raise FrontendError(f"{name}: longer than {limit} characters")
+    return value
 
 
 def _json_tags(raw: str, name: str) -> dict[str, str]:
     if not raw:
         return {}
+    if len(raw) > MAX_PARAM_TEXT:
+        raise FrontendError(f"{name}: longer than {MAX_PARAM_TEXT} characters")
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise FrontendError(f"{name}: not a JSON object of tag values") from None
     if not isinstance(parsed, dict):
         raise FrontendError(f"{name}: must be a JSON object of tag values")
+    if len(parsed) > MAX_TAGS:
+        raise FrontendError(f"{name}: at most {MAX_TAGS} tags, not {len(parsed)}")
+    if any(isinstance(value, (dict, list)) for value in parsed.values()):
+        raise FrontendError(f"{name}: tag values must be strings, numbers or booleans")
     return {str(key): _tag_text(value) for key, value in parsed.items()}
 
 
@@ -113,7 +167,10 @@ def _tag_text(value: Any) -> str:
 def _legacy_tags(request: web.Request) -> dict[str, str]:
     """Jaeger also accepts repeated ``tag=key:value`` parameters."""
     tags = {}
-    for item in request.query.getall("tag", []):
+    items = request.query.getall("tag", [])
+    if len(items) > MAX_TAGS:
+        raise FrontendError(f"tag: at most {MAX_TAGS} tags, not {len(items)}")
+    for item in items:
         key, sep, value = item.partition(":")
         if not sep:
             raise FrontendError(f"tag: {item!r} is not key:value")
@@ -151,14 +208,21 @@ def _v3_error(status: int, message: str) -> web.Response:
 def _guarded(handler: Handler, error: Callable[[int, str], web.Response]) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except FrontendError as exc:
             return error(400, str(exc))
         except web.HTTPException:
             raise
-        except Exception as exc:  # a reader failing must still give the UI a message, not a bare 500 page
-            request.app.logger.exception("frontend request %s failed", request.path)
-            return error(500, f"{type(exc).__name__}: {exc}")
+        except BackendError as exc:  # the back end's own words stay in the log
+            request.app.logger.warning("trace back end failed (request id %s): %s", request_id(request), exc)
+            return error(502, f"the trace back end failed; request id {request_id(request)}")
+        except Exception as exc:  # a generic message and a request id for the UI, never the exception text
+            internal_error(request, request.app[SERVICE_KEY].metrics, exc)
+            return error(500, f"internal error; request id {request_id(request)}")
+        limit = request.app[SERVICE_KEY].config.max_response_bytes
+        if isinstance(response, web.Response) and response.body is not None and len(response.body) > limit:  # type: ignore[arg-type]
+            return error(400, f"the answer exceeds {limit} bytes; narrow the search (limit, lookback, tags)")
+        return response
 
     return wrapped
 
@@ -172,17 +236,17 @@ async def _services(request: web.Request) -> web.StreamResponse:
 
 async def _clusters(request: web.Request) -> list[str]:
     # Jaeger asks for operations without a time range: any cluster ever recorded (and still retained) counts.
-    return await request.app[SERVICE_KEY].clusters(0, _FAR_FUTURE_NS)
+    return await request.app[SERVICE_KEY].clusters(0, _FAR_FUTURE_NS, request_scope(request))
 
 
 async def _service_operations(request: web.Request) -> web.StreamResponse:
-    request.app[SERVICE_KEY].mode(request.match_info["service"])
+    request.app[SERVICE_KEY].mode(request.match_info["service"][:256])
     return _v1(await _clusters(request))
 
 
 def _operations_for(request: web.Request, clusters: list[str]) -> list[dict[str, str]]:
-    request.app[SERVICE_KEY].mode(request.query.get("service", ""))
-    kind = request.query.get("spanKind", "").lower()
+    request.app[SERVICE_KEY].mode(_text_param(request, "service"))
+    kind = _text_param(request, "spanKind").lower()
     # Every span we serve is an internal one.
     if kind not in ("", "internal"):
         return []
@@ -195,33 +259,37 @@ async def _operations(request: web.Request) -> web.StreamResponse:
 
 async def _find_traces(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    query = request.query
-    end_us = _int_param(request, "end")
+    end_us = _int_param(request, "end", high=MAX_TIME_NS // 1000)
     end_ns = end_us * 1000 if end_us is not None else _now_ns()
-    start_us = _int_param(request, "start")
+    start_us = _int_param(request, "start", high=MAX_TIME_NS // 1000)
     if start_us is not None:
         start_ns = start_us * 1000
+        # Jaeger UI sends its lookback choice beside start: name what the user picked.
+        checked_range(start_ns, end_ns, service.max_range_ns, "lookback" if "lookback" in request.query else "start")
     else:
-        lookback = query.get("lookback", "")
+        lookback = _text_param(request, "lookback", 64)
         lookback_ns = (
             parse_go_duration(lookback, "lookback")
             if lookback and lookback != "custom"
             else _DEFAULT_LOOKBACK_NS
         )
-        start_ns = end_ns - lookback_ns
+        if lookback_ns < 0:
+            raise FrontendError("lookback: must not be negative")
+        checked_range(end_ns - lookback_ns, end_ns, service.max_range_ns, "lookback")
+        start_ns = max(0, end_ns - lookback_ns)
     tags = _legacy_tags(request)
-    tags.update(_json_tags(query.get("tags", ""), "tags"))
+    tags.update(_json_tags(_text_param(request, "tags", MAX_PARAM_TEXT), "tags"))
     view_query = ViewQuery(
-        mode=service.mode(query.get("service", "")),
+        mode=service.mode(_text_param(request, "service")),
         start_ns=start_ns,
         end_ns=end_ns,
-        tags=tags,
-        cluster=query.get("operation", ""),
-        limit=_int_param(request, "limit", 20) or 20,
+        tags=_checked_tags(tags, "tags"),
+        cluster=_text_param(request, "operation"),
+        limit=_int_param(request, "limit", 20, high=service.config.max_traces) or 20,
         min_duration_ns=_duration_param(request, "minDuration"),
         max_duration_ns=_duration_param(request, "maxDuration"),
     )
-    views = await service.search(view_query)
+    views = await service.search(view_query, request_scope(request))
     return _v1([to_jaeger_v1(view.trace_id, view.spans) for view in views])
 
 
@@ -229,12 +297,15 @@ def _duration_param(request: web.Request, *names: str) -> int | None:
     for name in names:
         raw = request.query.get(name, "")
         if raw:
-            return parse_go_duration(raw, name)
+            duration = parse_go_duration(raw, name)
+            if duration < 0:
+                raise FrontendError(f"{name}: must not be negative")
+            return duration
     return None
 
 
 async def _get_trace(request: web.Request) -> web.StreamResponse:
-    view = await request.app[SERVICE_KEY].get(request.match_info["trace_id"])
+    view = await request.app[SERVICE_KEY].get(request.match_info["trace_id"][:64], request_scope(request))
     if view is None:
         return _v1_error(404, "trace not found")
     return _v1([to_jaeger_v1(view.trace_id, view.spans)])
@@ -242,7 +313,8 @@ async def _get_trace(request: web.Request) -> web.StreamResponse:
 
 async def _dependencies(request: web.Request) -> web.StreamResponse:
     # Services are display modes here; they do not call each other.
-    _int_param(request, "endTs")
+    _int_param(request, "endTs", high=MAX_TIME_NS // 10**6)
+    _int_param(request, "lookback", high=MAX_TIME_NS // 10**6)
     return _v1([])
 
 
@@ -250,7 +322,10 @@ async def _dependencies(request: web.Request) -> web.StreamResponse:
 
 
 def _v3_param(request: web.Request, camel: str, snake: str) -> str:
-    return request.query.get(f"query.{camel}", "") or request.query.get(f"query.{snake}", "")
+    value = request.query.get(f"query.{camel}", "") or request.query.get(f"query.{snake}", "")
+    if len(value) > 253:
+        raise FrontendError(f"query.{camel}: longer than 253 characters")
+    return value
 
 
 async def _v3_services(request: web.Request) -> web.StreamResponse:
@@ -274,21 +349,25 @@ def _v3_query(request: web.Request) -> ViewQuery:
         or request.query.get("query.num_traces", "")
         or request.query.get("query.numTraces", "")
     )
-    try:
-        limit = int(depth_text) if depth_text else 20
-    except ValueError:
-        raise FrontendError(f"query.searchDepth: {depth_text!r} is not an integer") from None
+    if depth_text and (len(depth_text) > 20 or not re.fullmatch(r"\d+", depth_text)):
+        raise FrontendError(f"query.searchDepth: {depth_text[:32]!r} is not an integer")
+    limit = int(depth_text) if depth_text else 20
+    if not 1 <= limit <= service.config.max_traces:
+        raise FrontendError(f"query.searchDepth: must be between 1 and {service.config.max_traces}")
+    checked_range(start_ns, end_ns, service.max_range_ns, "query.startTimeMin")
     min_text = _v3_param(request, "durationMin", "duration_min")
     max_text = _v3_param(request, "durationMax", "duration_max")
     return ViewQuery(
         mode=service.mode(_v3_param(request, "serviceName", "service_name")),
         start_ns=start_ns,
         end_ns=end_ns,
-        tags=_json_tags(request.query.get("query.attributes", ""), "query.attributes"),
+        tags=_checked_tags(
+            _json_tags(request.query.get("query.attributes", ""), "query.attributes"), "query.attributes"
+        ),
         cluster=_v3_param(request, "operationName", "operation_name"),
         limit=limit,
-        min_duration_ns=parse_go_duration(min_text, "query.durationMin") if min_text else None,
-        max_duration_ns=parse_go_duration(max_text, "query.durationMax") if max_text else None,
+        min_duration_ns=abs(parse_go_duration(min_text, "query.durationMin")) if min_text else None,
+        max_duration_ns=abs(parse_go_duration(max_text, "query.durationMax")) if max_text else None,
     )
 
 
@@ -316,17 +395,17 @@ def trace_summary(view: View) -> dict[str, Any]:
 
 
 async def _v3_trace_summaries(request: web.Request) -> web.StreamResponse:
-    views = await request.app[SERVICE_KEY].search(_v3_query(request))
+    views = await request.app[SERVICE_KEY].search(_v3_query(request), request_scope(request))
     return _json({"summaries": [trace_summary(view) for view in views]})
 
 
 async def _v3_find_traces(request: web.Request) -> web.StreamResponse:
-    views = await request.app[SERVICE_KEY].search(_v3_query(request))
+    views = await request.app[SERVICE_KEY].search(_v3_query(request), request_scope(request))
     return _json({"result": to_otlp_json([span for view in views for span in view.spans])})
 
 
 async def _v3_get_trace(request: web.Request) -> web.StreamResponse:
-    view = await request.app[SERVICE_KEY].get(request.match_info["trace_id"])
+    view = await request.app[SERVICE_KEY].get(request.match_info["trace_id"][:64], request_scope(request))
     if view is None:
         return _v3_error(404, "trace not found")
     return _json({"result": to_otlp_json(view.spans)})
@@ -338,20 +417,27 @@ async def _v3_get_trace(request: web.Request) -> web.StreamResponse:
 async def _redirect(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     tags = {
-        key: request.query[key]
+        key: _text_param(request, key)
         for key in ("cluster", "group", "resource", "namespace", "name")
         if key in request.query
     }
     if not tags.get("name") or not tags.get("resource"):
         raise FrontendError("redirect needs at least resource and name")
-    ts_text = request.query.get("ts", "")
+    ts_text = _text_param(request, "ts", 64)
     if not ts_text:
         at_ns = _now_ns()
+    elif re.fullmatch(r"\d{1,12}(\.\d{1,9})?", ts_text):
+        seconds, _, fraction = ts_text.partition(".")
+        at_ns = checked_time(int(seconds) * 10**9 + int(fraction.ljust(9, "0") or 0), "ts")
     elif re.fullmatch(r"\d+(\.\d+)?", ts_text):
-        at_ns = int(float(ts_text) * 10**9)
+        raise FrontendError("ts: out of range (the epoch to the year 2116)")
     else:
         at_ns = parse_rfc3339(ts_text, "ts")
-    view = await service.best(tags, at_ns, service.mode(request.query.get("mode", "")), _REDIRECT_WINDOW_NS)
+    if at_ns + _REDIRECT_WINDOW_NS > MAX_TIME_NS:
+        raise FrontendError("ts: out of range (the epoch to the year 2116)")
+    view = await service.best(
+        tags, at_ns, service.mode(_text_param(request, "mode")), _REDIRECT_WINDOW_NS, request_scope(request)
+    )
     if view is None:
         return _v1_error(404, "no trace of that object around that time")
     raise web.HTTPFound(f"/trace/{view.trace_id_hex}")
@@ -389,10 +475,16 @@ def _ui_middleware(ui_dir: Path) -> Any:
 
 
 def add_frontend_routes(
-    app: web.Application, reader: TraceReader, cache: TraceCache, config: FrontendConfig
+    app: web.Application,
+    reader: TraceReader,
+    cache: TraceCache,
+    config: FrontendConfig,
+    max_range_ns: int = _DEFAULT_MAX_RANGE_NS,
 ) -> FrontendService:
-    """Add the query APIs (and, with ``config.ui_dir``, the UI bundle) to ``app``; returns the service."""
+    """Add the query APIs (and, with ``config.ui_dir``, the UI bundle) to ``app``; returns the service.
+    ``max_range_ns`` bounds every search range (the store's retention)."""
     service = FrontendService(reader, cache, config)
+    service.max_range_ns = max_range_ns
     app[SERVICE_KEY] = service
     v1: list[tuple[str, Handler]] = [
         ("/api/services", _services),

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from kelemetry_py.auth import EVERYTHING, Scope
+from kelemetry_py.auth.masking import mask_spans, namespaces_allowed
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.assembly import Assembler, ObjectMatch
 from kelemetry_py.frontend.modes import (
@@ -24,7 +26,7 @@ from kelemetry_py.frontend.modes import (
 )
 from kelemetry_py.frontend.tracecache import CacheEntry, TraceCache
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import Span
+from kelemetry_py.model import SERVICE_LINK, ObjectRef, Span
 from kelemetry_py.plugins import FrontendTransform, ViewInfo
 from kelemetry_py.plugins.transforms import apply_transforms
 from kelemetry_py.storage import TraceQuery, TraceReader
@@ -88,6 +90,8 @@ class FrontendService:
         # Frontend-transform plugins reshape every rendered view; the app sets these after loading them.
         self.transforms: list[FrontendTransform] = []
         self.metrics: Metrics | None = None
+        # The longest search range (the store's retention); the HTTP layer answers 400 beyond it.
+        self.max_range_ns = 400 * 86_400 * 10**9
 
     @staticmethod
     def mode_names() -> list[str]:
@@ -96,12 +100,13 @@ class FrontendService:
     def mode(self, name: str | None) -> DisplayMode:
         return mode_by_name(name) if name else self.default_mode
 
-    async def clusters(self, start_ns: int, end_ns: int) -> list[str]:
+    async def clusters(self, start_ns: int, end_ns: int, scope: Scope = EVERYTHING) -> list[str]:
         if isinstance(self.reader, TagValueReader):
-            return sorted(set(await self.reader.tag_values("cluster", start_ns, end_ns)))
+            names = set(await self.reader.tag_values("cluster", start_ns, end_ns))
+            return sorted(name for name in names if scope.allows_cluster(name))
         return []
 
-    async def search(self, query: ViewQuery) -> list[View]:
+    async def search(self, query: ViewQuery, scope: Scope = EVERYTHING) -> list[View]:
         if query.end_ns < query.start_ns:
             raise FrontendError("the search range ends before it starts")
         if query.limit <= 0:
@@ -112,9 +117,13 @@ class FrontendService:
         matches = await self.assembler.search(
             TraceQuery(tags=tags, start_ns=query.start_ns, end_ns=query.end_ns, limit=query.limit),
             max_objects=query.limit * 4,
+            scope=scope,
         )
         views = await asyncio.gather(
-            *(self.open(query.mode, CacheEntry(match.key, query.start_ns, query.end_ns)) for match in matches)
+            *(
+                self.open(query.mode, CacheEntry(match.key, query.start_ns, query.end_ns), scope)
+                for match in matches
+            )
         )
         out: list[View] = []
         roots: set[str] = set()
@@ -131,24 +140,32 @@ class FrontendService:
                 break
         return out
 
-    async def open(self, mode: DisplayMode, entry: CacheEntry) -> View | None:
-        """Assemble ``entry`` in ``mode`` and remember it in the trace cache under the view's id."""
-        trace = await self.assembler.assemble(entry.object_key, entry.start_ns, entry.end_ns, mode.modifier)
+    async def open(self, mode: DisplayMode, entry: CacheEntry, scope: Scope = EVERYTHING) -> View | None:
+        """Assemble ``entry`` in ``mode`` as ``scope`` may see it and remember it in the trace cache under the
+        view's id (the cache holds what was asked, never a view: every reader's scope is applied afresh)."""
+        trace = await self.assembler.assemble(
+            entry.object_key, entry.start_ns, entry.end_ns, mode.modifier, scope
+        )
         if trace is None:
             return None
         key = await self.cache.put(entry)
         view_id = ViewId(mode, key)
         spans = render(trace, mode, view_id.value)
+        if not scope.sees_everything:
+            spans = mask_spans(spans, namespaces_allowed(scope, (obj.ref for obj in trace.objects.values())))
         if self.transforms:
             info = ViewInfo(mode=mode.name, object_key=entry.object_key, trace_id=view_id.value)
             spans = await apply_transforms(self.transforms, spans, info, self.metrics)
         return View(view_id.value, mode, spans, view_id)
 
-    async def get(self, trace_id: str) -> View | None:
+    async def get(self, trace_id: str, scope: Scope = EVERYTHING) -> View | None:
         """A view by its user-facing id (any mode digits), or a raw trace by its own id; None if unknown."""
         parsed = parse_trace_id(trace_id)
         if isinstance(parsed, int):
             spans = await self.reader.get_trace(parsed)
+            if not scope.sees_everything:
+                spans = await _visible_spans(spans, scope)
+                spans = mask_spans(spans, namespaces_allowed(scope, (_ref_of(span.attributes) for span in spans)))
             if not spans:
                 return None
             spans.sort(key=lambda span: (span.parent_id is not None, span.start_ns))
@@ -156,15 +173,16 @@ class FrontendService:
         entry = await self.cache.get(parsed.cache_key)
         if entry is None:
             return None
-        return await self.open(parsed.mode, entry)
+        return await self.open(parsed.mode, entry, scope)
 
     async def best(
-        self, tags: Mapping[str, str], at_ns: int, mode: DisplayMode, window_ns: int
+        self, tags: Mapping[str, str], at_ns: int, mode: DisplayMode, window_ns: int, scope: Scope = EVERYTHING
     ) -> View | None:
         """The single trace that best answers "this object at this time": never more than one."""
         matches = await self.assembler.search(
             TraceQuery(tags=dict(tags), start_ns=at_ns - window_ns, end_ns=at_ns + window_ns, limit=20),
             max_objects=20,
+            scope=scope,
         )
         if not matches:
             return None
@@ -175,7 +193,7 @@ class FrontendService:
             return (distance, -exact, match.key)
 
         chosen = min(matches, key=closeness)
-        return await self.open(mode, CacheEntry(chosen.key, chosen.start_ns, chosen.end_ns))
+        return await self.open(mode, CacheEntry(chosen.key, chosen.start_ns, chosen.end_ns), scope)
 
 
 def _match_tag(match: ObjectMatch, key: str) -> str:
@@ -183,8 +201,34 @@ def _match_tag(match: ObjectMatch, key: str) -> str:
 
 
 def _object_key(span: Span) -> str:
-    attrs = span.attributes
-    return "/".join(str(attrs.get(tag, "")) for tag in ("cluster", "group", "resource", "namespace", "name"))
+    return _ref_of(span.attributes).key
+
+
+def _ref_of(attrs: Mapping[str, object], prefix: str = "") -> ObjectRef:
+    def tag(name: str) -> str:
+        key = f"{prefix}{name.capitalize()}" if prefix else name
+        return str(attrs.get(key, ""))
+
+    return ObjectRef(tag("cluster"), tag("group"), "", tag("resource"), tag("namespace"), tag("name"))
+
+
+async def _visible_spans(spans: list[Span], scope: Scope) -> list[Span]:
+    """The raw spans ``scope`` may see: those of a visible object, and of its links only those to visible ones."""
+    refs = {span.span_id: _ref_of(span.attributes) for span in spans}
+    linked = {
+        span.span_id: _ref_of(span.attributes, "linked") for span in spans if span.service == SERVICE_LINK
+    }
+    for span_id, ref in linked.items():
+        if not ref.cluster:  # a link within the same cluster may leave linkedCluster out
+            linked[span_id] = ObjectRef(
+                refs[span_id].cluster, ref.group, "", ref.resource, ref.namespace, ref.name
+            )
+    allowed = await scope.visible([*refs.values(), *linked.values()])
+    return [
+        span
+        for span in spans
+        if refs[span.span_id] in allowed and (span.span_id not in linked or linked[span.span_id] in allowed)
+    ]
 
 
 def _duration_fits(view: View, query: ViewQuery) -> bool:

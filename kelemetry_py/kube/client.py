@@ -70,9 +70,10 @@ class KubeClient:
         query: QueryParams | None,
         body: Mapping[str, Any] | None,
         request_timeout: aiohttp.ClientTimeout | float | None,
+        accept: str = "application/json",
     ) -> aiohttp.ClientResponse:
         params = list(query.items()) if isinstance(query, Mapping) else list(query or [])
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        headers = {"Accept": accept, "Content-Type": "application/json"}
         response: aiohttp.ClientResponse = await self.api_client.call_api(
             path,
             method,
@@ -99,9 +100,10 @@ class KubeClient:
         query: QueryParams | None = None,
         body: Mapping[str, Any] | None = None,
         request_timeout: float = 60.0,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """Send a request and return the decoded JSON object; errors raise :class:`KubeApiError`."""
-        response = await self._send(method, path, query, body, request_timeout)
+        response = await self._send(method, path, query, body, request_timeout, accept)
         try:
             payload = await response.read()
         finally:
@@ -114,16 +116,18 @@ class KubeClient:
             raise KubeApiError(response.status, "BadResponse", "response is not a JSON object", path)
         return decoded
 
-    async def get_json(self, path: str, query: QueryParams | None = None) -> dict[str, Any]:
-        return await self.request_json("GET", path, query=query)
+    async def get_json(
+        self, path: str, query: QueryParams | None = None, *, accept: str = "application/json"
+    ) -> dict[str, Any]:
+        return await self.request_json("GET", path, query=query, accept=accept)
 
     @asynccontextmanager
     async def stream(
-        self, path: str, query: QueryParams, *, read_timeout: float
+        self, path: str, query: QueryParams, *, read_timeout: float, accept: str = "application/json"
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A streamed GET (a watch); the connection is closed on exit, also on cancellation."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
-        response = await self._send("GET", path, query, None, timeout)
+        response = await self._send("GET", path, query, None, timeout, accept)
         try:
             yield response
         finally:

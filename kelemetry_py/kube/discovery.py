@@ -37,7 +37,10 @@ class ResourceSelector:
 
     @classmethod
     def from_config(cls, kube: KubeConfig) -> ResourceSelector:
-        return cls(tuple(kube.include_resources), tuple(kube.exclude_resources))
+        exclude = kube.exclude_resources
+        if kube.watch_secret_metadata:  # the opt-in: Secrets watched, as metadata only (see ResourceWatch)
+            exclude = [entry for entry in exclude if entry != "secrets"]
+        return cls(tuple(kube.include_resources), tuple(exclude))
 
     @staticmethod
     def _matches(entries: Iterable[str], rtype: ResourceType) -> bool:

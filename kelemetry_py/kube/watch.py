@@ -176,8 +176,11 @@ class ResourceWatch:
         max_line_bytes: int = 16 * 1024 * 1024,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metadata_only: bool | None = None,
     ) -> None:
         self.client = client
+        # Secrets are only ever read as PartialObjectMetadata: their data never crosses the wire.
+        self.metadata_only = rtype.group_resource == "secrets" if metadata_only is None else metadata_only
         self.cluster = client.cluster
         self.rtype = rtype
         self.handler = handler
@@ -246,7 +249,9 @@ class ResourceWatch:
             if continue_token:
                 query["continue"] = continue_token
             try:
-                page = await self.client.get_json(self.rtype.collection_path, query)
+                page = await self.client.get_json(
+                    self.rtype.collection_path, query, accept=_accept(self.metadata_only, "PartialObjectMetadataList")
+                )
             except KubeApiError as exc:
                 if exc.status == 410 and continue_token:
                     # The snapshot behind the continue token was compacted: start the list over.
@@ -292,7 +297,10 @@ class ResourceWatch:
         }
         try:
             async with self.client.stream(
-                self.rtype.collection_path, query, read_timeout=timeout + 30
+                self.rtype.collection_path,
+                query,
+                read_timeout=timeout + 30,
+                accept=_accept(self.metadata_only, "PartialObjectMetadata"),
             ) as response:
                 self.watching.set()
                 lines = 0
@@ -347,6 +355,10 @@ class ResourceWatch:
             # A handler bug must not stall the resource for every other object: count it and go on.
             self._metrics.handler_errors.labels(self.cluster, self.rtype.group_resource).inc()
             log.exception("%s %s: handler failed on %s", self.cluster, self.rtype.group_resource, event_type)
+
+
+def _accept(metadata_only: bool, kind: str) -> str:
+    return f"application/json;as={kind};g=meta.k8s.io;v=v1" if metadata_only else "application/json"
 
 
 async def _lines(stream: aiohttp.StreamReader, max_line_bytes: int) -> AsyncIterator[bytes]:

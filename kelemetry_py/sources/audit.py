@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,8 +14,11 @@ import msgspec
 import orjson
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
+from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import SERVICE_AUDIT, Attributes, LogEntry, ObjectRef, Observation
-from kelemetry_py.sources.redaction import redact_object
+from kelemetry_py.sources.redaction import Redactor
+
+log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DENIED = (401, 403)
@@ -95,11 +100,12 @@ def parse_batch(body: bytes) -> tuple[list[AuditEvent], list[Rejected]]:
     :class:`InvalidAuditBatch` naming the item and field; events whose values no trace can hold are returned
     apart, so the rest of the batch is kept."""
     try:
-        document = _decode_list(body)
+        try:
+            document = _decode_list(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidAuditBatch(_explain(body, exc)) from None  # explaining parses again: same guard
     except RecursionError:
         raise InvalidAuditBatch("body is nested too deeply") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidAuditBatch(_explain(body, exc)) from None
     _check_header(document.kind, document.apiVersion)
     events: list[AuditEvent] = []
     rejected: list[Rejected] = []
@@ -190,24 +196,88 @@ def _load(raw: msgspec.Raw) -> Any:
     return None if raw is _ABSENT else orjson.loads(memoryview(raw))
 
 
+# What Kubernetes itself allows (apimachinery validation): longer values never come from a real apiserver.
+_MAX_NAME = 253
+_MAX_LABEL = 63
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+class InvalidField(ValueError):
+    """One audit event carries a value Kubernetes would never have accepted; ``field`` names it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+def check_object_ref(ref: AuditObjectRef) -> None:
+    if len(ref.name) > _MAX_NAME:
+        raise InvalidField("objectRef.name", f"longer than {_MAX_NAME} characters")
+    if ref.namespace and (len(ref.namespace) > _MAX_LABEL or not _DNS_LABEL.fullmatch(ref.namespace)):
+        raise InvalidField("objectRef.namespace", "not a namespace name (a DNS label of at most 63)")
+    for field, value, limit in (
+        ("objectRef.resource", ref.resource, _MAX_LABEL),
+        ("objectRef.subresource", ref.subresource, _MAX_LABEL),
+        ("objectRef.apiGroup", ref.apiGroup, _MAX_NAME),
+        ("objectRef.apiVersion", ref.apiVersion, _MAX_LABEL),
+    ):
+        if len(value) > limit:
+            raise InvalidField(field, f"longer than {limit} characters")
+
+
+def check_metadata(body: Mapping[str, Any] | None, field: str) -> None:
+    metadata = body.get("metadata") if body is not None else None
+    if not isinstance(metadata, dict):
+        return
+    for key in ("name", "generateName"):
+        value = metadata.get(key)
+        if isinstance(value, str) and len(value) > _MAX_NAME:
+            raise InvalidField(f"{field}.metadata.{key}", f"longer than {_MAX_NAME} characters")
+    labels = metadata.get("labels")
+    if isinstance(labels, dict):
+        for key, value in labels.items():
+            if len(str(key)) > _MAX_NAME + 1 + _MAX_LABEL:
+                raise InvalidField(f"{field}.metadata.labels", "a label key is longer than Kubernetes allows")
+            if value is None:  # a merge patch removing the label
+                continue
+            if not isinstance(value, str) or len(value) > _MAX_LABEL or not _LABEL_VALUE.fullmatch(value):
+                raise InvalidField(f"{field}.metadata.labels", "a label value is not a valid label value")
+
+
 class AuditConverter:
     """Turns audit events into Observations, applying the audit filter and redaction."""
 
-    def __init__(self, audit: AuditConfig, redaction: RedactionConfig) -> None:
+    def __init__(self, audit: AuditConfig, redaction: RedactionConfig, metrics: Metrics | None = None) -> None:
         self._verbs = frozenset(audit.verbs)
         self._stages = frozenset(audit.stages)
         self._excluded = frozenset(audit.exclude_resources)
         self._excluded_users = frozenset(audit.exclude_users)
         self._include_denied = audit.include_denied
-        self._redaction = redaction
-        self._secret_resources = frozenset(redaction.secret_resources)
+        self._redactor = Redactor(redaction)
+        self._metrics = metrics
 
     def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
         observations: list[Observation] = []
-        for event in events:
-            if self._wanted(event):
-                observations.extend(self._observations(cluster, event))
+        for index, event in enumerate(events):
+            if not self._wanted(event):
+                continue
+            try:
+                assert event.objectRef is not None
+                check_object_ref(event.objectRef)
+                observations.extend(list(self._observations(cluster, event)))
+            except InvalidField as exc:
+                # A bad event must never take the good ones of its batch down: it alone is dropped, and counted.
+                self._drop(index, event, exc.field, str(exc))
+            except (TypeError, AttributeError, KeyError, ValueError) as exc:
+                # Bodies of a shape no apiserver sends (metadata that is not an object, a number for a name...).
+                self._drop(index, event, "object", f"malformed object ({type(exc).__name__})")
         return observations
+
+    def _drop(self, index: int, event: AuditEvent, field: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.audit_events_invalid.labels(field).inc()
+        log.warning("audit: dropped items[%d] (auditID %.64s): %s", index, event.auditID, reason)
 
     def _wanted(self, event: AuditEvent) -> bool:
         if event.stage not in self._stages:
@@ -223,13 +293,15 @@ class AuditConverter:
             return False
         return _username(event) not in self._excluded_users
 
-    def _redact(self, raw: msgspec.Raw, resource: str) -> dict[str, Any] | None:
+    def _redact(self, raw: msgspec.Raw, resource: str, field: str) -> dict[str, Any] | None:
         obj = _load(raw)
         if not isinstance(obj, dict):
             return None
-        if resource in self._secret_resources or self._redaction.paths:
-            return redact_object(obj, resource, self._redaction)
-        return obj  # parsed from this request alone, so nobody else holds it
+        if field == "responseObject":  # what was stored; a request may be a patch of it
+            check_metadata(obj, field)
+        # Parsed from this request alone, so nobody else holds it: redacted in place.
+        self._redactor.redact_in_place(obj, resource)
+        return obj
 
     def _observations(self, cluster: str, event: AuditEvent) -> Iterator[Observation]:
         ref = event.objectRef
@@ -237,7 +309,7 @@ class AuditConverter:
         verb = event.verb
         code = event.responseStatus.code if event.responseStatus else 0
         succeeded = 0 < code < 400
-        response = self._redact(event.responseObject, ref.resource)
+        response = self._redact(event.responseObject, ref.resource, "responseObject")
         response_is_object = response is not None and response.get("kind") != "Status" and "metadata" in response
 
         if (
@@ -259,7 +331,7 @@ class AuditConverter:
             name = body.get("metadata", {}).get("name", "")
         # The request body is parsed only when it tells something the response did not.
         needs_request = verb == "patch" or (verb in ("create", "update") and (not name or body is None))
-        request = self._redact(event.requestObject, ref.resource) if needs_request else None
+        request = self._redact(event.requestObject, ref.resource, "requestObject") if needs_request else None
         if not name and request is not None and isinstance(request.get("metadata"), dict):
             name = request["metadata"].get("name") or ""
         if not succeeded:
@@ -284,6 +356,8 @@ class AuditConverter:
     ) -> Observation:
         ref = event.objectRef
         assert ref is not None
+        if len(name) > _MAX_NAME or len(uid) > _MAX_NAME:
+            raise InvalidField("metadata.name", f"name or uid longer than {_MAX_NAME} characters")
         obj_ref = ObjectRef(cluster, ref.apiGroup, ref.apiVersion, ref.resource, ref.namespace, name, uid or "")
         observation = self._base(event, obj_ref, _title(event))
         if body is not None:

@@ -35,7 +35,7 @@ from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, RecordKind
-from kelemetry_py.sources.redaction import redact_object
+from kelemetry_py.sources.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -349,11 +349,8 @@ class ObjectDiffer:
         self._pending_added = asyncio.Event()
 
     def _redact(self, obj: dict[str, Any], resource: str) -> Mapping[str, Any]:
-        # redact_object deep-copies; most objects hold nothing to strip and are never mutated here.
-        config = self._redaction
-        if config.paths or resource in config.secret_resources or obj.get("kind") in ("Secret", "SecretList"):
-            return redact_object(obj, resource, config)
-        return obj
+        # A copy only when something is stripped; most objects hold nothing secret and are never mutated here.
+        return redact(obj, resource, self._redaction)
 
     @property
     def watched_objects(self) -> int:

@@ -1,9 +1,17 @@
-"""Strip secrets from objects before anything is made of them. Nothing downstream ever sees the originals."""
+"""Strip secrets from objects before anything is made of them. Nothing downstream ever sees the originals.
+
+What is stripped: Secret ``data``/``stringData``/``binaryData`` and their last-applied annotation (resource names
+matched case-insensitively, and any object of kind Secret); TokenRequest and TokenReview tokens; container env
+values whose variable name matches ``redaction.env_name_pattern`` in every pod spec and pod template (Pods,
+Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs, PodTemplates, and any object shaped like them);
+and the ``redaction.paths`` globs.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kelemetry_py.config import RedactionConfig
@@ -11,38 +19,131 @@ from kelemetry_py.config import RedactionConfig
 REDACTED = "<redacted>"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _SECRET_FIELDS = ("data", "stringData", "binaryData")
+_CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+# Where a pod spec sits in the objects that carry one (the Pod itself, templates, a CronJob's job template).
+_POD_SPEC_PATHS = (
+    ("spec",),
+    ("spec", "template", "spec"),
+    ("template", "spec"),
+    ("spec", "jobTemplate", "spec", "template", "spec"),
+)
+_TOKEN_KINDS = {"TokenRequest": (("status", "token"),), "TokenReview": (("spec", "token"), ("status", "token"))}
+_TOKEN_RESOURCES = {"tokenreviews": "TokenReview"}
+
+
+class Redactor:
+    """The redaction rules of one configuration, compiled once."""
+
+    def __init__(self, config: RedactionConfig) -> None:
+        self.config = config
+        self._secret_resources = frozenset(resource.lower() for resource in config.secret_resources)
+        self._paths = [path.split(".") for path in config.paths if path]
+        self._env_name = re.compile(config.env_name_pattern) if config.env_name_pattern else None
+
+    def is_secret_resource(self, resource: str) -> bool:
+        return resource.lower() in self._secret_resources
+
+    def redact(self, obj: Mapping[str, Any], resource: str) -> Mapping[str, Any]:
+        """``obj`` itself when nothing in it is secret, else a redacted deep copy (the original is not touched)."""
+        if not self.needs(obj, resource):
+            return obj
+        result = copy.deepcopy(dict(obj))
+        self.redact_in_place(result, resource)
+        return result
+
+    def needs(self, obj: Mapping[str, Any], resource: str) -> bool:
+        if self._paths or self.is_secret_resource(resource) or resource.lower() in _TOKEN_RESOURCES:
+            return True
+        kind = obj.get("kind")
+        if isinstance(kind, str) and (kind in ("Secret", "SecretList") or kind in _TOKEN_KINDS):
+            return True
+        items = obj.get("items")
+        if isinstance(items, list):
+            return any(isinstance(item, Mapping) and self.needs(item, resource) for item in items)
+        return self._env_name is not None and any(True for _ in self._secret_env(obj))
+
+    def redact_in_place(self, obj: dict[str, Any], resource: str) -> None:
+        """Redact ``obj`` (an object, or a list of them) in place; ``resource`` is the plural it was read or written
+        as. Objects inside a list (a ``SecretList`` from a deletecollection) are judged by their own ``kind``."""
+        lowered = resource.lower()
+        self._redact(obj, self.is_secret_resource(lowered), _TOKEN_RESOURCES.get(lowered, ""))
+
+    def _redact(self, obj: dict[str, Any], is_secret: bool, token_kind: str) -> None:
+        kind = obj.get("kind")
+        if isinstance(kind, str):
+            if kind.endswith("List") and isinstance(obj.get("items"), list):
+                item_is_secret = kind == "SecretList" or (is_secret and kind == "List")
+                for item in obj["items"]:
+                    if isinstance(item, dict):
+                        self._redact(item, item_is_secret, token_kind)
+                return
+            is_secret = is_secret if kind in ("", "Status", "DeleteOptions") else kind == "Secret" or is_secret
+            token_kind = kind if kind in _TOKEN_KINDS else token_kind
+        elif isinstance(obj.get("items"), list) and "metadata" in obj:
+            for item in obj["items"]:
+                if isinstance(item, dict):
+                    self._redact(item, is_secret, token_kind)
+            return
+        if is_secret:
+            _strip_secret(obj)
+        for path in _TOKEN_KINDS.get(token_kind, ()):
+            _strip_path(obj, list(path))
+        for entry in list(self._secret_env(obj)):
+            entry["value"] = REDACTED
+        for parts in self._paths:
+            _strip_path(obj, parts)
+
+    def _secret_env(self, obj: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """Env entries (``{"name", "value"}``) of every container of every pod spec in ``obj`` whose name matches."""
+        if self._env_name is None:
+            return
+        for path in _POD_SPEC_PATHS:
+            spec: Any = obj
+            for part in path:
+                spec = spec.get(part) if isinstance(spec, Mapping) else None
+            if not isinstance(spec, Mapping):
+                continue
+            for list_name in _CONTAINER_LISTS:
+                containers = spec.get(list_name)
+                if not isinstance(containers, list):
+                    continue
+                for container in containers:
+                    env = container.get("env") if isinstance(container, Mapping) else None
+                    if not isinstance(env, list):
+                        continue
+                    for entry in env:
+                        if (
+                            isinstance(entry, dict)
+                            and isinstance(entry.get("name"), str)
+                            and entry.get("value") not in (None, "", REDACTED)
+                            and self._env_name.search(entry["name"])
+                        ):
+                            yield entry
+
+
+_REDACTORS: dict[int, Redactor] = {}
+
+
+def redactor_for(config: RedactionConfig) -> Redactor:
+    """The compiled rules of ``config`` (kept per configuration object)."""
+    redactor = _REDACTORS.get(id(config))
+    if redactor is None or redactor.config is not config:
+        if len(_REDACTORS) > 64:
+            _REDACTORS.clear()
+        redactor = _REDACTORS[id(config)] = Redactor(config)
+    return redactor
+
+
+def redact(obj: Mapping[str, Any], resource: str, config: RedactionConfig) -> Mapping[str, Any]:
+    """``obj`` when it holds nothing secret, else a redacted deep copy."""
+    return redactor_for(config).redact(obj, resource)
 
 
 def redact_object(obj: Mapping[str, Any], resource: str, config: RedactionConfig) -> dict[str, Any]:
-    """A deep copy of ``obj`` (an object, or a list of them) with secret material replaced by ``<redacted>``.
-
-    ``resource`` is the plural the object was read or written as; objects inside a list (a ``SecretList`` from a
-    deletecollection) are judged by their own ``kind`` when they carry one.
-    """
+    """A deep copy of ``obj`` (an object, or a list of them) with secret material replaced by ``<redacted>``."""
     result = copy.deepcopy(dict(obj))
-    _redact_in_place(result, resource in config.secret_resources, config)
+    redactor_for(config).redact_in_place(result, resource)
     return result
-
-
-def _redact_in_place(obj: dict[str, Any], is_secret: bool, config: RedactionConfig) -> None:
-    kind = obj.get("kind")
-    if isinstance(kind, str):
-        if kind.endswith("List") and isinstance(obj.get("items"), list):
-            item_is_secret = kind == "SecretList" or (is_secret and kind == "List")
-            for item in obj["items"]:
-                if isinstance(item, dict):
-                    _redact_in_place(item, item_is_secret, config)
-            return
-        is_secret = is_secret if kind in ("", "Status", "DeleteOptions") else kind == "Secret" or is_secret
-    elif isinstance(obj.get("items"), list) and "metadata" in obj:
-        for item in obj["items"]:
-            if isinstance(item, dict):
-                _redact_in_place(item, is_secret, config)
-        return
-    if is_secret:
-        _strip_secret(obj)
-    for path in config.paths:
-        _strip_path(obj, path.split("."))
 
 
 def _strip_secret(obj: dict[str, Any]) -> None:

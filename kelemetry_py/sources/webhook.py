@@ -16,7 +16,7 @@ import zlib
 
 from aiohttp import web
 
-from kelemetry_py.config import AuditConfig, HttpConfig
+from kelemetry_py.config import AuditConfig, HttpConfig, IngestConfig, is_cluster_name
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
 from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
@@ -36,13 +36,18 @@ class AuditWebhook:
         default_cluster: str,
         audit: AuditConfig,
         http: HttpConfig,
+        ingest: IngestConfig | None = None,
+        clusters: frozenset[str] | None = None,
     ) -> None:
         self._sink = sink
         self._converter = converter
         self._metrics = metrics
         self._default_cluster = default_cluster
         self._max_body = audit.max_body_bytes
-        self._tokens = [token.encode() for token in http.webhook_tokens]
+        # http.webhook_tokens is the older name of ingest.tokens; both are accepted.
+        tokens = [*(ingest.tokens if ingest is not None else []), *http.webhook_tokens]
+        self._tokens = [token.encode() for token in tokens]
+        self._clusters = clusters  # None: any well-formed name
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/audit", self.handle)
@@ -59,6 +64,9 @@ class AuditWebhook:
         cluster = request.match_info.get("cluster") or self._default_cluster
         if self._tokens and not self._authorized(request):
             return self._reject(401, "unauthorized", "missing or unknown bearer token")
+        if not is_cluster_name(cluster) or (self._clusters is not None and cluster not in self._clusters):
+            # No per-cluster metric series exists for a name that is not configured.
+            return self._reject(404, "unknown_cluster", "no such cluster: not a configured cluster name")
         if "Content-Type" in request.headers and request.content_type != "application/json":
             return self._reject(
                 415, "content_type", f"Content-Type must be application/json, not {request.content_type}"

@@ -204,11 +204,16 @@ async def test_secret_values_never_leave(
                     "otlp.endpoint": otlp_receiver.endpoint,
                     "redis.url": redis_url,
                     "store.path": str(tmp_path / "store" / "traces.db"),
+                    # The opt-in: Secrets watched as metadata only (not watched at all by default).
+                    "kube.watch_secret_metadata": True,
                 },
             )
         )
         await all_watching(app)
         await replay_alongside_watches(app, double, scenario)
+        secret_reads = [r for r in double.requests if r.path == "/api/v1/secrets"]
+        assert secret_reads, "Secrets are watched when opted in"
+        assert all("as=PartialObjectMetadata" in r.headers.get("Accept", "") for r in secret_reads)
         metrics = await settle(app)
         spans = await received(otlp_receiver, metrics)
         stored_while_running = _files(tmp_path / "store")

@@ -18,6 +18,7 @@ import json
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,107 @@ from aiohttp import web
 from kelemetry_py.kube.catalog import ResourceCatalog, ResourceInfo
 
 GVR = tuple[str, str, str]
+DEFAULT_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+
+# The built-in ClusterRole "view" (Kubernetes 1.24), as (api groups, resources, verbs). It has no Secrets.
+VIEW_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        ("",),
+        (
+            "configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status", "pods",
+            "replicationcontrollers", "replicationcontrollers/scale", "serviceaccounts", "services",
+            "services/status", "bindings", "events", "limitranges", "namespaces/status", "pods/log", "pods/status",
+            "replicationcontrollers/status", "resourcequotas", "resourcequotas/status", "namespaces",
+        ),
+        ("get", "list", "watch"),
+    ),
+    (("discovery.k8s.io",), ("endpointslices",), ("get", "list", "watch")),
+    (
+        ("apps",),
+        (
+            "controllerrevisions", "daemonsets", "daemonsets/status", "deployments", "deployments/scale",
+            "deployments/status", "replicasets", "replicasets/scale", "replicasets/status", "statefulsets",
+            "statefulsets/scale", "statefulsets/status",
+        ),
+        ("get", "list", "watch"),
+    ),
+    (("autoscaling",), ("horizontalpodautoscalers", "horizontalpodautoscalers/status"), ("get", "list", "watch")),
+    (("batch",), ("cronjobs", "cronjobs/status", "jobs", "jobs/status"), ("get", "list", "watch")),
+    (
+        ("extensions", "networking.k8s.io"),
+        ("ingresses", "ingresses/status", "networkpolicies"),
+        ("get", "list", "watch"),
+    ),
+    (("policy",), ("poddisruptionbudgets", "poddisruptionbudgets/status"), ("get", "list", "watch")),
+    (("events.k8s.io",), ("events",), ("get", "list", "watch")),
+)
+Rules = tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class ReviewUser:
+    """What a TokenReview of a valid token says (``kubectl create token`` gives a service account's)."""
+
+    username: str
+    uid: str
+    groups: tuple[str, ...]
+    audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
+
+    @classmethod
+    def service_account(cls, namespace: str, name: str, uid: str) -> ReviewUser:
+        return cls(
+            f"system:serviceaccount:{namespace}:{name}",
+            uid,
+            ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"),
+        )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A RoleBinding (``namespace`` set) or ClusterRoleBinding (None) of a role's rules to one user or group."""
+
+    name: str
+    namespace: str | None
+    role_kind: str  # Role or ClusterRole
+    role_name: str
+    subject: str  # a username or a group
+    rules: Rules
+    non_resource_urls: tuple[str, ...] = ()  # e.g. ("/metrics",) or ("*",); only a ClusterRoleBinding grants them
+
+    def allows_path(self, user: str, groups: list[str], attributes: Mapping[str, Any]) -> bool:
+        if (self.subject != user and self.subject not in groups) or self.namespace is not None:
+            return False
+        path = str(attributes.get("path", ""))
+        return attributes.get("verb") == "get" and ("*" in self.non_resource_urls or path in self.non_resource_urls)
+
+    def allows(self, user: str, groups: list[str], attributes: Mapping[str, Any]) -> bool:
+        if self.subject != user and self.subject not in groups:
+            return False
+        namespace = attributes.get("namespace") or ""
+        if self.namespace is not None and namespace != self.namespace:
+            return False  # a RoleBinding grants nothing cluster-scoped, nothing in other namespaces
+        resource = str(attributes.get("resource", ""))
+        if attributes.get("subresource"):
+            resource += "/" + str(attributes["subresource"])
+        group, verb = str(attributes.get("group", "")), str(attributes.get("verb", ""))
+        return any(
+            (group in api_groups or "*" in api_groups)
+            and (resource in resources or "*" in resources)
+            and (verb in verbs or "*" in verbs)
+            for api_groups, resources, verbs in self.rules
+        )
+
+    def reason(self, user: str) -> str:
+        kind = "RoleBinding" if self.namespace is not None else "ClusterRoleBinding"
+        where = f"{self.name}/{self.namespace}" if self.namespace is not None else self.name
+        if self.subject.startswith("system:serviceaccount:"):
+            _, _, sa_namespace, sa_name = self.subject.split(":", 3)
+            subject = f'ServiceAccount "{sa_name}/{sa_namespace}"'
+        elif self.subject == user:
+            subject = f'User "{self.subject}"'
+        else:
+            subject = f'Group "{self.subject}"'
+        return f'RBAC: allowed by {kind} "{where}" of {self.role_kind} "{self.role_name}" to {subject}'
 
 
 @dataclass
@@ -88,6 +190,10 @@ class KubeApiDouble:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.tokens = set(tokens)
+        # TokenReview / SubjectAccessReview: valid tokens of the cluster's users, and the RBAC bindings.
+        self.review_tokens: dict[str, ReviewUser] = {}
+        self.bindings: list[Binding] = []
+        self.reviews: list[tuple[str, dict[str, Any]]] = []  # (kind, spec) of every review asked
         self.requests: list[RecordedRequest] = []
         self._tls = tls
         self._seq = 0
@@ -256,6 +362,10 @@ class KubeApiDouble:
         """The next ``times`` requests whose path starts with ``path_prefix`` fail with ``status``."""
         self._failures.extend([(path_prefix, status)] * times)
 
+    def clear_failures(self) -> None:
+        """Forget the failures ``fail_next`` asked for that have not happened yet."""
+        self._failures.clear()
+
     def send_bookmark(self, group: str, version: str, resource: str) -> str:
         """A BOOKMARK at a fresh resourceVersion to the resource's watchers (as after a quiet minute)."""
         store = self._stores[(group, version, resource)]
@@ -349,6 +459,10 @@ class KubeApiDouble:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        if request.method == "POST" and request.path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            return await self._token_review(request)
+        if request.method == "POST" and request.path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+            return await self._access_review(request)
         if request.path == "/version":
             return web.json_response(self._discovery.get("version", {"gitVersion": "v1.24.0"}))
         if parts == ["api"]:
@@ -405,6 +519,51 @@ class KubeApiDouble:
             return web.json_response(obj)
         return _status(405, "MethodNotAllowed", "method not allowed")
 
+    # ------------------------------------------------------------------ reviews (tests/fixtures/auth shapes)
+    async def _token_review(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        spec = body.get("spec") or {}
+        self.reviews.append(("TokenReview", spec))
+        user = self.review_tokens.get(str(spec.get("token", "")))
+        wanted = list(spec.get("audiences") or [])
+        status: dict[str, Any]
+        if user is None:
+            status = {"user": {}, "error": "invalid bearer token"}
+        elif wanted and not set(wanted) & set(user.audiences):
+            status = {
+                "user": {},
+                "error": "[invalid bearer token, token audiences "
+                + json.dumps(list(user.audiences))
+                + " is invalid for the target audiences "
+                + json.dumps(wanted)
+                + "]",
+            }
+        else:
+            status = {
+                "authenticated": True,
+                "user": {"username": user.username, "uid": user.uid, "groups": list(user.groups)},
+                "audiences": wanted or list(user.audiences),
+            }
+        return _review_response("authentication.k8s.io/v1", "TokenReview", spec, status)
+
+    async def _access_review(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        spec = body.get("spec") or {}
+        self.reviews.append(("SubjectAccessReview", spec))
+        attributes = spec.get("resourceAttributes") or {}
+        paths = spec.get("nonResourceAttributes")
+        user, groups = str(spec.get("user", "")), list(spec.get("groups") or [])
+        for binding in self.bindings:
+            allowed = (
+                binding.allows_path(user, groups, paths) if paths else binding.allows(user, groups, attributes)
+            )
+            if allowed:
+                status = {"allowed": True, "reason": binding.reason(user)}
+                break
+        else:
+            status = {"allowed": False}  # the apiserver gives no reason when nothing allows it
+        return _review_response("authorization.k8s.io/v1", "SubjectAccessReview", spec, status)
+
     def _list(self, request: web.Request, store: _Store, namespace: str | None) -> web.StreamResponse:
         items = sorted(
             (obj for key, obj in store.objects.items() if namespace is None or key[0] == namespace),
@@ -434,12 +593,20 @@ class KubeApiDouble:
             # Like the real apiserver, list items carry neither apiVersion nor kind.
             "items": [{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")} for obj in page],
         }
+        if _wants_metadata(request):
+            body = {
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata,
+                "items": [_partial(obj) for obj in page],
+            }
         return web.json_response(body)
 
     async def _watch(self, request: web.Request, store: _Store, namespace: str | None) -> web.StreamResponse:
         requested = request.query.get("resourceVersion", "")
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true", "True")
         watcher = _Watcher(bookmarks, namespace)
+        metadata_only = _wants_metadata(request)
         backlog: list[_Change | bytes] = []
         expired = False
         if requested in ("", "0"):
@@ -476,9 +643,9 @@ class KubeApiDouble:
         try:
             for item in backlog:
                 if isinstance(item, bytes):
-                    await response.write(item)
+                    await response.write(_as_partial(item) if metadata_only else item)
                 elif self._visible(item, watcher):
-                    await response.write(item.line)
+                    await response.write(_as_partial(item.line) if metadata_only else item.line)
             timeout = float(request.query.get("timeoutSeconds") or 0) or None
             while True:
                 try:
@@ -491,7 +658,7 @@ class KubeApiDouble:
                         return response
                     break
                 if self._visible(change, watcher):
-                    await response.write(change.line)
+                    await response.write(_as_partial(change.line) if metadata_only else change.line)
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away (a watcher stopped): nothing left to tell it
@@ -543,6 +710,56 @@ class KubeApiDouble:
                 "modified; please apply your changes to the latest version and try again",
             )
         return web.json_response(self.put_object(*_gvr(store), body))
+
+
+def _wants_metadata(request: web.Request) -> bool:
+    """``Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1``: metadata only."""
+    accept = request.headers.get("Accept", "")
+    return "as=PartialObjectMetadata" in accept and "g=meta.k8s.io" in accept
+
+
+def _partial(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
+
+
+def _as_partial(line: bytes) -> bytes:
+    event = json.loads(line)
+    if event.get("type") in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+        event["object"] = _partial(event["object"])
+    return _encode(event)
+
+
+def _fields_v1(value: Any, nested: bool = False) -> Any:
+    if isinstance(value, dict):
+        fields = {f"f:{key}": _fields_v1(item, True) for key, item in value.items()}
+        return {".": {}, **fields} if nested else fields
+    return {}
+
+
+def _review_response(api_version: str, kind: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> web.Response:
+    """A review as the apiserver answers every one, allowed or not: 201 Created, the spec echoed, the verdict in
+    ``status``, and the managedFields entry of an unnamed manager."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": {
+            "creationTimestamp": None,
+            "managedFields": [
+                {
+                    "manager": "unknown",
+                    "operation": "Update",
+                    "apiVersion": api_version,
+                    "time": now,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": _fields_v1(dict(spec))},
+                }
+            ],
+        },
+        "spec": dict(spec),
+        "status": dict(status),
+    }
+    return web.json_response(body, status=201)
 
 
 def _gvr(store: _Store) -> GVR:

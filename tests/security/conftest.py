@@ -1,0 +1,3 @@
+from tests.e2e.conftest import make_app, otlp_receiver
+
+__all__ = ["make_app", "otlp_receiver"]
