@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from aiohttp import web
@@ -123,6 +123,16 @@ class OtlpReceiver:
             ) from None
         return list(self.spans)
 
+    async def wait_until(self, predicate: Callable[[], bool], within: float) -> bool:
+        """Wait until ``predicate()`` holds, checked after each request; False if it did not within ``within``."""
+        try:
+            async with asyncio.timeout(within):
+                async with self._changed:
+                    await self._changed.wait_for(predicate)
+        except TimeoutError:
+            return False
+        return True
+
     async def wait_for_failures(self, count: int, within: float = 10.0) -> None:
         """Wait until at least ``count`` requests were rejected."""
         try:
@@ -166,7 +176,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class GrpcOtlpReceiver(OtlpReceiver):
-    """OTLP/gRPC on 127.0.0.1:<free port>; ``endpoint`` is what OtlpConfig.endpoint takes."""
+    """OTLP/gRPC on 127.0.0.1:<free port>; ``endpoint`` is what OtlpConfig.endpoint takes.
+
+    ``stop()`` then ``start()`` serves again on the same port: a back end that went away and came back."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -182,7 +194,10 @@ class GrpcOtlpReceiver(OtlpReceiver):
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _TraceService(self), self._server
         )
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.port and port != self.port:
+            raise RuntimeError(f"could not serve again on port {self.port}")
+        self.port = port
         await self._server.start()
 
     async def stop(self) -> None:
