@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,13 @@ from kelemetry_py.model import SERVICE_AUDIT, SERVICE_OBJECT, Span
 from kelemetry_py.storage.sqlite import SqliteStore
 from tests.support.otlp_receiver import OtlpReceiver
 
+_KEY_TAGS = ("cluster", "group", "resource", "namespace", "name")  # an object key's parts (ObjectRef.key)
+
 
 async def stored_audit_ids(store_path: str | Path) -> set[str]:
     """Audit IDs of the audit spans in a store file, read through the store's own API. Call it only once the
     process that wrote the file has exited."""
-    if not Path(store_path).exists():
+    if not await asyncio.to_thread(Path(store_path).exists):
         return set()
     async with SqliteStore(str(store_path)) as store:
         return set(await store.tag_values("auditID"))
@@ -22,7 +25,7 @@ async def stored_audit_ids(store_path: str | Path) -> set[str]:
 
 @dataclass
 class Received:
-    """An incremental index of the spans an OTLP receiver got, re-deliveries included."""
+    """An index of the spans an OTLP receiver got, re-deliveries included; it takes them from the receiver."""
 
     receiver: OtlpReceiver
     audit_ids: set[str] = field(default_factory=set)
@@ -30,13 +33,13 @@ class Received:
     # (object key, window start) → the (trace id, span id) pairs its root span arrived with
     roots: defaultdict[tuple[str, int], set[tuple[int, int]]] = field(default_factory=lambda: defaultdict(set))
     traces: set[int] = field(default_factory=set)
-    _seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.receiver.take_spans()  # whatever arrived before belongs to an earlier run
 
     def update(self) -> Received:
-        spans = self.receiver.spans
-        for span in spans[self._seen :]:
+        for span in self.receiver.take_spans():
             self._index(span)
-        self._seen = len(spans)
         return self
 
     def _index(self, span: Span) -> None:
@@ -45,7 +48,7 @@ class Received:
         if span.service == SERVICE_AUDIT and "auditID" in span.attributes:
             self.audit_ids.add(str(span.attributes["auditID"]))
         if span.service == SERVICE_OBJECT and span.parent_id is None:
-            key = "/".join(str(span.attributes.get(tag, "")) for tag in ("cluster", "group", "resource", "namespace", "name"))
+            key = "/".join(str(span.attributes.get(tag, "")) for tag in _KEY_TAGS)
             self.roots[(key, span.start_ns)].add((span.trace_id, span.span_id))
 
     async def wait_for(self, audit_ids: set[str], within: float) -> bool:

@@ -32,7 +32,7 @@ class FaultEnv:
     receiver: GrpcOtlpReceiver
     concurrency: int = 4
     # How long delivery may take once nothing disturbs it any more; only a failing run waits this long.
-    settle_seconds: float = 90.0
+    settle_seconds: float = 60.0
     redis_url: str = ""
 
     def serve(self, name: str, **sections: Any) -> ServeProcess:
@@ -104,10 +104,10 @@ class Figures:
         self.stderr_tail = server.stderr()[-2000:]
 
 
-async def _load_until(load: Load, refs: Any, acknowledged_events: int) -> asyncio.Task[LoadResult]:
-    """Start the load and return once ``acknowledged_events`` have been answered 200 (or the load ended)."""
-    task = asyncio.create_task(load.run(refs))
-    waiter = asyncio.create_task(load.acknowledged_at_least(acknowledged_events))
+async def _load_until(load: Load, workload: Workload, copies: int, fraction: float) -> asyncio.Task[LoadResult]:
+    """Start loading ``copies`` copies; return once ``fraction`` of their events are answered 200 (or it ended)."""
+    task = asyncio.create_task(load.run(workload.batches(range(copies))))
+    waiter = asyncio.create_task(load.acknowledged_at_least(int(copies * workload.events_per_copy * fraction)))
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     return task
@@ -145,8 +145,7 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
     received = Received(env.receiver)
     await server.start()
     load = env.load(server)
-    total = env.workload.copies_for(events) * env.workload.events_per_copy
-    task = await _load_until(load, env.workload.batches(range(env.workload.copies_for(events))), int(total * kill_at))
+    task = await _load_until(load, env.workload, env.workload.copies_for(events), kill_at)
     load.stop()
     server.kill()
     figures.details["killed_with"] = await server.wait()
@@ -177,8 +176,7 @@ async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5) -> Figures:
     received = Received(env.receiver)
     await server.start()
     load = env.load(server)
-    total = env.workload.copies_for(events) * env.workload.events_per_copy
-    task = await _load_until(load, env.workload.batches(range(env.workload.copies_for(events))), int(total * term_at))
+    task = await _load_until(load, env.workload, env.workload.copies_for(events), term_at)
     load.stop()
     server.terminate()
     code = await server.wait(DEFAULT_GRACE_SECONDS + 10)
@@ -353,8 +351,7 @@ async def replicas_kill(env: FaultEnv, events: int, kill_at: float = 0.5, claim_
     await asyncio.gather(replica_a.start(), replica_b.start())
     try:
         load = env.load(replica_a, replica_b)
-        copies = env.workload.copies_for(events)
-        task = await _load_until(load, env.workload.batches(range(copies)), int(copies * env.workload.events_per_copy * kill_at))
+        task = await _load_until(load, env.workload, env.workload.copies_for(events), kill_at)
         replica_a.kill()
         figures.details["killed_with"] = await replica_a.wait()
         figures.details["stderr_a"] = replica_a.stderr()[-1500:]

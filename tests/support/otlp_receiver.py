@@ -81,7 +81,9 @@ def request_to_spans(request: ExportRequest) -> list[Span]:
 class OtlpReceiver:
     """What both transports share: the record of received requests and the failure switch."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_requests: bool = True) -> None:
+        # Long fault runs keep only the decoded spans, and take those as they come (take_spans).
+        self.keep_requests = keep_requests
         self.requests: list[bytes] = []  # serialized ExportTraceServiceRequest of each accepted request
         self.decoded: list[ExportRequest] = []
         self.spans: list[Span] = []
@@ -107,6 +109,11 @@ class OtlpReceiver:
     def raw_bytes(self) -> bytes:
         """Every accepted request's bytes joined, for ``secret not in receiver.raw_bytes`` checks."""
         return b"".join(self.requests)
+
+    def take_spans(self) -> list[Span]:
+        """The spans received since the last call, forgotten here."""
+        spans, self.spans = self.spans, []
+        return spans
 
     def spans_by_id(self) -> dict[int, Span]:
         return {span.span_id: span for span in self.spans}
@@ -154,8 +161,9 @@ class OtlpReceiver:
                 self._changed.notify_all()
             return False
         request = ExportRequest.FromString(payload)
-        self.requests.append(payload)
-        self.decoded.append(request)
+        if self.keep_requests:
+            self.requests.append(payload)
+            self.decoded.append(request)
         self.spans.extend(request_to_spans(request))
         async with self._changed:
             self._changed.notify_all()
@@ -180,8 +188,8 @@ class GrpcOtlpReceiver(OtlpReceiver):
 
     ``stop()`` then ``start()`` serves again on the same port: a back end that went away and came back."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, keep_requests: bool = True) -> None:
+        super().__init__(keep_requests=keep_requests)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
