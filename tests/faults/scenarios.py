@@ -113,6 +113,14 @@ async def _load_until(load: Load, workload: Workload, copies: int, fraction: flo
     return task
 
 
+def _note_store_pace(figures: Figures, store: Drain, result: LoadResult, expected: set[str]) -> None:
+    """How fast the store took in the load: audit spans per second from the first batch until its backlog is 0."""
+    seconds = result.seconds + store.seconds
+    figures.details["store_caught_up"] = store.done
+    figures.details["store_seconds"] = seconds if store.done else None
+    figures.details["store_audit_spans_per_second"] = len(expected) / seconds if store.done else None
+
+
 async def undisturbed(env: FaultEnv, events: int) -> Figures:
     """The baseline: the batches delivered with nothing going wrong."""
     figures = Figures("undisturbed")
@@ -147,6 +155,7 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
     load = env.load(server)
     task = await _load_until(load, env.workload, env.workload.copies_for(events), kill_at)
     load.stop()
+    figures.details["rss_before_kill_mib"] = server.peak_rss_bytes() / MIB
     server.kill()
     figures.details["killed_with"] = await server.wait()
     result = await task
@@ -162,6 +171,7 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
         drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
         figures.drained, figures.drain_seconds = drain.done, drain.seconds
         figures.details["backlog"] = drain.backlog or drain.why
+        figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     finally:
         figures.note_exit(server, await server.stop())
     figures.count_received(received, expected)
@@ -178,6 +188,7 @@ async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5) -> Figures:
     load = env.load(server)
     task = await _load_until(load, env.workload, env.workload.copies_for(events), term_at)
     load.stop()
+    figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     server.terminate()
     code = await server.wait(DEFAULT_GRACE_SECONDS + 10)
     if code is None:
@@ -212,9 +223,7 @@ async def otlp_outage(env: FaultEnv, outage_seconds: float) -> Figures:
         expected = env.workload.expected_ids(result.acknowledged)
         # The store keeps pace: its backlog empties while OTLP is still down.
         store = await server.wait_backlog(("pipeline", "sqlite"), env.settle_seconds)
-        figures.details["store_caught_up"] = store.done
-        figures.details["store_seconds"] = result.seconds + store.seconds
-        figures.details["store_rate"] = len(expected) / (result.seconds + store.seconds)
+        _note_store_pace(figures, store, result, expected)
         figures.details["backlog_during_outage"] = store.backlog or store.why
         figures.details["rss_during_outage_mib"] = server.peak_rss_bytes() / MIB
         figures.details["received_during_outage"] = len(received.update().audit_ids & expected)
@@ -236,7 +245,7 @@ async def otlp_outage(env: FaultEnv, outage_seconds: float) -> Figures:
     return figures
 
 
-async def store_rate(env: FaultEnv, seconds: float) -> Figures:
+async def full_load(env: FaultEnv, seconds: float) -> Figures:
     """The undisturbed counterpart of ``otlp_outage``: the same full load for the same time, receiver up."""
     figures = Figures(f"full load {seconds:g}s, receiver up")
     server = env.serve("rate")
@@ -251,9 +260,7 @@ async def store_rate(env: FaultEnv, seconds: float) -> Figures:
         figures.count_load(result, env.workload)
         expected = env.workload.expected_ids(result.acknowledged)
         store = await server.wait_backlog(("pipeline", "sqlite"), env.settle_seconds)
-        figures.details["store_caught_up"] = store.done
-        figures.details["store_seconds"] = result.seconds + store.seconds
-        figures.details["store_rate"] = len(expected) / (result.seconds + store.seconds)
+        _note_store_pace(figures, store, result, expected)
         await received.wait_for(expected, env.settle_seconds)
         figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     finally:

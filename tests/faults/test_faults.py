@@ -4,13 +4,14 @@ becomes a span (the product's AuditConverter says which); lost means acknowledge
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
 from tests.faults import scenarios
 from tests.faults.params import EVENTS, OUTAGE_SECONDS
 from tests.faults.scenarios import FaultEnv, Figures
 
 RSS_LIMIT_MIB = 400
+RecordProperty = Callable[[str, object], None]  # pytest's record_property: the figures go into the JUnit XML
 
 
 def summary(figures: Figures) -> str:
@@ -19,14 +20,14 @@ def summary(figures: Figures) -> str:
     return f"{shown}\nserve stderr (tail):\n{figures.stderr_tail}"
 
 
-def report(figures: Figures, record_property: pytest.RecordProperty) -> None:
+def report(figures: Figures, record_property: RecordProperty) -> None:
     for key in ("events_acknowledged", "lost_at_receiver", "lost_in_store", "duplicate_deliveries", "exit_code"):
         record_property(key, getattr(figures, key))
     print(summary(figures))
 
 
 async def test_undisturbed_run_delivers_exactly_the_expected_audit_ids(
-    fault_env: FaultEnv, record_property: pytest.RecordProperty
+    fault_env: FaultEnv, record_property: RecordProperty
 ) -> None:
     """The baseline the other tests compare against: with nothing going wrong, the receiver and the store hold
     exactly the audit IDs the converter says become spans, once each."""
@@ -42,7 +43,7 @@ async def test_undisturbed_run_delivers_exactly_the_expected_audit_ids(
 
 
 async def test_kill_9_mid_load_then_restart_loses_no_acknowledged_event(
-    fault_env: FaultEnv, record_property: pytest.RecordProperty
+    fault_env: FaultEnv, record_property: RecordProperty
 ) -> None:
     figures = await scenarios.kill_and_restart(fault_env, EVENTS, kill_at=0.5)
     report(figures, record_property)
@@ -64,7 +65,7 @@ async def test_kill_9_mid_load_then_restart_loses_no_acknowledged_event(
 
 
 async def test_sigterm_mid_load_drains_everything_acknowledged_and_exits_0(
-    fault_env: FaultEnv, record_property: pytest.RecordProperty
+    fault_env: FaultEnv, record_property: RecordProperty
 ) -> None:
     """Within the default grace period (25 s; the wait allows 10 s more for the interpreter), no restart."""
     figures = await scenarios.sigterm(fault_env, EVENTS, term_at=0.5)
@@ -79,7 +80,7 @@ async def test_sigterm_mid_load_drains_everything_acknowledged_and_exits_0(
 
 
 async def test_otlp_outage_at_full_load_grows_the_disk_backlog_not_memory(
-    fault_env: FaultEnv, record_property: pytest.RecordProperty
+    fault_env: FaultEnv, record_property: RecordProperty
 ) -> None:
     figures = await scenarios.otlp_outage(fault_env, OUTAGE_SECONDS)
     report(figures, record_property)
@@ -100,7 +101,7 @@ async def test_otlp_outage_at_full_load_grows_the_disk_backlog_not_memory(
 
 
 async def test_poison_events_never_take_clean_events_down(
-    fault_env: FaultEnv, record_property: pytest.RecordProperty
+    fault_env: FaultEnv, record_property: RecordProperty
 ) -> None:
     """Each poison in its own batch of clean events (and all of them in one), among concurrent clean batches:
     a poison batch is refused whole with a 400 naming the item and field, or accepted with the poison dropped."""
@@ -121,7 +122,7 @@ async def test_poison_events_never_take_clean_events_down(
 
 
 async def test_two_replicas_on_redis_one_killed_lose_nothing(
-    fault_env: FaultEnv, redis_url: str, record_property: pytest.RecordProperty
+    fault_env: FaultEnv, redis_url: str, record_property: RecordProperty
 ) -> None:
     """The survivor claims the dead replica's pending work; duplicates are harmless (deterministic ids) and only
     reported, but no object window may get two different root spans, and none may lose its root."""
