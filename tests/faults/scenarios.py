@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,9 +180,9 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
     return figures
 
 
-async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5) -> Figures:
-    """SIGTERM once ``term_at`` of the events are acknowledged; no restart."""
-    figures = Figures("SIGTERM")
+async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5, signum: int = signal.SIGTERM) -> Figures:
+    """SIGTERM (or SIGINT) once ``term_at`` of the events are acknowledged; no restart."""
+    figures = Figures(signal.Signals(signum).name)
     server = env.serve("sigterm")
     received = Received(env.receiver)
     await server.start()
@@ -189,7 +190,7 @@ async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5) -> Figures:
     task = await _load_until(load, env.workload, env.workload.copies_for(events), term_at)
     load.stop()
     figures.peak_rss_mib = server.peak_rss_bytes() / MIB
-    server.terminate()
+    server.send(signum)
     code = await server.wait(DEFAULT_GRACE_SECONDS + 10)
     if code is None:
         server.kill()

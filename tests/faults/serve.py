@@ -100,7 +100,15 @@ class ServeProcess:
         return self._proc is not None and self._proc.returncode is None
 
     async def start(self) -> None:
-        """Start and wait until /readyz answers 200."""
+        """Start and wait until /readyz answers 200 (on another free port if another process took the one picked)."""
+        for _ in range(3):
+            try:
+                return await self._start()
+            except PortTaken:
+                continue
+        raise RuntimeError(f"{self.name}: no free port after 3 attempts")
+
+    async def _start(self) -> None:
         self.starts += 1
         self.port = free_port()
         self.returncode = None
@@ -127,6 +135,8 @@ class ServeProcess:
             while True:
                 if not self.running:
                     await self.wait()
+                    if "address already in use" in self.stderr().lower():
+                        raise PortTaken(self.port)
                     raise RuntimeError(
                         f"{self.name} exited with {self.returncode} before it was ready:\n{self.stderr()[-3000:]}"
                     )
@@ -142,15 +152,12 @@ class ServeProcess:
 
     def kill(self) -> None:
         """``kill -9``."""
-        self._signal(signal.SIGKILL)
+        self.send(signal.SIGKILL)
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        self.send(signal.SIGTERM)
 
-    def interrupt(self) -> None:
-        self._signal(signal.SIGINT)
-
-    def _signal(self, signum: int) -> None:
+    def send(self, signum: int) -> None:
         assert self._proc is not None, "not started"
         self.signalled_at = time.monotonic()
         self._proc.send_signal(signum)
@@ -222,13 +229,19 @@ class ServeProcess:
                 return Drain(False, time.monotonic() - started, None, f"/readyz has no backlog: {str(body)[:300]}")
             if backlog is not None:
                 pending = {k: v for k, v in backlog.items() if consumers is None or k in consumers}
-                if consumers is not None and not set(consumers) <= set(backlog):
-                    pending.update({k: -1 for k in consumers if k not in backlog})
+                missing = [k for k in consumers or () if k not in backlog]
+                if missing:
+                    why = f"/readyz backlog has no {', '.join(missing)}: {backlog}"
+                    return Drain(False, time.monotonic() - started, backlog, why)
                 if backlog and not any(pending.values()):
                     return Drain(True, time.monotonic() - started, backlog)
             if time.monotonic() > deadline or not self.running:
                 return Drain(False, time.monotonic() - started, backlog, f"/readyz {status}: {str(body)[:300]}")
             await asyncio.sleep(0.2)  # the backlog has no push notification; polled with a deadline
+
+
+class PortTaken(Exception):
+    """The port picked for serve was taken by another process before serve bound it."""
 
 
 @dataclass

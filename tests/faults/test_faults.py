@@ -4,7 +4,10 @@ becomes a span (the product's AuditConverter says which); lost means acknowledge
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
+
+import pytest
 
 from tests.faults import scenarios
 from tests.faults.params import EVENTS, OUTAGE_SECONDS
@@ -64,14 +67,15 @@ async def test_kill_9_mid_load_then_restart_loses_no_acknowledged_event(
     assert figures.exit_code == 0, summary(figures)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_sigterm_mid_load_drains_everything_acknowledged_and_exits_0(
-    fault_env: FaultEnv, record_property: RecordProperty
+    fault_env: FaultEnv, record_property: RecordProperty, signum: int
 ) -> None:
     """Within the default grace period (25 s; the wait allows 10 s more for the interpreter), no restart."""
-    figures = await scenarios.sigterm(fault_env, EVENTS, term_at=0.5)
+    figures = await scenarios.sigterm(fault_env, EVENTS, term_at=0.5, signum=signum)
     report(figures, record_property)
     assert figures.batches_acknowledged > 0
-    assert figures.exit_code == 0, f"SIGTERM ended serve with {figures.exit_code}\n{summary(figures)}"
+    assert figures.exit_code == 0, f"{figures.scenario} ended serve with {figures.exit_code}\n{summary(figures)}"
     assert figures.lost_at_receiver == 0, (
         f"{figures.lost_at_receiver} of {figures.expected_audit_ids} acknowledged audit events did not reach the "
         f"receiver before serve exited\n{summary(figures)}"
