@@ -74,8 +74,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=args.concurrency,
                 settle_seconds=args.settle_seconds,
             )
-            for name in args.scenarios:
-                results[name] = await _scenario(name, env, args)
+            try:
+                for name in args.scenarios:
+                    results[name] = await _scenario(name, env, args)
+            finally:
+                await env.close()
     finally:
         await receiver.stop()
     return results

@@ -20,13 +20,11 @@ def workload() -> Workload:
 async def fault_env(tmp_path: Path, workload: Workload) -> AsyncIterator[FaultEnv]:
     receiver = GrpcOtlpReceiver(keep_requests=False)
     await receiver.start()
+    env = FaultEnv(
+        workdir=tmp_path, workload=workload, receiver=receiver, concurrency=CONCURRENCY, settle_seconds=SETTLE_SECONDS
+    )
     try:
-        yield FaultEnv(
-            workdir=tmp_path,
-            workload=workload,
-            receiver=receiver,
-            concurrency=CONCURRENCY,
-            settle_seconds=SETTLE_SECONDS,
-        )
+        yield env
     finally:
+        await env.close()
         await receiver.stop()

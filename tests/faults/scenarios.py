@@ -35,11 +35,21 @@ class FaultEnv:
     # How long delivery may take once nothing disturbs it any more; only a failing run waits this long.
     settle_seconds: float = 60.0
     redis_url: str = ""
+    processes: list[ServeProcess] = field(default_factory=list)
 
     def serve(self, name: str, **sections: Any) -> ServeProcess:
         data_dir = self.workdir / name
         config = serve_config(data_dir, otlp_endpoint=self.receiver.endpoint, **sections)
-        return ServeProcess(config, data_dir, name)
+        process = ServeProcess(config, data_dir, name)
+        self.processes.append(process)
+        return process
+
+    async def close(self) -> None:
+        """Kill whatever a failed scenario left running."""
+        for process in self.processes:
+            if process.running:
+                process.kill()
+                await process.wait()
 
     def load(self, *servers: ServeProcess) -> Load:
         workload = self.workload
@@ -135,7 +145,7 @@ async def undisturbed(env: FaultEnv, events: int) -> Figures:
         expected = env.workload.expected_ids(result.acknowledged)
         await received.wait_for(expected, env.settle_seconds)
         drain = await server.wait_backlog(None, env.settle_seconds if received.audit_ids >= expected else 1)
-        figures.drained, figures.drain_seconds = drain.done, result.seconds + drain.seconds
+        figures.drained, figures.drain_seconds = drain.done, drain.seconds
         figures.peak_rss_mib = server.peak_rss_bytes() / MIB
         figures.details["received_not_expected"] = len(received.update().audit_ids - expected)
     finally:
