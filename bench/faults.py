@@ -76,7 +76,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             try:
                 for name in args.scenarios:
-                    results[name] = await _scenario(name, env, args)
+                    try:
+                        results[name] = await _scenario(name, env, args)
+                    except Exception as exc:  # one scenario that cannot run (e.g. a config key serve rejects)
+                        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                    await env.close()
             finally:
                 await env.close()
     finally:
@@ -141,6 +145,9 @@ def _print_run(figures: dict[str, Any]) -> None:
 
 def print_results(results: dict[str, Any]) -> None:
     for name, figures in results.items():
+        if "error" in figures:
+            print(f"== {name}: could not run: {figures['error'][:1500]}")
+            continue
         if name != "outage":
             _print_run(figures)
             continue
@@ -162,7 +169,7 @@ def main(argv: list[str]) -> int:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2, default=str).decode())
     else:
         print_results(results)
-    return 0
+    return 1 if any("error" in figures for figures in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ class Load:
                 if self._stopping.is_set():
                     return None
                 # Backing off as the apiserver does; the server chose the delay.
-                await asyncio.sleep(min(_MAX_RETRY_AFTER, float(retry_after or 1)))
+                await asyncio.sleep(min(_MAX_RETRY_AFTER, _seconds(retry_after)))
                 continue
             if status and status != 503:
                 return Answer(status, text, target)
@@ -151,3 +151,11 @@ class Load:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
         return None
+
+
+def _seconds(retry_after: str) -> float:
+    """Retry-After in seconds; anything else (an HTTP date) counts as 1 s."""
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        return 1.0

@@ -17,16 +17,19 @@ RSS_LIMIT_MIB = 400
 RecordProperty = Callable[[str, object], None]  # pytest's record_property: the figures go into the JUnit XML
 
 
+def shown(figures: Figures) -> dict[str, object]:
+    return {k: v for k, v in figures.as_dict().items() if k != "stderr_tail"}
+
+
 def summary(figures: Figures) -> str:
-    """The figures, for assertion messages and the test log."""
-    shown = {k: v for k, v in figures.as_dict().items() if k != "stderr_tail"}
-    return f"{shown}\nserve stderr (tail):\n{figures.stderr_tail}"
+    """The figures and serve's last words, for assertion messages."""
+    return f"{shown(figures)}\nserve stderr (tail):\n{figures.stderr_tail}"
 
 
 def report(figures: Figures, record_property: RecordProperty) -> None:
     for key in ("events_acknowledged", "lost_at_receiver", "lost_in_store", "duplicate_deliveries", "exit_code"):
         record_property(key, getattr(figures, key))
-    print(summary(figures))
+    print(shown(figures))
 
 
 async def test_undisturbed_run_delivers_exactly_the_expected_audit_ids(
