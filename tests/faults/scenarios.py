@@ -109,6 +109,11 @@ class Figures:
     async def count_stored(self, server: ServeProcess, expected: set[str]) -> None:
         self.lost_in_store = len(expected - await stored_audit_ids(server.config["store"]["path"]))
 
+    async def count_delivered(self, received: Received, server: ServeProcess, expected: set[str]) -> None:
+        """Once ``server`` has exited: what of ``expected`` is missing at the receiver and in its store."""
+        self.count_received(received, expected)
+        await self.count_stored(server, expected)
+
     def note_exit(self, server: ServeProcess, code: int | None) -> None:
         self.exit_code = code
         self.exit_seconds = server.exited_after
@@ -124,12 +129,24 @@ async def _load_until(load: Load, workload: Workload, copies: int, fraction: flo
     return task
 
 
-def _note_store_pace(figures: Figures, store: Drain, result: LoadResult, expected: set[str]) -> None:
-    """How fast the store took in the load: audit spans per second from the first batch until its backlog is 0."""
-    seconds = result.seconds + store.seconds
+async def _full_load(
+    env: FaultEnv, server: ServeProcess, figures: Figures, seconds: float
+) -> tuple[set[str], Drain]:
+    """Load as fast as ``server`` takes it for ``seconds``, then wait for its store to catch up, and note how fast
+    the store took it in: audit spans per second from the first batch until its backlog is 0."""
+    load = env.load(server)
+    task = asyncio.create_task(load.run(env.workload.batches(itertools.count())))
+    await asyncio.sleep(seconds)  # how long the load (and a fault during it) lasts, not a synchronisation
+    load.stop()
+    result = await task
+    figures.count_load(result, env.workload)
+    expected = env.workload.expected_ids(result.acknowledged)
+    store = await server.wait_backlog(("pipeline", "sqlite"), env.settle_seconds)
+    took = result.seconds + store.seconds
     figures.details["store_caught_up"] = store.done
-    figures.details["store_seconds"] = seconds if store.done else None
-    figures.details["store_audit_spans_per_second"] = len(expected) / seconds if store.done else None
+    figures.details["store_seconds"] = took if store.done else None
+    figures.details["store_audit_spans_per_second"] = len(expected) / took if store.done else None
+    return expected, store
 
 
 async def undisturbed(env: FaultEnv, events: int) -> Figures:
@@ -150,8 +167,7 @@ async def undisturbed(env: FaultEnv, events: int) -> Figures:
         figures.details["received_not_expected"] = len(received.update().audit_ids - expected)
     finally:
         figures.note_exit(server, await server.stop())
-    figures.count_received(received, expected)
-    await figures.count_stored(server, expected)
+    await figures.count_delivered(received, server, expected)
     stored = await stored_audit_ids(server.config["store"]["path"])
     figures.details["stored_not_expected"] = len(stored - expected)
     return figures
@@ -185,8 +201,7 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
         figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     finally:
         figures.note_exit(server, await server.stop())
-    figures.count_received(received, expected)
-    await figures.count_stored(server, expected)
+    await figures.count_delivered(received, server, expected)
     return figures
 
 
@@ -209,8 +224,8 @@ async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5, signum: int 
     result = await task
     figures.count_load(result, env.workload)
     expected = env.workload.expected_ids(result.acknowledged)
-    figures.count_received(received, expected)  # no waiting: the process is gone, what it delivered is here
-    await figures.count_stored(server, expected)
+    # No waiting: the process is gone, and what it delivered is here.
+    await figures.count_delivered(received, server, expected)
     return figures
 
 
@@ -224,17 +239,8 @@ async def otlp_outage(env: FaultEnv, outage_seconds: float) -> Figures:
     try:
         await env.receiver.stop()
         receiver_down = True
-        load = env.load(server)
-        task = asyncio.create_task(load.run(env.workload.batches(itertools.count())))
-        # The outage lasts as long as the load: a fault's duration, not a synchronisation.
-        await asyncio.sleep(outage_seconds)
-        load.stop()
-        result = await task
-        figures.count_load(result, env.workload)
-        expected = env.workload.expected_ids(result.acknowledged)
         # The store keeps pace: its backlog empties while OTLP is still down.
-        store = await server.wait_backlog(("pipeline", "sqlite"), env.settle_seconds)
-        _note_store_pace(figures, store, result, expected)
+        expected, store = await _full_load(env, server, figures, outage_seconds)
         figures.details["backlog_during_outage"] = store.backlog or store.why
         figures.details["rss_during_outage_mib"] = server.peak_rss_bytes() / MIB
         figures.details["received_during_outage"] = len(received.update().audit_ids & expected)
@@ -251,8 +257,7 @@ async def otlp_outage(env: FaultEnv, outage_seconds: float) -> Figures:
         if receiver_down:
             await env.receiver.start()
         figures.note_exit(server, await server.stop())
-    figures.count_received(received, expected)
-    await figures.count_stored(server, expected)
+    await figures.count_delivered(received, server, expected)
     return figures
 
 
@@ -263,21 +268,12 @@ async def full_load(env: FaultEnv, seconds: float) -> Figures:
     received = Received(env.receiver)
     await server.start()
     try:
-        load = env.load(server)
-        task = asyncio.create_task(load.run(env.workload.batches(itertools.count())))
-        await asyncio.sleep(seconds)  # the load's duration
-        load.stop()
-        result = await task
-        figures.count_load(result, env.workload)
-        expected = env.workload.expected_ids(result.acknowledged)
-        store = await server.wait_backlog(("pipeline", "sqlite"), env.settle_seconds)
-        _note_store_pace(figures, store, result, expected)
+        expected, _ = await _full_load(env, server, figures, seconds)
         await received.wait_for(expected, env.settle_seconds)
         figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     finally:
         figures.note_exit(server, await server.stop())
-    figures.count_received(received, expected)
-    await figures.count_stored(server, expected)
+    await figures.count_delivered(received, server, expected)
     return figures
 
 
@@ -348,8 +344,7 @@ async def poison(env: FaultEnv, clean_events: int) -> Figures:
         figures.drained, figures.drain_seconds = drain.done, drain.seconds
     finally:
         figures.note_exit(server, await server.stop())
-    figures.count_received(received, expected)
-    await figures.count_stored(server, expected)
+    await figures.count_delivered(received, server, expected)
     return figures
 
 
