@@ -174,12 +174,12 @@ class ServeProcess:
             self.exited_after = time.monotonic() - self.signalled_at
         return self.returncode
 
-    async def stop(self, within: float = DEFAULT_GRACE_SECONDS + 10) -> int | None:
-        """SIGTERM, wait up to ``within`` seconds, then SIGKILL; returns the exit code of the SIGTERM (None when
-        it had to be killed)."""
+    async def stop(self, within: float = DEFAULT_GRACE_SECONDS + 10, signum: int = signal.SIGTERM) -> int | None:
+        """Send ``signum``, wait up to ``within`` seconds, then SIGKILL; returns the exit code (None when it had to
+        be killed)."""
         if not self.running:
             return self.returncode
-        self.terminate()
+        self.send(signum)
         code = await self.wait(within)
         if code is None:
             self.kill()

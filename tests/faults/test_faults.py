@@ -46,6 +46,7 @@ async def test_undisturbed_run_delivers_exactly_the_expected_audit_ids(
     assert figures.lost_at_receiver == 0 and figures.details["received_not_expected"] == 0, summary(figures)
     assert figures.lost_in_store == 0 and figures.details["stored_not_expected"] == 0, summary(figures)
     assert figures.duplicate_deliveries == 0 and figures.split_roots == 0 and figures.orphan_traces == 0
+    assert figures.exit_code == 0, summary(figures)
 
 
 async def test_kill_9_mid_load_then_restart_loses_no_acknowledged_event(
