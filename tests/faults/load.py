@@ -76,10 +76,6 @@ class Load:
         """Send nothing new: batches in flight finish, nothing is retried."""
         self._stopping.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     async def acknowledged_at_least(self, events: int) -> None:
         """Wait until batches holding ``events`` audit events have been answered 200."""
         async with self._progress:
@@ -108,7 +104,7 @@ class Load:
             ref = next(pending, None)
             if ref is None:
                 return
-            answer = await self._deliver(session, ref, self._bodies(ref))
+            answer = await self._deliver(session, self._bodies(ref))
             if answer is None:
                 self.result.unanswered.append(ref)
                 continue
@@ -120,7 +116,7 @@ class Load:
                 async with self._progress:
                     self._progress.notify_all()
 
-    async def _deliver(self, session: aiohttp.ClientSession, ref: BatchRef, body: bytes) -> Answer | None:
+    async def _deliver(self, session: aiohttp.ClientSession, body: bytes) -> Answer | None:
         target = next(self._next_target)
         backoff = 0.05
         for _ in range(_MAX_ATTEMPTS):
