@@ -244,6 +244,10 @@ async def otlp_outage(env: FaultEnv, outage_seconds: float) -> Figures:
         # The store keeps pace: its backlog empties while OTLP is still down.
         expected, store = await _full_load(env, server, figures, outage_seconds)
         figures.details["backlog_during_outage"] = store.backlog or store.why
+        for unit in ("records", "bytes"):
+            figures.details[f"metrics_backlog_{unit}"] = await server.metric(
+                f"kelemetry_spool_backlog_{unit}", "consumer"
+            )
         figures.details["rss_during_outage_mib"] = server.peak_rss_bytes() / MIB
         figures.details["received_during_outage"] = len(received.update().audit_ids & expected)
 

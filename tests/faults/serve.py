@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 # The documented default of shutdown_grace_seconds (issue #8): the tests leave it at its default.
 DEFAULT_GRACE_SECONDS = 25.0
@@ -207,6 +208,20 @@ class ServeProcess:
                     return response.status, raw.decode(errors="replace")
         except (aiohttp.ClientError, TimeoutError):
             return 0, None
+
+    async def metric(self, name: str, label: str) -> dict[str, float]:
+        """One metric family of /metrics by the value of ``label`` (e.g. the backlog by consumer); {} if absent."""
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(f"{self.base_url}/metrics") as response,
+        ):
+            text = await response.text()
+        return {
+            sample.labels.get(label, ""): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        }
 
     async def backlog(self) -> dict[str, int] | None:
         """Records each consumer (pipeline, sqlite, otlp) has still to process; None when /readyz has no backlog."""

@@ -98,6 +98,8 @@ async def test_otlp_outage_at_full_load_grows_the_disk_backlog_not_memory(
         f"the store did not keep pace while OTLP was down: {details['backlog_during_outage']}\n{summary(figures)}"
     )
     assert details["backlog_during_outage"]["otlp"] > 0, "the OTLP backlog must be on disk, counted in /readyz"
+    for unit in ("records", "bytes"):
+        assert details[f"metrics_backlog_{unit}"].get("otlp", 0) > 0, f"/metrics must show the OTLP backlog: {details}"
     assert figures.peak_rss_mib is not None and figures.peak_rss_mib < RSS_LIMIT_MIB, summary(figures)
     assert figures.lost_at_receiver == 0, (
         f"{figures.lost_at_receiver} of {figures.expected_audit_ids} acknowledged audit events never reached the "
