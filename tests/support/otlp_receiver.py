@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from aiohttp import web
@@ -81,7 +81,9 @@ def request_to_spans(request: ExportRequest) -> list[Span]:
 class OtlpReceiver:
     """What both transports share: the record of received requests and the failure switch."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_requests: bool = True) -> None:
+        # Long fault runs keep only the decoded spans, and take those as they come (take_spans).
+        self.keep_requests = keep_requests
         self.requests: list[bytes] = []  # serialized ExportTraceServiceRequest of each accepted request
         self.decoded: list[ExportRequest] = []
         self.spans: list[Span] = []
@@ -108,6 +110,11 @@ class OtlpReceiver:
         """Every accepted request's bytes joined, for ``secret not in receiver.raw_bytes`` checks."""
         return b"".join(self.requests)
 
+    def take_spans(self) -> list[Span]:
+        """The spans received since the last call, forgotten here."""
+        spans, self.spans = self.spans, []
+        return spans
+
     def spans_by_id(self) -> dict[int, Span]:
         return {span.span_id: span for span in self.spans}
 
@@ -122,6 +129,16 @@ class OtlpReceiver:
                 f"expected {count} spans within {within}s, received {len(self.spans)}"
             ) from None
         return list(self.spans)
+
+    async def wait_until(self, predicate: Callable[[], bool], within: float) -> bool:
+        """Wait until ``predicate()`` holds, checked after each request; False if it did not within ``within``."""
+        try:
+            async with asyncio.timeout(within):
+                async with self._changed:
+                    await self._changed.wait_for(predicate)
+        except TimeoutError:
+            return False
+        return True
 
     async def wait_for_failures(self, count: int, within: float = 10.0) -> None:
         """Wait until at least ``count`` requests were rejected."""
@@ -144,8 +161,9 @@ class OtlpReceiver:
                 self._changed.notify_all()
             return False
         request = ExportRequest.FromString(payload)
-        self.requests.append(payload)
-        self.decoded.append(request)
+        if self.keep_requests:
+            self.requests.append(payload)
+            self.decoded.append(request)
         self.spans.extend(request_to_spans(request))
         async with self._changed:
             self._changed.notify_all()
@@ -166,10 +184,12 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class GrpcOtlpReceiver(OtlpReceiver):
-    """OTLP/gRPC on 127.0.0.1:<free port>; ``endpoint`` is what OtlpConfig.endpoint takes."""
+    """OTLP/gRPC on 127.0.0.1:<free port>; ``endpoint`` is what OtlpConfig.endpoint takes.
 
-    def __init__(self) -> None:
-        super().__init__()
+    ``stop()`` then ``start()`` serves again on the same port: a back end that went away and came back."""
+
+    def __init__(self, *, keep_requests: bool = True) -> None:
+        super().__init__(keep_requests=keep_requests)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -182,7 +202,10 @@ class GrpcOtlpReceiver(OtlpReceiver):
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _TraceService(self), self._server
         )
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.port and port != self.port:
+            raise RuntimeError(f"could not serve again on port {self.port}")
+        self.port = port
         await self._server.start()
 
     async def stop(self) -> None:
