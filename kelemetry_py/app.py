@@ -15,7 +15,8 @@ from aiohttp import web
 from kelemetry_py import __version__
 from kelemetry_py.config import Config
 from kelemetry_py.export import SpanWriter
-from kelemetry_py.metrics import Metrics
+from kelemetry_py.logs import request_ids
+from kelemetry_py.metrics import Metrics, files_size_bytes
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
@@ -71,6 +72,7 @@ class App:
             )
             await self.watching.start()
         main = web.Application(client_max_size=self.config.audit.max_body_bytes)
+        main.middlewares.append(request_ids)
         self._add_operational_routes(main)
         AuditWebhook(
             sink=self.components.pipeline,
@@ -98,6 +100,7 @@ class App:
         self.components.closers.append(cache.close)
         if config.http.frontend_port:
             target = web.Application()
+            target.middlewares.append(request_ids)
             self._add_operational_routes(target)
         else:
             target = main
@@ -152,6 +155,9 @@ class App:
 
         async def metrics(_: web.Request) -> web.Response:
             assert self.components is not None
+            if self.components.store is not None:
+                size = await asyncio.to_thread(files_size_bytes, self.config.store.path)
+                self.components.metrics.store_size.set(size)
             return web.Response(
                 body=self.components.metrics.exposition(),
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -185,6 +191,7 @@ class App:
 
 
 async def build_components(config: Config) -> Components:
+    from kelemetry_py.export.counting import CountingWriter
     from kelemetry_py.kube.catalog import ClusterCatalogs
     from kelemetry_py.linking.graph import ObjectGraph
     from kelemetry_py.linking.registry import load_linkers
@@ -202,13 +209,13 @@ async def build_components(config: Config) -> Components:
         store = await SqliteStore(
             config.store.path, retention_hours=config.store.retention_hours, metrics=metrics
         ).open()
-        writers.append(store)
+        writers.append(CountingWriter(store, "sqlite", metrics))
         closers.append(store.close)
     if config.otlp.endpoint:
         from kelemetry_py.export.otlp import OtlpSpanWriter
 
         otlp = OtlpSpanWriter(config.otlp, metrics)
-        writers.append(otlp)
+        writers.append(CountingWriter(otlp, "otlp", metrics))
         closers.insert(0, otlp.close)  # flush exports before the store closes
     writer: SpanWriter
     if len(writers) == 1:
