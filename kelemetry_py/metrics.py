@@ -88,6 +88,11 @@ class Metrics:
             ["consumer"],
             registry=r,
         )
+        self.spool_capacity_bytes = Gauge(
+            "kelemetry_spool_capacity_bytes",
+            "The spool's configured bound in bytes (the near-full alert divides the backlog by it)",
+            registry=r,
+        )
         self.spool_dropped = Counter(
             "kelemetry_spool_dropped",
             "Records the spool dropped because a configured bound said so, per consumer and reason",
