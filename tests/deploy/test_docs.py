@@ -16,7 +16,8 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
 def test_repository_paths_named_in_the_docs_exist(document: Path) -> None:
     text = document.read_text()
-    named = set(re.findall(r"`((?:deploy|docs|plugins|quickstart|bench|tests/fixtures)/[\w./-]+?)/?`", text))
+    # Paths in backticks or after a flag's "=", e.g. `deploy/overlays/ha` or --audit-policy-file=deploy/...
+    named = set(re.findall(r"(?<=[`=])((?:deploy|docs|plugins|quickstart|bench|tests/fixtures)/[\w./-]*\w)", text))
     named |= {(document.parent / link).resolve().relative_to(ROOT).as_posix()
               for link in re.findall(r"\]\((?!https?:)([^)#]+)\)", text)}
     for path in named:
