@@ -13,7 +13,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kelemetry_py.demo import SCENARIOS, Batch, load_recordings, paced, shift_timestamps
+import pytest
+
+from kelemetry_py.demo import RECORDINGS, SCENARIOS, WATCH_RECORDING, Delivery, load_recordings, paced, shift_timestamps
+from tests.demo.bundle import watch_lines
 
 DEADLINE_SECONDS = 30.0
 # The console script pip installed beside the interpreter, as a user runs it.
@@ -43,12 +46,11 @@ def _status(url: str) -> int:
 
 
 def test_bundled_recordings_are_the_fixtures_byte_for_byte(fixtures_dir: Path) -> None:
-    import kelemetry_py.demo
-
-    folder = Path(kelemetry_py.demo.__file__).parent / "recordings"
     for scenario in SCENARIOS:
-        bundled = gzip.decompress((folder / f"{scenario}.audit.jsonl.gz").read_bytes())
+        bundled = gzip.decompress((RECORDINGS / f"{scenario}.audit.jsonl.gz").read_bytes())
         assert bundled == (fixtures_dir / scenario / "audit.jsonl").read_bytes()
+    # The watch recording is derived from the fixtures' LIST and watch files (python -m tests.demo.bundle).
+    assert gzip.decompress((RECORDINGS / WATCH_RECORDING).read_bytes()) == watch_lines()
 
 
 def test_timestamps_move_by_the_offset_and_keep_their_precision() -> None:
@@ -59,16 +61,18 @@ def test_timestamps_move_by_the_offset_and_keep_their_precision() -> None:
 
 
 async def test_fast_replay_ends_now_and_recorded_pace_starts_now() -> None:
-    batches = load_recordings()
-    assert [b.recorded_at for b in batches] == sorted(b.recorded_at for b in batches)
-    clock = [batches[-1].recorded_at + 10_000.0]
-    sent = [body async for body in paced(batches[:2], fast=True, now=lambda: clock[0])]
-    assert len(sent) == 2 and b"2026-11-21T05:35" not in sent[0]
+    recording = load_recordings()
+    assert [d.recorded_at for d in recording] == sorted(d.recorded_at for d in recording)
+    assert {d.watch for d in recording} == {True, False}
+    last = recording[-1].recorded_at
+    sent = [d async for d in paced(recording[-2:], fast=True, now=lambda: last + 10_000.0)]
+    assert [d.recorded_at for d in sent] == [pytest.approx(d.recorded_at + 10_000.0 - 0.3) for d in recording[-2:]]
+    assert b"2026-11-21T05:3" not in b"".join(d.body for d in sent)
 
-    # At the recorded pace the first batch goes at once, moved so that it happened just now.
-    first = Batch(1000.0, b'{"stageTimestamp":"1970-01-01T00:16:40.5Z"}')
+    # At the recorded pace the first delivery goes at once, moved so that it happened just now.
+    first = Delivery(1000.0, b'{"stageTimestamp":"1970-01-01T00:16:40.5Z"}')
     later = paced([first], fast=False, now=lambda: 4600.0)
-    assert [body async for body in later] == [b'{"stageTimestamp":"1970-01-01T01:16:40.5Z"}']
+    assert [d.body async for d in later] == [b'{"stageTimestamp":"1970-01-01T01:16:40.5Z"}']
 
 
 def test_demo_fast_serves_a_deployment_trace_within_30_seconds(tmp_path: Path) -> None:
@@ -110,6 +114,12 @@ def test_demo_fast_serves_a_deployment_trace_within_30_seconds(tmp_path: Path) -
         assert sum(line.startswith(("├─ replicasets: shop web-", "└─ replicasets: shop web-")) for line in lines) == 2
         assert any("pods: shop web-" in line for line in lines)
         assert "audit: admin create" in trace.stdout
+        # The recorded watch events went to the real event tracker and differ: Events on the Deployment, and the
+        # scale's diff attached to kubectl's audit span.
+        assert "ScalingReplicaSet: Scaled up replica set web-" in trace.stdout
+        scale = lines.index(next(line for line in lines if "audit: admin patch scale" in line))
+        assert any("diff: metadata.generation 1 -> 2" in line for line in lines[scale : scale + 4])
+        assert any("spec.replicas 2 -> 4" in line for line in lines[scale : scale + 5])
     finally:
         demo.send_signal(signal.SIGTERM)
         out, err = demo.communicate(timeout=30)
