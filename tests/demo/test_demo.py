@@ -127,3 +127,15 @@ def test_demo_fast_serves_a_deployment_trace_within_30_seconds(tmp_path: Path) -
     assert f"{server}/redirect?cluster=demo" in out
     assert f"kelemetry-py trace deploy/web -n shop --server {server}" in out
     assert (tmp_path / "kelemetry-demo" / "traces.db").is_file()
+
+
+def test_the_recordings_are_package_data() -> None:
+    """A ``pip install`` (not only a clone) has them: setuptools ships what these globs match."""
+    import tomllib
+
+    package = RECORDINGS.parent.parent
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["kelemetry_py"]
+    shipped = {path for pattern in globs for path in package.glob(pattern)}
+    recordings = set(RECORDINGS.iterdir())
+    assert len(recordings) == len(SCENARIOS) + 1 and recordings <= shipped
