@@ -158,6 +158,11 @@ async def paced(
         yield Delivery(batch.recorded_at + offset, body, batch.watch)
 
 
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _unix(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -188,7 +193,7 @@ Try:
   kelemetry-py trace statefulset/db -n jobs {server}
   kelemetry-py trace job/report -n jobs --mode "tree [owned objects]" {server}
 
-Ctrl-C stops it; the traces stay in {data_dir}.
+Ctrl-C stops it; the traces stay in {data_dir} until the next demo.
 """
 
 
@@ -196,8 +201,15 @@ async def run(config: Config, *, data_dir: str, fast: bool, out: TextIO) -> Repl
     """Serve ``config`` until SIGINT or SIGTERM, replaying the recordings into it once."""
     from kelemetry_py.app import App
     from kelemetry_py.sources.differ import ObjectDiffer
-    from kelemetry_py.sources.kubewatch import KubeWatching
+    from kelemetry_py.sources.kubewatch import STATE_FILE, KubeWatching
 
+    # Each demo starts afresh in its own directory: the recordings keep their uids and names from run to run, so
+    # an earlier run's watcher state would skip the Events as already sent, and its traces would merge with this
+    # run's. A store given with --store-path is never touched.
+    own = Path(data_dir) / "traces.db"
+    if Path(config.store.path) == own:
+        stale = [own.with_name(name + suffix) for name in (own.name, STATE_FILE) for suffix in ("", "-wal", "-shm")]
+        await asyncio.to_thread(_remove, stale)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -78,6 +78,11 @@ async def test_fast_replay_ends_now_and_recorded_pace_starts_now() -> None:
 def test_demo_fast_serves_a_deployment_trace_within_30_seconds(tmp_path: Path) -> None:
     port = _free_port()
     server = f"http://127.0.0.1:{port}"
+    # What an earlier run left behind is not this run's: the demo starts afresh in its own directory.
+    leftovers = tmp_path / "kelemetry-demo"
+    leftovers.mkdir()
+    for name in ("traces.db", "state.db"):
+        (leftovers / name).write_bytes(b"an earlier run's file, not a database")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("KELEMETRY_CONFIG", None)
     demo = subprocess.Popen(
