@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import ssl
@@ -15,7 +16,8 @@ from aiohttp import web
 from kelemetry_py import __version__
 from kelemetry_py.config import Config, allowed_clusters
 from kelemetry_py.export import SpanWriter
-from kelemetry_py.metrics import Metrics
+from kelemetry_py.logs import request_ids
+from kelemetry_py.metrics import Metrics, files_size_bytes
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
 from kelemetry_py.pipeline.emission import EmissionSet
@@ -200,7 +202,7 @@ class App:
         authenticate = auth_middleware(
             self.authenticator, metrics=metrics, metrics_public=self.config.metrics.public
         )
-        return web.Application(middlewares=[guard, authenticate], **kwargs)
+        return web.Application(middlewares=[request_ids, guard, authenticate], **kwargs)
 
     def _add_operational_routes(self, app: web.Application, *, with_metrics: bool = True) -> None:
         async def healthz(_: web.Request) -> web.Response:
@@ -224,6 +226,9 @@ class App:
         async def metrics(_: web.Request) -> web.Response:
             assert self.components is not None
             self.components.delivery.update_metrics()
+            if self.components.store is not None:
+                size = await asyncio.to_thread(files_size_bytes, self.config.store.path)
+                self.components.metrics.store_size.set(size)
             return web.Response(
                 body=self.components.metrics.exposition(),
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -34,6 +34,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", dest="redis.url", help="share state with other replicas through Redis")
     parser.add_argument("--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory")
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
+    parser.add_argument("--log-format", dest="log.format", help="text or json")
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--gzip", action="store_true", help="gzip each batch as the apiserver can")
     replay.add_argument("--token", default="", help="bearer token for the webhook")
     replay.add_argument("--concurrency", type=int, default=1, help="batches in flight at once")
+
+    demo = commands.add_parser("demo", help="serve and replay the bundled recordings: a trace in a minute")
+    _add_config_flags(demo)
+    demo.add_argument("--fast", action="store_true", help="post the recordings at once, not at their pace")
+    demo.add_argument("--data-dir", default="./kelemetry-demo", help="where the demo keeps its store")
 
     commands.add_parser("version", help="print the version")
     _add_analysis_commands(commands)
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command in ("analyze", "trace"):
         return _query_command(args)
+    if args.command == "demo":
+        return _demo(args)
     try:
         config = _config_from(args)
     except ConfigError as exc:
@@ -125,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(config: Config) -> int:
     from kelemetry_py.app import App
+    from kelemetry_py.logs import configure_logging
 
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log.format)
     return asyncio.run(_run_until_signalled(App(config)))
 
 
@@ -136,6 +145,7 @@ async def _run_until_signalled(app: Any) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []
+
     def request_stop(signum: int) -> None:
         received.append(signal.Signals(signum).name)
         stop.set()
@@ -154,6 +164,23 @@ async def _run_until_signalled(app: Any) -> int:
     drained = await app.stop()
     logging.getLogger("kelemetry_py").info("stopped (%s)", "drained" if drained else "the rest waits in the spool")
     return 0
+
+
+def _demo(args: Any) -> int:
+    from kelemetry_py import demo
+    from kelemetry_py.logs import configure_logging
+
+    # The demo's own defaults, below every flag: loopback only, a data dir of its own, the recordings' cluster.
+    defaults = {"http.host": "127.0.0.1", "store.path": str(Path(args.data_dir) / "traces.db"), "cluster": demo.CLUSTER}
+    flags = {key: value for key, value in vars(args).items() if "." in key or key in ("cluster", "log_level")}
+    try:
+        config = load_config(args.config, overrides={**defaults, **{k: v for k, v in flags.items() if v is not None}})
+    except ConfigError as exc:
+        print(f"kelemetry-py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("warning" if args.log_level is None else config.log_level, config.log.format)
+    result = asyncio.run(demo.run(config, data_dir=args.data_dir, fast=args.fast, out=sys.stdout))
+    return 1 if result.failed else 0
 
 
 def _replay(args: Any) -> int:

@@ -280,6 +280,12 @@ class PluginsConfig:
 
 
 @dataclass
+class LogConfig:
+    # "text" (human-readable lines) or "json" (one object per line, with request_id on webhook and API lines).
+    format: str = "text"
+
+
+@dataclass
 class Config:
     # The cluster name used when a webhook path names none (POST /audit).
     cluster: str = "default"
@@ -297,6 +303,7 @@ class Config:
     kube: KubeConfig = field(default_factory=KubeConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -485,6 +492,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"redis.url: {config.redis.url!r} is not a redis://, rediss:// or unix:// URL")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {config.log_level!r} is not debug, info, warning or error")
+    if config.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format: {config.log.format!r} is not text or json")
     if not config.store.enabled and not config.otlp.endpoint:
         raise ConfigError(
             "store.enabled: with no otlp.endpoint the embedded store is the only place spans go"

@@ -1,8 +1,17 @@
-"""Prometheus metrics. One :class:`Metrics` per running app, so several apps can share a test process."""
+"""Prometheus metrics. One :class:`Metrics` per running app, so several apps can share a test process.
+
+Names follow Prometheus conventions: counters are exposed with ``_total`` (prometheus_client appends it), durations
+end in ``_seconds`` and sizes in ``_bytes``. ``docs/operations.md`` lists them with the alerts built on them.
+"""
 
 from __future__ import annotations
 
+import os
+import platform
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from kelemetry_py import __version__
 
 
 class Metrics:
@@ -47,23 +56,8 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.spool_backlog_records = Gauge(
-            "kelemetry_spool_backlog_records",
-            "Records accepted into a durable log but not yet handled by this consumer",
-            ["consumer"],
-            registry=r,
-        )
-        self.spool_backlog_bytes = Gauge(
-            "kelemetry_spool_backlog_bytes",
-            "Bytes accepted into a durable log but not yet handled by this consumer",
-            ["consumer"],
-            registry=r,
-        )
         self.spool_used_bytes = Gauge(
             "kelemetry_spool_used_bytes", "Bytes a durable log holds on disk", ["log"], registry=r
-        )
-        self.spool_capacity_bytes = Gauge(
-            "kelemetry_spool_capacity_bytes", "The byte bound of a durable log", ["log"], registry=r
         )
         self.writer_failing = Gauge(
             "kelemetry_writer_failing",
@@ -101,11 +95,91 @@ class Metrics:
             registry=r,
         )
         self.webhook_latency = Histogram(
-            "kelemetry_webhook_seconds",
-            "Webhook request handling time",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            "kelemetry_webhook_request_duration_seconds",
+            "Audit webhook request handling time, by HTTP status code",
+            ["code"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "kelemetry_build_info",
+            "Always 1; the labels say which kelemetry-py and Python run",
+            ["version", "python_version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.store_size = Gauge(
+            "kelemetry_store_size_bytes",
+            "Size on disk of the embedded store (database, WAL and shared-memory files)",
+            registry=r,
+        )
+        # Fed by the durable spool: what each consumer (a span writer, the pipeline) has yet to read.
+        self.spool_backlog_bytes = Gauge(
+            "kelemetry_spool_backlog_bytes",
+            "Bytes in the spool not yet consumed, per consumer",
+            ["consumer"],
+            registry=r,
+        )
+        self.spool_backlog_records = Gauge(
+            "kelemetry_spool_backlog_records",
+            "Records in the spool not yet consumed, per consumer",
+            ["consumer"],
+            registry=r,
+        )
+        self.spool_capacity_bytes = Gauge(
+            "kelemetry_spool_capacity_bytes",
+            "The spool's configured bound in bytes (the near-full alert divides the backlog by it)",
+            registry=r,
+        )
+        self.spool_dropped = Counter(
+            "kelemetry_spool_dropped",
+            "Records the spool dropped because a configured bound said so, per consumer and reason",
+            ["consumer", "reason"],
+            registry=r,
+        )
+        # Fed by leader election and the watchers.
+        self.leader = Gauge(
+            "kelemetry_leader",
+            "1 while this replica holds the watcher Lease of the cluster, else 0",
+            ["cluster"],
+            registry=r,
+        )
+        self.leader_handovers = Counter(
+            "kelemetry_leader_handovers",
+            "Times this replica gained or lost the watcher Lease of the cluster",
+            ["cluster"],
+            registry=r,
+        )
+        self.watch_lag = Gauge(
+            "kelemetry_watch_lag_seconds",
+            "Age of the newest watch event or bookmark handled, per cluster",
+            ["cluster"],
+            registry=r,
+        )
+        self.watchers_up = Gauge(
+            "kelemetry_watchers_up",
+            "Watch streams currently connected, per cluster",
+            ["cluster"],
+            registry=r,
+        )
+        self.diff_attach = Counter(
+            "kelemetry_diff_attach",
+            "Audit spans that looked for the differ's diff of their resourceVersion, by result (hit or miss)",
+            ["result"],
             registry=r,
         )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def files_size_bytes(path: str) -> int:
+    """Bytes of a SQLite database with its ``-wal`` and ``-shm`` files (absent ones count 0). Blocking: run it
+    in a thread."""
+    total = 0
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            total += os.stat(name).st_size
+        except OSError:
+            continue
+    return total

@@ -18,6 +18,7 @@ from aiohttp.typedefs import Middleware
 
 from kelemetry_py.auth import EVERYTHING, SCOPE_KEY, Scope
 from kelemetry_py.config import AuthConfig, KubeConfig
+from kelemetry_py.logs import request_id as current_request_id
 from kelemetry_py.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ async def create_authenticator(auth: AuthConfig, kube: KubeConfig) -> Authentica
 
 def request_id(request: web.Request) -> str:
     """A short random id for this request, logged with any failure and returned to the caller."""
-    rid = request.get(_REQUEST_ID)
+    rid = request.get(_REQUEST_ID) or current_request_id.get() or None  # the one the logs carry, when set
     if rid is None:
         rid = secrets.token_hex(8)
         request[_REQUEST_ID] = rid

@@ -254,7 +254,7 @@ class Delivery:
             self.metrics.spool_backlog_bytes.labels(name).set(size)
         for spool in (self.observations, self.spans):
             self.metrics.spool_used_bytes.labels(spool.name).set(spool.used_bytes())
-            self.metrics.spool_capacity_bytes.labels(spool.name).set(getattr(spool, "max_bytes", 0))
+        self.metrics.spool_capacity_bytes.set(self.spans.max_bytes)  # each log has the same bound
 
     # -- stopping ---------------------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ def parse_batch(body: bytes) -> tuple[list[AuditEvent], list[Rejected]]:
         except msgspec.DecodeError as exc:
             raise InvalidAuditBatch(_explain(body, exc)) from None  # explaining parses again: same guard
     except RecursionError:
-        raise InvalidAuditBatch("body is nested too deeply") from None
+        raise InvalidAuditBatch(f"{_deepest_place(body)}: JSON is nested too deeply") from None
     _check_header(document.kind, document.apiVersion)
     events: list[AuditEvent] = []
     rejected: list[Rejected] = []
@@ -120,6 +120,45 @@ def parse_batch(body: bytes) -> tuple[list[AuditEvent], list[Rejected]]:
             field, reason, message = problem
             rejected.append(Rejected(index, reason, f"items[{index}].{field}: {message}"))
     return events, rejected
+
+
+_NESTING_LIMIT = 200  # far deeper than any Kubernetes object; msgspec's own limit is higher
+
+
+def _deepest_place(body: bytes) -> str:
+    """``items[i].field`` where an EventList body first nests past any sane depth (the error path only)."""
+    stack: list[int] = []
+    in_string = escaped = False
+    string_start = 0
+    last_string = b""
+    item = -1
+    field = b""
+    for position, char in enumerate(body):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == 0x5C:
+                escaped = True
+            elif char == 0x22:
+                in_string = False
+                last_string = body[string_start:position]
+            continue
+        if char == 0x22:
+            in_string, string_start = True, position + 1
+        elif char in (0x7B, 0x5B):
+            stack.append(char)
+            if len(stack) == 3 and stack[1] == 0x5B:
+                item += 1
+            if len(stack) > _NESTING_LIMIT:
+                break
+        elif char in (0x7D, 0x5D):
+            if stack:
+                stack.pop()
+        elif char == 0x3A and len(stack) == 3:
+            field = last_string
+    if item < 0:
+        return "body"
+    return f"items[{item}].{field.decode(errors='replace')}" if field else f"items[{item}]"
 
 
 def parse_event_list(body: bytes) -> list[AuditEvent]:

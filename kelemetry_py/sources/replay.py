@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,32 @@ async def replay(
     max_attempts: int = 20,
     concurrency: int = 1,
 ) -> ReplayResult:
+    async def bodies() -> AsyncIterator[bytes]:
+        for body in read_batches(paths):
+            yield body
+
+    return await replay_bodies(
+        bodies(),
+        target=target,
+        cluster=cluster,
+        use_gzip=use_gzip,
+        token=token,
+        max_attempts=max_attempts,
+        concurrency=concurrency,
+    )
+
+
+async def replay_bodies(
+    bodies: AsyncIterator[bytes],
+    *,
+    target: str,
+    cluster: str,
+    use_gzip: bool = False,
+    token: str = "",
+    max_attempts: int = 20,
+    concurrency: int = 1,
+) -> ReplayResult:
+    """Post each webhook body as it comes (the caller sets the pace), retrying on 429 and connection errors."""
     url = webhook_url(target, cluster)
     result = ReplayResult()
     headers = {"Content-Type": "application/json", "User-Agent": "kelemetry-py-replay"}
@@ -69,7 +95,7 @@ async def replay(
 
     async with aiohttp.ClientSession() as session:
         workers = [asyncio.create_task(worker(session)) for _ in range(concurrency)]
-        for body in read_batches(paths):
+        async for body in bodies:
             await queue.put(body)
         for _ in workers:
             await queue.put(None)

@@ -55,10 +55,13 @@ class AuditWebhook:
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        code = 500  # unless an answer comes back
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            code = response.status
+            return response
         finally:
-            self._metrics.webhook_latency.observe(time.perf_counter() - started)
+            self._metrics.webhook_latency.labels(str(code)).observe(time.perf_counter() - started)
 
     async def _handle(self, request: web.Request) -> web.Response:
         cluster = request.match_info.get("cluster") or self._default_cluster

@@ -138,7 +138,7 @@ async def test_structural_garbage_is_a_400_that_names_the_place(make_app: AppFac
     deep = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"requestObject":' + b"[" * 100_000
     deep += b"]" * 100_000 + b"}]}"
     status, answer = await _post(app, deep)
-    assert status == 400 and "nested too deeply" in str(answer["error"])
+    assert status == 400 and "items[0].requestObject: JSON is nested too deeply" in str(answer["error"])
     async with aiohttp.ClientSession() as session, session.get(f"{app.base_url}/healthz") as response:
         assert response.status == 200
 
