@@ -186,7 +186,7 @@ class SpoolConfig:
     memory_bytes: int = 8 << 20
     # Redis backend: work a replica took but did not finish is claimed by another after this long.
     claim_idle_seconds: float = 30.0
-    # Redis backend: this replica's consumer name (default: the host name).
+    # Redis backend: this replica's consumer name (default: host name and process id).
     replica_id: str = ""
     # Redis backend: at most this many accepted observation batches wait in the stream.
     max_stream_records: int = 200_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -68,7 +69,7 @@ class RedisLog:
             client,
             name=name,
             key=f"{config.redis.key_prefix}spool:{name}",
-            replica=config.spool.replica_id or socket.gethostname(),
+            replica=config.spool.replica_id or f"{socket.gethostname()}-{os.getpid()}",
             claim_idle_seconds=config.spool.claim_idle_seconds,
             max_records=config.spool.max_stream_records,
         )
