@@ -45,3 +45,88 @@ async def test_search_finds_the_deployment_by_kubectl_words(
     await expect(page).to_have_url(re.compile(r"/objects/fixture/deployments/shop/web\?from="))
     await expect(page.locator("#timeline")).to_have_attribute("data-ready", "true")
     assert console.errors == []
+
+
+async def test_object_page_tells_the_rollout_story(
+    lifecycle: Replayer, page: Page, console: Console, screenshot: Callable[[str], Any]
+) -> None:
+    await lifecycle.send()
+    await open_object(page, lifecycle.app.base_url)
+    rows = page.locator(".tl-row")
+    names = await rows.locator(".tl-name").all_text_contents()
+    assert names[0] == "web"
+    replicasets = [name for name in names if re.fullmatch(r"web-[0-9a-f]{8,10}", name)]
+    pods = [name for name in names if re.fullmatch(r"web-[0-9a-f]{8,10}-[0-9a-z]{5}", name)]
+    assert len(replicasets) == 2 and len(pods) == 8, names
+    await expect(rows.filter(has_text="web-").locator(".badge").first).to_have_text("rs")
+    # The 409 conflicts are errors on the objects that got them, and in the analysis.
+    await expect(rows.first.locator(".count.error")).to_have_text(re.compile(r"[1-9]"))
+    conflicts = page.locator(".analysis .failures li", has_text="409")
+    assert await conflicts.count() >= 3
+    # The analysis names the slowest step; clicking it selects its mark.
+    slowest = page.locator(".analysis .slowest")
+    await expect(slowest).to_contain_text("Slowest step: pod ready")
+    await slowest.locator("button.evidence").click()
+    await expect(page.locator("#detail .facts")).to_contain_text("system:node:node-1")
+
+    # Keyboard: the Deployment's row, then its marks one by one until the scale-up.
+    await page.locator(".tl-row").first.click()
+    scroll = page.locator(".tl-scroll")
+    await scroll.focus()
+    for _ in range(60):
+        if "admin patch scale" in (await page.locator("#detail h2").text_content() or ""):
+            break
+        await scroll.press("ArrowRight")
+        await expect(page.locator("#detail")).not_to_have_class(re.compile("loading"))
+    detail = page.locator("#detail")
+    await expect(detail.locator("h2")).to_have_text("admin patch scale")
+    await expect(detail.locator(".facts")).to_contain_text("admin")
+    await expect(detail.locator(".facts")).to_contain_text("kubectl/v1.24.0")
+    await expect(detail.locator(".facts")).to_contain_text("127.0.0.1")
+    await expect(detail.locator(".facts")).to_contain_text("200")
+    change = detail.locator(".changes-table tr", has_text="spec.replicas")
+    await expect(change.locator("td.old")).to_have_text("2")
+    await expect(change.locator("td.new")).to_have_text("4")
+    await expect(detail.locator("pre.code").first).to_contain_text("replicas: 4")
+    await screenshot("object-page")
+
+    # The deep link (selection and zoom in the URL) reloads to the same view.
+    await scroll.press("+")
+    await expect(page).to_have_url(re.compile(r"view=\d+(%2C|,)\d+"))
+    await page.locator("#copy-link").click()
+    await expect(page.locator("#toast")).to_have_text("Link copied")
+    link = await page.locator("#copy-link").get_attribute("data-copied")
+    assert link is not None and "sel=" in link
+    view_before = re.search(r"view=([^&]+)", link)
+    assert view_before is not None
+    await page.goto("about:blank")
+    await page.goto(link)
+    await expect(page.locator("#timeline")).to_have_attribute("data-ready", "true")
+    await expect(page.locator("#detail h2")).to_have_text("admin patch scale")
+    assert f"view={view_before.group(1)}" in page.url
+    await expect(page.locator(".tl-row.active .tl-name")).to_have_text("web")
+    await screenshot("deep-link")
+    assert console.errors == []
+
+
+async def test_new_activity_appears_live_while_the_range_ends_now(
+    lifecycle: Replayer, page: Page, console: Console, screenshot: Callable[[str], Any]
+) -> None:
+    # The first half of the scenario: the Deployment is created and scaled up; no image rollout yet.
+    half = len(lifecycle.batches) // 2
+    await lifecycle.send(half)
+    await open_object(page, lifecycle.app.base_url, f"/objects/fixture/deployments/shop/web?from={FROM}")
+    await expect(page.locator("#live")).to_be_visible()
+    marks_before = int(await page.locator("#timeline").get_attribute("data-marks") or "0")
+    rows_before = await page.locator(".tl-row").count()
+    assert marks_before > 0
+    await expect(page.locator(".tl-row .tl-name", has_text="web-7d8d478f45")).to_have_count(0)
+    await lifecycle.send()
+    # The page polls on its own; the new ReplicaSet and its pods appear without a reload (the 2 s bound is the
+    # page's poll interval plus one request; expect's deadline only stops a broken page from hanging the test).
+    await expect(page.locator(".tl-row .tl-name", has_text="web-7d8d478f45")).not_to_have_count(0, timeout=10_000)
+    marks_after = int(await page.locator("#timeline").get_attribute("data-marks") or "0")
+    assert marks_after > marks_before
+    assert await page.locator(".tl-row").count() > rows_before
+    await screenshot("live")
+    assert console.errors == []
