@@ -49,7 +49,9 @@ _CATALOG = ResourceCatalog.builtin()
 
 def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(
-        body=orjson.dumps(payload), status=status, content_type="application/json",
+        body=orjson.dumps(payload),
+        status=status,
+        content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
 
@@ -177,9 +179,7 @@ def _apply_pickers(request: web.Request, query: SearchQuery) -> None:
 
 async def _search(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    start_ns, end_ns = parse_range(
-        request.query.get("from", ""), request.query.get("to", ""), time.time_ns()
-    )
+    start_ns, end_ns = parse_range(request.query.get("from", ""), request.query.get("to", ""), time.time_ns())
     query = parse_search(request.query.get("q", ""))
     _apply_pickers(request, query)
     limit = _limit(request)
@@ -213,9 +213,7 @@ async def _search(request: web.Request) -> web.StreamResponse:
 async def _facets(request: web.Request) -> web.StreamResponse:
     """Values for the cluster, namespace and kind pickers, as far as the caller's scope may know them."""
     service = request.app[SERVICE_KEY]
-    start_ns, end_ns = parse_range(
-        request.query.get("from", ""), request.query.get("to", ""), time.time_ns(), "168h"
-    )
+    start_ns, end_ns = parse_range(request.query.get("from", ""), request.query.get("to", ""), time.time_ns(), "168h")
     reader = service.reader
     clusters: list[str] = []
     namespaces: list[str] = []
@@ -237,12 +235,14 @@ async def _facets(request: web.Request) -> web.StreamResponse:
                 clusters = [cluster for cluster in clusters if cluster in static.clusters]
             if static.namespaces is not None:
                 namespaces = [namespace for namespace in namespaces if namespace in static.namespaces]
-    kinds = sorted(
-        {info.kind for info in (_CATALOG.lookup(resource) for resource in resources if resource) if info}
-    )
+    kinds = sorted({info.kind for info in (_CATALOG.lookup(resource) for resource in resources if resource) if info})
     return _json(
-        {"clusters": clusters, "namespaces": [ns for ns in namespaces if ns], "kinds": kinds,
-         "jaeger": bool(service.config.ui_dir)}
+        {
+            "clusters": clusters,
+            "namespaces": [ns for ns in namespaces if ns],
+            "kinds": kinds,
+            "jaeger": bool(service.config.ui_dir),
+        }
     )
 
 
@@ -349,8 +349,11 @@ async def _object(request: web.Request) -> web.StreamResponse:
     return _json(
         {
             "object": _ref_json(scoped.objects[key].ref),
-            "range": {"from": _ms(start_ns), "to": _ms(end_ns), "live": not request.query.get("to", "") or
-                      request.query.get("to") == "now"},
+            "range": {
+                "from": _ms(start_ns),
+                "to": _ms(end_ns),
+                "live": not request.query.get("to", "") or request.query.get("to") == "now",
+            },
             "objects": _rows(scoped),
             "analysis": analyze(scoped),
             "jaeger": await _jaeger_path(service, key, modifier, start_ns, end_ns) if service.config.ui_dir else None,

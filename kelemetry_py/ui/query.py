@@ -32,8 +32,12 @@ class SearchQuery:
     def store_tags(self, *, with_name: bool = True) -> dict[str, str]:
         """The tags a store can match exactly (a name prefix is checked on the results)."""
         tags = dict(self.tags)
-        for key, value in (("resource", self.resource), ("group", self.group), ("namespace", self.namespace),
-                           ("cluster", self.cluster)):
+        for key, value in (
+            ("resource", self.resource),
+            ("group", self.group),
+            ("namespace", self.namespace),
+            ("cluster", self.cluster),
+        ):
             if value is not None and (value or key == "namespace"):
                 tags[key] = value
         if with_name and self.name and not self.name_prefix:

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LIFECYCLE = "deployment-lifecycle"
-# The recorded scenario ran 05:35:33–05:36:05 UTC; this range holds all of it.
+# The recorded scenario ran 05:35:33 to 05:36:05 UTC; this range holds all of it.
 FROM, TO = "2026-11-21T05:30:00Z", "2026-11-21T05:45:00Z"
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
-from tests.ui.conftest import FROM, TO, Console, Replayer
+from tests.ui.conftest import FROM, LIFECYCLE, TO, Console, Replayer
 
 OBJECT_URL = f"/objects/fixture/deployments/shop/web?from={FROM}&to={TO}"
 
@@ -110,23 +113,60 @@ async def test_object_page_tells_the_rollout_story(
 
 
 async def test_new_activity_appears_live_while_the_range_ends_now(
-    lifecycle: Replayer, page: Page, console: Console, screenshot: Callable[[str], Any]
+    fixtures_dir: Path, lifecycle: Replayer, page: Page, console: Console, screenshot: Callable[[str], Any]
 ) -> None:
-    # The first half of the scenario: the Deployment is created and scaled up; no image rollout yet.
-    half = len(lifecycle.batches) // 2
-    await lifecycle.send(half)
+    # The scenario up to the image change: the Deployment is created and scaled up, one ReplicaSet so far.
+    steps = [json.loads(line) for line in (fixtures_dir / LIFECYCLE / "timeline.jsonl").open()]
+    image_change = next(step["start"] for step in steps if step["name"].startswith("set image"))
+    await lifecycle.send(sum(1 for received, _ in lifecycle.batches if received < image_change))
     await open_object(page, lifecycle.app.base_url, f"/objects/fixture/deployments/shop/web?from={FROM}")
     await expect(page.locator("#live")).to_be_visible()
     marks_before = int(await page.locator("#timeline").get_attribute("data-marks") or "0")
     rows_before = await page.locator(".tl-row").count()
     assert marks_before > 0
     await expect(page.locator(".tl-row .tl-name", has_text="web-7d8d478f45")).to_have_count(0)
-    await lifecycle.send()
+    posted = time.monotonic()
+    await lifecycle.send(1)  # the batch with the image change and the new ReplicaSet
     # The page polls on its own; the new ReplicaSet and its pods appear without a reload (the 2 s bound is the
     # page's poll interval plus one request; expect's deadline only stops a broken page from hanging the test).
     await expect(page.locator(".tl-row .tl-name", has_text="web-7d8d478f45")).not_to_have_count(0, timeout=10_000)
+    print(f"\nlive: the new ReplicaSet was on the page {time.monotonic() - posted:.2f} s after its batch was posted")
     marks_after = int(await page.locator("#timeline").get_attribute("data-marks") or "0")
     assert marks_after > marks_before
     assert await page.locator(".tl-row").count() > rows_before
     await screenshot("live")
+    assert console.errors == []
+
+
+async def test_dark_theme_on_a_4k_screen(
+    lifecycle: Replayer, browser: Browser, console: Console, tmp_path: Path
+) -> None:
+    await lifecycle.send()
+    context = await browser.new_context(viewport={"width": 1920, "height": 1080}, device_scale_factor=2)
+    page = await context.new_page()
+    page.on("console", console.on_console)
+    page.on("pageerror", console.on_page_error)
+    try:
+        await open_object(page, lifecycle.app.base_url)
+        await page.click("#theme-toggle")
+        await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        # Canvases draw at the screen's pixel density, so marks stay sharp on a 4K screen.
+        sizes = await page.evaluate(
+            "[...document.querySelectorAll('canvas')].map(c => [c.width, c.clientWidth, c.height, c.clientHeight])"
+        )
+        assert sizes and all(
+            width == 2 * css_width and height == 2 * css_height for width, css_width, height, css_height in sizes
+        ), sizes
+        await page.locator(".analysis .slowest button.evidence").click()
+        await expect(page.locator("#detail .facts")).to_contain_text("system:node:node-1")
+        (tmp_path / "screenshots").mkdir(exist_ok=True)
+        await page.screenshot(path=str(tmp_path / "screenshots" / "object-page-dark-4k.png"))
+        # The choice is remembered.
+        await page.reload()
+        await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        await expect(page.locator("#timeline")).to_have_attribute("data-ready", "true")
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)"
+    finally:
+        await context.close()
     assert console.errors == []

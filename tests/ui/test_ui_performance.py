@@ -41,9 +41,11 @@ def big_tree() -> tuple[RawWriter, int]:
         at = T0 + 60 * SECOND + (index * 7919 % 1_200_000) * 10**6  # spread over 20 minutes
         kind = index % 4
         if kind == 0:
-            raw.audit(holder, at, "admin", "patch", 409 if index % 37 == 0 else 200, diff=[f"spec.replicas {index} -> 1"])
+            code = 409 if index % 37 == 0 else 200
+            raw.audit(holder, at, "admin", "patch", code, diff=[f"spec.replicas {index} -> 1"])
         elif kind == 1:
-            raw.event(holder, at, "BackOff" if index % 29 == 0 else "Pulled", "message", "Warning" if index % 29 == 0 else "Normal")
+            warning = index % 29 == 0
+            raw.event(holder, at, "BackOff" if warning else "Pulled", "message", "Warning" if warning else "Normal")
         elif kind == 2:
             raw.field_diff(holder, at, "kubelet", ['status.phase "Pending" -> "Running"'])
         else:
@@ -81,5 +83,3 @@ async def test_three_hundred_objects_and_five_thousand_marks_render(
     print(f"\nUI render of 300 objects / {marks} marks: {draw_ms} ms in the browser ({load_ms} ms with the fetch)")
     await screenshot("three-hundred-objects")
     assert console.errors == []
-
-

@@ -5,7 +5,7 @@ import { duration, esc, html, isoTime, kindBadge, parseJson, raw, time, toYaml, 
 import { Timeline } from "./timeline.js";
 
 const MODES = [["full", "Full tree"], ["ancestors", "Ancestors"], ["owned", "Owned objects"], ["object", "Object only"]];
-const LIVE_INTERVAL_MS = 1500;
+const LIVE_INTERVAL_MS = 1000; // one request at a time, none while the tab is hidden
 const LOOKBACK = "now-1h";
 
 function pageParams() {
