@@ -21,7 +21,7 @@ from kelemetry_py.analysis.analyzer import analyze
 from kelemetry_py.auth import Scope, request_scope
 from kelemetry_py.frontend.assembly import AssembledTrace, ObjectMatch, ObjectTrace
 from kelemetry_py.frontend.http import SERVICE_KEY
-from kelemetry_py.frontend.modes import FrontendError, Modifier, ViewId, mode_by_name
+from kelemetry_py.frontend.modes import FrontendError, Modifier, ViewId, mode_by_name, parse_trace_id
 from kelemetry_py.frontend.service import FrontendService, TagValueReader
 from kelemetry_py.frontend.tracecache import CacheEntry
 from kelemetry_py.kube.catalog import ResourceCatalog
@@ -385,7 +385,42 @@ async def _mark_detail(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _trace(request: web.Request) -> web.StreamResponse:
+    """Where a trace id (a view id from /redirect or Jaeger, or a raw trace id) is on the object page."""
+    service = request.app[SERVICE_KEY]
+    parsed = parse_trace_id(request.query.get("id", ""))
+    if isinstance(parsed, ViewId):
+        entry = await service.cache.get(parsed.cache_key)
+        if entry is None:
+            return _error(404, "unknown or expired trace id")
+        key, start_ns, end_ns, modifier = entry.object_key, entry.start_ns, entry.end_ns, parsed.mode.modifier
+    else:
+        spans = await service.reader.get_trace(parsed)
+        if not spans:
+            return _error(404, "unknown or expired trace id")
+        attrs = spans[0].attributes
+        key = "/".join(str(attrs.get(tag, "")) for tag in ("cluster", "group", "resource", "namespace", "name"))
+        start_ns, end_ns = min(s.start_ns for s in spans), max(s.end_ns for s in spans)
+        modifier = Modifier.NONE
+    ref = ObjectRef.from_key(key)
+    if not await request_scope(request).allows(ref):
+        return _error(404, "unknown or expired trace id")
+    mode = next(name for name, value in MODES.items() if value is modifier)
+    return _json({**_ref_json(ref), "from": _ms(start_ns), "to": _ms(end_ns), "mode": mode})
+
+
 # ------------------------------------------------------------------------------------------------ static
+
+
+_STATIC_PREFIXES = ("/objects/", "/trace/", "/ui/", "/jaeger/")
+
+
+def is_static_ui_path(path: str) -> bool:
+    """Paths of the UIs' own files (no data in them): an auth middleware lets them through unauthenticated, so
+    the page can load and then ask the user for a token when its first data request answers 401."""
+    if path.startswith("/jaeger/api/"):
+        return False
+    return path in ("/", "/jaeger") or path.startswith(_STATIC_PREFIXES)
 
 
 async def _index(_: web.Request) -> web.StreamResponse:
@@ -396,11 +431,13 @@ def add_ui_routes(app: web.Application) -> None:
     """Serve the built-in UI and its JSON on ``app`` (which must already have the frontend routes)."""
     app.router.add_get("/", _index)
     app.router.add_get("/objects/{tail:.*}", _index)
+    app.router.add_get("/trace/{trace_id}", _index)  # where /redirect sends browsers
     app.router.add_static("/ui/", STATIC_DIR, append_version=False)
     for path, handler in (
         ("/api/ui/search", _search),
         ("/api/ui/facets", _facets),
         ("/api/ui/object", _object),
         ("/api/ui/mark", _mark_detail),
+        ("/api/ui/trace", _trace),
     ):
         app.router.add_get(path, _guarded(handler))

@@ -19,7 +19,7 @@ from kelemetry_py.frontend.http import add_frontend_routes
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.tracecache.memory import MemoryTraceCache
 from kelemetry_py.model import ObjectRef
-from kelemetry_py.ui.http import add_ui_routes
+from kelemetry_py.ui.http import add_ui_routes, is_static_ui_path
 from kelemetry_py.ui.query import parse_range, parse_search
 from tests.e2e.conftest import AppFactory, replay_scenario
 
@@ -263,3 +263,26 @@ async def test_a_tenant_sees_nothing_outside_its_namespaces(recorded: App) -> No
         assert (await get(url, "/api/ui/mark", key=web_key, id=mark["id"], **RANGE))[0] == 200
     async with tenant_server(recorded, {"jobs"}) as url:
         assert (await get(url, "/api/ui/mark", key=web_key, id=mark["id"], **RANGE))[0] == 404
+
+
+async def test_a_redirect_lands_on_the_object_page(recorded: App) -> None:
+    url = recorded.base_url
+    async with ClientSession() as session:
+        params = {"resource": "deployments", "namespace": "shop", "name": "web", "ts": "2026-11-21T05:35:40Z"}
+        async with session.get(url + "/redirect", params=params, allow_redirects=False) as response:
+            location = response.headers["Location"]
+        async with session.get(url + location) as response:
+            assert response.status == 200 and '<main id="main">' in await response.text()
+    status, found = await get(url, "/api/ui/trace", id=location.removeprefix("/trace/"))
+    assert status == 200
+    assert (found["key"], found["mode"]) == ("fixture/apps/deployments/shop/web", "object")
+    assert found["from"] <= 1795239340000 <= found["to"]
+    assert (await get(url, "/api/ui/trace", id="ff" + "0" * 8 + "e1e3e7" + "0" * 16))[0] == 404
+    assert (await get(url, "/api/ui/trace", id="not-hex"))[0] == 400
+
+
+def test_which_paths_are_the_uis_own_files() -> None:
+    for path in ("/", "/objects/fixture/pods/shop/web", "/trace/ff", "/ui/app.js", "/jaeger", "/jaeger/search"):
+        assert is_static_ui_path(path), path
+    for path in ("/api/ui/search", "/api/traces", "/jaeger/api/traces", "/redirect", "/api/analysis", "/metrics"):
+        assert not is_static_ui_path(path), path

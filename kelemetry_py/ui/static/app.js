@@ -1,5 +1,6 @@
 // Entry point: theme, token, help, and a tiny router between the search page and the object page.
-import { askToken } from "./api.js";
+import { api, askToken } from "./api.js";
+import { html, isoTime, objectPath } from "./format.js";
 import { renderSearch } from "./search.js";
 import { renderObject } from "./object.js";
 
@@ -21,9 +22,22 @@ function route() {
   if (parts[0] === "objects" && parts.length === 5) {
     const [, cluster, resource, namespace, name] = parts;
     cleanup = renderObject(main, { cluster, resource, namespace, name }, navigate);
+  } else if (parts[0] === "trace" && parts.length === 2) {
+    openTrace(parts[1]);
   } else {
     document.title = "kelemetry";
     cleanup = renderSearch(main, navigate, path);
+  }
+}
+
+async function openTrace(id) {
+  main.innerHTML = '<p class="empty">Opening the trace…</p>';
+  try {
+    const found = await api("/api/ui/trace", { id });
+    const query = new URLSearchParams({ from: isoTime(found.from), to: isoTime(found.to), mode: found.mode });
+    navigate(`${objectPath(found)}?${query}`, { replace: true });
+  } catch (error) {
+    main.innerHTML = html`<p class="empty error">${error.message}</p>`;
   }
 }
 

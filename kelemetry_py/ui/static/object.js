@@ -317,10 +317,13 @@ function renderDetail(row, mark) {
       ${raw(field("response code", a.responseCode))}${raw(field("field manager", a.fieldManager))}
       ${raw(field("operation", a.operation))}
       ${raw(field("type", a.type))}${raw(field("reason", a.reason))}${raw(field("reporter", a.reportingController || a.source))}
-      ${raw(field("count", a.count))}${raw(field("resourceVersion", a.resourceVersion))}${raw(field("audit ID", a.auditID))}
+      ${raw(field("count", a.count))}
     </dl>`];
   if (mark.statusMessage) parts.push(html`<p class="error-text">${mark.statusMessage}</p>`);
-  for (const log of mark.logs) {
+  // What changed first, then how it was asked for, then the full object.
+  const order = { error: 0, diff: 1, event: 2, request: 3, snapshot: 4 };
+  const logs = [...mark.logs].sort((x, y) => (order[x.name] ?? 5) - (order[y.name] ?? 5));
+  for (const log of logs) {
     const f = log.fields;
     if (log.name === "error") {
       parts.push(html`<h3>Error</h3><p class="error-text"><strong>${f.code} ${f.reason}</strong> ${f.message}</p>`);
@@ -341,7 +344,7 @@ function renderDetail(row, mark) {
     }
   }
   const shown = new Set(["username", "impersonatedUser", "userAgent", "sourceIPs", "verb", "subresource", "responseCode",
-    "fieldManager", "operation", "type", "reason", "reportingController", "source", "count", "resourceVersion", "auditID"]);
+    "fieldManager", "operation", "type", "reason", "reportingController", "source", "count"]);
   const rest = Object.fromEntries(Object.entries(a).filter(([key]) => !shown.has(key)));
   parts.push(html`<details class="attributes"><summary>All tags</summary><pre class="code">${toYaml(rest)}</pre></details>`);
   return parts.join("");
