@@ -58,16 +58,17 @@ async def recorded(make_app: AppFactory, fixtures_dir: Path) -> App:
 
 
 @asynccontextmanager
-async def tenant_server(app: App, namespaces: set[str]) -> AsyncIterator[str]:
-    """The frontend and UI routes over ``app``'s store, behind a middleware that sets a tenant's scope."""
+async def tenant_server(app: App, namespaces: set[str] | None = None, middleware: Any = None) -> AsyncIterator[str]:
+    """The frontend and UI routes over ``app``'s store, behind a middleware that sets a tenant's scope (or the
+    given one), on a loopback port."""
 
     @web.middleware
     async def tenant(request: web.Request, handler: Any) -> web.StreamResponse:
-        request[SCOPE_KEY] = NamespaceScope(namespaces)
+        request[SCOPE_KEY] = NamespaceScope(namespaces or set())
         return await handler(request)
 
     assert app.components is not None
-    server = web.Application(middlewares=[tenant])
+    server = web.Application(middlewares=[middleware or tenant])
     add_frontend_routes(server, app.components.store, MemoryTraceCache(60), FrontendConfig())
     add_ui_routes(server)
     runner = web.AppRunner(server)
@@ -286,3 +287,34 @@ def test_which_paths_are_the_uis_own_files() -> None:
         assert is_static_ui_path(path), path
     for path in ("/api/ui/search", "/api/traces", "/jaeger/api/traces", "/redirect", "/api/analysis", "/metrics"):
         assert not is_static_ui_path(path), path
+
+
+async def test_the_object_page_links_to_the_same_trace_in_jaeger_ui(
+    make_app: AppFactory, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "jaeger-ui"
+    bundle.mkdir()
+    (bundle / "index.html").write_text('<html><base href="/" />jaeger</html>')
+    app = await make_app(**{"frontend.ui_dir": str(bundle)})
+    await replay_scenario(app, fixtures_dir, "deployment-lifecycle")
+    status, facets = await get(app.base_url, "/api/ui/facets", **RANGE)
+    assert status == 200 and facets["jaeger"] is True
+    status, page = await get(
+        app.base_url,
+        "/api/ui/object",
+        cluster="fixture",
+        resource="deployments",
+        namespace="shop",
+        name="web",
+        mode="owned",
+        **RANGE,
+    )
+    assert status == 200 and page["jaeger"].startswith("/jaeger/trace/")
+    trace_id = page["jaeger"].removeprefix("/jaeger/trace/")
+    status, trace = await get(app.base_url, f"/jaeger/api/traces/{trace_id}")
+    assert status == 200
+    (jaeger_trace,) = trace["data"]
+    services = [jaeger_trace["processes"][span["processID"]]["serviceName"] for span in jaeger_trace["spans"]]
+    assert services.count("deployments") >= 1 and services.count("replicasets") >= 2 and "pods" in services
+    async with ClientSession() as session, session.get(app.base_url + page["jaeger"]) as response:
+        assert response.status == 200 and '<base href="/jaeger/"' in await response.text()

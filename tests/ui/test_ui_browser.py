@@ -9,9 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
+from kelemetry_py.auth import SCOPE_KEY
+from kelemetry_py.ui.http import is_static_ui_path
 from tests.ui.conftest import FROM, LIFECYCLE, TO, Console, Replayer
+from tests.ui.test_ui_api import NamespaceScope, tenant_server
 
 OBJECT_URL = f"/objects/fixture/deployments/shop/web?from={FROM}&to={TO}"
 
@@ -170,3 +174,41 @@ async def test_dark_theme_on_a_4k_screen(
     finally:
         await context.close()
     assert console.errors == []
+
+
+async def test_the_page_asks_for_a_token_when_the_server_answers_401(
+    lifecycle: Replayer, page: Page, console: Console, screenshot: Callable[[str], Any]
+) -> None:
+    """A server that wants a bearer token for data (not for the UI's own files): the page asks, keeps the token
+    and sends it; a tenant scope on the same requests narrows what it shows."""
+    await lifecycle.send()
+    seen: list[str] = []
+
+    @web.middleware
+    async def bearer_only(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not is_static_ui_path(request.path):
+            seen.append(request.headers.get("Authorization", ""))
+            if request.headers.get("Authorization") != "Bearer s3cret":
+                return web.json_response({"error": {"code": 401, "message": "token needed"}}, status=401)
+            request[SCOPE_KEY] = NamespaceScope({"shop"})
+        return await handler(request)
+
+    async with tenant_server(lifecycle.app, middleware=bearer_only) as url:
+        await page.goto(f"{url}/?q=error%3Dtrue&from={FROM}&to={TO}")
+        await expect(page.locator("#token-dialog")).to_be_visible()
+        await page.fill("#token-input", "wrong")
+        await page.click("#token-save")
+        await expect(page.locator("#token-reason")).to_contain_text("not accepted")
+        await page.fill("#token-input", "s3cret")
+        await screenshot("token-prompt")
+        await page.press("#token-input", "Enter")
+        await expect(page.locator("a.result").first).to_be_visible()
+        assert await page.evaluate("localStorage.getItem('kelemetry.token')") == "s3cret"
+        assert seen[0] == "" and "Bearer wrong" in seen and seen[-1] == "Bearer s3cret"
+        # Later pages send the kept token at once.
+        asked = len(seen)
+        await page.locator("a.result").first.click()
+        await expect(page.locator("#timeline")).to_have_attribute("data-ready", "true")
+        assert all(header == "Bearer s3cret" for header in seen[asked:])
+    # The expected 401s are the only failed loads.
+    assert [error for error in console.errors if "status of 401" not in error] == []

@@ -28,6 +28,13 @@ export function askToken(reason) {
       }
     }, { once: true });
   });
+  // Enter saves (a dialog form would otherwise take its first button, "Forget token").
+  input.onkeydown = (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      dialog.close("ok");
+    }
+  };
   dialog.showModal();
   input.focus();
   return pendingToken;
