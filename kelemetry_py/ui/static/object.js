@@ -40,7 +40,7 @@ export function renderObject(main, target, navigate) {
   main.innerHTML = html`<section class="object-page">
     <div class="obj-head">
       <div class="obj-title">
-        <span id="obj-kind" class="badge kind">${target.resource}</span>
+        <span id="obj-kind" class="badge kind">&nbsp;</span>
         <h1><span class="ns">${target.namespace !== "_" ? target.namespace + "/" : ""}</span>${target.name}</h1>
         <span class="cluster">${target.cluster}</span>
         <span id="live" class="live" ${live ? "" : "hidden"} title="New activity appears as it happens">● live</span>

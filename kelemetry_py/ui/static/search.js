@@ -77,7 +77,7 @@ export function renderSearch(main, navigate) {
       <select id="kind" aria-label="Kind"><option value="">All kinds</option></select>
       <select id="range" aria-label="Time range">${raw(RANGES.map(([value, label]) =>
         html`<option value="${value}" ${value === preset ? "selected" : ""}>${label}</option>`).join(""))}</select>
-      <span id="absolute" class="absolute" ${preset === "custom" ? "" : "hidden"}>
+      <span id="absolute" class="absolute ${preset === "custom" ? "" : "unused"}">
         <input id="from" type="datetime-local" step="1" aria-label="From (UTC)" value="${toLocalInput(preset === "custom" ? state.from : "")}">
         <span>–</span>
         <input id="to" type="datetime-local" step="1" aria-label="To (UTC)" value="${toLocalInput(state.to)}">
@@ -104,7 +104,7 @@ export function renderSearch(main, navigate) {
 
   rangeSelect.addEventListener("change", () => {
     const custom = rangeSelect.value === "custom";
-    main.querySelector("#absolute").hidden = !custom;
+    main.querySelector("#absolute").classList.toggle("unused", !custom);
     if (custom && !main.querySelector("#from").value) {
       main.querySelector("#from").value = toLocalInput(Date.now() - 3600e3);
       main.querySelector("#to").value = toLocalInput(Date.now());
