@@ -44,6 +44,7 @@ _SPARK_BUCKETS = 48
 _MAX_RESULTS = 100
 # A name prefix cannot be matched by a store's exact tag index: scan this many candidate traces instead.
 _PREFIX_SCAN = 2000
+_ERROR_SCAN_FACTOR = 4
 _CATALOG = ResourceCatalog.builtin()
 
 
@@ -183,15 +184,15 @@ async def _search(request: web.Request) -> web.StreamResponse:
     query = parse_search(request.query.get("q", ""))
     _apply_pickers(request, query)
     limit = _limit(request)
-    wanted = limit * 4 if not query.name_prefix else _PREFIX_SCAN
+    wanted = _PREFIX_SCAN if query.name_prefix else limit * 4
     matches = await service.assembler.search(
         TraceQuery(tags=query.store_tags(), start_ns=start_ns, end_ns=end_ns, limit=wanted), max_objects=wanted
     )
     matches = [match for match in matches if query.name_matches(match.ref.name)]
     matches = await _visible_matches(request_scope(request), matches)
-    loaded = await asyncio.gather(
-        *(service.assembler.load(match.key, start_ns, end_ns) for match in matches[: limit * 2])
-    )
+    # Errors are not a stored tag: they are counted on the loaded objects, so look at more of them.
+    candidates = matches[: limit * (_ERROR_SCAN_FACTOR if query.errors_only else 2)]
+    loaded = await asyncio.gather(*(service.assembler.load(match.key, start_ns, end_ns) for match in candidates))
     active = [obj for obj in loaded if obj is not None and obj.children]
     # One sparkline scale for every result, over the activity they share, so their shapes compare.
     spark_start = min((obj.children[0].start_ns for obj in active), default=start_ns)
