@@ -77,7 +77,11 @@ async def test_search_finds_the_deployment_by_kubectl_words(
     await expect(page.locator("#recent a.chip").first).to_have_text("deploy/web -n shop")
     await page.locator("#recent a.chip").first.click()
     await expect(page.locator("a.result")).to_have_count(1)
-    await page.locator("a.result").first.click()
+    # Keyboard: from the box down to the result, Enter opens it.
+    await page.focus("#q")
+    await page.keyboard.press("ArrowDown")
+    await expect(page.locator("a.result").first).to_be_focused()
+    await page.keyboard.press("Enter")
     await expect(page).to_have_url(re.compile(r"/objects/fixture/deployments/shop/web\?from="))
     await expect(page.locator("#timeline")).to_have_attribute("data-ready", "true")
     assert console.errors == []
@@ -144,6 +148,18 @@ async def test_object_page_tells_the_rollout_story(
     assert f"view={view_before.group(1)}" in page.url
     await expect(page.locator(".tl-row.active .tl-name")).to_have_text("web")
     await screenshot("deep-link")
+
+    # A Pod's own page from its row, then its ancestors with the "2" key.
+    pod_row = page.locator(".tl-row", has=page.locator(".badge", has_text="pod")).first
+    pod_name = await pod_row.locator(".tl-name").text_content()
+    await pod_row.click()
+    await page.locator("#detail a.object-link").click()
+    await expect(page).to_have_url(re.compile(rf"/objects/fixture/pods/shop/{pod_name}\?from="))
+    await expect(page.locator("#timeline")).to_have_attribute("data-ready", "true")
+    await page.keyboard.press("2")
+    await expect(page).to_have_url(re.compile(r"mode=ancestors"))
+    await expect(page.locator(".tl-row .badge")).to_have_text(["deploy", "rs", "pod"])
+    await expect(page.locator(".modes a.current")).to_have_text("Ancestors")
     assert console.errors == []
 
 

@@ -1,7 +1,7 @@
 // The object page: related-object tree and timeline, the selected mark's detail, the analysis; live when the
 // range ends now.
 import { api } from "./api.js";
-import { duration, esc, html, isoTime, kindBadge, parseJson, raw, time, toYaml, toast } from "./format.js";
+import { duration, esc, html, isoTime, kindBadge, objectPath, parseJson, raw, time, toYaml, toast } from "./format.js";
 import { Timeline } from "./timeline.js";
 
 const MODES = [["full", "Full tree"], ["ancestors", "Ancestors"], ["owned", "Owned objects"], ["object", "Object only"]];
@@ -83,6 +83,7 @@ export function renderObject(main, target, navigate) {
   let stopped = false;
 
   const timeline = new Timeline(timelineBox, {
+    onOpen: (row) => { if (!row.searched) navigate(relatedHref(row)); },
     onSelect: (row, mark) => {
       setParam("sel", mark ? `${row.key}|${mark.id}` : "");
       if (mark) showDetail(row, mark);
@@ -105,6 +106,9 @@ export function renderObject(main, target, navigate) {
     } else if (event.key === "Escape") {
       detail.innerHTML = '<p class="muted">Select a mark on the timeline to see who did what.</p>';
       setParam("sel", "");
+    } else if (event.key === "o" && !event.ctrlKey && !event.metaKey) {
+      const row = timeline.rows[timeline.activeRow];
+      if (row && !row.searched) navigate(relatedHref(row));
     } else if (event.key === "/") {
       event.preventDefault();
       navigate("/");
@@ -278,6 +282,14 @@ export function renderObject(main, target, navigate) {
   };
 }
 
+/** The page of a related object, over the same range. */
+function relatedHref(row) {
+  const query = new URLSearchParams();
+  const current = new URLSearchParams(location.search);
+  for (const name of ["from", "to"]) if (current.get(name)) query.set(name, current.get(name));
+  return `${objectPath(row)}${query.size ? "?" + query : ""}`;
+}
+
 function shortKey(key) {
   const [, , resource, namespace, name] = key.split("/");
   return `${resource}/${namespace ? namespace + "/" : ""}${name}`;
@@ -308,7 +320,7 @@ function renderDetail(row, mark) {
       <h2>${mark.title}</h2>
       ${mark.error ? raw('<span class="count error">error</span>') : ""}${mark.warning ? raw('<span class="count warning">warning</span>') : ""}
     </header>
-    <p class="muted">${raw(kindBadge(row.kind))} ${row.namespace ? row.namespace + "/" : ""}${row.name} ·
+    <p class="muted">${raw(kindBadge(row.kind))} <a class="object-link" data-link href="${relatedHref(row)}" title="Open this object's page (o)">${row.namespace ? row.namespace + "/" : ""}${row.name}</a> ·
       <time datetime="${isoTime(mark.t)}">${time(mark.t, { date: true })} UTC</time> · ${duration(mark.d)}</p>
     <dl class="facts">
       ${raw(field("user", a.username))}${raw(field("impersonated", a.impersonatedUser))}

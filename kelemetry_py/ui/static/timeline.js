@@ -19,13 +19,14 @@ function lowerBound(marks, t) {
 }
 
 export class Timeline {
-  constructor(root, { onSelect, onView }) {
+  constructor(root, { onSelect, onView, onOpen }) {
     this.onSelect = onSelect;
     this.onView = onView;
+    this.onOpen = onOpen;
     root.innerHTML = `<div class="tl-head"><div class="tl-tree-head">Objects</div><canvas class="tl-axis" aria-hidden="true"></canvas></div>
       <div class="tl-scroll" tabindex="0" role="tree" aria-label="Related objects and their activity">
         <div class="tl-inner"><div class="tl-tree"></div><div class="tl-lane"><canvas class="tl-canvas"></canvas></div></div>
-      </div>`;
+      </div><div class="tl-tip" role="tooltip" hidden></div>`;
     this.root = root;
     this.scroll = root.querySelector(".tl-scroll");
     this.inner = root.querySelector(".tl-inner");
@@ -33,6 +34,7 @@ export class Timeline {
     this.lane = root.querySelector(".tl-lane");
     this.canvas = root.querySelector(".tl-canvas");
     this.axis = root.querySelector(".tl-axis");
+    this.tip = root.querySelector(".tl-tip");
     this.rows = [];
     this.selected = null; // {row, mark}
     this.activeRow = 0;
@@ -50,6 +52,10 @@ export class Timeline {
     this.tree.addEventListener("click", (event) => {
       const row = event.target.closest(".tl-row");
       if (row) this.selectRow(Number(row.dataset.index), { mark: "first" });
+    });
+    this.tree.addEventListener("dblclick", (event) => {
+      const row = event.target.closest(".tl-row");
+      if (row) this.onOpen?.(this.rows[Number(row.dataset.index)]);
     });
   }
 
@@ -293,7 +299,9 @@ export class Timeline {
     });
     this.canvas.addEventListener("pointermove", (event) => {
       if (!drag) {
-        this.canvas.style.cursor = this.hit(event) ? "pointer" : "grab";
+        const hit = this.hit(event);
+        this.canvas.style.cursor = hit ? "pointer" : "grab";
+        this.showTip(hit, event);
         return;
       }
       const dx = event.clientX - drag.x;
@@ -303,6 +311,7 @@ export class Timeline {
         this.setView(drag.t0 + shift, drag.t1 + shift);
       }
     });
+    this.canvas.addEventListener("pointerleave", () => this.showTip(null));
     this.canvas.addEventListener("pointerup", (event) => {
       const moved = drag?.moved;
       drag = null;
@@ -346,6 +355,19 @@ export class Timeline {
       }
     }
     return best;
+  }
+
+  showTip(hit, event) {
+    if (!hit) {
+      this.tip.hidden = true;
+      return;
+    }
+    const mark = this.rows[hit.row].marks[hit.mark];
+    this.tip.innerHTML = html`<strong>${mark.title}</strong><br>${time(mark.t)} UTC${mark.user ? " · " + mark.user : ""}`;
+    const box = this.root.getBoundingClientRect();
+    this.tip.style.left = `${Math.min(event.clientX - box.left + 12, box.width - 320)}px`;
+    this.tip.style.top = `${event.clientY - box.top + 14}px`;
+    this.tip.hidden = false;
   }
 
   selectRow(r, { mark = "keep" } = {}) {
