@@ -353,7 +353,7 @@ async def _object(request: web.Request) -> web.StreamResponse:
             "range": {
                 "from": _ms(start_ns),
                 "to": _ms(end_ns),
-                "live": not request.query.get("to", "") or request.query.get("to") == "now",
+                "live": request.query.get("to", "") in ("", "now"),
             },
             "objects": _rows(scoped),
             "analysis": analyze(scoped),
