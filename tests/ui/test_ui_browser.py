@@ -71,6 +71,9 @@ async def test_search_finds_the_deployment_by_kubectl_words(
     await expect(results.first.locator(".count.error")).to_have_text(re.compile(r"[1-9]\d* err"))
     await expect(results.first.locator("svg.spark rect").first).to_be_attached()
     assert await layout_shift(page) < 0.01
+    # The pickers offer what the chosen range holds.
+    await expect(page.locator("#namespace option", has_text="shop")).to_have_count(1)
+    await expect(page.locator("#kind option", has_text="ReplicaSet")).to_have_count(1)
     await screenshot("search")
     # The search is remembered in this browser.
     await page.goto(lifecycle.app.base_url + "/")

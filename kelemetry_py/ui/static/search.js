@@ -152,7 +152,9 @@ export function renderSearch(main, navigate) {
   };
   document.addEventListener("keydown", keys);
 
-  api("/api/ui/facets", { from: "now-7d" }, { signal: controller.signal }).then((facets) => {
+  // Picker values from the chosen range (at least the last 7 days when the range is relative).
+  const facetRange = state.to ? { from: state.from, to: state.to } : { from: "now-7d" };
+  api("/api/ui/facets", facetRange, { signal: controller.signal }).then((facets) => {
     fill(main.querySelector("#cluster"), facets.clusters, state.cluster);
     fill(main.querySelector("#namespace"), facets.namespaces, state.namespace);
     fill(main.querySelector("#kind"), facets.kinds, state.kind);
