@@ -51,8 +51,8 @@ function resultRow(obj, state) {
     <span class="res-name"><span class="ns">${obj.namespace ? obj.namespace + "/" : ""}</span><strong>${obj.name}</strong>
       <span class="cluster">${obj.cluster}</span></span>
     ${raw(sparkline(obj.spark, obj.errors))}
-    <span class="res-change" title="${time(obj.last, { date: true })} UTC">${change ? change.title : ""}
-      <span class="muted">${obj.last ? ago(obj.last) : ""}</span></span>
+    <span class="res-change" title="${time(obj.last, { date: true })} UTC · ${change ? change.title : ""}">
+      <span class="muted">${obj.last ? ago(obj.last) : ""}</span> ${change ? change.title : ""}</span>
     <span class="res-counts">
       <span class="count" title="audit requests, events and diffs">${obj.marks} marks</span>
       <span class="count ${obj.errors ? "error" : "zero"}" title="errors">${obj.errors} err</span>
