@@ -236,6 +236,9 @@ async def _facets(request: web.Request) -> web.StreamResponse:
                 clusters = [cluster for cluster in clusters if cluster in static.clusters]
             if static.namespaces is not None:
                 namespaces = [namespace for namespace in namespaces if namespace in static.namespaces]
+    if not scope.sees_everything:
+        # Which kinds exist in the data is not the tenant's to know: offer the stock namespaced kinds instead.
+        resources = [info.resource for info in _CATALOG.preferred() if info.namespaced and "watch" in info.verbs]
     kinds = sorted({info.kind for info in (_CATALOG.lookup(resource) for resource in resources if resource) if info})
     return _json(
         {

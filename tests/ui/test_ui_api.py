@@ -212,6 +212,7 @@ async def test_a_tenant_sees_nothing_outside_its_namespaces(recorded: App) -> No
         assert {obj["namespace"] for obj in admin["objects"]} == {"jobs"}  # no Namespace or ClusterRole either
         status, facets = await get(url, "/api/ui/facets", **RANGE)
         assert facets["namespaces"] == ["jobs"] and facets["clusters"] == ["fixture"]
+        assert "ClusterRole" not in facets["kinds"] and "Deployment" in facets["kinds"]
         # Hidden objects answer exactly as absent ones.
         hidden = await get(
             url, "/api/ui/object", cluster="fixture", resource="deployments", namespace="shop", name="web", **RANGE
