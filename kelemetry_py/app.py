@@ -136,6 +136,9 @@ class App:
         else:
             self.frontend = add_frontend_routes(target, reader, cache, config.frontend)
         add_analysis_routes(target, self.frontend)
+        from kelemetry_py.ui.http import add_ui_routes
+
+        add_ui_routes(target)
         from kelemetry_py.plugins import load_transforms
 
         self.frontend.transforms = load_transforms(config.plugins)

@@ -32,7 +32,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help="disable the embedded store",
     )
     parser.add_argument("--redis-url", dest="redis.url", help="share state with other replicas through Redis")
-    parser.add_argument("--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory")
+    parser.add_argument(
+        "--ui-dir", dest="frontend.ui_dir", help="serve a Jaeger UI build from this directory under /jaeger/"
+    )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
     parser.add_argument("--log-format", dest="log.format", help="text or json")
 

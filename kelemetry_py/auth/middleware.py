@@ -24,7 +24,7 @@ from kelemetry_py.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_PROTECTED = ("/api", "/kapis", "/apis", "/redirect", "/metrics")
+_PROTECTED = ("/api", "/jaeger/api", "/kapis", "/apis", "/redirect", "/metrics")
 _REQUEST_ID = web.RequestKey("kelemetry_request_id", str)
 _SLASHES = re.compile("/+")
 

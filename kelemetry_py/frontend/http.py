@@ -446,27 +446,36 @@ async def _redirect(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------------------------------------ UI bundle
 
 
+JAEGER_UI_PREFIX = "/jaeger"
+
+
 def _ui_middleware(ui_dir: Path) -> Any:
+    """Serve a Jaeger UI build under /jaeger/ (the built-in UI owns /); its index.html gets that base path."""
     root = ui_dir.resolve()
     index = root / "index.html"
+    # Jaeger UI takes its route and API prefix from <base href>, as jaeger-query's --query.base-path sets it.
+    index_html = index.read_bytes().replace(b'<base href="/"', f'<base href="{JAEGER_UI_PREFIX}/"'.encode())
 
     @web.middleware
     async def serve_ui(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPNotFound:
-            if request.method not in ("GET", "HEAD") or request.path.startswith(_API_PREFIXES):
+            prefixed = request.path == JAEGER_UI_PREFIX or request.path.startswith(JAEGER_UI_PREFIX + "/")
+            if request.method not in ("GET", "HEAD") or not prefixed:
                 raise
+        path = request.path[len(JAEGER_UI_PREFIX) :] or "/"
+        if path.startswith(_API_PREFIXES):
+            raise web.HTTPNotFound()
         # Bundles use relative script URLs: /trace/<id> asks for /trace/static/..., served from /static/.
-        path = request.path
         if "/static/" in path:
             path = path[path.index("/static/") :]
         candidate = (root / path.lstrip("/")).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
+        if candidate != root and candidate.is_relative_to(root) and candidate.is_file() and candidate != index:
             return web.FileResponse(candidate)
-        if "/static/" in request.path or not index.is_file():
+        if "/static/" in path:
             raise web.HTTPNotFound()
-        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+        return web.Response(body=index_html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     return serve_ui
 
@@ -481,8 +490,8 @@ def add_frontend_routes(
     config: FrontendConfig,
     max_range_ns: int = _DEFAULT_MAX_RANGE_NS,
 ) -> FrontendService:
-    """Add the query APIs (and, with ``config.ui_dir``, the UI bundle) to ``app``; returns the service.
-    ``max_range_ns`` bounds every search range (the store's retention)."""
+    """Add the query APIs (and, with ``config.ui_dir``, the Jaeger UI bundle under /jaeger/) to ``app``; returns the
+    service. ``max_range_ns`` bounds every search range (the store's retention)."""
     service = FrontendService(reader, cache, config)
     service.max_range_ns = max_range_ns
     app[SERVICE_KEY] = service
@@ -502,10 +511,13 @@ def add_frontend_routes(
         ("/api/v3/traces", _v3_find_traces),
         ("/api/v3/traces/{trace_id}", _v3_get_trace),
     ]
-    for path, handler in v1:
-        app.router.add_get(path, _guarded(handler, _v1_error))
-    for path, handler in v3:
-        app.router.add_get(path, _guarded(handler, _v3_error))
+    # Jaeger UI under /jaeger/ calls the APIs under that prefix too.
+    prefixes = ("", JAEGER_UI_PREFIX) if config.ui_dir else ("",)
+    for prefix in prefixes:
+        for path, handler in v1:
+            app.router.add_get(prefix + path, _guarded(handler, _v1_error))
+        for path, handler in v3:
+            app.router.add_get(prefix + path, _guarded(handler, _v3_error))
     if config.ui_dir:
         ui_dir = Path(config.ui_dir)
         if not (ui_dir / "index.html").is_file():
