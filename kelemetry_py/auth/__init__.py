@@ -74,4 +74,5 @@ SCOPE_KEY = web.RequestKey("kelemetry_scope", Scope)
 def request_scope(request: web.Request) -> Scope:
     """The caller's scope, as the auth middleware set it (everything when auth is off)."""
     scope = request.get(SCOPE_KEY)
-    return scope if isinstance(scope, Scope) else EVERYTHING
+    # Only a request no middleware scoped sees everything; a scope of the wrong shape is a bug, never "no limits".
+    return EVERYTHING if scope is None else scope

@@ -115,8 +115,10 @@ def effective_config(objects: list[dict[str, Any]]) -> Config:
     """The configuration a server pod starts with: the ConfigMap's file plus the container's literal env."""
     env = {
         variable["name"]: variable["value"].replace("$(REDIS_PASSWORD)", "placeholder")
+        if "value" in variable
+        else "value-from-a-secret"
         for variable in server_container(objects)["env"]
-        if "value" in variable and variable["name"].startswith("KELEMETRY_")
+        if variable["name"].startswith("KELEMETRY_")
     }
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.yaml"
@@ -143,9 +145,11 @@ def test_rbac_is_least_privilege(overlay: str, tmp_path: Path) -> None:
     for binding in of_kind(objects, "ClusterRoleBinding") + of_kind(objects, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject == {"kind": "ServiceAccount", "name": "kelemetry-py", "namespace": "kelemetry"}
-    roles = of_kind(rendered(overlay), "ClusterRole")
-    creates = [rule for role in roles for rule in role["rules"] if "create" in rule["verbs"]]
-    assert not creates, "TokenReview/SubjectAccessReview only with auth.mode: kubernetes"
+    shipped = rendered(overlay)
+    creates = [rule for role in of_kind(shipped, "ClusterRole") for rule in role["rules"] if "create" in rule["verbs"]]
+    # The overlays ship auth.mode: kubernetes (secure by default), and with it the right to ask the apiserver.
+    assert effective_config(shipped).auth.mode == "kubernetes"
+    assert sorted(r for rule in creates for r in rule["resources"]) == ["subjectaccessreviews", "tokenreviews"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

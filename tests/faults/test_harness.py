@@ -7,7 +7,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
-from kelemetry_py.sources.audit import AuditConverter, parse_event_list
+from kelemetry_py.sources.audit import AuditConverter, parse_batch
 from tests.faults.workload import CLUSTER, POISONS, BatchRef, Workload, poison_event, with_poison
 from tests.support.otlp_receiver import GrpcOtlpReceiver
 
@@ -15,7 +15,7 @@ from tests.support.otlp_receiver import GrpcOtlpReceiver
 def test_a_copy_expects_what_the_converter_makes_of_its_own_body(workload: Workload) -> None:
     converter = AuditConverter(AuditConfig(), RedactionConfig())
     for ref in workload.batches([0, 3]):
-        converted = converter.convert(CLUSTER, parse_event_list(workload.body(ref)))
+        converted = converter.convert(CLUSTER, parse_batch(workload.body(ref))[0])
         assert {str(obs.tags["auditID"]) for obs in converted} == workload.expected_ids([ref])
     copies = [workload.expected_ids(workload.batches([copy])) for copy in range(3)]
     assert all(copies) and not (copies[0] & copies[1]) and not (copies[1] & copies[2])
@@ -24,12 +24,12 @@ def test_a_copy_expects_what_the_converter_makes_of_its_own_body(workload: Workl
 
 def test_poison_batches_keep_their_clean_events(workload: Workload) -> None:
     ref = BatchRef(9, 0)
-    clean = parse_event_list(workload.body(ref))
+    clean, _ = parse_batch(workload.body(ref))
     (year_2300,) = (poison for poison in POISONS if poison.name == "year-2300")
-    spliced = parse_event_list(with_poison(workload.body(ref), [poison_event(workload, year_2300, "p")], 7))
-    ids = [event.auditID for event in clean]
-    assert [event.auditID for event in spliced] == [*ids[:7], "p", *ids[7:]]
-    assert spliced[7].stageTimestamp.startswith("2300-")
+    spliced, rejected = parse_batch(with_poison(workload.body(ref), [poison_event(workload, year_2300, "p")], 7))
+    assert [event.auditID for event in spliced] == [event.auditID for event in clean]
+    assert [item.index for item in rejected] == [7]
+    assert "items[7].stageTimestamp: '2300-" in rejected[0].message
 
 
 async def test_the_receiver_serves_again_on_its_port_after_an_outage() -> None:

@@ -42,6 +42,9 @@ class NamespaceScope:
     def static(self) -> StaticScope | None:
         return StaticScope(clusters=frozenset({"fixture"}), namespaces=frozenset(self.namespaces), cluster_scoped=False)
 
+    def allows_cluster(self, cluster: str) -> bool:
+        return cluster == "fixture"
+
     async def allows(self, ref: ObjectRef) -> bool:
         return ref.cluster == "fixture" and ref.namespace in self.namespaces
 

@@ -33,7 +33,7 @@ async def tenant_app(make_app: AppFactory, fixtures_dir: Path) -> App:
                     "namespaces": ["jobs"],
                     "cluster_scoped": False,
                 },
-                {"token": ADMIN_TOKEN, "user": "admin", "clusters": None, "namespaces": None, "cluster_scoped": True},
+                {"token": ADMIN_TOKEN, "user": "admin", "clusters": ["*"], "namespaces": ["*"], "cluster_scoped": True},
             ],
         }
     )
