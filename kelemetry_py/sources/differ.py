@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from deepdiff import DeepDiff
 
 from kelemetry_py.config import RedactionConfig
 from kelemetry_py.kube.watch import ResourceType
@@ -35,6 +34,7 @@ from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, RecordKind
+from kelemetry_py.sources.diffing import list_changes
 from kelemetry_py.sources.redaction import redact_object
 
 log = logging.getLogger(__name__)
@@ -105,26 +105,14 @@ def strip_bookkeeping(obj: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-_REPORTS: dict[str, str] = {
-    "values_changed": "change",
-    "type_changes": "change",
-    "dictionary_item_added": "add",
-    "iterable_item_added": "add",
-    "attribute_added": "add",
-    "dictionary_item_removed": "remove",
-    "iterable_item_removed": "remove",
-    "attribute_removed": "remove",
-}
-
-
 def _walk(old: Any, new: Any, prefix: list[Any], found: list[tuple[list[Any], Change]]) -> None:
     """Walk both trees together. Dicts (and named lists, as dicts) are compared here, skipping equal subtrees
-    at C speed; positional lists that differ are handed to deepdiff, which aligns their items."""
+    at C speed; positional lists that differ are aligned by :func:`kelemetry_py.sources.diffing.list_changes`."""
     if isinstance(old, list) and isinstance(new, list):
         old_key, new_key = _match_key(old), _match_key(new)
         key = old_key or new_key if not (old and new) else (old_key if old_key == new_key else None)
         if key is None:
-            _deepdiff_lists(old, new, prefix, found)
+            _positional_lists(old, new, prefix, found)
             return
         old, new = _by_match_key(old, key), _by_match_key(new, key)
     if isinstance(old, dict) and isinstance(new, dict):
@@ -141,22 +129,11 @@ def _walk(old: Any, new: Any, prefix: list[Any], found: list[tuple[list[Any], Ch
     found.append((prefix, Change(render_path(prefix), "change", old, new)))
 
 
-def _deepdiff_lists(old: list[Any], new: list[Any], prefix: list[Any], found: list[tuple[list[Any], Change]]) -> None:
-    tree = DeepDiff(old, new, view="tree", threshold_to_diff_deeper=0, verbose_level=2)
-    for report, levels in tree.items():
-        op = _REPORTS.get(report)
-        if op is None:
-            continue
-        for level in levels:
-            segments = [*prefix, *level.path(output_format="list")]
-            path = render_path(segments)
-            if op == "add":
-                change = Change(path, "add", None, level.t2)
-            elif op == "remove":
-                change = Change(path, "remove", level.t1, None)
-            else:
-                change = Change(path, "change", level.t1, level.t2)
-            found.append((segments, change))
+def _positional_lists(
+    old: list[Any], new: list[Any], prefix: list[Any], found: list[tuple[list[Any], Change]]
+) -> None:
+    for segments, op, old_value, new_value in list_changes(old, new, prefix):
+        found.append((segments, Change(render_path(segments), op, old_value, new_value)))
 
 
 def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
