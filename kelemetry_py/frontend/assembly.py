@@ -23,7 +23,7 @@ from kelemetry_py.model import (
     ObjectRef,
     Span,
 )
-from kelemetry_py.storage import TraceHit, TraceQuery, TraceReader
+from kelemetry_py.storage import BatchTraceReader, TraceHit, TraceQuery, TraceReader
 
 # An object has at most one raw trace per window; a long range can hold many windows.
 _MAX_WINDOWS_PER_OBJECT = 10_000
@@ -107,9 +107,7 @@ def object_tags(ref: ObjectRef) -> dict[str, str]:
     }
 
 
-def merge_object(
-    ref: ObjectRef, traces: Iterable[Sequence[Span]], start_ns: int, end_ns: int
-) -> ObjectTrace | None:
+def merge_object(ref: ObjectRef, traces: Iterable[Sequence[Span]], start_ns: int, end_ns: int) -> ObjectTrace | None:
     """Merge one object's raw traces and clip them to [start_ns, end_ns]; None if nothing is in range."""
     object_spans: list[Span] = []
     others: list[Span] = []
@@ -123,9 +121,7 @@ def merge_object(
     for span in object_spans:
         attributes.update(span.attributes)
     if not attributes and others:
-        attributes = {
-            key: value for key, value in others[0].attributes.items() if key in ref.tags() or key == "uid"
-        }
+        attributes = {key: value for key, value in others[0].attributes.items() if key in ref.tags() or key == "uid"}
     version = str(attributes.get("version", ref.version))
     uid = str(attributes.get("uid", ref.uid))
     ref = ObjectRef(ref.cluster, ref.group, version, ref.resource, ref.namespace, ref.name, uid)
@@ -216,25 +212,22 @@ class Assembler:
         for hit in hits:
             grouped.setdefault(hit.ref.key, []).append(hit)
         matches = [
-            ObjectMatch(group[0].ref, tuple(sorted(group, key=lambda hit: -hit.end_ns)))
-            for group in grouped.values()
+            ObjectMatch(group[0].ref, tuple(sorted(group, key=lambda hit: -hit.end_ns))) for group in grouped.values()
         ]
         matches.sort(key=lambda match: (-match.end_ns, match.key))
         return matches[:max_objects]
+
+    @staticmethod
+    def _object_query(ref: ObjectRef, start_ns: int, end_ns: int) -> TraceQuery:
+        # Two selective tags keep a store's tag join cheap; the exact key is checked on the hits.
+        tags = {"resource": ref.resource, "name": ref.name}
+        return TraceQuery(tags=tags, start_ns=start_ns, end_ns=end_ns, limit=_MAX_WINDOWS_PER_OBJECT)
 
     async def load(self, key: str, start_ns: int, end_ns: int) -> ObjectTrace | None:
         """One object merged over the range (None when it has no raw trace there)."""
         ref = ObjectRef.from_key(key)
         async with self._limit:
-            hits = await self._reader.find_traces(
-                # Two selective tags keep a store's tag join cheap; the exact key is checked on the hits.
-                TraceQuery(
-                    tags={"resource": ref.resource, "name": ref.name},
-                    start_ns=start_ns,
-                    end_ns=end_ns,
-                    limit=_MAX_WINDOWS_PER_OBJECT,
-                )
-            )
+            hits = await self._reader.find_traces(self._object_query(ref, start_ns, end_ns))
         trace_ids = sorted({hit.trace_id for hit in hits if hit.ref.key == key})
         if not trace_ids:
             return None
@@ -247,8 +240,27 @@ class Assembler:
 
     async def _load_many(self, keys: Iterable[str], start_ns: int, end_ns: int) -> dict[str, ObjectTrace]:
         wanted = sorted(set(keys))
+        if isinstance(self._reader, BatchTraceReader):
+            return await self._load_batch(self._reader, wanted, start_ns, end_ns)
         loaded = await asyncio.gather(*(self.load(key, start_ns, end_ns) for key in wanted))
         return {key: obj for key, obj in zip(wanted, loaded, strict=True) if obj is not None}
+
+    async def _load_batch(
+        self, reader: BatchTraceReader, keys: list[str], start_ns: int, end_ns: int
+    ) -> dict[str, ObjectTrace]:
+        """``_load_many`` in two round trips: every object's traces found, then all of them read."""
+        refs = [ObjectRef.from_key(key) for key in keys]
+        found = await reader.find_traces_many([self._object_query(ref, start_ns, end_ns) for ref in refs])
+        ids = [
+            sorted({hit.trace_id for hit in hits if hit.ref.key == key}) for key, hits in zip(keys, found, strict=True)
+        ]
+        traces = await reader.get_traces([trace_id for object_ids in ids for trace_id in object_ids])
+        loaded: dict[str, ObjectTrace] = {}
+        for key, ref, object_ids in zip(keys, refs, ids, strict=True):
+            merged = merge_object(ref, [traces.get(trace_id, []) for trace_id in object_ids], start_ns, end_ns)
+            if merged is not None:
+                loaded[key] = merged
+        return loaded
 
     async def assemble(
         self, searched_key: str, start_ns: int, end_ns: int, modifier: Modifier = Modifier.NONE
@@ -347,9 +359,7 @@ class Assembler:
         return AssembledTrace(searched, root, {key: objects[key] for key in path}, tree, start_ns, end_ns)
 
     @staticmethod
-    def _without_idle(
-        tree: nx.DiGraph, root: str, keep: set[str], objects: dict[str, ObjectTrace]
-    ) -> nx.DiGraph:
+    def _without_idle(tree: nx.DiGraph, root: str, keep: set[str], objects: dict[str, ObjectTrace]) -> nx.DiGraph:
         """Leave out related objects with nothing in the range (e.g. created after it ends), unless something
         beneath them has; a raw trace covers a whole window, so the search range is narrower than the data."""
         kept = set(keep)

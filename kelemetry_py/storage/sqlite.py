@@ -587,6 +587,16 @@ class SqliteStore:
             for row in rows
         ]
 
+    async def find_traces_many(self, queries: Sequence[TraceQuery]) -> list[list[TraceHit]]:
+        def find_all(conn: sqlite3.Connection) -> list[list[TraceHit]]:
+            return [self._find_sync(conn, query) if query.limit > 0 else [] for query in queries]
+
+        return await self._read(find_all)
+
+    async def get_traces(self, trace_ids: Sequence[int]) -> dict[int, list[Span]]:
+        wanted = sorted({trace_id for trace_id in trace_ids if 0 <= trace_id < 1 << 128})
+        return await self._read(self._get_traces_sync, wanted) if wanted else {}
+
     async def get_trace(self, trace_id: int) -> list[Span]:
         if not 0 <= trace_id < 1 << 128:
             return []
@@ -603,31 +613,50 @@ class SqliteStore:
         return found
 
     def _get_trace_sync(self, conn: sqlite3.Connection, trace_id: int) -> list[Span]:
-        rows = conn.execute(
-            "SELECT s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error, s.status_message,"
-            " s.tag_set, s.body FROM traces t JOIN spans s ON s.tid = t.tid WHERE t.trace_id = ?"
-            " ORDER BY s.start_ns, s.span_id",
-            (trace_id.to_bytes(16, "big"),),
-        ).fetchall()
-        spans = []
-        for row in rows:
-            own, logs = _decode_body(row[9])
-            spans.append(
-                Span(
-                    trace_id=trace_id,
-                    span_id=_unsigned(row[0]),
-                    parent_id=None if row[1] is None else _unsigned(row[1]),
-                    service=row[2],
-                    name=row[3],
-                    start_ns=row[4],
-                    end_ns=row[5],
-                    error=bool(row[6]),
-                    status_message=row[7],
-                    attributes={**self._tag_set(conn, row[8]), **own},
-                    logs=[LogEntry(time_ns, name, fields) for time_ns, name, fields in logs],
+        return self._get_traces_sync(conn, [trace_id]).get(trace_id, [])
+
+    def _get_traces_sync(self, conn: sqlite3.Connection, trace_ids: list[int]) -> dict[int, list[Span]]:
+        found: dict[int, list[Span]] = {}
+        for start in range(0, len(trace_ids), 500):
+            chunk = trace_ids[start : start + 500]
+            rows = conn.execute(
+                "SELECT t.trace_id, s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error,"
+                " s.status_message, s.tag_set, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
+                f" WHERE t.trace_id IN ({','.join('?' * len(chunk))}) ORDER BY t.tid, s.start_ns, s.span_id",
+                [trace_id.to_bytes(16, "big") for trace_id in chunk],
+            ).fetchall()
+            trace_key = b""
+            spans: list[Span] = []
+            trace_id = 0
+            tag_sets: dict[int, dict[str, str]] = {}
+            for key, span_id, parent_id, service, name, start, end, error, message, tag_set, body in rows:
+                if key != trace_key:
+                    trace_key, trace_id = key, int.from_bytes(key, "big")
+                    spans = found[trace_id] = []
+                shared = tag_sets.get(tag_set)
+                if shared is None:
+                    shared = tag_sets[tag_set] = self._tag_set(conn, tag_set)
+                own, logs = _decode_body(body)
+                attributes = dict(shared)
+                attributes.update(own)
+                spans.append(
+                    Span(
+                        trace_id=trace_id,
+                        span_id=span_id + _U64 if span_id < 0 else span_id,
+                        parent_id=None if parent_id is None else parent_id + _U64 if parent_id < 0 else parent_id,
+                        service=service,
+                        name=name,
+                        start_ns=start,
+                        end_ns=end,
+                        error=bool(error),
+                        status_message=message,
+                        attributes=attributes,
+                        logs=[LogEntry(time_ns, log_name, fields) for time_ns, log_name, fields in logs]
+                        if logs
+                        else [],
+                    )
                 )
-            )
-        return spans
+        return found
 
     async def tag_values(self, key: str, start_ns: int | None = None, end_ns: int | None = None) -> list[str]:
         """Distinct values of one tag, sorted; with a time range, only from traces overlapping it."""
