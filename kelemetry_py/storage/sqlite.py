@@ -637,7 +637,7 @@ class SqliteStore:
                 if shared is None:
                     shared = tag_sets[tag_set] = self._tag_set(conn, tag_set)
                 own, logs = _decode_body(body)
-                attributes = dict(shared)
+                attributes: Attributes = dict(shared)
                 attributes.update(own)
                 spans.append(
                     Span(
