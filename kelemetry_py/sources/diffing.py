@@ -1,6 +1,8 @@
-"""Diffing lists matched by position, as the differ has always shown them, without a general diff library.
+"""The differ's diff: two versions of an object walked together, changes as paths with old and new values.
 
-The differ matches lists of named items by name; other lists (addresses, endpoints, image names, args) are
+Dicts are compared key by key, skipping subtrees equal by ``==`` at C speed. Lists of dicts that all carry a
+distinct ``name`` (containers, env, ports, volumes...) or ``type`` (conditions) are matched by that key, so
+paths read ``spec.template.spec.containers[nginx].image``. Other lists (addresses, endpoints, image names, args) are
 compared by position here, with the rules the diff output was defined by: a list of plain values (strings,
 numbers, booleans, null) is aligned with :mod:`difflib` when that reports fewer changes than comparing item by
 item; items present on one side only are additions or removals; an addition and a removal at the same path are
@@ -14,12 +16,26 @@ Entries are ``(segments, op, old, new)``, ``op`` being ``add``, ``remove`` or ``
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Mapping, Sequence
 from itertools import zip_longest
 from typing import Any
 
-from kelemetry_py.sources.diffcache import ChangeOp
+import orjson
+
+from kelemetry_py.sources.diffcache import Change, ChangeOp
 
 Entry = tuple[list[Any], ChangeOp, Any, Any]
+Found = list[tuple[list[Any], Change]]
+
+# Never shown as changes: bookkeeping that changes on every write.
+IGNORED_METADATA = ("managedFields", "resourceVersion")
+# A list item matched by its name/type rather than its position is keyed by this marker + the name.
+ITEM_MARKER = "\x00"
+_PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
+_MATCH_KEYS = ("name", "type")
+_PIECES: dict[str, str] = {}  # a key's rendering after a parent; field names repeat across every object
+_MAX_PIECES = 50_000
 
 _PLAIN = (str, int, float, bool, type(None))
 _MISSING: Any = object()
@@ -123,3 +139,96 @@ def _pairs(old: list[Any], new: list[Any], path: list[Any], found: _Found, old_f
             found.moved += 1
         elif type(old_item) is not type(new_item) or old_item != new_item:
             _value(old_item, new_item, [*path, index], found)
+
+
+# --------------------------------------------------------------------------------------------- whole objects
+
+
+def strip_bookkeeping(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow-copied object without the metadata fields that are never shown as changes."""
+    result = dict(obj)
+    metadata = result.get("metadata")
+    if isinstance(metadata, dict):
+        result["metadata"] = {k: v for k, v in metadata.items() if k not in IGNORED_METADATA}
+    return result
+
+
+def _piece(segment: Any) -> str:
+    """How one segment reads after a parent: ``.key``, ``[3]``, ``[nginx]`` or ``["a/b"]``."""
+    if type(segment) is str:
+        found = _PIECES.get(segment)
+        if found is None:
+            if segment.startswith(ITEM_MARKER):
+                found = f"[{segment[1:]}]"
+            elif _PLAIN_KEY.match(segment):
+                found = f".{segment}"
+            else:
+                found = f"[{orjson.dumps(segment).decode()}]"
+            if len(_PIECES) >= _MAX_PIECES:
+                _PIECES.clear()
+            _PIECES[segment] = found
+        return found
+    if isinstance(segment, int):
+        return f"[{segment}]"
+    return f"[{orjson.dumps(str(segment)).decode()}]"
+
+
+def render_path(segments: Sequence[Any]) -> str:
+    """``spec.template.spec.containers[nginx].image``: a leading plain key has no dot."""
+    text = "".join(_piece(segment) for segment in segments)
+    return text[1:] if text.startswith(".") else text
+
+
+def _match_key(items: list[Any]) -> str | None:
+    if not items:
+        return None
+    for item in items:
+        if type(item) is not dict:
+            return None
+    for key in _MATCH_KEYS:
+        values = [item.get(key) for item in items]
+        if all(type(v) is str for v in values) and len(set(values)) == len(values):
+            return key
+    return None
+
+
+def _walk(old: Any, new: Any, segments: list[Any], path: str, found: Found) -> None:
+    """Walk both trees together; ``path`` is ``segments`` rendered, grown a piece per level."""
+    if type(old) is list and type(new) is list:
+        old_key, new_key = _match_key(old), _match_key(new)
+        key = old_key or new_key if not (old and new) else (old_key if old_key == new_key else None)
+        if key is None:
+            for entry_segments, op, old_value, new_value in list_changes(old, new, segments):
+                found.append((entry_segments, Change(render_path(entry_segments), op, old_value, new_value)))
+            return
+        old = {ITEM_MARKER + item[key]: item for item in old}
+        new = {ITEM_MARKER + item[key]: item for item in new}
+    if type(old) is dict and type(new) is dict:
+        for key, old_value in old.items():
+            if key not in new:
+                child = _child(path, key)
+                found.append(([*segments, key], Change(child, "remove", old_value)))
+            else:
+                new_value = new[key]
+                if old_value is not new_value and old_value != new_value:
+                    _walk(old_value, new_value, [*segments, key], _child(path, key), found)
+        for key, new_value in new.items():
+            if key not in old:
+                found.append(([*segments, key], Change(_child(path, key), "add", None, new_value)))
+        return
+    found.append((segments, Change(path, "change", old, new)))
+
+
+def _child(path: str, key: Any) -> str:
+    piece = _piece(key)
+    if path:
+        return path + piece
+    return piece[1:] if piece.startswith(".") else piece
+
+
+def diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> Found:
+    """Every change from ``old`` to ``new`` with its path segments, sorted by rendered path."""
+    found: Found = []
+    _walk(strip_bookkeeping(old), strip_bookkeeping(new), [], "", found)
+    found.sort(key=lambda item: item[1].path)
+    return found
