@@ -47,6 +47,8 @@ _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 # Among object tags, those that narrow a search most go first.
 _SELECTIVE_OBJECT_KEYS = ("uid", "name")
 _TAG_SET_CACHE = 100_000
+# A search whose driving tag matches at least this many rows walks traces newest first instead.
+_DENSE_MATCHES = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -171,11 +173,24 @@ def _span_tag_rows(own: dict[str, Any], tid: int, span_id: int) -> list[tuple[st
     return rows
 
 
-def find_traces_sql(query: TraceQuery) -> tuple[str, list[Any]]:
+def _driving_tag(query: TraceQuery) -> tuple[str, str, str] | None:
+    """(index table, key, value) of the tag a search starts from: a span tag if any, else the most selective
+    object tag."""
+    items = [(key, str(value)) for key, value in query.tags.items()]
+    span_level = [item for item in items if item[0] not in _OBJECT_KEY_SET]
+    if span_level:
+        return ("span_tags", *span_level[0])
+    object_level = sorted(items, key=lambda item: item[0] not in _SELECTIVE_OBJECT_KEYS)
+    return ("trace_tags", *object_level[0]) if object_level else None
+
+
+def find_traces_sql(query: TraceQuery, *, newest_first_scan: bool = False) -> tuple[str, list[Any]]:
     """The statement behind find_traces: tag matches come from the tag indexes, never a table scan.
 
     Object tags are the same on every span of a trace and are matched per trace; other tags must all be on one
-    span (Jaeger's rule), as must ``service``.
+    span (Jaeger's rule), as must ``service``. By default the tag index drives and the matching traces are
+    sorted; ``newest_first_scan`` walks traces newest first and checks each against the index instead, which
+    stops after ``limit`` hits: the better plan when the driving tag matches most traces (verb=update).
     """
     sql = [
         "SELECT t.trace_id, t.start_ns, t.end_ns, t.cluster, t.grp, t.version, t.resource, t.namespace,",
@@ -219,7 +234,10 @@ def find_traces_sql(query: TraceQuery) -> tuple[str, list[Any]]:
         if query.service:
             inner.append("AND EXISTS (SELECT 1 FROM spans sp WHERE sp.tid = a.tid AND sp.service = ?)")
             inner_params.append(query.service)
-    if inner:
+    if inner and newest_first_scan:
+        sql.append(f"AND EXISTS ({' '.join(inner)} AND a.tid = t.tid)")
+        params += inner_params
+    elif inner:
         sql.append(f"AND t.tid IN ({' '.join(inner)})")
         params += inner_params
     elif query.service:
@@ -576,7 +594,16 @@ class SqliteStore:
 
     @staticmethod
     def _find_sync(conn: sqlite3.Connection, query: TraceQuery) -> list[TraceHit]:
-        rows = conn.execute(*find_traces_sql(query)).fetchall()
+        dense = False
+        driver = _driving_tag(query)
+        if driver is not None:
+            table, key, value = driver
+            matches = conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE key = ? AND value = ? LIMIT ?)",
+                (key, value, _DENSE_MATCHES),
+            ).fetchone()[0]
+            dense = matches >= _DENSE_MATCHES
+        rows = conn.execute(*find_traces_sql(query, newest_first_scan=dense)).fetchall()
         return [
             TraceHit(
                 trace_id=int.from_bytes(row[0], "big"),

@@ -89,9 +89,7 @@ async def test_rewriting_a_span_replaces_it(store: SqliteStore) -> None:
     assert spans[first.span_id] == again
     # The replaced span's old tag value no longer finds the trace.
     assert await store.find_traces(whole_range(tags={"verb": "update"})) == []
-    assert [hit.trace_id for hit in await store.find_traces(whole_range(tags={"verb": "patch"}))] == [
-        first.trace_id
-    ]
+    assert [hit.trace_id for hit in await store.find_traces(whole_range(tags={"verb": "patch"}))] == [first.trace_id]
 
 
 async def test_all_tags_must_match_on_one_span(store: SqliteStore) -> None:
@@ -153,9 +151,7 @@ async def test_time_overlap_newest_first_and_limit(store: SqliteStore) -> None:
     ]
     assert hits[0].start_ns == (W0 + 2) * WINDOW_NS and hits[0].end_ns == (W0 + 3) * WINDOW_NS
     limited = await store.find_traces(whole_range(tags={"cluster": "prod"}, limit=3))
-    assert [hit.trace_id for hit in limited] == [
-        object_trace_id(POD.key, w) for w in (W0 + 3, W0 + 2, W0 + 1)
-    ]
+    assert [hit.trace_id for hit in limited] == [object_trace_id(POD.key, w) for w in (W0 + 3, W0 + 2, W0 + 1)]
     assert await store.find_traces(whole_range(tags={"cluster": "prod"}, limit=0)) == []
 
 
@@ -229,9 +225,7 @@ async def test_store_file_is_created_under_a_new_directory(tmp_path: Path) -> No
     # Reopening the same file finds what was written.
     async with SqliteStore(str(path)) as reopened:
         assert len(await reopened.get_trace(object_trace_id(POD.key, W0))) == 1
-        mode = await reopened._run(
-            lambda: reopened._connection().execute("PRAGMA journal_mode").fetchone()[0]
-        )
+        mode = await reopened._run(lambda: reopened._connection().execute("PRAGMA journal_mode").fetchone()[0])
         assert mode == "wal"
 
 
@@ -322,3 +316,25 @@ async def test_reads_are_served_while_a_write_waits(tmp_path: Path) -> None:
             blocker.close()
         await writing
         assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 3
+
+
+async def test_a_tag_matching_most_traces_is_searched_newest_first(store: SqliteStore) -> None:
+    # More matches than the store's density threshold: the search walks traces newest first instead.
+    pods = [ObjectRef("prod", "", "v1", "pods", "default", f"web-{i}") for i in range(1100)]
+    spans = [
+        child(ref, W0 + i % 40, f"a{i}", verb="update", username="alice" if i % 7 else "bob")
+        for i, ref in enumerate(pods)
+    ]
+    await store.write(spans)
+    hits = await store.find_traces(whole_range(tags={"verb": "update", "username": "bob"}, service="audit", limit=5))
+    bob = sorted((span for span in spans if span.attributes["username"] == "bob"), key=lambda s: -s.start_ns)
+    assert {hit.trace_id for hit in hits} <= {span.trace_id for span in bob}
+    assert [hit.start_ns for hit in hits] == [span.start_ns for span in bob[:5]]
+    sql, params = find_traces_sql(whole_range(tags={"verb": "update"}, service="audit"), newest_first_scan=True)
+
+    def plan() -> list[str]:
+        return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    steps = await store._run(plan)
+    assert steps[0].startswith("SEARCH t USING INDEX traces_by_start"), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps
