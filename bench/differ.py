@@ -27,11 +27,13 @@ from typing import Any
 import orjson
 
 from bench.common import FIXTURES, machine, parse_limit, peak_rss_mib, ratio, report
+from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
-from kelemetry_py.sources.differ import ObjectDiffer, strip_bookkeeping
+from kelemetry_py.sources.differ import ObjectDiffer
+from kelemetry_py.sources.diffing import strip_bookkeeping
 
 SKIPPED = ("events", "leases")  # the differ does not watch these by default
 PODS = ResourceType("", "v1", "pods", "Pod", True)
@@ -149,6 +151,7 @@ async def _bytes_per_object(count: int) -> tuple[float, float]:
 
 async def run(rounds: int, churn_objects: int, churn_updates: int, objects: int) -> dict[str, Any]:
     recorded = recorded_streams()
+    tune_garbage_collector()  # as the App does at start: this part runs inside it
     churn = churn_streams(churn_objects, churn_updates)
     recorded_lines = [line for _, lines in recorded for line in lines]
     churn_lines = [line for _, lines in churn for line in lines]

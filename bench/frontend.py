@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from bench.common import encodable, machine, peak_rss_mib, percentile, report
+from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.modes import mode_by_name
 from kelemetry_py.frontend.service import FrontendService, ViewQuery
@@ -85,6 +86,7 @@ def _parse_ms(spans: list[Span], keys: set[str]) -> float:
 
 async def run(runs: int) -> dict[str, Any]:
     small = build_story("web", 5, 9)
+    tune_garbage_collector()  # as the App does at start: this part runs inside it
     large = build_story("big", 12, 24)
     with tempfile.TemporaryDirectory(prefix="bench-frontend-") as tmp:
         store = await SqliteStore(str(Path(tmp) / "bench.db")).open()

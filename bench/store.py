@@ -38,6 +38,7 @@ from bench.common import (
     ratio,
     report,
 )
+from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span
 from kelemetry_py.storage import TraceQuery
@@ -139,6 +140,7 @@ async def run(total: int, writers: int) -> dict[str, Any]:
     from kelemetry_py.storage.sqlite import SqliteStore
 
     spans = copies(await recorded_spans(), total)
+    tune_garbage_collector()  # as the App does at start: this part runs inside it
     batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
     encoder = msgspec.msgpack.Encoder()
     encoded_batches = [encoder.encode([encodable(span) for span in batch]) for batch in batches]

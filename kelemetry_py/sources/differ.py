@@ -37,10 +37,8 @@ from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, Record
 from kelemetry_py.sources.diffing import (
     ITEM_MARKER as _ITEM,
 )
-from kelemetry_py.sources.diffing import (
-    diff_segments,
-    strip_bookkeeping,
-)
+from kelemetry_py.sources.diffing import diff_segments
+from kelemetry_py.sources.diffing import strip_bookkeeping as strip_bookkeeping  # importers of it from here
 from kelemetry_py.sources.redaction import redact_object
 
 log = logging.getLogger(__name__)
