@@ -322,6 +322,7 @@ class SqliteStore:
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         self._tag_set_ids: dict[bytes, int] = {}  # writer thread only
+        self._indexed: dict[tuple[int, int], None] = {}  # (trace, tag set) in trace_tags; writer thread only
         self._tag_sets: dict[int, dict[str, str]] = {}  # read threads; a lost race only repeats a lookup
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
@@ -497,14 +498,14 @@ class SqliteStore:
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
                 # Something in one span only the database objects to: find it span by span, keep the rest.
                 conn.execute("ROLLBACK")
-                self._tag_set_ids.clear()  # ids handed out by the rolled-back transaction are void
+                self._forget_uncommitted()  # ids handed out by the rolled-back transaction are void
                 conn.execute("BEGIN IMMEDIATE")
                 dropped += self._insert_one_by_one(conn, encoded)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._tag_set_ids.clear()
+            self._forget_uncommitted()
             raise
         return dropped
 
@@ -516,11 +517,16 @@ class SqliteStore:
                 self._insert(conn, [item])
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
                 conn.execute("ROLLBACK TO one_span")
-                self._tag_set_ids.clear()
+                self._forget_uncommitted()
                 dropped += 1
                 log.warning("dropping span %016x of trace %032x: not storable", item.span.span_id, item.span.trace_id)
             conn.execute("RELEASE one_span")
         return dropped
+
+    def _forget_uncommitted(self) -> None:
+        """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
+        self._tag_set_ids.clear()
+        self._indexed.clear()
 
     def _tag_set_id(self, conn: sqlite3.Connection, body: bytes) -> int:
         found = self._tag_set_ids.get(body)
@@ -531,7 +537,7 @@ class SqliteStore:
             ).fetchone()
             found = int(row[0])
             if len(self._tag_set_ids) >= _TAG_SET_CACHE:
-                self._tag_set_ids.clear()
+                self._forget_uncommitted()
             self._tag_set_ids[body] = found
         return found
 
@@ -546,9 +552,13 @@ class SqliteStore:
             for item in items:
                 row = item.row
                 row[0] = tid
-                row[9] = self._tag_set_id(conn, item.shared_body)
+                row[9] = tag_set = self._tag_set_id(conn, item.shared_body)
                 span_rows.append(row)
-                trace_tag_rows.update((key, value, tid) for key, value in item.shared.items())
+                if (tid, tag_set) not in self._indexed:  # a trace's spans share their object tags
+                    self._indexed[tid, tag_set] = None
+                    trace_tag_rows.update((key, value, tid) for key, value in item.shared.items())
+        if len(self._indexed) > _TAG_SET_CACHE:
+            self._indexed.clear()
         before = conn.total_changes
         conn.executemany(_INSERT_SPAN, span_rows)
         if conn.total_changes - before != len(span_rows):
@@ -596,7 +606,7 @@ class SqliteStore:
     def _find_sync(conn: sqlite3.Connection, query: TraceQuery) -> list[TraceHit]:
         dense = False
         driver = _driving_tag(query)
-        if driver is not None:
+        if driver is not None and driver[1] not in _SELECTIVE_OBJECT_KEYS:
             table, key, value = driver
             matches = conn.execute(
                 f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE key = ? AND value = ? LIMIT ?)",
