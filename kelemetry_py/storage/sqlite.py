@@ -537,7 +537,7 @@ class SqliteStore:
             ).fetchone()
             found = int(row[0])
             if len(self._tag_set_ids) >= _TAG_SET_CACHE:
-                self._forget_uncommitted()
+                self._tag_set_ids.clear()
             self._tag_set_ids[body] = found
         return found
 
