@@ -159,6 +159,7 @@ async def run(total: int, writers: int) -> dict[str, Any]:
             wall_before = time.perf_counter()
             await _write_all(store, batches[:split], writers)
             cpu = time.process_time() - cpu_before
+            limit = (limit + parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)) / 2
             wall = time.perf_counter() - wall_before
             written = sum(len(batch) for batch in batches[:split])
             stop = asyncio.Event()

@@ -47,8 +47,8 @@ _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 # Among object tags, those that narrow a search most go first.
 _SELECTIVE_OBJECT_KEYS = ("uid", "name")
 _TAG_SET_CACHE = 100_000
-# A search whose driving tag matches at least this many rows walks traces newest first instead.
-_DENSE_MATCHES = 1000
+# Tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest first.
+_DENSE_MATCHES = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -173,24 +173,16 @@ def _span_tag_rows(own: dict[str, Any], tid: int, span_id: int) -> list[tuple[st
     return rows
 
 
-def _driving_tag(query: TraceQuery) -> tuple[str, str, str] | None:
-    """(index table, key, value) of the tag a search starts from: a span tag if any, else the most selective
-    object tag."""
-    items = [(key, str(value)) for key, value in query.tags.items()]
-    span_level = [item for item in items if item[0] not in _OBJECT_KEY_SET]
-    if span_level:
-        return ("span_tags", *span_level[0])
-    object_level = sorted(items, key=lambda item: item[0] not in _SELECTIVE_OBJECT_KEYS)
-    return ("trace_tags", *object_level[0]) if object_level else None
-
-
-def find_traces_sql(query: TraceQuery, *, newest_first_scan: bool = False) -> tuple[str, list[Any]]:
+def find_traces_sql(
+    query: TraceQuery, *, driver: tuple[str, str] | None = None, newest_first_scan: bool = False
+) -> tuple[str, list[Any]]:
     """The statement behind find_traces: tag matches come from the tag indexes, never a table scan.
 
     Object tags are the same on every span of a trace and are matched per trace; other tags must all be on one
-    span (Jaeger's rule), as must ``service``. By default the tag index drives and the matching traces are
-    sorted; ``newest_first_scan`` walks traces newest first and checks each against the index instead, which
-    stops after ``limit`` hits: the better plan when the driving tag matches most traces (verb=update).
+    span (Jaeger's rule), as must ``service``. The ``driver`` tag (by default the first span tag, else the most
+    selective object tag) is looked up first and the rest checked against it; ``newest_first_scan`` walks
+    traces newest first instead and checks each, which stops after ``limit`` hits: the better plan when every
+    tag matches most traces (verb=update).
     """
     sql = [
         "SELECT t.trace_id, t.start_ns, t.end_ns, t.cluster, t.grp, t.version, t.resource, t.namespace,",
@@ -203,35 +195,29 @@ def find_traces_sql(query: TraceQuery, *, newest_first_scan: bool = False) -> tu
         (item for item in items if item[0] in _OBJECT_KEY_SET),
         key=lambda item: item[0] not in _SELECTIVE_OBJECT_KEYS,
     )
+    if driver is None or driver not in items:
+        driver = span_level[0] if span_level else object_level[0] if object_level else None
     inner: list[str] = []
     inner_params: list[Any] = []
-    if span_level:
-        # The first span tag drives: one span must carry every span tag, joined on the same (trace, span).
-        inner.append("SELECT a.tid FROM span_tags a")
-        for i, (key, value) in enumerate(span_level[1:]):
-            alias = f"s{i}"
-            inner.append(
-                f"JOIN span_tags {alias} ON {alias}.key = ? AND {alias}.value = ?"
-                f" AND {alias}.tid = a.tid AND {alias}.span_id = a.span_id"
-            )
-            inner_params += [key, value]
-        if query.service:
-            inner.append("JOIN spans sp ON sp.tid = a.tid AND sp.span_id = a.span_id AND sp.service = ?")
-            inner_params.append(query.service)
-        inner.append("WHERE a.key = ? AND a.value = ?")
-        inner_params += list(span_level[0])
+    if driver in span_level:
+        inner.append(_span_match("a", span_level, driver, query.service, inner_params))
         for key, value in object_level:
             inner.append("AND EXISTS (SELECT 1 FROM trace_tags o WHERE o.key = ? AND o.value = ? AND o.tid = a.tid)")
             inner_params += [key, value]
-    elif object_level:
+    elif driver is not None:
         inner.append("SELECT a.tid FROM trace_tags a")
-        for i, (key, value) in enumerate(object_level[1:]):
+        others = [item for item in object_level if item != driver]
+        for i, (key, value) in enumerate(others):
             alias = f"o{i}"
             inner.append(f"JOIN trace_tags {alias} ON {alias}.key = ? AND {alias}.value = ? AND {alias}.tid = a.tid")
             inner_params += [key, value]
         inner.append("WHERE a.key = ? AND a.value = ?")
-        inner_params += list(object_level[0])
-        if query.service:
+        inner_params += list(driver)
+        if span_level:
+            inner.append("AND EXISTS (")
+            inner.append(_span_match("s", span_level, span_level[0], query.service, inner_params))
+            inner.append("AND s.tid = a.tid)")
+        elif query.service:
             inner.append("AND EXISTS (SELECT 1 FROM spans sp WHERE sp.tid = a.tid AND sp.service = ?)")
             inner_params.append(query.service)
     if inner and newest_first_scan:
@@ -246,6 +232,27 @@ def find_traces_sql(query: TraceQuery, *, newest_first_scan: bool = False) -> tu
     sql.append("ORDER BY t.start_ns DESC, t.end_ns DESC LIMIT ?")
     params.append(query.limit)
     return " ".join(sql), params
+
+
+def _span_match(
+    alias: str, tags: list[tuple[str, str]], first: tuple[str, str], service: str | None, params: list[Any]
+) -> str:
+    """``SELECT <alias>.tid`` of spans carrying every tag (and the service), looked up from ``first``."""
+    sql = [f"SELECT {alias}.tid FROM span_tags {alias}"]
+    for i, (key, value) in enumerate(item for item in tags if item != first):
+        other = f"{alias}{i}"
+        sql.append(
+            f"JOIN span_tags {other} ON {other}.key = ? AND {other}.value = ?"
+            f" AND {other}.tid = {alias}.tid AND {other}.span_id = {alias}.span_id"
+        )
+        params += [key, value]
+    if service:
+        sql.append(f"JOIN spans {alias}p ON {alias}p.tid = {alias}.tid AND {alias}p.span_id = {alias}.span_id")
+        sql.append(f"AND {alias}p.service = ?")
+        params.append(service)
+    sql.append(f"WHERE {alias}.key = ? AND {alias}.value = ?")
+    params += list(first)
+    return " ".join(sql)
 
 
 class _Encoded:
@@ -395,7 +402,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             # With WAL, NORMAL loses at most the last commits on power loss, never consistency.
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the tag indexes are hot on every write
+            conn.execute("PRAGMA cache_size=-16384")  # 16 MiB: tag rows go in sorted, so few index pages are hot
             # Checkpoint every 64 MiB of WAL rather than 4: hot index pages are copied back once, not sixteen times.
             conn.execute("PRAGMA wal_autocheckpoint=4096")
             conn.execute("PRAGMA journal_size_limit=67108864")
@@ -430,7 +437,7 @@ class SqliteStore:
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only=1")
-            conn.execute("PRAGMA cache_size=-32768")  # 32 MiB each
+            conn.execute("PRAGMA cache_size=-8192")  # 8 MiB each
             self._local.conn = conn
             with self._read_conns_lock:
                 self._read_conns.append(conn)
@@ -604,16 +611,21 @@ class SqliteStore:
 
     @staticmethod
     def _find_sync(conn: sqlite3.Connection, query: TraceQuery) -> list[TraceHit]:
+        # The tag matching fewest rows drives (counted up to a cap); when every tag is common, walk newest first.
+        driver: tuple[str, str] | None = None
         dense = False
-        driver = _driving_tag(query)
-        if driver is not None and driver[1] not in _SELECTIVE_OBJECT_KEYS:
-            table, key, value = driver
-            matches = conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE key = ? AND value = ? LIMIT ?)",
-                (key, value, _DENSE_MATCHES),
-            ).fetchone()[0]
-            dense = matches >= _DENSE_MATCHES
-        rows = conn.execute(*find_traces_sql(query, newest_first_scan=dense)).fetchall()
+        if query.tags:
+            fewest = _DENSE_MATCHES
+            for key, value in ((key, str(value)) for key, value in query.tags.items()):
+                table = "trace_tags" if key in _OBJECT_KEY_SET else "span_tags"
+                matches = conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE key = ? AND value = ? LIMIT ?)",
+                    (key, value, fewest),
+                ).fetchone()[0]
+                if matches < fewest:
+                    driver, fewest = (key, value), matches
+            dense = driver is None
+        rows = conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense)).fetchall()
         return [
             TraceHit(
                 trace_id=int.from_bytes(row[0], "big"),

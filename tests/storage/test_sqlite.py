@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import kelemetry_py.storage.sqlite as sqlite_store
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Span, child_span_id, object_span_id, object_trace_id
@@ -318,8 +319,11 @@ async def test_reads_are_served_while_a_write_waits(tmp_path: Path) -> None:
         assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 3
 
 
-async def test_a_tag_matching_most_traces_is_searched_newest_first(store: SqliteStore) -> None:
-    # More matches than the store's density threshold: the search walks traces newest first instead.
+async def test_a_tag_matching_most_traces_is_searched_newest_first(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every tag matches more than the store's density threshold: the search walks traces newest first instead.
+    monkeypatch.setattr(sqlite_store, "_DENSE_MATCHES", 100)
     pods = [ObjectRef("prod", "", "v1", "pods", "default", f"web-{i}") for i in range(1100)]
     spans = [
         child(ref, W0 + i % 40, f"a{i}", verb="update", username="alice" if i % 7 else "bob")
@@ -337,4 +341,34 @@ async def test_a_tag_matching_most_traces_is_searched_newest_first(store: Sqlite
 
     steps = await store._run(plan)
     assert steps[0].startswith("SEARCH t USING INDEX traces_by_start"), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps
+
+
+async def test_the_rarest_tag_drives_the_search(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "_DENSE_MATCHES", 100)
+    # verb=update on 300 spans (common), only 3 objects are deployments (rare, an object tag): same answer.
+    spans = [
+        child(ObjectRef("prod", "", "v1", "pods", "default", f"p{i}"), W0, f"a{i}", verb="update") for i in range(300)
+    ]
+    spans += [
+        child(
+            ObjectRef("prod", "apps", "v1", "deployments", "default", f"d{i}"),
+            W0 + i,
+            f"d{i}",
+            verb="update" if i else "patch",
+        )
+        for i in range(3)
+    ]
+    await store.write(spans)
+    hits = await store.find_traces(whole_range(tags={"verb": "update", "resource": "deployments"}, service="audit"))
+    assert [hit.ref.name for hit in hits] == ["d2", "d1"]
+    sql, params = find_traces_sql(
+        whole_range(tags={"verb": "update", "resource": "deployments"}), driver=("resource", "deployments")
+    )
+
+    def plan() -> list[str]:
+        return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    steps = await store._run(plan)
+    assert any(step.startswith("SEARCH a USING PRIMARY KEY (key=? AND value=?)") for step in steps), steps
     assert not any(step.startswith("SCAN") for step in steps), steps
