@@ -26,6 +26,7 @@ import orjson
 from bench.common import (
     FIXTURES,
     SCENARIOS,
+    current_rss_mib,
     dir_bytes,
     machine,
     parse_limit,
@@ -145,6 +146,7 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
             app = App(load_config(env={}, overrides=overrides))
             await app.start()
             try:
+                started_rss = current_rss_mib()
                 cpu_before = time.process_time()
                 wall_before = time.perf_counter()
                 latencies, throttled = await _post_all(f"{app.base_url}/audit/bench", bodies, concurrency)
@@ -180,6 +182,7 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
         "p99_ms": round(percentile(ms, 0.99), 1),
         "throttled": throttled,
         "peak_rss_mib": round(peak_rss_mib()),
+        "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
