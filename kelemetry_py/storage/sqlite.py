@@ -614,7 +614,10 @@ class SqliteStore:
         # The tag matching fewest rows drives (counted up to a cap); when every tag is common, walk newest first.
         driver: tuple[str, str] | None = None
         dense = False
-        if query.tags:
+        selective = [(key, str(value)) for key, value in query.tags.items() if key in _SELECTIVE_OBJECT_KEYS]
+        if selective:
+            driver = selective[0]  # one object's name: no need to count
+        elif query.tags:
             fewest = _DENSE_MATCHES
             for key, value in ((key, str(value)) for key, value in query.tags.items()):
                 table = "trace_tags" if key in _OBJECT_KEY_SET else "span_tags"
