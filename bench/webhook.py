@@ -18,6 +18,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -39,23 +40,31 @@ from bench.common import (
 BATCH = 400
 
 
-def build_batches(target_events: int) -> tuple[list[bytes], int]:
-    events: list[Any] = []
-    for scenario in SCENARIOS:
-        for line in (FIXTURES / scenario / "audit.jsonl").read_bytes().splitlines():
-            events.extend(orjson.loads(line)["items"])
-    bodies: list[bytes] = []
-    total = 0
-    round_number = 0
-    while total < target_events:
+class Batches:
+    """Every recorded audit event in 400-event EventLists, repeated until ``target_events``; each round's audit
+    IDs are made unique when its bodies are sent (so every round is new work, not a re-delivery), which keeps
+    only one round in memory and the peak RSS the server's."""
+
+    def __init__(self, target_events: int) -> None:
+        events: list[Any] = []
+        for scenario in SCENARIOS:
+            for line in (FIXTURES / scenario / "audit.jsonl").read_bytes().splitlines():
+                events.extend(orjson.loads(line)["items"])
+        self.templates: list[tuple[bytes, int]] = []
         for start in range(0, len(events), BATCH):
             chunk = events[start : start + BATCH]
             body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": chunk})
-            # Unique audit IDs per round, so every round is new work rather than a re-delivery.
-            bodies.append(body.replace(b'"auditID":"', f'"auditID":"r{round_number}-'.encode()))
-            total += len(chunk)
-        round_number += 1
-    return bodies, total
+            self.templates.append((body, len(chunk)))
+        per_round = len(events)
+        self.rounds = max(1, -(-target_events // per_round))
+        self.events = self.rounds * per_round
+        self.count = self.rounds * len(self.templates)
+
+    def bodies(self) -> Iterator[bytes]:
+        for round_number in range(self.rounds):
+            prefix = f'"auditID":"r{round_number}-'.encode()
+            for body, _ in self.templates:
+                yield body.replace(b'"auditID":"', prefix)
 
 
 def _free_port() -> int:
@@ -92,18 +101,13 @@ class _Receiver:
             await self.changed.wait()
 
 
-async def _post_all(url: str, bodies: list[bytes], concurrency: int) -> tuple[list[float], int]:
+async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tuple[list[float], int]:
     latencies: list[float] = []
     throttled = 0
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    for _ in range(concurrency):
-        queue.put_nowait(None)
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal throttled
-        while (body := await queue.get()) is not None:
+        while (body := next(bodies, None)) is not None:
             while True:
                 started = time.perf_counter()
                 async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
@@ -126,8 +130,9 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
     from kelemetry_py.app import App
     from kelemetry_py.config import load_config
 
-    bodies, total_events = build_batches(target_events)
-    limit = parse_limit(bodies, lambda parsed: len(parsed["items"]), orjson.loads)
+    batches = Batches(target_events)
+    templates = [body for body, _ in batches.templates]
+    limit = parse_limit(templates, lambda parsed: len(parsed["items"]), orjson.loads)
     overrides: dict[str, Any] = {"http.host": "127.0.0.1", "http.port": 0, "log_level": "warning"}
     receiver = None
     if otlp_only:
@@ -149,7 +154,7 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
                 started_rss = current_rss_mib()
                 cpu_before = time.process_time()
                 wall_before = time.perf_counter()
-                latencies, throttled = await _post_all(f"{app.base_url}/audit/bench", bodies, concurrency)
+                latencies, throttled = await _post_all(f"{app.base_url}/audit/bench", batches.bodies(), concurrency)
                 components = app.components
                 assert components is not None
                 await components.pipeline.drain()
@@ -167,14 +172,15 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
     if receiver is not None:
         await receiver.server.stop(None)
     # Measured again right after, and averaged: the machine's load drifts while a benchmark runs.
-    limit = (limit + parse_limit(bodies, lambda parsed: len(parsed["items"]), orjson.loads)) / 2
+    limit = (limit + parse_limit(templates, lambda parsed: len(parsed["items"]), orjson.loads)) / 2
     ms = [x * 1000 for x in latencies]
+    total_events = batches.events
     per_cpu = total_events / cpu
     return {
         "bench": "webhook",
         "configuration": "otlp-only (store and frontend off)" if otlp_only else "default (embedded store, frontend)",
         "events": total_events,
-        "batches": len(bodies),
+        "batches": batches.count,
         "concurrency": concurrency,
         "events_per_cpu_second": round(per_cpu),
         "events_per_second": round(total_events / wall),
