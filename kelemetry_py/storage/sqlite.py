@@ -274,7 +274,7 @@ class _Encoded:
         self.shared_body = _encode(self.shared)
         try:
             body = _encode((self.own, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
-        except (OverflowError, TypeError, msgspec.EncodeError) as exc:
+        except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
             raise _Unrepresentable(f"attributes or logs: {exc}") from exc
         self.row: list[Any] = [
             0,

@@ -264,17 +264,21 @@ async def test_unrepresentable_spans_are_dropped_alone_and_counted(tmp_path: Pat
         late.end_ns = YEAR_2300_NS
         huge = child(POD, W0, "huge", verb="update", count=1 << 70)
         wide = child(POD, W0, "wide", verb="update", count=1 << 63)  # fits MessagePack's unsigned 64 bits
+        bad_text = child(POD, W0, "bad-text", verb="update", note="\udc80")  # a lone surrogate: no UTF-8 for it
+        bad_name = child(POD, W0, "bad-name", verb="update")
+        bad_name.name = "\udc80"  # caught by SQLite, not by the encoder: the batch is retried span by span
         good = [object_span(POD, W0), child(POD, W0, "ok", verb="update"), wide]
         other_writer = [object_span(DEPLOY, W0), child(DEPLOY, W0, "d1", verb="patch")]
         # A poisoned batch and a clean one from another writer, committed together.
-        await asyncio.gather(store.write([late, *good[:2], huge, good[2]]), store.write(other_writer))
+        poisoned = [late, *good[:2], huge, bad_text, good[2], bad_name]
+        await asyncio.gather(store.write(poisoned), store.write(other_writer))
         stored = await store.get_trace(good[0].trace_id)
         assert sorted(span.span_id for span in stored) == sorted(span.span_id for span in good)
         assert {span.span_id: span for span in stored}[wide.span_id] == wide
         assert len(await store.get_trace(other_writer[0].trace_id)) == 2
         dropped = metrics.registry.get_sample_value("kelemetry_spans_dropped_total", {"writer": "sqlite"})
         exported = metrics.registry.get_sample_value("kelemetry_spans_exported_total", {"writer": "sqlite"})
-        assert (dropped, exported) == (2, 5)
+        assert (dropped, exported) == (4, 5)
 
 
 async def test_write_raises_when_its_spans_were_not_committed(tmp_path: Path) -> None:
