@@ -107,7 +107,9 @@ def object_tags(ref: ObjectRef) -> dict[str, str]:
     }
 
 
-def merge_object(ref: ObjectRef, traces: Iterable[Sequence[Span]], start_ns: int, end_ns: int) -> ObjectTrace | None:
+def merge_object(
+    ref: ObjectRef, traces: Iterable[Sequence[Span]], start_ns: int, end_ns: int
+) -> ObjectTrace | None:
     """Merge one object's raw traces and clip them to [start_ns, end_ns]; None if nothing is in range."""
     object_spans: list[Span] = []
     others: list[Span] = []
@@ -121,7 +123,9 @@ def merge_object(ref: ObjectRef, traces: Iterable[Sequence[Span]], start_ns: int
     for span in object_spans:
         attributes.update(span.attributes)
     if not attributes and others:
-        attributes = {key: value for key, value in others[0].attributes.items() if key in ref.tags() or key == "uid"}
+        attributes = {
+            key: value for key, value in others[0].attributes.items() if key in ref.tags() or key == "uid"
+        }
     version = str(attributes.get("version", ref.version))
     uid = str(attributes.get("uid", ref.uid))
     ref = ObjectRef(ref.cluster, ref.group, version, ref.resource, ref.namespace, ref.name, uid)
@@ -212,7 +216,8 @@ class Assembler:
         for hit in hits:
             grouped.setdefault(hit.ref.key, []).append(hit)
         matches = [
-            ObjectMatch(group[0].ref, tuple(sorted(group, key=lambda hit: -hit.end_ns))) for group in grouped.values()
+            ObjectMatch(group[0].ref, tuple(sorted(group, key=lambda hit: -hit.end_ns)))
+            for group in grouped.values()
         ]
         matches.sort(key=lambda match: (-match.end_ns, match.key))
         return matches[:max_objects]
@@ -252,7 +257,8 @@ class Assembler:
         refs = [ObjectRef.from_key(key) for key in keys]
         found = await reader.find_traces_many([self._object_query(ref, start_ns, end_ns) for ref in refs])
         ids = [
-            sorted({hit.trace_id for hit in hits if hit.ref.key == key}) for key, hits in zip(keys, found, strict=True)
+            sorted({hit.trace_id for hit in hits if hit.ref.key == key})
+            for key, hits in zip(keys, found, strict=True)
         ]
         traces = await reader.get_traces([trace_id for object_ids in ids for trace_id in object_ids])
         loaded: dict[str, ObjectTrace] = {}
@@ -359,7 +365,9 @@ class Assembler:
         return AssembledTrace(searched, root, {key: objects[key] for key in path}, tree, start_ns, end_ns)
 
     @staticmethod
-    def _without_idle(tree: nx.DiGraph, root: str, keep: set[str], objects: dict[str, ObjectTrace]) -> nx.DiGraph:
+    def _without_idle(
+        tree: nx.DiGraph, root: str, keep: set[str], objects: dict[str, ObjectTrace]
+    ) -> nx.DiGraph:
         """Leave out related objects with nothing in the range (e.g. created after it ends), unless something
         beneath them has; a raw trace covers a whole window, so the search range is narrower than the data."""
         kept = set(keep)

@@ -34,9 +34,7 @@ from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, RecordKind
-from kelemetry_py.sources.diffing import (
-    ITEM_MARKER as _ITEM,
-)
+from kelemetry_py.sources.diffing import ITEM_MARKER as _ITEM
 from kelemetry_py.sources.diffing import diff_segments
 from kelemetry_py.sources.diffing import strip_bookkeeping as strip_bookkeeping  # importers of it from here
 from kelemetry_py.sources.redaction import redact_object

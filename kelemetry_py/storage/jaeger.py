@@ -75,7 +75,9 @@ class JaegerReader:
 
     async def tag_values(self, key: str, start_ns: int, end_ns: int) -> list[str]:
         """Values of one object tag in the range, read off the object spans (Jaeger has no tag-value API)."""
-        query = TraceQuery(start_ns=start_ns, end_ns=end_ns, limit=TAG_VALUE_SCAN_LIMIT, service=SERVICE_OBJECT)
+        query = TraceQuery(
+            start_ns=start_ns, end_ns=end_ns, limit=TAG_VALUE_SCAN_LIMIT, service=SERVICE_OBJECT
+        )
         spans = await self._find(query, SERVICE_OBJECT)
         return sorted({str(span.attributes[key]) for span in spans if key in span.attributes})
 

@@ -80,7 +80,9 @@ def decode_value(value: Mapping[str, Any]) -> AttrValue:
     if "arrayValue" in value:
         return [_as_text(decode_value(item)) for item in value["arrayValue"].get("values", [])]
     if "kvlistValue" in value:
-        pairs = {kv["key"]: decode_value(kv.get("value", {})) for kv in value["kvlistValue"].get("values", [])}
+        pairs = {
+            kv["key"]: decode_value(kv.get("value", {})) for kv in value["kvlistValue"].get("values", [])
+        }
         return orjson.dumps(pairs).decode()
     if "bytesValue" in value:
         return str(value["bytesValue"])
@@ -110,7 +112,9 @@ def decode_resource_spans(resource_spans: Iterable[Mapping[str, Any]], encoding:
     for resource_span in resource_spans:
         resource = decode_attributes((resource_span.get("resource") or {}).get("attributes"))
         service = str(resource.get("service.name", ""))
-        for scope_span in resource_span.get("scopeSpans") or resource_span.get("instrumentationLibrarySpans") or []:
+        for scope_span in (
+            resource_span.get("scopeSpans") or resource_span.get("instrumentationLibrarySpans") or []
+        ):
             for raw in scope_span.get("spans") or []:
                 spans.append(_decode_span(raw, service, encoding))
     return spans
@@ -253,7 +257,9 @@ class HttpBackend:
         except aiohttp.ClientError as exc:
             raise BackendError(f"{self._what} GET {path} failed: {exc}") from exc
         except TimeoutError as exc:
-            raise BackendError(f"{self._what} GET {path} timed out after {self._config.timeout_seconds}s") from exc
+            raise BackendError(
+                f"{self._what} GET {path} timed out after {self._config.timeout_seconds}s"
+            ) from exc
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

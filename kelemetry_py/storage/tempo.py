@@ -37,7 +37,9 @@ def traceql_attribute(scope: str, key: str) -> str:
 
 def build_traceql(query: TraceQuery) -> str:
     """One span set matching every tag (Jaeger's one-span rule), selecting our object tags for the hit."""
-    conditions = [f"{traceql_attribute('span', key)} = {traceql_string(value)}" for key, value in query.tags.items()]
+    conditions = [
+        f"{traceql_attribute('span', key)} = {traceql_string(value)}" for key, value in query.tags.items()
+    ]
     if query.service:
         conditions.append(f"resource.service.name = {traceql_string(query.service)}")
     selected = ", ".join(traceql_attribute("span", key) for key in _SELECTED)

@@ -90,7 +90,9 @@ async def test_rewriting_a_span_replaces_it(store: SqliteStore) -> None:
     assert spans[first.span_id] == again
     # The replaced span's old tag value no longer finds the trace.
     assert await store.find_traces(whole_range(tags={"verb": "update"})) == []
-    assert [hit.trace_id for hit in await store.find_traces(whole_range(tags={"verb": "patch"}))] == [first.trace_id]
+    assert [hit.trace_id for hit in await store.find_traces(whole_range(tags={"verb": "patch"}))] == [
+        first.trace_id
+    ]
 
 
 async def test_all_tags_must_match_on_one_span(store: SqliteStore) -> None:
@@ -152,7 +154,9 @@ async def test_time_overlap_newest_first_and_limit(store: SqliteStore) -> None:
     ]
     assert hits[0].start_ns == (W0 + 2) * WINDOW_NS and hits[0].end_ns == (W0 + 3) * WINDOW_NS
     limited = await store.find_traces(whole_range(tags={"cluster": "prod"}, limit=3))
-    assert [hit.trace_id for hit in limited] == [object_trace_id(POD.key, w) for w in (W0 + 3, W0 + 2, W0 + 1)]
+    assert [hit.trace_id for hit in limited] == [
+        object_trace_id(POD.key, w) for w in (W0 + 3, W0 + 2, W0 + 1)
+    ]
     assert await store.find_traces(whole_range(tags={"cluster": "prod"}, limit=0)) == []
 
 
@@ -226,7 +230,9 @@ async def test_store_file_is_created_under_a_new_directory(tmp_path: Path) -> No
     # Reopening the same file finds what was written.
     async with SqliteStore(str(path)) as reopened:
         assert len(await reopened.get_trace(object_trace_id(POD.key, W0))) == 1
-        mode = await reopened._run(lambda: reopened._connection().execute("PRAGMA journal_mode").fetchone()[0])
+        mode = await reopened._run(
+            lambda: reopened._connection().execute("PRAGMA journal_mode").fetchone()[0]
+        )
         assert mode == "wal"
 
 
