@@ -392,7 +392,8 @@ async def open_reader(config: Config, components: Components) -> Any:
 def tune_garbage_collector() -> None:
     """Audit batches allocate tens of thousands of short-lived dicts per second; with CPython's default
     threshold (700) the collector runs thousands of times a second and full collections stall the webhook
-    (bench/webhook_replay.py: p99 85 ms → 31 ms, +35% throughput). Objects alive at start-up are frozen out of it."""
+    (python -m bench webhook --otlp-only: p99 85 ms → 31 ms, +35% throughput). Objects alive at start-up are
+    frozen out of it."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)

@@ -24,7 +24,7 @@ from kelemetry_py.model import (
     ObjectRef,
     Span,
 )
-from kelemetry_py.storage import TraceHit, TraceQuery, TraceReader
+from kelemetry_py.storage import BatchTraceReader, TraceHit, TraceQuery, TraceReader
 
 # An object has at most one raw trace per window; a long range can hold many windows.
 _MAX_WINDOWS_PER_OBJECT = 10_000
@@ -230,19 +230,17 @@ class Assembler:
         matches.sort(key=lambda match: (-match.end_ns, match.key))
         return matches[:max_objects]
 
+    @staticmethod
+    def _object_query(ref: ObjectRef, start_ns: int, end_ns: int) -> TraceQuery:
+        # Two selective tags keep a store's tag join cheap; the exact key is checked on the hits.
+        tags = {"resource": ref.resource, "name": ref.name}
+        return TraceQuery(tags=tags, start_ns=start_ns, end_ns=end_ns, limit=_MAX_WINDOWS_PER_OBJECT)
+
     async def load(self, key: str, start_ns: int, end_ns: int) -> ObjectTrace | None:
         """One object merged over the range (None when it has no raw trace there)."""
         ref = ObjectRef.from_key(key)
         async with self._limit:
-            hits = await self._reader.find_traces(
-                # Two selective tags keep a store's tag join cheap; the exact key is checked on the hits.
-                TraceQuery(
-                    tags={"resource": ref.resource, "name": ref.name},
-                    start_ns=start_ns,
-                    end_ns=end_ns,
-                    limit=_MAX_WINDOWS_PER_OBJECT,
-                )
-            )
+            hits = await self._reader.find_traces(self._object_query(ref, start_ns, end_ns))
         trace_ids = sorted({hit.trace_id for hit in hits if hit.ref.key == key})
         if not trace_ids:
             return None
@@ -262,13 +260,35 @@ class Assembler:
             refs = {key: ObjectRef.from_key(key) for key in wanted}
             allowed = await scope.visible(refs.values())
             wanted = [key for key in wanted if refs[key] in allowed]
-        loaded = await asyncio.gather(*(self.load(key, start_ns, end_ns) for key in wanted))
-        objects = {key: obj for key, obj in zip(wanted, loaded, strict=True) if obj is not None}
+        objects: dict[str, ObjectTrace]
+        if isinstance(self._reader, BatchTraceReader):
+            objects = await self._load_batch(self._reader, wanted, start_ns, end_ns)
+        else:
+            loaded = await asyncio.gather(*(self.load(key, start_ns, end_ns) for key in wanted))
+            objects = {key: obj for key, obj in zip(wanted, loaded, strict=True) if obj is not None}
         if not scope.sees_everything:
             targets = await scope.visible(link.target for obj in objects.values() for link in obj.links)
             for obj in objects.values():
                 obj.links = [link for link in obj.links if link.target in targets]
         return objects
+
+    async def _load_batch(
+        self, reader: BatchTraceReader, keys: list[str], start_ns: int, end_ns: int
+    ) -> dict[str, ObjectTrace]:
+        """``_load_many`` in two round trips: every object's traces found, then all of them read."""
+        refs = [ObjectRef.from_key(key) for key in keys]
+        found = await reader.find_traces_many([self._object_query(ref, start_ns, end_ns) for ref in refs])
+        ids = [
+            sorted({hit.trace_id for hit in hits if hit.ref.key == key})
+            for key, hits in zip(keys, found, strict=True)
+        ]
+        traces = await reader.get_traces([trace_id for object_ids in ids for trace_id in object_ids])
+        loaded: dict[str, ObjectTrace] = {}
+        for key, ref, object_ids in zip(keys, refs, ids, strict=True):
+            merged = merge_object(ref, [traces.get(trace_id, []) for trace_id in object_ids], start_ns, end_ns)
+            if merged is not None:
+                loaded[key] = merged
+        return loaded
 
     async def assemble(
         self,

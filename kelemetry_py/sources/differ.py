@@ -16,8 +16,8 @@ the resourceVersion, the uid and a tuple summarising managedFields (who wrote wh
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import re
 import sys
 import time
 import zlib
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from deepdiff import DeepDiff
 
 from kelemetry_py.config import RedactionConfig
 from kelemetry_py.kube.watch import ResourceType
@@ -35,49 +34,16 @@ from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, RecordKind
+from kelemetry_py.sources.diffing import ITEM_MARKER as _ITEM
+from kelemetry_py.sources.diffing import diff_segments
+from kelemetry_py.sources.diffing import strip_bookkeeping as strip_bookkeeping  # importers of it from here
 from kelemetry_py.sources.redaction import redact
 
 log = logging.getLogger(__name__)
 
-# Never shown as changes: bookkeeping that changes on every write.
-IGNORED_METADATA = ("managedFields", "resourceVersion")
 MAX_RENDERED_VALUE = 300
 
-# A list item matched by its name/type rather than its position is keyed by this marker + the name.
-_ITEM = "\x00"
-_PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
-_MATCH_KEYS = ("name", "type")
-
-
 # ---------------------------------------------------------------------------------------------------- diffing
-
-
-def _match_key(items: list[Any]) -> str | None:
-    if not items or not all(isinstance(item, dict) for item in items):
-        return None
-    for key in _MATCH_KEYS:
-        values = [item.get(key) for item in items]
-        if all(isinstance(v, str) for v in values) and len(set(values)) == len(values):
-            return key
-    return None
-
-
-def _by_match_key(items: list[Any], key: str) -> dict[str, Any]:
-    return {_ITEM + item[key]: item for item in items}
-
-
-def render_path(segments: Sequence[Any]) -> str:
-    out: list[str] = []
-    for segment in segments:
-        if isinstance(segment, int):
-            out.append(f"[{segment}]")
-        elif isinstance(segment, str) and segment.startswith(_ITEM):
-            out.append(f"[{segment[1:]}]")
-        elif isinstance(segment, str) and _PLAIN_KEY.match(segment):
-            out.append(f".{segment}" if out else segment)
-        else:
-            out.append(f"[{orjson.dumps(str(segment)).decode()}]")
-    return "".join(out)
 
 
 def _render_value(value: Any) -> str:
@@ -96,74 +62,8 @@ def render_change(change: Change) -> str:
     return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
 
 
-def strip_bookkeeping(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A shallow-copied object without the metadata fields that are never shown as changes."""
-    result = dict(obj)
-    metadata = result.get("metadata")
-    if isinstance(metadata, dict):
-        result["metadata"] = {k: v for k, v in metadata.items() if k not in IGNORED_METADATA}
-    return result
-
-
-_REPORTS: dict[str, str] = {
-    "values_changed": "change",
-    "type_changes": "change",
-    "dictionary_item_added": "add",
-    "iterable_item_added": "add",
-    "attribute_added": "add",
-    "dictionary_item_removed": "remove",
-    "iterable_item_removed": "remove",
-    "attribute_removed": "remove",
-}
-
-
-def _walk(old: Any, new: Any, prefix: list[Any], found: list[tuple[list[Any], Change]]) -> None:
-    """Walk both trees together. Dicts (and named lists, as dicts) are compared here, skipping equal subtrees
-    at C speed; positional lists that differ are handed to deepdiff, which aligns their items."""
-    if isinstance(old, list) and isinstance(new, list):
-        old_key, new_key = _match_key(old), _match_key(new)
-        key = old_key or new_key if not (old and new) else (old_key if old_key == new_key else None)
-        if key is None:
-            _deepdiff_lists(old, new, prefix, found)
-            return
-        old, new = _by_match_key(old, key), _by_match_key(new, key)
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key, old_value in old.items():
-            if key not in new:
-                found.append(([*prefix, key], Change(render_path([*prefix, key]), "remove", old_value)))
-            elif old_value != new[key]:
-                _walk(old_value, new[key], [*prefix, key], found)
-        for key, new_value in new.items():
-            if key not in old:
-                path = [*prefix, key]
-                found.append((path, Change(render_path(path), "add", None, new_value)))
-        return
-    found.append((prefix, Change(render_path(prefix), "change", old, new)))
-
-
-def _deepdiff_lists(old: list[Any], new: list[Any], prefix: list[Any], found: list[tuple[list[Any], Change]]) -> None:
-    tree = DeepDiff(old, new, view="tree", threshold_to_diff_deeper=0, verbose_level=2)
-    for report, levels in tree.items():
-        op = _REPORTS.get(report)
-        if op is None:
-            continue
-        for level in levels:
-            segments = [*prefix, *level.path(output_format="list")]
-            path = render_path(segments)
-            if op == "add":
-                change = Change(path, "add", None, level.t2)
-            elif op == "remove":
-                change = Change(path, "remove", level.t1, None)
-            else:
-                change = Change(path, "change", level.t1, level.t2)
-            found.append((segments, change))
-
-
 def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
-    found: list[tuple[list[Any], Change]] = []
-    _walk(strip_bookkeeping(old), strip_bookkeeping(new), [], found)
-    found.sort(key=lambda item: item[1].path)
-    return found
+    return diff_segments(old, new)
 
 
 def compute_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
@@ -192,6 +92,16 @@ def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _item_key(key: str) -> dict[str, Any] | None:
+    """The identity of a list item in ``fieldsV1`` (``k:{"type":"Ready"}``); the same few recur on every object."""
+    try:
+        item = orjson.loads(key[2:])
+    except orjson.JSONDecodeError:
+        return None
+    return item if isinstance(item, dict) else None
+
+
 def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
     """Whether a ``fieldsV1`` set owns the field at ``segments`` (or an enclosing atomic field), and how many
     leading segments it owns: a removed field has no owner left; the owner of its siblings likely removed it.
@@ -205,11 +115,8 @@ def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
             wanted = segment[1:]
             for key, value in node.items():
                 if key.startswith("k:"):
-                    try:
-                        item = orjson.loads(key[2:])
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(item, dict) and wanted in (item.get("name"), item.get("type")):
+                    item = _item_key(key)
+                    if item is not None and wanted in (item.get("name"), item.get("type")):
                         child = value
                         break
         elif isinstance(segment, int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -38,3 +39,15 @@ class TraceReader(Protocol):
         """All spans of one raw trace; empty if it is unknown."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchTraceReader(Protocol):
+    """A TraceReader that answers many lookups at once (the embedded store: one hop to its read thread, not one
+    per object); the frontend uses it when the reader offers it."""
+
+    async def find_traces_many(self, queries: Sequence[TraceQuery]) -> list[list[TraceHit]]:
+        """``find_traces`` of each query, in order."""
+
+    async def get_traces(self, trace_ids: Sequence[int]) -> dict[int, list[Span]]:
+        """The spans of each known trace id; unknown ones are absent."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import kelemetry_py.storage.sqlite as sqlite_store
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, ObjectRef, Span, child_span_id, object_span_id, object_trace_id
@@ -192,10 +193,11 @@ async def test_retention_deletes_old_traces(tmp_path: Path) -> None:
         assert [hit.trace_id for hit in hits] == [recent[0].trace_id]
         assert await store.purge_expired(now_ns=now) == 0
     conn = sqlite3.connect(tmp_path / "t.db")
-    tag_rows = conn.execute(
-        "SELECT count(*) FROM span_tags WHERE trace_id = ?", (old[0].trace_id.to_bytes(16, "big"),)
-    )
-    assert tag_rows.fetchone()[0] == 0
+    # No tag row outlives its trace; the recent trace's are all there.
+    for table in ("span_tags", "trace_tags"):
+        orphans = conn.execute(f"SELECT count(*) FROM {table} WHERE tid NOT IN (SELECT tid FROM traces)")
+        assert orphans.fetchone()[0] == 0, table
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0, table
     conn.close()
 
 
@@ -253,6 +255,130 @@ async def test_tag_search_uses_the_index(store: SqliteStore) -> None:
         return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
     steps = await store._run(plan)
-    tag_steps = [step for step in steps if "span_tags" in step]
-    assert tag_steps and all(step.startswith("SEARCH") for step in tag_steps), steps
-    assert not any(step.startswith("SCAN") and "span_tags" in step for step in steps)
+    # Aliases name the tables in the plan: every table access is an index search, none a scan.
+    assert any(step.startswith("SEARCH a USING PRIMARY KEY (key=? AND value=?)") for step in steps), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps
+
+
+YEAR_2300_NS = 10_413_792_000 * 1_000_000_000  # beyond a signed 64-bit integer
+
+
+async def test_unrepresentable_spans_are_dropped_alone_and_counted(tmp_path: Path) -> None:
+    metrics = Metrics()
+    async with SqliteStore(str(tmp_path / "t.db"), metrics=metrics) as store:
+        late = child(POD, W0, "late", verb="update")
+        late.end_ns = YEAR_2300_NS
+        huge = child(POD, W0, "huge", verb="update", count=1 << 70)
+        wide = child(POD, W0, "wide", verb="update", count=1 << 63)  # fits MessagePack's unsigned 64 bits
+        bad_text = child(POD, W0, "bad-text", verb="update", note="\udc80")  # a lone surrogate: no UTF-8 for it
+        bad_name = child(POD, W0, "bad-name", verb="update")
+        bad_name.name = "\udc80"  # caught by SQLite, not by the encoder: the batch is retried span by span
+        good = [object_span(POD, W0), child(POD, W0, "ok", verb="update"), wide]
+        other_writer = [object_span(DEPLOY, W0), child(DEPLOY, W0, "d1", verb="patch")]
+        # A poisoned batch and a clean one from another writer, committed together.
+        poisoned = [late, *good[:2], huge, bad_text, good[2], bad_name]
+        await asyncio.gather(store.write(poisoned), store.write(other_writer))
+        stored = await store.get_trace(good[0].trace_id)
+        assert sorted(span.span_id for span in stored) == sorted(span.span_id for span in good)
+        assert {span.span_id: span for span in stored}[wide.span_id] == wide
+        assert len(await store.get_trace(other_writer[0].trace_id)) == 2
+        dropped = metrics.registry.get_sample_value("kelemetry_spans_dropped_total", {"writer": "sqlite"})
+        exported = metrics.registry.get_sample_value("kelemetry_spans_exported_total", {"writer": "sqlite"})
+        assert (dropped, exported) == (4, 5)
+
+
+async def test_write_raises_when_its_spans_were_not_committed(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with SqliteStore(str(path)) as store:
+        await store.write([object_span(POD, W0)])
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holding the write lock past the busy timeout
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await store.write([child(POD, W0, "a1", verb="update")])
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 1
+        # The same spans again (what a durable log's retry does) now land.
+        await store.write([child(POD, W0, "a1", verb="update")])
+        assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 2
+
+
+async def test_reads_are_served_while_a_write_waits(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with SqliteStore(str(path)) as store:
+        await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update")])
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            writing = asyncio.create_task(store.write([child(POD, W0, "a2", verb="patch")]))
+            # Two turns of the loop (FIFO, not a delay): the write starts its committer, which hands the
+            # transaction to the writer's thread; every read below is submitted after it and must not queue.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert store._committer is not None and not store._committer.done()
+            hits = await store.find_traces(whole_range(tags={"verb": "update"}))
+            spans = await store.get_trace(object_trace_id(POD.key, W0))
+            assert not writing.done()
+            assert [hit.ref for hit in hits] == [POD] and len(spans) == 2
+        finally:
+            blocker.rollback()
+            blocker.close()
+        await writing
+        assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 3
+
+
+async def test_a_tag_matching_most_traces_is_searched_newest_first(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every tag matches more than the store's density threshold: the search walks traces newest first instead.
+    monkeypatch.setattr(sqlite_store, "_DENSE_MATCHES", 100)
+    pods = [ObjectRef("prod", "", "v1", "pods", "default", f"web-{i}") for i in range(1100)]
+    spans = [
+        child(ref, W0 + i % 40, f"a{i}", verb="update", username="alice" if i % 7 else "bob")
+        for i, ref in enumerate(pods)
+    ]
+    await store.write(spans)
+    hits = await store.find_traces(whole_range(tags={"verb": "update", "username": "bob"}, service="audit", limit=5))
+    bob = sorted((span for span in spans if span.attributes["username"] == "bob"), key=lambda s: -s.start_ns)
+    assert {hit.trace_id for hit in hits} <= {span.trace_id for span in bob}
+    assert [hit.start_ns for hit in hits] == [span.start_ns for span in bob[:5]]
+    sql, params = find_traces_sql(whole_range(tags={"verb": "update"}, service="audit"), newest_first_scan=True)
+
+    def plan() -> list[str]:
+        return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    steps = await store._run(plan)
+    assert steps[0].startswith("SEARCH t USING INDEX traces_by_start"), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps
+
+
+async def test_the_rarest_tag_drives_the_search(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "_DENSE_MATCHES", 100)
+    # verb=update on 300 spans (common), only 3 objects are deployments (rare, an object tag): same answer.
+    spans = [
+        child(ObjectRef("prod", "", "v1", "pods", "default", f"p{i}"), W0, f"a{i}", verb="update") for i in range(300)
+    ]
+    spans += [
+        child(
+            ObjectRef("prod", "apps", "v1", "deployments", "default", f"d{i}"),
+            W0 + i,
+            f"d{i}",
+            verb="update" if i else "patch",
+        )
+        for i in range(3)
+    ]
+    await store.write(spans)
+    hits = await store.find_traces(whole_range(tags={"verb": "update", "resource": "deployments"}, service="audit"))
+    assert [hit.ref.name for hit in hits] == ["d2", "d1"]
+    sql, params = find_traces_sql(
+        whole_range(tags={"verb": "update", "resource": "deployments"}), driver=("resource", "deployments")
+    )
+
+    def plan() -> list[str]:
+        return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    steps = await store._run(plan)
+    assert any(step.startswith("SEARCH a USING PRIMARY KEY (key=? AND value=?)") for step in steps), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps

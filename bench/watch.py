@@ -2,14 +2,14 @@
 
 Each object is fed to a :class:`ResourceWatch` as a watch line (ADDED), exactly as from the apiserver, with a
 handler that keeps nothing; tracemalloc measures what the engine retains afterwards (the uid set and the
-per-resource state), divided by the number of objects. Run: ``python bench/watch_memory.py [COUNT]``.
+per-resource state), divided by the number of objects. Run: ``python -m bench watch [--objects N] [--json]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
-import sys
 import time
 import tracemalloc
 import uuid
@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from kubernetes_asyncio.client import ApiClient, Configuration
 
+from bench.common import machine, report
 from kelemetry_py.kube.client import KubeClient
 from kelemetry_py.kube.watch import ResourceType, ResourceWatch
 from kelemetry_py.metrics import Metrics
@@ -52,7 +53,7 @@ def pod_line(i: int) -> bytes:
     return orjson.dumps({"type": "ADDED", "object": pod})
 
 
-async def main(count: int) -> None:
+async def run(count: int) -> dict[str, Any]:
     client = KubeClient("bench", ApiClient(Configuration()))
     engine = ResourceWatch(client, PODS, DiscardingHandler(), Metrics())
     lines = [pod_line(i) for i in range(count)]
@@ -67,12 +68,21 @@ async def main(count: int) -> None:
     after, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(engine.uids) == count
-    per_object = (after - before) / count
-    print(f"objects watched:           {count}")
-    print(f"engine memory per object:  {per_object:.1f} bytes (tracemalloc, retained after the events)")
-    print(f"engine throughput:         {count / elapsed:,.0f} events/s (one core, under tracemalloc)")
     await client.close()
+    return {
+        "bench": "watch",
+        "objects": count,
+        "bytes_per_object": round((after - before) / count, 1),
+        "events_per_second_under_tracemalloc": round(count / elapsed),
+    }
 
 
-if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench watch", description=__doc__)
+    parser.add_argument("--objects", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.objects))
+    result["machine"] = machine()
+    report(result, args.json)
+    return 0

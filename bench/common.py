@@ -1,0 +1,115 @@
+"""What every benchmark shares: fixture loading, the parse-only limit, percentiles, RSS and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kelemetry_py.model import Span
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
+MIN_LIMIT_CPU_SECONDS = 0.3
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (p99 of 50 samples is the second largest)."""
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def parse_limit(items: Sequence[bytes], count_of: Callable[[Any], int], parse: Callable[[bytes], Any]) -> float:
+    """Units per CPU second that ``parse`` alone manages over ``items`` (repeated until the clock is trustworthy).
+
+    ``count_of`` says how many units (events, spans) one parsed item holds.
+    """
+    units = 0
+    started = time.process_time()
+    while True:
+        for item in items:
+            units += count_of(parse(item))
+        spent = time.process_time() - started
+        if spent >= MIN_LIMIT_CPU_SECONDS:
+            return units / spent
+
+
+def encodable(span: Span) -> list[Any]:
+    """The span as plain MessagePack-able values (the 128-bit trace id as 16 bytes)."""
+    logs = [[entry.time_ns, entry.name, entry.fields] for entry in span.logs]
+    return [
+        span.trace_id.to_bytes(16, "big"),
+        span.span_id,
+        span.parent_id,
+        span.service,
+        span.name,
+        span.start_ns,
+        span.end_ns,
+        span.attributes,
+        logs,
+        span.error,
+        span.status_message,
+    ]
+
+
+def dir_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def machine() -> dict[str, Any]:
+    """Enough to tell two results files apart: CPU model and count, load while running, Python and SQLite."""
+    import sqlite3
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor(),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def report(result: dict[str, Any], as_json: bool) -> None:
+    """One JSON object per run on one line, or the same fields aligned for a person."""
+    if as_json:
+        print(json.dumps(result, sort_keys=False), flush=True)
+        return
+    width = max(len(key) for key in result)
+    for key, value in result.items():
+        shown = f"{value:,.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}", file=sys.stdout)
+    print(flush=True)
+
+
+def ratio(value: float, limit: float) -> float:
+    return round(value / limit, 4) if limit else 0.0

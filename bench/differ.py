@@ -1,0 +1,201 @@
+"""Object differ: watch events per CPU second and memory per watched object, beside the watch parse limit.
+
+Two inputs: every recorded watch stream of every fixture scenario (``--rounds`` times, each round under a fresh
+cluster name so every round diffs rather than dedups), and a synthetic churn of Pod and Node status updates (the
+kubelet's patches: conditions, container statuses, heartbeats) on objects shaped like the recorded ones. The timed
+loop parses each watch line with orjson and hands the object to one ``ObjectDiffer`` with a memory diff cache,
+exactly what the watch engine does; the parse-only limit is orjson alone on the same lines.
+
+Memory: ``--objects`` synthetic Pods listed into a differ, measured with tracemalloc, minus the compressed state
+(zlib'd JSON of the object without bookkeeping) that any differ must keep to diff the next change.
+
+    python -m bench differ [--rounds 20] [--churn-objects 400] [--churn-updates 15] [--objects 20000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import gc
+import time
+import tracemalloc
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from bench.common import FIXTURES, machine, parse_limit, peak_rss_mib, ratio, report
+from kelemetry_py.app import tune_garbage_collector
+from kelemetry_py.kube.watch import ResourceType
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import Observation
+from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
+from kelemetry_py.sources.differ import ObjectDiffer
+from kelemetry_py.sources.diffing import strip_bookkeeping
+
+SKIPPED = ("events", "leases")  # the differ does not watch these by default
+PODS = ResourceType("", "v1", "pods", "Pod", True)
+NODES = ResourceType("", "v1", "nodes", "Node", False)
+Stream = tuple[ResourceType, list[bytes]]
+
+
+class NullSink:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
+        self.count += len(observations)
+
+
+def recorded_streams() -> list[Stream]:
+    streams = []
+    for path in sorted(FIXTURES.glob("*/watch/*.jsonl")):
+        group, version, resource = path.stem.split("_", 2)
+        if resource in SKIPPED:
+            continue
+        lines = [line for line in path.read_bytes().splitlines() if line and b'"type":"BOOKMARK"' not in line]
+        if lines:
+            kind = orjson.loads(lines[0])["object"].get("kind", "")
+            streams.append((ResourceType("" if group == "core" else group, version, resource, kind, True), lines))
+    return streams
+
+
+def _last_object(relative: str, marker: bytes) -> dict[str, Any]:
+    lines = (FIXTURES / relative).read_bytes().splitlines()
+    found: dict[str, Any] = orjson.loads([line for line in lines if marker in line][-1])["object"]
+    return found
+
+
+def _named(template: dict[str, Any], name: str, index: int) -> dict[str, Any]:
+    obj = copy.deepcopy(template)
+    metadata = obj["metadata"]
+    metadata["name"] = name
+    metadata["uid"] = f"00000000-0000-0000-0000-{index:012d}"
+    metadata["resourceVersion"] = str(1_000_000 + index)
+    return obj
+
+
+def churn_streams(objects: int, updates: int) -> list[Stream]:
+    """Pods whose kubelet flips readiness and restarts containers, and Nodes that heartbeat (5 pods per node)."""
+    pod_template = _last_object("deployment-lifecycle/watch/core_v1_pods.jsonl", b'"phase":"Running"')
+    node_template = _last_object("deployment-lifecycle/watch/core_v1_nodes.jsonl", b'"kind":"Node"')
+    pods = [_named(pod_template, f"churn-{i}", i) for i in range(objects)]
+    nodes = [_named(node_template, f"node-{i}", objects + i) for i in range(max(1, objects // 5))]
+    pod_lines: list[bytes] = []
+    node_lines: list[bytes] = []
+    rv = 2_000_000
+    for step in range(updates):
+        stamp = f"2026-12-01T10:{step // 60:02d}:{step % 60:02d}Z"
+        for pod in pods:
+            rv += 1
+            pod["metadata"]["resourceVersion"] = str(rv)
+            status = pod["status"]
+            ready = "True" if step % 2 else "False"
+            for condition in status.get("conditions", []):
+                if condition["type"] in ("Ready", "ContainersReady"):
+                    condition["status"] = ready
+                    condition["lastTransitionTime"] = stamp
+            for container in status.get("containerStatuses", []):
+                container["ready"] = ready == "True"
+                container["restartCount"] = step
+                container["state"] = {"running": {"startedAt": stamp}}
+            pod_lines.append(orjson.dumps({"type": "MODIFIED", "object": pod}))
+        for node in nodes:
+            rv += 1
+            node["metadata"]["resourceVersion"] = str(rv)
+            for condition in node["status"].get("conditions", []):
+                condition["lastHeartbeatTime"] = stamp
+            node_lines.append(orjson.dumps({"type": "MODIFIED", "object": node}))
+    added_pods = [
+        orjson.dumps({"type": "ADDED", "object": _named(pod_template, f"churn-{i}", i)}) for i in range(objects)
+    ]
+    return [(PODS, added_pods + pod_lines), (NODES, node_lines)]
+
+
+async def _drive(streams: list[Stream], rounds: int) -> tuple[int, float, int]:
+    sink = NullSink()
+    differ = ObjectDiffer(sink, Metrics(), MemoryDiffCache(max_records=1_000_000))
+    total = 0
+    started = time.process_time()
+    for round_number in range(rounds):
+        cluster = f"bench-{round_number}"
+        for rtype, lines in streams:
+            for line in lines:
+                event = orjson.loads(line)
+                await differ.on_event(cluster, rtype, event["type"], event["object"], relisted=False)
+            total += len(lines)
+    cpu = time.process_time() - started
+    await differ.flush_unclaimed(now=float("inf"))
+    return total, cpu, sink.count
+
+
+async def _bytes_per_object(count: int) -> tuple[float, float]:
+    template = _last_object("deployment-lifecycle/watch/core_v1_pods.jsonl", b'"phase":"Running"')
+    objects = [_named(template, f"synthetic-{i}", i) for i in range(count)]
+    for index, pod in enumerate(objects):
+        pod["status"]["podIP"] = f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
+    state_bytes = sum(len(zlib.compress(orjson.dumps(strip_bookkeeping(pod)), 1)) for pod in objects)
+    differ = ObjectDiffer(NullSink(), Metrics(), MemoryDiffCache())
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for pod in objects:
+        await differ.on_event("bench", PODS, "ADDED", pod, relisted=True)
+    gc.collect()
+    total = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return (total - state_bytes) / count, state_bytes / count
+
+
+async def run(rounds: int, churn_objects: int, churn_updates: int, objects: int) -> dict[str, Any]:
+    recorded = recorded_streams()
+    tune_garbage_collector()  # as the App does at start: this part runs inside it
+    churn = churn_streams(churn_objects, churn_updates)
+    recorded_lines = [line for _, lines in recorded for line in lines]
+    churn_lines = [line for _, lines in churn for line in lines]
+    recorded_limit = parse_limit(recorded_lines, lambda _: 1, orjson.loads)
+    churn_limit = parse_limit(churn_lines, lambda _: 1, orjson.loads)
+    recorded_events, recorded_cpu, recorded_out = await _drive(recorded, rounds)
+    # Measured again right after, and averaged: the machine's load drifts while a benchmark runs.
+    recorded_limit = (recorded_limit + parse_limit(recorded_lines, lambda _: 1, orjson.loads)) / 2
+    churn_events, churn_cpu, churn_out = await _drive(churn, 1)
+    churn_limit = (churn_limit + parse_limit(churn_lines, lambda _: 1, orjson.loads)) / 2
+    beyond, state = await _bytes_per_object(objects)
+    recorded_rate = recorded_events / recorded_cpu
+    churn_rate = churn_events / churn_cpu
+    return {
+        "bench": "differ",
+        "events": recorded_events,
+        "events_per_cpu_second": round(recorded_rate),
+        "parse_limit_events_per_cpu_second": round(recorded_limit),
+        "ratio": ratio(recorded_rate, recorded_limit),
+        "observations_emitted": recorded_out,
+        "churn_events": churn_events,
+        "churn_events_per_cpu_second": round(churn_rate),
+        "churn_parse_limit_events_per_cpu_second": round(churn_limit),
+        "churn_ratio": ratio(churn_rate, churn_limit),
+        "churn_observations_emitted": churn_out,
+        "bytes_per_object": round(beyond),
+        "compressed_state_bytes_per_object": round(state),
+        "memory_objects": objects,
+        "peak_rss_mib": round(peak_rss_mib()),
+        "note": "events/CPU-s include orjson parsing each line, as the watch engine does before the differ",
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench differ", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--churn-objects", type=int, default=400)
+    parser.add_argument("--churn-updates", type=int, default=15)
+    parser.add_argument("--objects", type=int, default=20_000, help="synthetic Pods for the memory figure")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.rounds, args.churn_objects, args.churn_updates, args.objects))
+    result["machine"] = machine()
+    report(result, args.json)
+    return 0

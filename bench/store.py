@@ -1,0 +1,212 @@
+"""Embedded SQLite store: spans per CPU second with its indexes, query latency while the writer runs at full
+speed, and bytes on disk per span against the span's own encoded size.
+
+The spans are real: the recorded audit events of every fixture scenario turned into spans by the real pipeline
+(object, audit and link spans), then copied under fresh trace ids and object names until ``--spans`` are written,
+in batches of 256 (a pipeline partition's batch) from ``--writers`` concurrent writers, as the pipeline does.
+The CPU figure is from the first two thirds, written alone; during the last third one reader runs the frontend's
+queries (tag search by name, by verb, a whole trace) back to back, for the latency figures. The
+parse-only limit is msgspec decoding the same spans from MessagePack, what a durable span log hands a writer.
+
+    python -m bench store [--spans 60000] [--writers 4] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from bench.common import (
+    FIXTURES,
+    SCENARIOS,
+    dir_bytes,
+    encodable,
+    machine,
+    parse_limit,
+    peak_rss_mib,
+    percentile,
+    ratio,
+    report,
+)
+from kelemetry_py.app import tune_garbage_collector
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import Span
+from kelemetry_py.storage import TraceQuery
+
+BATCH = 256
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    async def write(self, spans: Sequence[Span]) -> None:
+        self.spans.extend(spans)
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def recorded_spans() -> list[Span]:
+    """The spans the real pipeline makes of the recorded audit events (no store, no network)."""
+    from kelemetry_py.config import AuditConfig, RedactionConfig
+    from kelemetry_py.pipeline.core import Pipeline
+    from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+    from kelemetry_py.sources.audit import AuditConverter, parse_event_list
+
+    capture = _Capture()
+    pipeline = Pipeline(writer=capture, emission=MemoryEmissionSet(), metrics=Metrics())
+    await pipeline.start()
+    converter = AuditConverter(AuditConfig(), RedactionConfig())
+    for scenario in SCENARIOS:
+        for line in (FIXTURES / scenario / "audit.jsonl").read_bytes().splitlines():
+            await pipeline.submit(converter.convert("bench", parse_event_list(line)), wait=True)
+    await pipeline.stop()
+    return capture.spans
+
+
+def copies(spans: list[Span], total: int) -> list[Span]:
+    """``total`` spans: the recorded ones again and again, each copy under new trace ids and object names."""
+    out: list[Span] = []
+    copy_number = 0
+    while len(out) < total:
+        for span in spans:
+            attributes = dict(span.attributes)
+            if isinstance(attributes.get("name"), str):
+                attributes["name"] = f"{attributes['name']}-{copy_number}"
+            out.append(dataclasses.replace(span, trace_id=span.trace_id ^ (copy_number << 96), attributes=attributes))
+            if len(out) == total:
+                break
+        copy_number += 1
+    return out
+
+
+async def _query_loop(
+    store: Any, sample: list[Span], stop: asyncio.Event, latencies: list[float], count: int | None = None
+) -> None:
+    names = [str(span.attributes["name"]) for span in sample if "name" in span.attributes]
+    everything = (0, 1 << 62)
+    step = 0
+    while not stop.is_set() and (count is None or step < count):
+        span = sample[step % len(sample)]
+        started = time.perf_counter()
+        if step % 3 == 0:
+            await store.find_traces(
+                TraceQuery(tags={"name": names[step % len(names)]}, start_ns=everything[0], end_ns=everything[1])
+            )
+        elif step % 3 == 1:
+            await store.find_traces(
+                TraceQuery(
+                    tags={"verb": "update", "resource": "pods"},
+                    start_ns=everything[0],
+                    end_ns=everything[1],
+                    service="audit",
+                )
+            )
+        else:
+            await store.get_trace(span.trace_id)
+        latencies.append((time.perf_counter() - started) * 1000)
+        step += 1
+        await asyncio.sleep(0)
+
+
+async def _write_all(store: Any, batches: list[list[Span]], writers: int) -> None:
+    queue: asyncio.Queue[list[Span]] = asyncio.Queue()
+    for batch in batches:
+        queue.put_nowait(batch)
+
+    async def writer() -> None:
+        while not queue.empty():
+            await store.write(queue.get_nowait())
+
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    await store.flush()
+
+
+async def run(total: int, writers: int) -> dict[str, Any]:
+    from kelemetry_py.storage.sqlite import SqliteStore
+
+    spans = copies(await recorded_spans(), total)
+    tune_garbage_collector()  # as the App does at start: this part runs inside it
+    batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
+    encoder = msgspec.msgpack.Encoder()
+    encoded_batches = [encoder.encode([encodable(span) for span in batch]) for batch in batches]
+    encoded_bytes = sum(len(encoder.encode(encodable(span))) for span in spans)
+    json_bytes = sum(len(orjson.dumps(encodable(span)[1:])) + 34 for span in spans)  # + the trace id in hex
+    limit = parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)
+
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        path = Path(tmp) / "traces.db"
+        store = await SqliteStore(str(path), metrics=Metrics()).open()
+        try:
+            # Phase 1: the writers alone, for the CPU figure. Phase 2: the rest while a reader queries.
+            split = len(batches) * 2 // 3
+            cpu_before = time.process_time()
+            wall_before = time.perf_counter()
+            await _write_all(store, batches[:split], writers)
+            cpu = time.process_time() - cpu_before
+            limit = (limit + parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)) / 2
+            wall = time.perf_counter() - wall_before
+            written = sum(len(batch) for batch in batches[:split])
+            stop = asyncio.Event()
+            sample = spans[: len(spans) // 2]
+            reader = asyncio.create_task(_query_loop(store, sample, stop, latencies))
+            busy_before = time.perf_counter()
+            await _write_all(store, batches[split:], writers)
+            busy_wall = time.perf_counter() - busy_before
+            stop.set()
+            await reader
+            idle: list[float] = []
+            await _query_loop(store, sample, asyncio.Event(), idle, count=300)
+        finally:
+            await store.close()
+        disk = dir_bytes(tmp)
+    per_cpu = written / cpu
+    return {
+        "bench": "store",
+        "spans": total,
+        "writers": writers,
+        "spans_per_cpu_second": round(per_cpu),
+        "spans_per_second": round(written / wall),
+        "spans_per_second_while_queried": round((total - written) / busy_wall),
+        "parse_limit_spans_per_cpu_second": round(limit),
+        "ratio": ratio(per_cpu, limit),
+        "query_p50_ms": round(statistics.median(latencies), 2),
+        "query_p99_ms": round(percentile(latencies, 0.99), 2),
+        "queries_while_writing": len(latencies),
+        "idle_query_p99_ms": round(percentile(idle, 0.99), 2),
+        "bytes_per_span": round(disk / total),
+        "encoded_bytes_per_span": round(encoded_bytes / total),
+        "json_bytes_per_span": round(json_bytes / total),
+        "disk_ratio": ratio(disk, encoded_bytes),
+        "peak_rss_mib": round(peak_rss_mib()),
+        "note": "encoded = the span as MessagePack (msgspec); CPU includes the store's own threads",
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spans", type=int, default=60_000)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.spans, args.writers))
+    result["machine"] = machine()
+    report(result, args.json)
+    return 0

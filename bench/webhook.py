@@ -1,0 +1,211 @@
+"""Audit webhook end to end through the real App: recorded audit events, re-batched into 400-event EventLists (the
+apiserver's default batch), POSTed at full speed to ``/audit/bench`` until every span is written.
+
+The default configuration (embedded store and frontend on, everything else as shipped) runs in a fresh
+directory, so relative default paths (store, spool) land there. ``--otlp-only`` turns store and frontend off
+and exports over OTLP/gRPC to a receiver in this process instead. The parse-only limit is orjson parsing the same
+batch bodies in the same process.
+
+    python -m bench webhook [--events 60000] [--concurrency 4] [--otlp-only] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.common import (
+    FIXTURES,
+    SCENARIOS,
+    current_rss_mib,
+    dir_bytes,
+    machine,
+    parse_limit,
+    peak_rss_mib,
+    percentile,
+    ratio,
+    report,
+)
+
+BATCH = 400
+
+
+class Batches:
+    """Every recorded audit event in 400-event EventLists, repeated until ``target_events``; each round's audit
+    IDs are made unique when its bodies are sent (so every round is new work, not a re-delivery), which keeps
+    only one round in memory and the peak RSS the server's."""
+
+    def __init__(self, target_events: int) -> None:
+        events: list[Any] = []
+        for scenario in SCENARIOS:
+            for line in (FIXTURES / scenario / "audit.jsonl").read_bytes().splitlines():
+                events.extend(orjson.loads(line)["items"])
+        self.templates: list[tuple[bytes, int]] = []
+        for start in range(0, len(events), BATCH):
+            chunk = events[start : start + BATCH]
+            body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": chunk})
+            self.templates.append((body, len(chunk)))
+        per_round = len(events)
+        self.rounds = max(1, -(-target_events // per_round))
+        self.events = self.rounds * per_round
+        self.count = self.rounds * len(self.templates)
+
+    def bodies(self) -> Iterator[bytes]:
+        for round_number in range(self.rounds):
+            prefix = f'"auditID":"r{round_number}-'.encode()
+            for body, _ in self.templates:
+                yield body.replace(b'"auditID":"', prefix)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Receiver:
+    """An OTLP/gRPC collector in this process that decodes every request (as a collector must) and counts spans."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans = 0
+        self.changed = asyncio.Event()
+        receiver = self
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            async def Export(self, request: Any, context: Any) -> Any:
+                receiver.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+                receiver.changed.set()
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        import grpc
+
+        self.server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)  # type: ignore[no-untyped-call]
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{_free_port()}")
+
+    async def wait_for(self, spans: int) -> None:
+        while self.spans < spans:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    throttled = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal throttled
+        while (body := next(bodies, None)) is not None:
+            while True:
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                if resp.status == 429:
+                    throttled += 1
+                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                    continue
+                if resp.status != 200:
+                    raise RuntimeError(f"webhook answered {resp.status}")
+                latencies.append(time.perf_counter() - started)
+                break
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return latencies, throttled
+
+
+async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str, Any]:
+    from kelemetry_py.app import App
+    from kelemetry_py.config import load_config
+
+    batches = Batches(target_events)
+    templates = [body for body, _ in batches.templates]
+    limit = parse_limit(templates, lambda parsed: len(parsed["items"]), orjson.loads)
+    overrides: dict[str, Any] = {"http.host": "127.0.0.1", "http.port": 0, "log_level": "warning"}
+    receiver = None
+    if otlp_only:
+        receiver = _Receiver()
+        await receiver.server.start()
+        overrides |= {
+            "otlp.endpoint": f"grpc://127.0.0.1:{receiver.port}",
+            "otlp.compression": "none",
+            "store.enabled": False,
+            "frontend.enabled": False,
+        }
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
+        os.chdir(tmp)  # the default configuration's relative paths (./kelemetry-data/...) land here
+        try:
+            app = App(load_config(env={}, overrides=overrides))
+            await app.start()
+            try:
+                started_rss = current_rss_mib()
+                cpu_before = time.process_time()
+                wall_before = time.perf_counter()
+                latencies, throttled = await _post_all(f"{app.base_url}/audit/bench", batches.bodies(), concurrency)
+                components = app.components
+                assert components is not None
+                await app.settle()
+                if receiver is not None:
+                    from kelemetry_py.export.otlp import WRITER_LABEL
+
+                    await receiver.wait_for(int(components.metrics.spans_exported.labels(WRITER_LABEL)._value.get()))
+                wall = time.perf_counter() - wall_before
+                cpu = time.process_time() - cpu_before
+                store_bytes = dir_bytes(tmp)
+            finally:
+                await app.stop()
+        finally:
+            os.chdir(here)
+    if receiver is not None:
+        await receiver.server.stop(None)
+    # Measured again right after, and averaged: the machine's load drifts while a benchmark runs.
+    limit = (limit + parse_limit(templates, lambda parsed: len(parsed["items"]), orjson.loads)) / 2
+    ms = [x * 1000 for x in latencies]
+    total_events = batches.events
+    per_cpu = total_events / cpu
+    return {
+        "bench": "webhook",
+        "configuration": "otlp-only (store and frontend off)" if otlp_only else "default (embedded store, frontend)",
+        "events": total_events,
+        "batches": batches.count,
+        "concurrency": concurrency,
+        "events_per_cpu_second": round(per_cpu),
+        "events_per_second": round(total_events / wall),
+        "p50_ms": round(statistics.median(ms), 1),
+        "p99_ms": round(percentile(ms, 0.99), 1),
+        "throttled": throttled,
+        "peak_rss_mib": round(peak_rss_mib()),
+        "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
+        "data_dir_bytes": store_bytes,
+        "parse_limit_events_per_cpu_second": round(limit),
+        "ratio": ratio(per_cpu, limit),
+        "note": "process CPU includes the HTTP client (and the OTLP receiver) in this process",
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench webhook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--otlp-only", action="store_true", help="store and frontend off, export over OTLP/gRPC")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.events, args.concurrency, args.otlp_only))
+    result["machine"] = machine()
+    report(result, args.json)
+    return 0
