@@ -10,6 +10,7 @@ confirmed, so a backend outage grows that writer's backlog on disk and never hol
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PIPELINE_CONSUMER = "pipeline"
 _READ_RECORDS = 64
-_WRITER_READ_RECORDS = 16
+_WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the last one
 _ROOM_POLL_SECONDS = 0.05
 _WRITER_RETRY_MAX_SECONDS = 30.0
 
@@ -154,9 +155,8 @@ class WriterPump:
             log.info("writer %s recovered; delivering its backlog", self.name)
             self.failing = False
             self.metrics.writer_failing.labels(self.name).set(0)
-        written = self.metrics.spans_written
-        for span in spans:
-            written.labels(self.name, span.service).inc()
+        for service, count in collections.Counter(span.service for span in spans).items():
+            self.metrics.spans_written.labels(self.name, service).inc(count)
 
 
 class Delivery:

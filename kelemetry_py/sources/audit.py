@@ -340,6 +340,11 @@ class AuditConverter:
             check_metadata(obj, field)
         # Parsed from this request alone, so nobody else holds it: redacted in place.
         self._redactor.redact_in_place(obj, resource)
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            # Field ownership is bookkeeping no span shows (diffs take it from the watch), and often half the
+            # object: dropped before the observation is spooled, linked and decorated.
+            metadata.pop("managedFields", None)
         return obj
 
     def _observations(self, cluster: str, event: AuditEvent) -> Iterator[Observation]:
