@@ -148,6 +148,9 @@ class App:
         async def readyz(_: web.Request) -> web.Response:
             if not self._ready:
                 return web.Response(status=503, text="not ready")
+            if self.watching is not None and not self.watching.healthy:
+                down = ", ".join(self.watching.service.down)
+                return web.Response(status=503, text=f"watchers down for cluster {down}")
             return web.Response(text="ready")
 
         async def metrics(_: web.Request) -> web.Response:

@@ -54,5 +54,31 @@ class Metrics:
             registry=r,
         )
 
+        # Kubernetes watchers (kelemetry_py.sources.watchers, pipeline.diffs).
+        self.leader = Gauge(
+            "kelemetry_leader",
+            "Watchers of the cluster (objects, events) whose Lease this replica holds",
+            ["cluster"],
+            registry=r,
+        )
+        self.leader_handovers = Counter(
+            "kelemetry_leader_handovers",
+            "Times this replica took over a watcher's Lease from another holder",
+            ["cluster"],
+            registry=r,
+        )
+        self.watchers_up = Gauge(
+            "kelemetry_watchers_up",
+            "1 while every watch engine of the cluster is connected, else 0",
+            ["cluster"],
+            registry=r,
+        )
+        self.diff_attach = Counter(
+            "kelemetry_diff_attach",
+            "Audit spans that looked for their change's diff: hit (attached) or miss",
+            ["result"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

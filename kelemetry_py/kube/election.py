@@ -64,6 +64,9 @@ class LeaderElector:
         self.leading = asyncio.Event()  # set while leading, for tests and readiness
         self.release_on_cancel = True
         self.terms = 0
+        # Who held the lease before this replica took it: None when this replica created it, "" when the
+        # previous holder had released it (a hand-over without waiting for expiry).
+        self.previous_holder: str | None = None
 
     @property
     def _collection(self) -> str:
@@ -109,6 +112,8 @@ class LeaderElector:
                 log.warning("lease %s/%s: cannot update: %s", self.namespace, self.name, exc)
             return False
         self._observe(updated)
+        if holder != self.identity:
+            self.previous_holder = holder
         return True
 
     async def _create(self, now: datetime) -> bool:
@@ -131,6 +136,7 @@ class LeaderElector:
                 log.warning("lease %s/%s: cannot create: %s", self.namespace, self.name, exc)
             return False
         self._observe(created)
+        self.previous_holder = None
         return True
 
     def _observe(self, lease: dict[str, Any]) -> None:
@@ -157,7 +163,7 @@ class LeaderElector:
                 "spec": spec,
             }
             await self.client.request_json("PUT", f"{self._collection}/{self.name}", body=body)
-        except KubeApiError as exc:
+        except Exception as exc:  # the apiserver may be gone; the lease then expires on its own
             log.warning("lease %s/%s: cannot release: %s", self.namespace, self.name, exc)
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:

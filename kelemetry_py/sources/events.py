@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -28,7 +29,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import redis.asyncio as aioredis
 
 from kelemetry_py.kube.catalog import CatalogSource, ClusterCatalogs, guess_plural, split_api_version
-from kelemetry_py.kube.watch import ResourceType
+from kelemetry_py.kube.watch import ResourceType, handled_by
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
@@ -250,6 +251,7 @@ class EventView:
     def __init__(self, obj: Mapping[str, Any], new_api: bool) -> None:
         metadata = _dict(obj.get("metadata"))
         self.uid = str(metadata.get("uid", ""))
+        self.rv = str(metadata.get("resourceVersion", ""))
         self.namespace = str(metadata.get("namespace", ""))
         self.name = str(metadata.get("name", ""))
         series = _dict(obj.get("series"))
@@ -304,6 +306,19 @@ class EventView:
 # ------------------------------------------------------------------------------------------------ the tracker
 
 
+@dataclass(slots=True)
+class _Seen:
+    """An Event a standby saw and the leader may not have emitted yet."""
+
+    resource: str
+    ref: ObjectRef
+    view: EventView
+
+    @property
+    def size(self) -> int:
+        return 400 + len(self.view.message)
+
+
 class EventTracker:
     """A :class:`kelemetry_py.kube.watch.WatchHandler` for ``events`` and ``events.events.k8s.io``."""
 
@@ -316,6 +331,7 @@ class EventTracker:
         catalogs: CatalogSource | None = None,
         max_age_seconds: float = 3600.0,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        max_backlog_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._sink = sink
         self._metrics = metrics
@@ -328,6 +344,14 @@ class EventTracker:
         self.emitted = 0
         self.skipped_old = 0
         self.skipped_seen = 0
+        # Leadership per cluster (kelemetry_py.sources.watchers): a standby keeps the Events it saw, newest
+        # last, until the leader's progress marks say they are handled; a bound on bytes caps it.
+        self._standby: set[str] = set()
+        self._backlog: dict[str, deque[_Seen]] = {}
+        self._backlog_bytes = 0
+        self._max_backlog_bytes = max_backlog_bytes
+        self._handled: dict[str, dict[str, str]] = {}
+        self.dropped = 0
 
     async def on_event(
         self,
@@ -348,7 +372,15 @@ class EventTracker:
             return
         if view.time_ns is not None and view.time_ns < self._wall_clock_ns() - self._max_age_ns:
             self.skipped_old += 1
+            self._done(cluster, rtype.group_resource, view.rv)
             return
+        if cluster in self._standby:
+            self._keep(cluster, _Seen(rtype.group_resource, ref, view))
+            return
+        await self._emit_once(cluster, ref, view)
+        self._done(cluster, rtype.group_resource, view.rv)
+
+    async def _emit_once(self, cluster: str, ref: ObjectRef, view: EventView) -> None:
         token = (cluster, view.uid, view.occurrence)
         if token in self._inflight:
             self.skipped_seen += 1
@@ -368,6 +400,52 @@ class EventTracker:
 
     async def on_relist_done(self, cluster: str, rtype: ResourceType, present_uids: set[str]) -> None:
         return None  # an Event gone from a list expired; nothing happened to its object
+
+    # ---- leadership
+
+    def _done(self, cluster: str, resource: str, rv: str) -> None:
+        if rv:
+            self._handled.setdefault(cluster, {})[resource] = rv
+
+    def _keep(self, cluster: str, seen: _Seen) -> None:
+        backlog = self._backlog.setdefault(cluster, deque())
+        backlog.append(seen)
+        self._backlog_bytes += seen.size
+        while self._backlog_bytes > self._max_backlog_bytes and backlog:
+            self._backlog_bytes -= backlog.popleft().size
+            self.dropped += 1
+
+    def leads(self, cluster: str) -> bool:
+        return cluster not in self._standby
+
+    def stand_by(self, cluster: str) -> None:
+        self._standby.add(cluster)
+
+    def progress(self, cluster: str) -> dict[str, str]:
+        """Per Event resource, the newest resourceVersion up to which every Event of ``cluster`` is handled."""
+        return dict(self._handled.get(cluster, {}))
+
+    def trim(self, cluster: str, marks: Mapping[str, str]) -> int:
+        backlog = self._backlog.get(cluster)
+        if not backlog:
+            return 0
+        kept = deque(seen for seen in backlog if not handled_by(seen.view.rv, marks.get(seen.resource)))
+        trimmed = len(backlog) - len(kept)
+        self._backlog_bytes -= sum(seen.size for seen in backlog) - sum(seen.size for seen in kept)
+        self._backlog[cluster] = kept
+        return trimmed
+
+    async def take_over(self, cluster: str, marks: Mapping[str, str]) -> int:
+        """Lead ``cluster``: emit every Event seen since the previous leader's ``marks`` that the cursor does not
+        already have. Returns how many were looked at again."""
+        self.trim(cluster, marks)
+        self._standby.discard(cluster)
+        backlog = self._backlog.pop(cluster, deque())
+        self._backlog_bytes -= sum(seen.size for seen in backlog)
+        for seen in backlog:
+            await self._emit_once(cluster, seen.ref, seen.view)
+            self._done(cluster, seen.resource, seen.view.rv)
+        return len(backlog)
 
     def involved_ref(self, cluster: str, view: EventView) -> ObjectRef | None:
         involved = view.regarding
