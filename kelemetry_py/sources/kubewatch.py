@@ -18,6 +18,7 @@ from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache import DiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
+from kelemetry_py.sources.differstate import SqliteDifferState
 from kelemetry_py.sources.events import (
     EventCursor,
     EventTracker,
@@ -25,7 +26,6 @@ from kelemetry_py.sources.events import (
     RedisEventCursor,
     SqliteEventCursor,
 )
-from kelemetry_py.sources.differstate import SqliteDifferState
 from kelemetry_py.sources.progress import ProgressMarks
 from kelemetry_py.sources.progress.memory import MemoryProgressMarks
 from kelemetry_py.sources.watchers import WatcherKind, WatcherService
