@@ -1,7 +1,8 @@
 """Differ memory per watched object: 100,000 synthetic Pods listed into one ObjectDiffer.
 
 Prints bytes per object in total and beyond the object itself (its compressed JSON state, which is what the
-differ must keep to diff the next change). Usage: ``python bench/differ_memory.py [--objects N]``.
+differ must keep to diff the next change). ``--standby`` measures a warm standby (it keeps the same state).
+Usage: ``python bench/differ_memory.py [--objects N] [--standby]``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def _pod(template: dict[str, Any], index: int) -> dict[str, Any]:
     return pod
 
 
-async def main(count: int) -> None:
+async def main(count: int, standby: bool = False) -> None:
     template = _template()
     differ = ObjectDiffer(NullSink(), Metrics(), MemoryDiffCache())
+    if standby:
+        differ.stand_by("bench")
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -61,7 +64,8 @@ async def main(count: int) -> None:
     states = differ._states.values()
     state_bytes = sum(len(state.blob) for state in states)
     total = after - before
-    print(f"differ memory: {count} objects, {total / count:,.0f} B/object in total,")
+    role = "standby" if standby else "leader"
+    print(f"differ memory ({role}): {count} objects, {total / count:,.0f} B/object in total,")
     print(f"  {state_bytes / count:,.0f} B/object compressed state (the object itself, zlib'd JSON),")
     print(f"  {(total - state_bytes) / count:,.0f} B/object beyond the object itself")
     print(f"  (the uncompressed JSON of one such pod is {len(json.dumps(template))} B)")
@@ -70,4 +74,6 @@ async def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objects", type=int, default=100_000)
-    asyncio.run(main(parser.parse_args().objects))
+    parser.add_argument("--standby", action="store_true", help="measure a warm standby instead of the leader")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.objects, arguments.standby))
