@@ -1,8 +1,11 @@
 """The object differ: every watched change becomes a diff (or a create/delete snapshot) in the diff cache.
 
 Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.pipeline.diffs`);
-a change nobody claims within ``kube.diff_wait_seconds`` (plus a margin) is emitted as its own ``diff``
-observation, attributed to the field manager found in ``managedFields``.
+a change nobody claims within ``kube.diff_hold_seconds`` is emitted as its own ``diff`` observation,
+attributed to the field manager found in ``managedFields``. A change is held until it is claimed or its
+emission has been accepted, in memory bounded by ``kube.diff_pending_max_bytes``, and in the state file
+(:mod:`kelemetry_py.sources.differstate`) when one is configured. A change seen by a (re)list rather than a
+watch event happened while nobody watched: its diff span is tagged ``observedLate``.
 
 Diff format (DESIGN §3): :class:`Change` ``{path, op, old, new}`` plus one rendered line per change. Lists of
 dicts that all carry a distinct ``name`` (containers, env, ports, volumes...) or ``type`` (conditions) are
@@ -10,7 +13,8 @@ matched by that key, so paths read ``spec.template.spec.containers[nginx].image`
 ``status.conditions[Available].status``.
 
 Memory: per watched object the differ keeps its redacted state without managedFields as zlib-compressed JSON,
-the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else.
+the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else; a warm
+standby keeps exactly the same (``bench/differ_memory.py --standby``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import orjson
 from deepdiff import DeepDiff
 
 from kelemetry_py.config import RedactionConfig
-from kelemetry_py.kube.watch import ResourceType, handled_by
+from kelemetry_py.kube.watch import ResourceType, handled_by, version_number
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
@@ -575,7 +579,7 @@ class ObjectDiffer:
         now = self._clock() if now is None else now
         emitted = 0
         for cluster in list(self._held):
-            if self.leads(cluster):
+            while self.leads(cluster) and (queue := self._held[cluster]) and queue[0].deadline <= now:
                 emitted += await self._emit(cluster, due=now)
         return emitted
 
@@ -603,7 +607,7 @@ class ObjectDiffer:
                 await cache.confirm(record.object_key, record.resource_version)
         for _ in batch:
             self._release(cluster, queue.popleft())
-        return len(claimed) + (await self._emit(cluster, due=due, limit=limit) if len(batch) == limit else 0)
+        return len(claimed)
 
     def _next_deadline(self) -> float | None:
         heads = [queue[0].deadline for cluster, queue in self._held.items() if queue and self.leads(cluster)]
@@ -634,7 +638,19 @@ class ObjectDiffer:
 
     def progress(self, cluster: str) -> dict[str, str]:
         """Per resource, the newest resourceVersion up to which every change of ``cluster`` is handled."""
-        return dict(self._handled.get(cluster, {}))
+        marks = dict(self._handled.get(cluster, {}))
+        # Changes are released in arrival order, which a relist does not keep in resourceVersion order: a mark
+        # never passes a change still held.
+        lowest: dict[str, int] = {}
+        for held in self._held.get(cluster, ()):
+            number = version_number(held.record.resource_version)
+            if number is not None and number < lowest.get(held.resource, number + 1):
+                lowest[held.resource] = number
+        for resource, number in lowest.items():
+            mark = version_number(marks.get(resource, ""))
+            if mark is not None and mark >= number:
+                marks[resource] = str(number - 1)
+        return marks
 
     def trim(self, cluster: str, marks: Mapping[str, str]) -> int:
         """Let go of held changes the leader's ``marks`` say are handled; returns how many."""

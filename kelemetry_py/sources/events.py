@@ -6,7 +6,8 @@ each (uid, occurrence) once, remembered in an :class:`EventCursor`:
 
 - the cursor is "the highest occurrence emitted per Event uid", kept for twice ``kube.event_max_age_seconds``
   (Kubernetes itself drops Events after an hour). In memory for one process, in Redis to survive restarts and
-  leader changes: a new leader relists, skips what the cursor says was emitted, and emits the rest;
+  leader changes: a standby watches too and keeps what it saw until the leader's progress marks cover it; on
+  taking over it emits what it kept, skipping what the cursor says was emitted;
 - it is written *after* the pipeline accepted the observation, so a crash in between re-emits rather than
   loses; a re-emission has the same ``dedup_key`` (uid + occurrence), hence the same span id, and overwrites;
 - occurrences older than ``kube.event_max_age_seconds`` are skipped, so a start-up relist does not replay an

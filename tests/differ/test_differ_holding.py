@@ -188,3 +188,18 @@ async def test_a_standby_event_tracker_emits_nothing_until_it_takes_over(lifecyc
     keys = [o.dedup_key for o in leader_sink.observations + standby_sink.observations]
     assert len(keys) == len(set(keys)), "each occurrence once across the two"
     assert standby.emitted > 0
+
+
+async def test_a_progress_mark_never_passes_a_change_still_held(lifecycle: Path) -> None:
+    """A relist delivers objects in name order, not resourceVersion order: releasing a newer change first must
+    not tell standbys that an older one, still held, is handled."""
+    clock = FakeClock()
+    differ = _configured_differ(CollectingSink(), MemoryDiffCache(clock=clock), clock)
+    await _feed_deployments(differ, lifecycle)
+    queue = differ._held[CLUSTER]
+    newest = max(queue, key=lambda held: int(held.record.resource_version))
+    queue.remove(newest)
+    queue.appendleft(newest)  # as if the newest arrived first
+    await differ._emit(CLUSTER, limit=1)
+    mark = int(differ.progress(CLUSTER)["deployments.apps"])
+    assert mark < min(int(held.record.resource_version) for held in queue)
