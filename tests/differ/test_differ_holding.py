@@ -16,6 +16,7 @@ from kelemetry_py.model import Observation
 from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
+from kelemetry_py.sources.differstate import SqliteDifferState
 from kelemetry_py.sources.events import EventTracker, MemoryEventCursor
 from tests.differ.support import CLUSTER, CORE_EVENTS, DEPLOYMENTS, CollectingSink, watch_lines
 from tests.differ.test_differ_fixtures import FakeClock, _first_scale
@@ -203,3 +204,34 @@ async def test_a_progress_mark_never_passes_a_change_still_held(lifecycle: Path)
     await differ._emit(CLUSTER, limit=1)
     mark = int(differ.progress(CLUSTER)["deployments.apps"])
     assert mark < min(int(held.record.resource_version) for held in queue)
+
+
+async def test_state_and_held_changes_survive_a_restart_through_the_state_file(
+    lifecycle: Path, tmp_path: Path
+) -> None:
+    lines = list(watch_lines(lifecycle, DEPLOYMENTS))
+    scale = next(i for i, (_, obj) in enumerate(lines) if obj["metadata"]["resourceVersion"] == SCALE_RV)
+    clock = FakeClock()
+    state = await SqliteDifferState(tmp_path / "state.db").open()
+    first = _configured_differ(CollectingSink(), MemoryDiffCache(clock=clock), clock, state=state)
+    for event_type, obj in lines[:scale]:
+        await first.on_event(CLUSTER, DEPLOYMENTS, event_type, obj, relisted=False)
+    held = first.pending
+    await first.persist()
+    await state.close()  # the process ends here without emitting what it held
+
+    state = await SqliteDifferState(tmp_path / "state.db").open()
+    sink = CollectingSink()
+    second = _configured_differ(sink, MemoryDiffCache(clock=clock), clock, state=state)
+    assert await second.restore() == first.watched_objects
+    assert second.pending == held
+    # The first list after the restart shows the object as the scale left it, while nobody watched.
+    _, listed = lines[scale]
+    await second.on_event(CLUSTER, DEPLOYMENTS, "ADDED", listed, relisted=True)
+    await second.flush_unclaimed(now=math.inf)
+    await state.close()
+    late = [o for o in sink.observations if o.tags.get("observedLate") is True]
+    assert [o.tags["resourceVersion"] for o in late] == [SCALE_RV]
+    assert "spec.replicas 2 -> 4" in str(late[0].logs[0].fields["diff"])
+    assert late[0].tags["fieldManager"] == "kubectl"
+    assert len(sink.observations) == held + 1, "what the first process held comes out after the restart"
