@@ -250,3 +250,29 @@ async def _until(probe: Callable[[], Awaitable[int]], wanted: int, within: float
             if await probe() == wanted:
                 return
             await asyncio.sleep(0.05)
+
+
+async def test_a_replay_whose_audit_arrives_40s_after_the_watch_still_attaches_the_scale_diff(
+    fixtures_dir: Path, otlp_receiver: GrpcOtlpReceiver, make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The whole watch stream first; then the differ's deadline check as it runs 40 s later (its clock is
+    monotonic, so ``now`` is passed as that moment); then every audit batch."""
+    scenario = fixtures_dir / LIFECYCLE
+    async with KubeApiDouble(scenario, tokens=[DOUBLE_TOKEN]) as double:
+        app = await make_app(**watcher_settings(tmp_path, double.url, **{"otlp.endpoint": otlp_receiver.endpoint}))
+        await all_watching(app)
+        double.release()
+        await caught_up(app, double)
+        assert app.watching is not None
+        assert await app.watching.differ.flush_unclaimed(now=time.monotonic() + 40.0) == 0, "all still held"
+        async with ClientSession() as session:
+            for body in (scenario / "audit.jsonl").read_bytes().splitlines():
+                async with session.post(
+                    f"{app.base_url}/audit/fixture", data=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    assert response.status == 200
+        metrics = await settle(app)
+        spans = await received(otlp_receiver, metrics)
+    scales = [s for s in spans if s.service == "audit" and key_of(s) == DEPLOYMENT and s.name == "admin patch scale"]
+    assert "spec.replicas 2 -> 4" in log_lines(scales[0], "diff")
+    assert metrics.diff_attach.labels("hit")._value.get() > 0
