@@ -69,6 +69,11 @@ class KubeWatching:
             config, pipeline, metrics, self._handler, catalogs=catalogs, progress=self.progress
         )
         self._leader_election = kube.leader_election
+        if kube.leader_election and not config.redis.url:
+            log.warning(
+                "kube.leader_election without redis.url: replicas share neither progress marks, diff claims nor "
+                "the Event cursor, so a take-over may repeat changes and Events"
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
