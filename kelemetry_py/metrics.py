@@ -73,6 +73,18 @@ class Metrics:
             ["cluster"],
             registry=r,
         )
+        self.watch_held_bytes = Gauge(
+            "kelemetry_watch_held_bytes",
+            "Changes (objects) and Events (events, on a standby) held until claimed, emitted or handled by the leader",
+            ["watcher"],
+            registry=r,
+        )
+        self.watch_held_dropped = Counter(
+            "kelemetry_watch_held_dropped",
+            "Held changes and Events a standby let go past kube.diff_pending_max_bytes",
+            ["watcher"],
+            registry=r,
+        )
         self.diff_attach = Counter(
             "kelemetry_diff_attach",
             "Audit spans that looked for their change's diff: hit (attached) or miss",

@@ -383,6 +383,7 @@ class ObjectDiffer:
         self._held: dict[str, deque[_Held]] = {}
         self._held_bytes = 0
         self._pending_added = asyncio.Event()
+        metrics.watch_held_bytes.labels("objects").set_function(lambda: self._held_bytes)
         self._standby: set[str] = set()
         # Per cluster and resource, the newest resourceVersion whose change (and every earlier one) is handled.
         self._handled: dict[str, dict[str, str]] = {}
@@ -556,6 +557,7 @@ class ObjectDiffer:
             else:
                 self._release(cluster, self._held[cluster].popleft())
                 self.dropped += 1
+                self._metrics.watch_held_dropped.labels("objects").inc()
 
     def _hold_record(self, cluster: str, record: DiffRecord, deadline: float) -> None:
         held = _Held(deadline, record, record.size_bytes(), resource_of(record.ref))

@@ -351,6 +351,7 @@ class EventTracker:
         self._backlog: dict[str, deque[_Seen]] = {}
         self._backlog_bytes = 0
         self._max_backlog_bytes = max_backlog_bytes
+        metrics.watch_held_bytes.labels("events").set_function(lambda: self._backlog_bytes)
         self._handled: dict[str, dict[str, str]] = {}
         self.dropped = 0
 
@@ -415,6 +416,7 @@ class EventTracker:
         while self._backlog_bytes > self._max_backlog_bytes and backlog:
             self._backlog_bytes -= backlog.popleft().size
             self.dropped += 1
+            self._metrics.watch_held_dropped.labels("events").inc()
 
     def leads(self, cluster: str) -> bool:
         return cluster not in self._standby

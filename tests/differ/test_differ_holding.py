@@ -129,10 +129,16 @@ async def test_held_changes_are_bounded_in_bytes(lifecycle: Path) -> None:
     assert leader.pending_bytes <= 4096
     assert sink.observations, "past the bound a leader emits its oldest changes early rather than dropping them"
     standby_sink = CollectingSink()
-    standby = _configured_differ(standby_sink, MemoryDiffCache(clock=clock), clock, max_pending_bytes=4096)
+    metrics = Metrics()
+    standby = ObjectDiffer(
+        standby_sink, metrics, MemoryDiffCache(clock=clock), clock=clock, hold_seconds=90, max_pending_bytes=4096
+    )
     standby.stand_by(CLUSTER)
     await _feed_deployments(standby, lifecycle)
     assert standby.pending_bytes <= 4096 and standby.dropped > 0
+    exposition = metrics.exposition().decode()
+    assert f'kelemetry_watch_held_dropped_total{{watcher="objects"}} {float(standby.dropped)}' in exposition
+    assert f'kelemetry_watch_held_bytes{{watcher="objects"}} {float(standby.pending_bytes)}' in exposition
     assert not standby_sink.observations
 
 
