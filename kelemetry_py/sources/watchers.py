@@ -134,6 +134,7 @@ class ClusterWatchers:
                     lease_duration=config.kube.lease_duration_seconds,
                     renew_deadline=config.kube.renew_deadline(),
                     retry_period=config.kube.retry_period(),
+                    wake_on_release=True,
                 )
                 if kind in self.leader_aware:
                     # Standby from the start: nothing is emitted before this replica holds the Lease.
