@@ -36,7 +36,9 @@ STATE_FILE = "state.db"
 
 
 class KubeWatching:
-    """Start after the pipeline, stop before it: unclaimed diffs are flushed into the pipeline on the way out."""
+    """Start after the pipeline, stop before it. On the way out a leader saves its progress and releases its
+    Leases; unclaimed diffs are flushed into the pipeline only without leader election (with it, the standby
+    that takes over holds them too), and the differ's state file gets what it still holds."""
 
     def __init__(self, config: Config, pipeline: Pipeline, metrics: Metrics, catalogs: ClusterCatalogs) -> None:
         kube = config.kube
