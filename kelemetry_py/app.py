@@ -220,6 +220,9 @@ class App:
                 body["status"], status = "starting", 503
             elif not self.components.delivery.has_room():
                 body["status"], status = "spool full", 503
+            elif self.watching is not None and not self.watching.healthy:
+                body["status"], status = "watchers down", 503
+                body["watchers_down"] = list(self.watching.service.down)
             if self.components is not None:
                 delivery = self.components.delivery
                 body["backlog"] = {name: records for name, (records, _) in delivery.backlog().items()}

@@ -229,8 +229,25 @@ class KubeConfig:
     diff_cache_ttl_seconds: float = 3600.0
     leader_election: bool = False
     lease_namespace: str = "default"
+    # client-go's timings: a lease unrenewed for lease_duration is free; the leader gives up when it cannot
+    # renew within renew_deadline; candidates retry (and the leader renews) every retry_period.
+    # 0 derives them from lease_duration as client-go's defaults do (15 s: 10 s and 2 s).
     lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 0.0
+    retry_period_seconds: float = 0.0
     identity: str = ""
+    # How long an unclaimed change waits for its audit span before it becomes its own diff span. The
+    # apiserver batches audit events for up to 30 s (--audit-webhook-batch-max-wait) and retries, so the
+    # default covers a 60 s lag with a margin.
+    diff_hold_seconds: float = 90.0
+    # Bound on the changes held for a claim (and on a standby's changes not yet emitted by the leader).
+    diff_pending_max_bytes: int = 64 * 1024 * 1024
+
+    def renew_deadline(self) -> float:
+        return self.renew_deadline_seconds or self.lease_duration_seconds * 2 / 3
+
+    def retry_period(self) -> float:
+        return self.retry_period_seconds or self.lease_duration_seconds / 7.5
 
 
 @dataclass
@@ -517,6 +534,14 @@ def validate(config: Config) -> None:
         positive(f"frontend.{backend}.timeout_seconds", backend_config.timeout_seconds)
     if not 0 <= config.frontend.grpc_port <= 65535:
         raise ConfigError(f"frontend.grpc_port: {config.frontend.grpc_port} is not a TCP port")
+    kube = config.kube
+    positive("kube.diff_hold_seconds", kube.diff_hold_seconds)
+    positive("kube.diff_pending_max_bytes", kube.diff_pending_max_bytes)
+    if not 0 < kube.retry_period() < kube.renew_deadline() < kube.lease_duration_seconds:
+        raise ConfigError(
+            "kube.renew_deadline_seconds: leader election needs 0 < retry_period_seconds < "
+            "renew_deadline_seconds < lease_duration_seconds"
+        )
     names = [cluster.name for cluster in config.kube.clusters]
     for i, cluster in enumerate(config.kube.clusters):
         if not cluster.name:

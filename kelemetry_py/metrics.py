@@ -137,34 +137,48 @@ class Metrics:
             ["consumer", "reason"],
             registry=r,
         )
-        # Fed by leader election and the watchers.
-        self.leader = Gauge(
-            "kelemetry_leader",
-            "1 while this replica holds the watcher Lease of the cluster, else 0",
-            ["cluster"],
-            registry=r,
-        )
-        self.leader_handovers = Counter(
-            "kelemetry_leader_handovers",
-            "Times this replica gained or lost the watcher Lease of the cluster",
-            ["cluster"],
-            registry=r,
-        )
+        # Fed by the watchers.
         self.watch_lag = Gauge(
             "kelemetry_watch_lag_seconds",
             "Age of the newest watch event or bookmark handled, per cluster",
             ["cluster"],
             registry=r,
         )
+
+        # Kubernetes watchers (kelemetry_py.sources.watchers, pipeline.diffs).
+        self.leader = Gauge(
+            "kelemetry_leader",
+            "Watchers of the cluster (objects, events) whose Lease this replica holds",
+            ["cluster"],
+            registry=r,
+        )
+        self.leader_handovers = Counter(
+            "kelemetry_leader_handovers",
+            "Times this replica took over a watcher's Lease from another holder",
+            ["cluster"],
+            registry=r,
+        )
         self.watchers_up = Gauge(
             "kelemetry_watchers_up",
-            "Watch streams currently connected, per cluster",
+            "1 while every watch engine of the cluster is connected, else 0",
             ["cluster"],
+            registry=r,
+        )
+        self.watch_held_bytes = Gauge(
+            "kelemetry_watch_held_bytes",
+            "Changes (objects) and Events (events, on a standby) held until claimed, emitted or handled by the leader",
+            ["watcher"],
+            registry=r,
+        )
+        self.watch_held_dropped = Counter(
+            "kelemetry_watch_held_dropped",
+            "Held changes and Events a standby let go past kube.diff_pending_max_bytes",
+            ["watcher"],
             registry=r,
         )
         self.diff_attach = Counter(
             "kelemetry_diff_attach",
-            "Audit spans that looked for the differ's diff of their resourceVersion, by result (hit or miss)",
+            "Audit spans that looked for their change's diff: hit (attached) or miss",
             ["result"],
             registry=r,
         )

@@ -90,6 +90,7 @@ class Discovery:
         self._sleep = sleep
         self.resources: tuple[ResourceType, ...] = ()
         self.generation = 0  # bumped whenever ``resources`` changes
+        self.failing = False  # the last refresh failed
         self._changed = asyncio.Condition()
         self._refresh_requested = asyncio.Event()
 
@@ -124,9 +125,11 @@ class Discovery:
             self._refresh_requested.clear()
             try:
                 await self.refresh()
+                self.failing = False
                 delay = self.interval_seconds
             except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 log.warning("%s: discovery failed: %s", self.client.cluster, exc)
+                self.failing = True
                 delay = self.retry_seconds
             sleeper = asyncio.ensure_future(self._sleep(delay))
             requested = asyncio.ensure_future(self._refresh_requested.wait())

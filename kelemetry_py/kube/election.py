@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from kelemetry_py.kube.client import KubeApiError, KubeClient
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class LeaderElector:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wake_on_release: bool = False,
     ) -> None:
         if not identity:
             raise ValueError("leader election needs a non-empty identity")
@@ -64,6 +67,13 @@ class LeaderElector:
         self.leading = asyncio.Event()  # set while leading, for tests and readiness
         self.release_on_cancel = True
         self.terms = 0
+        # Who held the lease before this replica took it: None when this replica created it, "" when the
+        # previous holder had released it (a hand-over without waiting for expiry).
+        self.previous_holder: str | None = None
+        # With wake_on_release, a candidate watches its Lease and tries at once when the holder releases it,
+        # instead of at its next retry period.
+        self.wake_on_release = wake_on_release
+        self._released = asyncio.Event()
 
     @property
     def _collection(self) -> str:
@@ -109,6 +119,8 @@ class LeaderElector:
                 log.warning("lease %s/%s: cannot update: %s", self.namespace, self.name, exc)
             return False
         self._observe(updated)
+        if holder != self.identity:
+            self.previous_holder = holder
         return True
 
     async def _create(self, now: datetime) -> bool:
@@ -131,6 +143,7 @@ class LeaderElector:
                 log.warning("lease %s/%s: cannot create: %s", self.namespace, self.name, exc)
             return False
         self._observe(created)
+        self.previous_holder = None
         return True
 
     def _observe(self, lease: dict[str, Any]) -> None:
@@ -157,17 +170,64 @@ class LeaderElector:
                 "spec": spec,
             }
             await self.client.request_json("PUT", f"{self._collection}/{self.name}", body=body)
-        except KubeApiError as exc:
+        except Exception as exc:  # the apiserver may be gone; the lease then expires on its own
             log.warning("lease %s/%s: cannot release: %s", self.namespace, self.name, exc)
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Campaign forever; while leading, run ``lead()`` and cancel it as soon as leadership is lost."""
-        while True:
-            while not await self.try_acquire_or_renew():
+        watcher = asyncio.create_task(self._watch_releases()) if self.wake_on_release else None
+        try:
+            while True:
+                while True:
+                    self._released.clear()  # before the attempt: a release seen after it must not be missed
+                    if await self.try_acquire_or_renew():
+                        break
+                    await self._retry_wait()
+                await self._lead_until_lost(lead)
+                # Work that ended or crashed is not restarted in a busy loop.
                 await self._sleep(self.retry_period)
-            await self._lead_until_lost(lead)
-            # Work that ended or crashed is not restarted in a busy loop.
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _retry_wait(self) -> None:
+        """One retry period, cut short when the Lease is seen released."""
+        if not self.wake_on_release:
             await self._sleep(self.retry_period)
+            return
+        sleeping = asyncio.ensure_future(self._sleep(self.retry_period))
+        released = asyncio.ensure_future(self._released.wait())
+        try:
+            await asyncio.wait({sleeping, released}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            released.cancel()
+
+    async def _watch_releases(self) -> None:
+        """Follow the Lease; set ``_released`` whenever it has no holder."""
+        query = {"watch": "true", "fieldSelector": f"metadata.name={self.name}", "timeoutSeconds": "300"}
+        while True:
+            try:
+                async with self.client.stream(self._collection, query, read_timeout=330) as response:
+                    async for line in response.content:
+                        self._note(line)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the candidate still retries every period; this only speeds it up
+                log.debug("lease %s/%s: watch failed: %s", self.namespace, self.name, exc)
+            await self._sleep(self.retry_period)
+
+    def _note(self, line: bytes) -> None:
+        try:
+            event = orjson.loads(line)
+            lease = event["object"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if not isinstance(lease, dict) or (lease.get("metadata") or {}).get("name") != self.name:
+            return
+        if event.get("type") in ("ADDED", "MODIFIED") and not (lease.get("spec") or {}).get("holderIdentity"):
+            self._released.set()
 
     async def _lead_until_lost(self, lead: Callable[[], Awaitable[None]]) -> None:
         self.is_leader = True

@@ -51,6 +51,23 @@ class ResourceType:
         return f"{self.resource}.{self.group}" if self.group else self.resource
 
 
+def version_number(resource_version: str) -> int | None:
+    """A resourceVersion as the number etcd serves (Kubernetes documents them as comparable since 1.33);
+    None when it is not one, and the caller must not assume any order. ``N+deleted`` (a deletion found by a
+    relist, see the differ) orders as ``N``."""
+    digits = resource_version.partition("+")[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def handled_by(resource_version: str, mark: str | None) -> bool:
+    """Whether a change at ``resource_version`` is at or before ``mark`` (how far a leader handled its
+    resource); when either is not a number, it is not known to be, and is handled again (at least once)."""
+    if mark is None:
+        return False
+    ours, theirs = version_number(resource_version), version_number(mark)
+    return ours is not None and theirs is not None and ours <= theirs
+
+
 @runtime_checkable
 class WatchHandler(Protocol):
     async def on_event(
@@ -196,6 +213,8 @@ class ResourceWatch:
         # Set whenever a list or watch connection has been established; tests and readiness checks wait on it.
         self.synced = asyncio.Event()
         self.watching = asyncio.Event()
+        # True from a failed attempt until the next successful list or watch: readiness reports it.
+        self.down = False
         self._advanced = asyncio.Event()
 
     async def wait_for_version(self, resource_version: str) -> None:
@@ -227,6 +246,7 @@ class ResourceWatch:
                 self._restart("gone")
                 self.resource_version = None
             except (KubeApiError, WatchStreamError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self.down = True
                 self._restart("error")
                 delay = self.backoff.next_delay()
                 log.warning(
@@ -283,6 +303,7 @@ class ResourceWatch:
             log.exception("%s %s: on_relist_done failed", self.cluster, self.rtype.group_resource)
         self._advance(list_rv)
         self.relists += 1
+        self.down = False
         self.synced.set()
 
     async def watch_once(self) -> int:
@@ -302,6 +323,7 @@ class ResourceWatch:
                 read_timeout=timeout + 30,
                 accept=_accept(self.metadata_only, "PartialObjectMetadata"),
             ) as response:
+                self.down = False
                 self.watching.set()
                 lines = 0
                 async for line in _lines(response.content, self.max_line_bytes):

@@ -1,8 +1,11 @@
 """The object differ: every watched change becomes a diff (or a create/delete snapshot) in the diff cache.
 
 Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.pipeline.diffs`);
-a change nobody claims within ``kube.diff_wait_seconds`` (plus a margin) is emitted as its own ``diff``
-observation, attributed to the field manager found in ``managedFields``.
+a change nobody claims within ``kube.diff_hold_seconds`` is emitted as its own ``diff`` observation,
+attributed to the field manager found in ``managedFields``. A change is held until it is claimed or its
+emission has been accepted, in memory bounded by ``kube.diff_pending_max_bytes``, and in the state file
+(:mod:`kelemetry_py.sources.differstate`) when one is configured. A change seen by a (re)list rather than a
+watch event happened while nobody watched: its diff span is tagged ``observedLate``.
 
 Diff format (DESIGN §3): :class:`Change` ``{path, op, old, new}`` plus one rendered line per change. Lists of
 dicts that all carry a distinct ``name`` (containers, env, ports, volumes...) or ``type`` (conditions) are
@@ -10,7 +13,8 @@ matched by that key, so paths read ``spec.template.spec.containers[nginx].image`
 ``status.conditions[Available].status``.
 
 Memory: per watched object the differ keeps its redacted state without managedFields as zlib-compressed JSON,
-the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else.
+the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else; a warm
+standby keeps exactly the same (``bench/differ_memory.py --standby``).
 """
 
 from __future__ import annotations
@@ -18,22 +22,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from kelemetry_py.config import RedactionConfig
-from kelemetry_py.kube.watch import ResourceType
+from kelemetry_py.kube.watch import ResourceType, handled_by, version_number
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import LogEntry, ObjectRef, Observation
+from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord, RecordKind
+from kelemetry_py.sources.differstate import DifferStateStore
 from kelemetry_py.sources.diffing import ITEM_MARKER as _ITEM
 from kelemetry_py.sources.diffing import diff_segments
 from kelemetry_py.sources.diffing import strip_bookkeeping as strip_bookkeeping  # importers of it from here
@@ -194,18 +200,21 @@ def record_observation(record: DiffRecord) -> Observation:
         title = f"{record.field_manager or 'unknown'} create"
     else:
         title = "delete"
+    tags: Attributes = {
+        "fieldManager": record.field_manager,
+        "operation": record.operation,
+        "resourceVersion": record.resource_version,
+        "change": record.kind,
+    }
+    if record.late:
+        tags["observedLate"] = True
     return Observation(
         ref=record.ref,
         kind="diff",
         title=title,
         start_ns=record.time_ns,
         end_ns=record.time_ns,
-        tags={
-            "fieldManager": record.field_manager,
-            "operation": record.operation,
-            "resourceVersion": record.resource_version,
-            "change": record.kind,
-        },
+        tags=tags,
         logs=[record_log_entry(record, record.time_ns)],
         body=record.snapshot if record.kind == "create" else None,
         dedup_key=f"diff/{record.resource_version}",
@@ -227,8 +236,30 @@ class _State:
         return loaded
 
 
+@dataclass(slots=True)
+class _Held:
+    """A change waiting for its audit span to claim it (or, on a standby, for the leader to handle it)."""
+
+    deadline: float
+    record: DiffRecord
+    size: int
+    resource: str
+
+
+def resource_of(ref: ObjectRef) -> str:
+    """The ``resource.group`` a progress mark is kept under (as :attr:`ResourceType.group_resource`)."""
+    return f"{ref.resource}.{ref.group}" if ref.group else ref.resource
+
+
 class ObjectDiffer:
-    """A :class:`kelemetry_py.kube.watch.WatchHandler` that records diffs and emits the unclaimed ones."""
+    """A :class:`kelemetry_py.kube.watch.WatchHandler` that records diffs and emits the unclaimed ones.
+
+    Leadership is per cluster. A cluster's leader stores each change in the diff cache (for audit spans to
+    claim) and emits what nobody claimed once ``hold_seconds`` have passed; it keeps every change until it is
+    claimed or its emission has been accepted. A standby (``stand_by``) keeps the same state and the same held
+    changes without storing or emitting them, drops those the leader reports handled (``trim``), and on
+    ``take_over`` hands the rest on, so a change made while nobody led is still shown.
+    """
 
     def __init__(
         self,
@@ -239,7 +270,9 @@ class ObjectDiffer:
         redaction: RedactionConfig | None = None,
         claim_wait_seconds: float = 3.0,
         margin_seconds: float = 1.0,
-        max_pending: int = 100_000,
+        hold_seconds: float | None = None,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        state: DifferStateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -247,13 +280,25 @@ class ObjectDiffer:
         self._metrics = metrics
         self._cache = cache
         self._redaction = redaction or RedactionConfig()
-        self._hold = claim_wait_seconds + margin_seconds
-        self._max_pending = max_pending
+        # Never shorter than an audit span's own wait for the diff, or a slow watch would lose the race.
+        self._hold = max(hold_seconds or 0.0, claim_wait_seconds + margin_seconds)
+        self._max_pending_bytes = max_pending_bytes
+        self._persisted = state
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._states: dict[str, _State] = {}
-        self._pending: deque[tuple[float, DiffRecord]] = deque()
+        self._held: dict[str, deque[_Held]] = {}
+        self._held_bytes = 0
         self._pending_added = asyncio.Event()
+        metrics.watch_held_bytes.labels("objects").set_function(lambda: self._held_bytes)
+        self._standby: set[str] = set()
+        # Per cluster and resource, the newest resourceVersion whose change (and every earlier one) is handled.
+        self._handled: dict[str, dict[str, str]] = {}
+        self.dropped = 0  # held changes a standby let go past the byte bound
+        # Write-behind for the state file: what changed since the last persist().
+        self._dirty: dict[str, _State | None] = {}
+        self._held_added: list[tuple[str, float, DiffRecord]] = []
+        self._held_removed: list[tuple[str, str]] = []
 
     def _redact(self, obj: dict[str, Any], resource: str) -> Mapping[str, Any]:
         # A copy only when something is stripped; most objects hold nothing secret and are never mutated here.
@@ -265,7 +310,15 @@ class ObjectDiffer:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return sum(len(queue) for queue in self._held.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._held_bytes
+
+    def leads(self, cluster: str) -> bool:
+        return cluster not in self._standby
+
 
     # ---- WatchHandler
 
@@ -298,20 +351,29 @@ class ObjectDiffer:
         previous = self._states.get(ref.key)
 
         if event_type == "DELETED":
-            self._states.pop(ref.key, None)
-            await self._record(ref, rv, "delete", obj, previous, snapshot=orjson.loads(orjson.dumps(clean)))
+            self._forget(ref.key)
+            snapshot = orjson.loads(orjson.dumps(clean))
+            await self._record(ref, rv, "delete", obj, previous, snapshot=snapshot, late=relisted)
             return
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
         encoded = orjson.dumps(clean)
-        self._states[ref.key] = _State(uid, rv, zlib.compress(encoded, 1), managers)
+        state = self._states[ref.key] = _State(uid, rv, zlib.compress(encoded, 1), managers)
+        if self._persisted is not None:
+            self._dirty[ref.key] = state
         if previous is not None and previous.uid == uid:
             if previous.resource_version != rv:
-                await self._record_diff(ref, rv, previous, clean, obj)
+                # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
+                await self._record_diff(ref, rv, previous, clean, obj, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
-            await self._record(ref, rv, "create", obj, None, snapshot=orjson.loads(encoded))
+            await self._record(ref, rv, "create", obj, None, snapshot=orjson.loads(encoded), late=relisted)
+
+    def _forget(self, key: str) -> None:
+        self._states.pop(key, None)
+        if self._persisted is not None:
+            self._dirty[key] = None
 
     async def on_relist_done(self, cluster: str, rtype: ResourceType, present_uids: set[str]) -> None:
         """Objects the differ knew that a fresh list no longer has were deleted while the watch was down."""
@@ -322,17 +384,24 @@ class ObjectDiffer:
             if key.startswith(prefix) and state.uid not in present_uids
         ]
         for key, state in gone:
-            del self._states[key]
+            self._forget(key)
             ref = ObjectRef.from_key(key, rtype.version, state.uid)
             snapshot = state.load()
             # No watch event saw the deletion, so no resourceVersion of it exists for an audit span to name.
             gone_rv = f"{state.resource_version}+deleted"
-            await self._record(ref, gone_rv, "delete", {}, None, snapshot=snapshot)
+            await self._record(ref, gone_rv, "delete", {}, None, snapshot=snapshot, late=True)
 
     # ---- recording
 
     async def _record_diff(
-        self, ref: ObjectRef, rv: str, previous: _State, clean: Mapping[str, Any], obj: Mapping[str, Any]
+        self,
+        ref: ObjectRef,
+        rv: str,
+        previous: _State,
+        clean: Mapping[str, Any],
+        obj: Mapping[str, Any],
+        *,
+        late: bool = False,
     ) -> None:
         found = _diff_segments(previous.load(), clean)
         if not found:
@@ -348,6 +417,7 @@ class ObjectDiffer:
             operation=operation,
             changes=changes,
             lines=tuple(render_change(change) for change in changes),
+            late=late,
         )
         await self._store(record)
 
@@ -360,6 +430,7 @@ class ObjectDiffer:
         previous: _State | None,
         *,
         snapshot: dict[str, Any],
+        late: bool = False,
     ) -> None:
         manager, operation = ("", "")
         if kind == "create":
@@ -372,48 +443,190 @@ class ObjectDiffer:
             field_manager=manager,
             operation=operation,
             snapshot=snapshot,
+            late=late,
         )
         await self._store(record)
 
     async def _store(self, record: DiffRecord) -> None:
-        await self._cache.put(record)
-        self._pending.append((self._clock() + self._hold, record))
+        cluster = record.ref.cluster
+        if self.leads(cluster):
+            await self._cache.put(record)
+        self._hold_record(cluster, record, self._clock() + self._hold)
         self._pending_added.set()
-        if len(self._pending) > self._max_pending:
-            # Bounded: the oldest unclaimed changes are emitted early rather than forgotten.
-            await self._emit([self._pending.popleft()[1]])
+        while self._held_bytes > self._max_pending_bytes and self._held.get(cluster):
+            # Bounded: a leader emits its oldest unclaimed changes early rather than forgetting them; a standby
+            # lets go of its oldest, which the leader holds too.
+            if self.leads(cluster):
+                await self._emit(cluster, limit=1)
+            else:
+                self._release(cluster, self._held[cluster].popleft())
+                self.dropped += 1
+                self._metrics.watch_held_dropped.labels("objects").inc()
+
+    def _hold_record(self, cluster: str, record: DiffRecord, deadline: float) -> None:
+        held = _Held(deadline, record, record.size_bytes(), resource_of(record.ref))
+        self._held.setdefault(cluster, deque()).append(held)
+        self._held_bytes += held.size
+        if self._persisted is not None:
+            self._held_added.append((cluster, time.time() + (deadline - self._clock()), record))
+
+    def _release(self, cluster: str, held: _Held) -> None:
+        """``held`` has left the queue (claimed, emitted, or handled by the leader)."""
+        self._held_bytes -= held.size
+        self._handled.setdefault(cluster, {})[held.resource] = held.record.resource_version
+        if self._persisted is not None:
+            self._held_removed.append((held.record.object_key, held.record.resource_version))
 
     # ---- unclaimed diffs
 
     async def flush_unclaimed(self, now: float | None = None) -> int:
-        """Emit each change whose claim window has passed and that nobody claimed; returns how many."""
+        """Emit each change whose claim window has passed and that nobody claimed, on the clusters this replica
+        leads; returns how many. A failure leaves the changes held, to be tried again."""
         now = self._clock() if now is None else now
-        due: list[DiffRecord] = []
-        while self._pending and self._pending[0][0] <= now:
-            due.append(self._pending.popleft()[1])
-        return await self._emit(due)
+        emitted = 0
+        for cluster in list(self._held):
+            while self.leads(cluster) and (queue := self._held[cluster]) and queue[0].deadline <= now:
+                emitted += await self._emit(cluster, due=now)
+        return emitted
 
-    async def _emit(self, records: Iterable[DiffRecord]) -> int:
-        observations = [
-            record_observation(record)
-            for record in records
-            if await self._cache.claim(record.object_key, record.resource_version)
+    async def _emit(self, cluster: str, *, due: float = math.inf, limit: int = 500) -> int:
+        """Emit the first held changes (up to ``limit``, deadline at or before ``due``) nobody claimed."""
+        queue = self._held.get(cluster)
+        if not queue:
+            return 0
+        batch: list[_Held] = []
+        for held in queue:
+            if held.deadline > due or len(batch) >= limit:
+                break
+            batch.append(held)
+        if not batch:
+            return 0
+        cache = self._cache
+        claimed = [
+            held.record
+            for held in batch
+            if await cache.claim(held.record.object_key, held.record.resource_version, "differ")
         ]
-        if observations:
-            await self._sink.submit(observations, wait=True)
-        return len(observations)
+        if claimed:
+            await self._sink.submit([record_observation(record) for record in claimed], wait=True)
+            for record in claimed:
+                await cache.confirm(record.object_key, record.resource_version)
+        for _ in batch:
+            self._release(cluster, queue.popleft())
+        return len(claimed)
+
+    def _next_deadline(self) -> float | None:
+        heads = [queue[0].deadline for cluster, queue in self._held.items() if queue and self.leads(cluster)]
+        return min(heads) if heads else None
 
     async def run(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         """Emit unclaimed changes as their windows pass, until cancelled."""
         while True:
-            if not self._pending:
+            deadline = self._next_deadline()
+            if deadline is None:
                 self._pending_added.clear()
                 await self._pending_added.wait()
                 continue
-            delay = self._pending[0][0] - self._clock()
+            delay = deadline - self._clock()
             if delay > 0:
                 await sleep(delay)
             try:
                 await self.flush_unclaimed()
             except Exception:
-                log.exception("emitting unclaimed diffs failed; retrying at the next deadline")
+                log.exception("emitting unclaimed diffs failed; they stay held and are retried")
+                await sleep(1.0)
+
+    # ---- leadership (see kelemetry_py.sources.watchers)
+
+    def stand_by(self, cluster: str) -> None:
+        """Keep watching ``cluster`` but leave storing and emitting its changes to the leader."""
+        self._standby.add(cluster)
+
+    def progress(self, cluster: str) -> dict[str, str]:
+        """Per resource, the newest resourceVersion up to which every change of ``cluster`` is handled."""
+        marks = dict(self._handled.get(cluster, {}))
+        # Changes are released in arrival order, which a relist does not keep in resourceVersion order: a mark
+        # never passes a change still held.
+        lowest: dict[str, int] = {}
+        for held in self._held.get(cluster, ()):
+            number = version_number(held.record.resource_version)
+            if number is not None and number < lowest.get(held.resource, number + 1):
+                lowest[held.resource] = number
+        for resource, number in lowest.items():
+            mark = version_number(marks.get(resource, ""))
+            if mark is not None and mark >= number:
+                marks[resource] = str(number - 1)
+        return marks
+
+    def trim(self, cluster: str, marks: Mapping[str, str]) -> int:
+        """Let go of held changes the leader's ``marks`` say are handled; returns how many."""
+        queue = self._held.get(cluster)
+        if not queue:
+            return 0
+        kept: deque[_Held] = deque()
+        for held in queue:
+            if handled_by(held.record.resource_version, marks.get(held.resource)):
+                self._release(cluster, held)
+            else:
+                kept.append(held)
+        trimmed = len(queue) - len(kept)
+        self._held[cluster] = kept
+        return trimmed
+
+    async def take_over(self, cluster: str, marks: Mapping[str, str]) -> int:
+        """Lead ``cluster``: every held change after the previous leader's ``marks`` becomes claimable and is
+        emitted if nobody claims it. Returns how many changes are resumed."""
+        self.trim(cluster, marks)
+        self._standby.discard(cluster)
+        resumed = list(self._held.get(cluster, ()))
+        for held in resumed:
+            await self._cache.put(held.record)
+        self._pending_added.set()
+        return len(resumed)
+
+    # ---- the state file (one replica restarting without loss)
+
+    async def restore(self) -> int:
+        """Load the state and held changes saved by :meth:`persist`: the first list after a restart is diffed
+        against them. Returns how many objects were restored."""
+        if self._persisted is None:
+            return 0
+        states, held = await self._persisted.load()
+        for key, (uid, rv, blob, managers) in states.items():
+            self._states[key] = _State(uid, rv, blob, managers)
+        now_wall, now = time.time(), self._clock()
+        for cluster, deadline_wall, record in held:
+            self._hold_record(cluster, record, now + max(0.0, deadline_wall - now_wall))
+            if self.leads(cluster):
+                await self._cache.put(record)
+        self._held_added.clear()  # they are in the file already
+        self._pending_added.set()
+        return len(states)
+
+    async def persist(self) -> None:
+        """Write what changed since the last call to the state file (write-behind, off the event loop)."""
+        if self._persisted is None or not (self._dirty or self._held_added or self._held_removed):
+            return
+        dirty, self._dirty = self._dirty, {}
+        added, self._held_added = self._held_added, []
+        removed, self._held_removed = self._held_removed, []
+        states = {
+            key: None if state is None else (state.uid, state.resource_version, state.blob, state.managers)
+            for key, state in dirty.items()
+        }
+        try:
+            await self._persisted.save(states, added, removed)
+        except BaseException:
+            # Not written: keep it for the next attempt (newer changes win over the older ones put back).
+            self._dirty = {**dirty, **self._dirty}
+            self._held_added[:0] = added
+            self._held_removed[:0] = removed
+            raise
+
+    async def persist_forever(self, interval_seconds: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.persist()
+            except Exception:
+                log.exception("saving the differ state failed; retrying")

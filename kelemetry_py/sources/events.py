@@ -6,7 +6,8 @@ each (uid, occurrence) once, remembered in an :class:`EventCursor`:
 
 - the cursor is "the highest occurrence emitted per Event uid", kept for twice ``kube.event_max_age_seconds``
   (Kubernetes itself drops Events after an hour). In memory for one process, in Redis to survive restarts and
-  leader changes: a new leader relists, skips what the cursor says was emitted, and emits the rest;
+  leader changes: a standby watches too and keeps what it saw until the leader's progress marks cover it; on
+  taking over it emits what it kept, skipping what the cursor says was emitted;
 - it is written *after* the pipeline accepted the observation, so a crash in between re-emits rather than
   loses; a re-emission has the same ``dedup_key`` (uid + occurrence), hence the same span id, and overwrites;
 - occurrences older than ``kube.event_max_age_seconds`` are skipped, so a start-up relist does not replay an
@@ -18,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -28,7 +30,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import redis.asyncio as aioredis
 
 from kelemetry_py.kube.catalog import CatalogSource, ClusterCatalogs, guess_plural, split_api_version
-from kelemetry_py.kube.watch import ResourceType
+from kelemetry_py.kube.watch import ResourceType, handled_by
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
@@ -250,6 +252,7 @@ class EventView:
     def __init__(self, obj: Mapping[str, Any], new_api: bool) -> None:
         metadata = _dict(obj.get("metadata"))
         self.uid = str(metadata.get("uid", ""))
+        self.rv = str(metadata.get("resourceVersion", ""))
         self.namespace = str(metadata.get("namespace", ""))
         self.name = str(metadata.get("name", ""))
         series = _dict(obj.get("series"))
@@ -304,6 +307,19 @@ class EventView:
 # ------------------------------------------------------------------------------------------------ the tracker
 
 
+@dataclass(slots=True)
+class _Seen:
+    """An Event a standby saw and the leader may not have emitted yet."""
+
+    resource: str
+    ref: ObjectRef
+    view: EventView
+
+    @property
+    def size(self) -> int:
+        return 400 + len(self.view.message)
+
+
 class EventTracker:
     """A :class:`kelemetry_py.kube.watch.WatchHandler` for ``events`` and ``events.events.k8s.io``."""
 
@@ -316,6 +332,7 @@ class EventTracker:
         catalogs: CatalogSource | None = None,
         max_age_seconds: float = 3600.0,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        max_backlog_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._sink = sink
         self._metrics = metrics
@@ -328,6 +345,15 @@ class EventTracker:
         self.emitted = 0
         self.skipped_old = 0
         self.skipped_seen = 0
+        # Leadership per cluster (kelemetry_py.sources.watchers): a standby keeps the Events it saw, newest
+        # last, until the leader's progress marks say they are handled; a bound on bytes caps it.
+        self._standby: set[str] = set()
+        self._backlog: dict[str, deque[_Seen]] = {}
+        self._backlog_bytes = 0
+        self._max_backlog_bytes = max_backlog_bytes
+        metrics.watch_held_bytes.labels("events").set_function(lambda: self._backlog_bytes)
+        self._handled: dict[str, dict[str, str]] = {}
+        self.dropped = 0
 
     async def on_event(
         self,
@@ -348,7 +374,15 @@ class EventTracker:
             return
         if view.time_ns is not None and view.time_ns < self._wall_clock_ns() - self._max_age_ns:
             self.skipped_old += 1
+            self._done(cluster, rtype.group_resource, view.rv)
             return
+        if cluster in self._standby:
+            self._keep(cluster, _Seen(rtype.group_resource, ref, view))
+            return
+        await self._emit_once(cluster, ref, view)
+        self._done(cluster, rtype.group_resource, view.rv)
+
+    async def _emit_once(self, cluster: str, ref: ObjectRef, view: EventView) -> None:
         token = (cluster, view.uid, view.occurrence)
         if token in self._inflight:
             self.skipped_seen += 1
@@ -368,6 +402,53 @@ class EventTracker:
 
     async def on_relist_done(self, cluster: str, rtype: ResourceType, present_uids: set[str]) -> None:
         return None  # an Event gone from a list expired; nothing happened to its object
+
+    # ---- leadership
+
+    def _done(self, cluster: str, resource: str, rv: str) -> None:
+        if rv:
+            self._handled.setdefault(cluster, {})[resource] = rv
+
+    def _keep(self, cluster: str, seen: _Seen) -> None:
+        backlog = self._backlog.setdefault(cluster, deque())
+        backlog.append(seen)
+        self._backlog_bytes += seen.size
+        while self._backlog_bytes > self._max_backlog_bytes and backlog:
+            self._backlog_bytes -= backlog.popleft().size
+            self.dropped += 1
+            self._metrics.watch_held_dropped.labels("events").inc()
+
+    def leads(self, cluster: str) -> bool:
+        return cluster not in self._standby
+
+    def stand_by(self, cluster: str) -> None:
+        self._standby.add(cluster)
+
+    def progress(self, cluster: str) -> dict[str, str]:
+        """Per Event resource, the newest resourceVersion up to which every Event of ``cluster`` is handled."""
+        return dict(self._handled.get(cluster, {}))
+
+    def trim(self, cluster: str, marks: Mapping[str, str]) -> int:
+        backlog = self._backlog.get(cluster)
+        if not backlog:
+            return 0
+        kept = deque(seen for seen in backlog if not handled_by(seen.view.rv, marks.get(seen.resource)))
+        trimmed = len(backlog) - len(kept)
+        self._backlog_bytes -= sum(seen.size for seen in backlog) - sum(seen.size for seen in kept)
+        self._backlog[cluster] = kept
+        return trimmed
+
+    async def take_over(self, cluster: str, marks: Mapping[str, str]) -> int:
+        """Lead ``cluster``: emit every Event seen since the previous leader's ``marks`` that the cursor does not
+        already have. Returns how many were looked at again."""
+        self.trim(cluster, marks)
+        self._standby.discard(cluster)
+        backlog = self._backlog.pop(cluster, deque())
+        self._backlog_bytes -= sum(seen.size for seen in backlog)
+        for seen in backlog:
+            await self._emit_once(cluster, seen.ref, seen.view)
+            self._done(cluster, seen.resource, seen.view.rv)
+        return len(backlog)
 
     def involved_ref(self, cluster: str, view: EventView) -> ObjectRef | None:
         involved = view.regarding

@@ -127,3 +127,18 @@ async def test_non_audit_and_versionless_observations_pass_straight_through() ->
     event = Observation(ref=REF, kind="event", title="Scheduled", start_ns=1, end_ns=1, resource_version="7")
     assert attacher.prepare(event) is None
     assert attacher.prepare(_audit("")) is None
+
+
+async def test_an_unconfirmed_differ_claim_is_granted_again_and_a_confirmed_one_never(
+    caches: tuple[DiffCache, Observed],
+) -> None:
+    first, second = caches
+    assert await first.claim(REF.key, "7", "differ") is True
+    # The emitting replica died (or the pipeline refused) before confirming: another differ may emit it.
+    assert await second.claim(REF.key, "7", "differ") is True
+    assert await second.claim(REF.key, "7") is False, "an audit span comes too late for a change being emitted"
+    await second.confirm(REF.key, "7")
+    assert await first.claim(REF.key, "7", "differ") is False
+    # An audit span's claim is final at once.
+    assert await first.claim(REF.key, "8") is True
+    assert await second.claim(REF.key, "8", "differ") is False

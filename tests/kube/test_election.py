@@ -10,7 +10,7 @@ import pytest
 from kelemetry_py.config import ClusterConfig
 from kelemetry_py.kube.client import KubeClient
 from kelemetry_py.kube.election import LeaderElector
-from tests.kube.helpers import write_kubeconfig
+from tests.kube.helpers import SleepGate, write_kubeconfig
 from tests.support.kube_double import KubeApiDouble
 
 
@@ -162,3 +162,33 @@ async def test_leader_whose_lease_is_taken_stops_working(lease_api: tuple[KubeAp
 def test_inconsistent_timings_are_rejected() -> None:
     with pytest.raises(ValueError, match="retry_period"):
         LeaderElector(None, namespace="n", name="l", identity="x", lease_duration=5, renew_deadline=6)  # type: ignore[arg-type]
+
+
+async def test_a_candidate_watching_its_lease_takes_it_when_released_without_waiting_a_retry_period(
+    lease_api: tuple[KubeApiDouble, KubeClient],
+) -> None:
+    _, kube = lease_api
+    a = candidate(kube, "a")
+    assert await a.try_acquire_or_renew()
+    b = LeaderElector(
+        kube,
+        namespace="kube-system",
+        name="kelemetry-objects-c1",
+        identity="b",
+        sleep=SleepGate(hold=True),  # a retry period that never ends: only the release can wake b
+        wake_on_release=True,
+    )
+    asked = b._sleep
+    assert isinstance(asked, SleepGate)
+    async def lead() -> None:
+        await asyncio.Event().wait()
+
+    running = asyncio.create_task(b.run(lead))
+    try:
+        await asyncio.wait_for(asked.asked.wait(), 10)  # b tried, lost, and waits
+        await a.release()
+        await asyncio.wait_for(b.leading.wait(), 10)
+        assert b.previous_holder == ""
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

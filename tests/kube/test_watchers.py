@@ -139,7 +139,7 @@ async def test_two_replicas_one_watches_and_the_other_takes_over(
         winner_index = await _first_leader(electors)
         leader, leader_handler = replicas[winner_index]
         follower, follower_handler = replicas[1 - winner_index]
-        await double.wait_for_watches(1)
+        await _engines_watching(leader)
         assert double.watcher_count("deployments") == 1, "only the leader watches"
         lines = recorded_changes(fixtures_dir, {"deployments.apps"})
         double.release(6, resource="deployments")
@@ -150,7 +150,7 @@ async def test_two_replicas_one_watches_and_the_other_takes_over(
         await leader.stop()
         follower_elector = follower.clusters["fixture"].electors["objects"]
         await asyncio.wait_for(follower_elector.leading.wait(), 10)
-        await double.wait_for_watches(2)
+        await _engines_watching(follower)
         double.release(resource="deployments")
         total = sum(lines.values())
         await follower_handler.wait_for(lambda h: sum(delivered(h).values()) >= total - 6)
@@ -159,6 +159,14 @@ async def test_two_replicas_one_watches_and_the_other_takes_over(
             await service.stop()
     assert delivered(leader_handler) + delivered(follower_handler) == lines
     assert not delivered(leader_handler) & delivered(follower_handler)
+
+
+async def _engines_watching(service: WatcherService) -> None:
+    cluster = service.clusters["fixture"]
+    async with asyncio.timeout(10):
+        await cluster.running["objects"].wait()
+        for engine in list(cluster.engines["objects"].values()):
+            await engine.watching.wait()
 
 
 async def _first_leader(electors: list[LeaderElector]) -> int:

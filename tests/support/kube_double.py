@@ -381,6 +381,12 @@ class KubeApiDouble:
         self._append(store, "BOOKMARK", rv, _encode(event))
         return rv
 
+    def send_raw_line(self, group: str, version: str, resource: str, line: bytes) -> None:
+        """Send ``line`` as is to the resource's watchers, as a broken or misbehaving apiserver (or a proxy in
+        front of it) might; it changes nothing in the double's state."""
+        for watcher in self._stores[(group, version, resource)].watchers:
+            watcher.queue.put_nowait(_Change(-1, "", "RAW", line))
+
     def put_object(self, group: str, version: str, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create or replace an object at runtime (a new resourceVersion, an ADDED or MODIFIED event)."""
         store = self._stores[(group, version, resource)]
@@ -670,6 +676,8 @@ class KubeApiDouble:
     def _visible(change: _Change, watcher: _Watcher) -> bool:
         if change.type == "BOOKMARK":
             return watcher.bookmarks
+        if change.type == "RAW":
+            return True
         if watcher.namespace is None:
             return True
         return bool(json.loads(change.line)["object"]["metadata"].get("namespace") == watcher.namespace)

@@ -3,6 +3,10 @@
 Two implementations side by side: :mod:`.memory` (one process) and :mod:`.redis` (replicas share records,
 claims and "a record arrived" notifications). A record is claimed exactly once: by the audit span whose
 response carries its resourceVersion, or, when none does in time, by the differ (as its own diff span).
+
+The differ claims before it emits and confirms once the pipeline has accepted the diff span; a differ claim
+not confirmed (the emitting replica died in between, or the pipeline refused) may be claimed again by any
+differ, so an interrupted emission is retried rather than lost.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from kelemetry_py.model import ObjectRef
 
 ChangeOp = Literal["add", "remove", "change"]
 RecordKind = Literal["diff", "create", "delete"]
+Claimant = Literal["audit", "differ"]
+# The value of a claim once the differ's emission has been accepted: nobody may claim it again.
+EMITTED = "emitted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,8 @@ class DiffRecord:
     lines: tuple[str, ...] = ()
     # The redacted object without managedFields, for creates and deletes.
     snapshot: dict[str, Any] | None = field(default=None, compare=False)
+    # Seen by a (re)list rather than a watch event: the change happened while nobody was watching.
+    late: bool = False
 
     @property
     def object_key(self) -> str:
@@ -71,6 +80,7 @@ class DiffRecord:
                 "changes": [change.to_dict() for change in self.changes],
                 "lines": list(self.lines),
                 "snapshot": self.snapshot,
+                "late": self.late,
             }
         )
 
@@ -87,7 +97,13 @@ class DiffRecord:
             changes=tuple(Change(c["path"], c["op"], c["old"], c["new"]) for c in raw["changes"]),
             lines=tuple(raw["lines"]),
             snapshot=raw["snapshot"],
+            late=bool(raw.get("late", False)),
         )
+
+    def size_bytes(self) -> int:
+        """A cheap estimate of what holding this record costs, for byte bounds."""
+        snapshot = len(orjson.dumps(self.snapshot)) if self.snapshot else 0
+        return 300 + snapshot + sum(len(line) for line in self.lines) * 2
 
 
 @runtime_checkable
@@ -97,8 +113,12 @@ class DiffCache(Protocol):
 
     async def get(self, object_key: str, resource_version: str) -> DiffRecord | None: ...
 
-    async def claim(self, object_key: str, resource_version: str) -> bool:
-        """True for exactly one caller per (key, resourceVersion) across every replica sharing the cache."""
+    async def claim(self, object_key: str, resource_version: str, claimant: Claimant = "audit") -> bool:
+        """True for exactly one caller per (key, resourceVersion) across every replica sharing the cache, except
+        that a ``differ`` claim not yet confirmed is granted to a ``differ`` again."""
+
+    async def confirm(self, object_key: str, resource_version: str) -> None:
+        """The differ's emission of this record was accepted: its claim is final."""
 
     def claim_nowait(self, object_key: str, resource_version: str) -> DiffRecord | None:
         """Claim and return the record if that needs no I/O; None means "use the async path"."""

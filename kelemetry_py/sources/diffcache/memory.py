@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from kelemetry_py.sources.diffcache import DiffRecord, Waiters
+from kelemetry_py.sources.diffcache import EMITTED, Claimant, DiffRecord, Waiters
 
 _Key = tuple[str, str]
 
@@ -28,7 +28,7 @@ class MemoryDiffCache:
         self._clock = clock
         # Insertion order is expiry order, because every record gets the same TTL.
         self._records: OrderedDict[_Key, tuple[float, DiffRecord]] = OrderedDict()
-        self._claims: OrderedDict[_Key, float] = OrderedDict()
+        self._claims: OrderedDict[_Key, tuple[float, str]] = OrderedDict()
         self._waiters = Waiters()
 
     def __len__(self) -> int:
@@ -40,7 +40,7 @@ class MemoryDiffCache:
             while table:
                 first = next(iter(table))
                 value = table[first]
-                expires = value[0] if isinstance(value, tuple) else value
+                expires = value[0]
                 if expires > now and len(table) <= self._max:
                     break
                 table.popitem(last=False)
@@ -61,15 +61,23 @@ class MemoryDiffCache:
     async def get(self, object_key: str, resource_version: str) -> DiffRecord | None:
         return self._lookup((object_key, resource_version))
 
-    def _claim(self, key: _Key) -> bool:
+    def _claim(self, key: _Key, claimant: Claimant = "audit") -> bool:
         self._expire()
-        if key in self._claims:
+        held = self._claims.get(key)
+        if held is not None and not (claimant == "differ" and held[1] == "differ"):
             return False
-        self._claims[key] = self._clock() + self._ttl
+        if held is None:
+            self._claims[key] = (self._clock() + self._ttl, claimant)
         return True
 
-    async def claim(self, object_key: str, resource_version: str) -> bool:
-        return self._claim((object_key, resource_version))
+    async def claim(self, object_key: str, resource_version: str, claimant: Claimant = "audit") -> bool:
+        return self._claim((object_key, resource_version), claimant)
+
+    async def confirm(self, object_key: str, resource_version: str) -> None:
+        key = (object_key, resource_version)
+        held = self._claims.get(key)
+        if held is not None:
+            self._claims[key] = (held[0], EMITTED)
 
     def claim_nowait(self, object_key: str, resource_version: str) -> DiffRecord | None:
         key = (object_key, resource_version)

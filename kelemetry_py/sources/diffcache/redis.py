@@ -12,11 +12,22 @@ import logging
 
 import redis.asyncio as aioredis
 
-from kelemetry_py.sources.diffcache import DiffRecord, Waiters
+from kelemetry_py.sources.diffcache import EMITTED, Claimant, DiffRecord, Waiters
 
 log = logging.getLogger(__name__)
 
 _Key = tuple[str, str]
+
+# SET NX, except that an unconfirmed differ claim is granted to a differ again (an interrupted emission).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held == 'differ' and ARGV[1] == 'differ' then return 1 end
+return 0
+"""
 
 
 class RedisDiffCache:
@@ -48,10 +59,14 @@ class RedisDiffCache:
         data = await self._client.get(self._record_key(object_key, resource_version))
         return None if data is None else DiffRecord.from_json(data)
 
-    async def claim(self, object_key: str, resource_version: str) -> bool:
+    async def claim(self, object_key: str, resource_version: str, claimant: Claimant = "audit") -> bool:
         key = self._claim_key(object_key, resource_version)
-        claimed = await self._client.set(key, b"1", nx=True, px=self._ttl_ms)
+        claimed = await self._client.eval(_CLAIM, 1, key, claimant, self._ttl_ms)
         return bool(claimed)
+
+    async def confirm(self, object_key: str, resource_version: str) -> None:
+        key = self._claim_key(object_key, resource_version)
+        await self._client.set(key, EMITTED, xx=True, keepttl=True)
 
     def claim_nowait(self, object_key: str, resource_version: str) -> DiffRecord | None:
         return None  # a shared claim always needs a round trip

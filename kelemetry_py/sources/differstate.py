@@ -1,0 +1,165 @@
+"""Where one replica keeps the object differ's state across restarts: a SQLite file beside the store.
+
+Per watched object the differ's compressed state (as it holds it in memory), and the changes it still holds
+for an audit span to claim. Written behind the watch (about once a second, one transaction), so a ``kill -9``
+costs at most the last second: the first list after the restart diffs against the saved state, and what
+changed in between comes out as one diff, marked as observed late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import orjson
+
+from kelemetry_py.sources.diffcache import DiffRecord
+
+_T = TypeVar("_T")
+# (uid, resourceVersion, zlib(orjson(state)), managedFields summary)
+SavedState = tuple[str, str, bytes, tuple[tuple[str, str, str, str], ...]]
+# (cluster, wall-clock deadline, record)
+SavedHeld = tuple[str, float, DiffRecord]
+
+
+@runtime_checkable
+class DifferStateStore(Protocol):
+    async def load(self) -> tuple[dict[str, SavedState], list[SavedHeld]]: ...
+
+    async def save(
+        self,
+        states: Mapping[str, SavedState | None],
+        held_added: Sequence[SavedHeld],
+        held_removed: Sequence[tuple[str, str]],
+    ) -> None:
+        """Upsert (or, for None, delete) states by object key; add and remove held changes, atomically."""
+
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS differ_state (
+    object_key TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    managers BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS differ_held (
+    object_key TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    cluster TEXT NOT NULL,
+    deadline REAL NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (object_key, resource_version)
+);
+"""
+
+
+class SqliteDifferState:
+    """The state in a SQLite file (shared with the event cursor's ``state.db``); one thread does all I/O."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> SqliteDifferState:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="differ-state")
+            await self._run(self._open_sync)
+        return self
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            await self.open()
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteDifferState is closed")
+        return self._conn
+
+    async def load(self) -> tuple[dict[str, SavedState], list[SavedHeld]]:
+        return await self._run(self._load_sync)
+
+    def _load_sync(self) -> tuple[dict[str, SavedState], list[SavedHeld]]:
+        conn = self._connection()
+        states: dict[str, SavedState] = {}
+        for key, uid, rv, blob, managers in conn.execute(
+            "SELECT object_key, uid, resource_version, blob, managers FROM differ_state"
+        ):
+            summary = tuple(
+                (sys.intern(m), sys.intern(o), sys.intern(sub), sys.intern(t))
+                for m, o, sub, t in orjson.loads(managers)
+            )
+            states[key] = (uid, rv, bytes(blob), summary)
+        held = [
+            (cluster, float(deadline), DiffRecord.from_json(record))
+            for cluster, deadline, record in conn.execute(
+                "SELECT cluster, deadline, record FROM differ_held ORDER BY deadline"
+            )
+        ]
+        return states, held
+
+    async def save(
+        self,
+        states: Mapping[str, SavedState | None],
+        held_added: Sequence[SavedHeld],
+        held_removed: Sequence[tuple[str, str]],
+    ) -> None:
+        await self._run(self._save_sync, dict(states), list(held_added), list(held_removed))
+
+    def _save_sync(
+        self,
+        states: dict[str, SavedState | None],
+        held_added: list[SavedHeld],
+        held_removed: list[tuple[str, str]],
+    ) -> None:
+        conn = self._connection()
+        upserts = [
+            (key, state[0], state[1], state[2], orjson.dumps(state[3]))
+            for key, state in states.items()
+            if state is not None
+        ]
+        deletes = [(key,) for key, state in states.items() if state is None]
+        with conn:
+            conn.execute("BEGIN")
+            conn.executemany("INSERT OR REPLACE INTO differ_state VALUES (?, ?, ?, ?, ?)", upserts)
+            conn.executemany("DELETE FROM differ_state WHERE object_key = ?", deletes)
+            conn.executemany(
+                "INSERT OR REPLACE INTO differ_held VALUES (?, ?, ?, ?, ?)",
+                [
+                    (record.object_key, record.resource_version, cluster, deadline, record.to_json())
+                    for cluster, deadline, record in held_added
+                ],
+            )
+            conn.executemany(
+                "DELETE FROM differ_held WHERE object_key = ? AND resource_version = ?", held_removed
+            )
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
