@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from kelemetry_py import __version__
-from kelemetry_py.config import Config
+from kelemetry_py.config import Config, records_wanted
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.core import Pipeline
@@ -39,6 +39,8 @@ class Components:
     catalogs: Any = None
     closers: list[Any] = field(default_factory=list)
     sources: Any = None  # the SourceRunner of the enabled source plugins, started and stopped by App
+    search: Any = None  # the SearchIndex, when search.enabled
+    alerts: Any = None  # the AlertEvaluator, when alerts.rules_file is set
 
 
 class App:
@@ -74,7 +76,7 @@ class App:
         self._add_operational_routes(main)
         AuditWebhook(
             sink=self.components.pipeline,
-            converter=AuditConverter(self.config.audit, self.config.redaction),
+            converter=AuditConverter(self.config.audit, self.config.redaction, records=records_wanted(self.config)),
             metrics=self.components.metrics,
             default_cluster=self.config.cluster,
             audit=self.config.audit,
@@ -107,6 +109,10 @@ class App:
 
         self.frontend.transforms = load_transforms(config.plugins)
         self.frontend.metrics = self.components.metrics
+        if self.components.search is not None:
+            from kelemetry_py.search.http import SearchApi
+
+            SearchApi(self.components.search, config.search).add_routes(target)
         if target is not main:
             self.ports["frontend"] = await self._serve(target, config.http.frontend_port)
         if config.frontend.grpc_port:
@@ -239,6 +245,20 @@ async def build_components(config: Config) -> Components:
         decorators=load_decorators(config.plugins, catalog=catalogs),
     )
     sources = load_sources(config.plugins, catalog=catalogs)
+    search = alerts = None
+    # The lead moves these consumers onto the durable spool's log; for now the pipeline feeds them.
+    if config.search.enabled:
+        from kelemetry_py.search import open_search_index
+
+        search = await open_search_index(config, metrics)
+        closers.append(search.close)
+        pipeline.add_consumer(search.index)
+    if config.alerts.rules_file:
+        from kelemetry_py.alerts import start_alerts
+
+        alerts = await start_alerts(config, metrics)
+        closers.insert(0, alerts.close)
+        pipeline.add_consumer(alerts.evaluate)
     return Components(
         metrics=metrics,
         writer=writer,
@@ -249,6 +269,8 @@ async def build_components(config: Config) -> Components:
         catalogs=catalogs,
         closers=closers,
         sources=SourceRunner(sources, pipeline, config, metrics) if sources else None,
+        search=search,
+        alerts=alerts,
     )
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kelemetry_py.config import PipelineConfig
@@ -19,6 +19,7 @@ from kelemetry_py.export import SpanWriter
 from kelemetry_py.linking import Linker
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
+    KIND_RECORD,
     SERVICE_LINK,
     SERVICE_OBJECT,
     Link,
@@ -77,6 +78,7 @@ class Pipeline:
         self._idle.set()
         self._known: OrderedDict[str, None] = OrderedDict()
         self._closing = False
+        self._consumers: list[Callable[[Sequence[Observation]], Awaitable[None]]] = []
 
     @property
     def pending(self) -> int:
@@ -84,6 +86,11 @@ class Pipeline:
 
     def add_hook(self, hook: ObservationHook) -> None:
         self._hooks.append(hook)
+
+    def add_consumer(self, consumer: Callable[[Sequence[Observation]], Awaitable[None]]) -> None:
+        """Also hand every observation batch to ``consumer`` (the search index, alert rules) before its spans are
+        made. The durable spool will feed these consumers from its log instead."""
+        self._consumers.append(consumer)
 
     async def start(self) -> None:
         self._workers = [
@@ -190,9 +197,15 @@ class Pipeline:
     async def _write_observations(self, observations: Sequence[Observation]) -> None:
         if not observations:
             return
+        for consumer in self._consumers:
+            try:
+                await consumer(observations)
+            except Exception:
+                log.exception("pipeline: a record consumer failed on %d observations", len(observations))
         spans: list[Span] = []
         for observation in observations:
-            await self._spans_for(observation, spans)
+            if observation.kind != KIND_RECORD:
+                await self._spans_for(observation, spans)
         if spans:
             await self._writer.write(spans)
 

@@ -11,7 +11,7 @@ import msgspec
 import orjson
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
-from kelemetry_py.model import SERVICE_AUDIT, Attributes, LogEntry, ObjectRef, Observation
+from kelemetry_py.model import KIND_RECORD, SERVICE_AUDIT, Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.sources.redaction import redact_object
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -26,11 +26,13 @@ class InvalidAuditBatch(ValueError):
 _ABSENT = msgspec.Raw(b"null")
 
 
-class AuditUser(msgspec.Struct):
+class AuditUser(msgspec.Struct, omit_defaults=True):
     username: str = ""
+    uid: str = ""
+    groups: list[str] = msgspec.field(default_factory=list)
 
 
-class AuditObjectRef(msgspec.Struct):
+class AuditObjectRef(msgspec.Struct, omit_defaults=True):
     resource: str = ""
     namespace: str = ""
     name: str = ""
@@ -40,8 +42,9 @@ class AuditObjectRef(msgspec.Struct):
     subresource: str = ""
 
 
-class AuditStatus(msgspec.Struct):
+class AuditStatus(msgspec.Struct, omit_defaults=True):
     code: int = 0
+    status: str = ""
     reason: str = ""
     message: str = ""
 
@@ -54,6 +57,9 @@ class AuditEvent(msgspec.Struct):
     verb: str
     stageTimestamp: str
     requestReceivedTimestamp: str = ""
+    level: str = ""
+    requestURI: str = ""
+    annotations: dict[str, str] | None = None
     user: AuditUser = msgspec.field(default_factory=AuditUser)
     impersonatedUser: AuditUser | None = None
     sourceIPs: list[str] = msgspec.field(default_factory=list)
@@ -148,7 +154,8 @@ def _load(raw: msgspec.Raw) -> Any:
 class AuditConverter:
     """Turns audit events into Observations, applying the audit filter and redaction."""
 
-    def __init__(self, audit: AuditConfig, redaction: RedactionConfig) -> None:
+    def __init__(self, audit: AuditConfig, redaction: RedactionConfig, *, records: bool = False) -> None:
+        self._records = records
         self._verbs = frozenset(audit.verbs)
         self._stages = frozenset(audit.stages)
         self._excluded = frozenset(audit.exclude_resources)
@@ -160,9 +167,38 @@ class AuditConverter:
     def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
         observations: list[Observation] = []
         for event in events:
-            if self._wanted(event):
-                observations.extend(self._observations(cluster, event))
+            found = list(self._observations(cluster, event)) if self._wanted(event) else []
+            if self._records:
+                self._attach_record(cluster, event, found)
+            observations.extend(found)
         return observations
+
+    def _attach_record(self, cluster: str, event: AuditEvent, found: list[Observation]) -> None:
+        """Every audit event the policy sent is a search record, traced or not: it rides on its one object's
+        observation, or on a record-only observation (filtered, nameless, deletecollection, non-resource)."""
+        record = audit_record(event)
+        if self._redaction.paths:
+            record = redact_object(record, "", self._redaction)
+        ref = event.objectRef
+        if len(found) == 1 and ref is not None and "targetResource" not in found[0].tags:
+            found[0].record = record
+            return
+        time_ns = parse_time_ns(event.requestReceivedTimestamp or event.stageTimestamp)
+        if ref is not None:
+            target = ObjectRef(cluster, ref.apiGroup, ref.apiVersion, ref.resource, ref.namespace, ref.name, ref.uid)
+        else:
+            target = ObjectRef(cluster, "", "", "", "", "")
+        found.append(
+            Observation(
+                ref=target,
+                kind=KIND_RECORD,
+                title=event.verb,
+                start_ns=time_ns,
+                end_ns=time_ns,
+                dedup_key=f"audit:{event.auditID}:{event.stage}",
+                record=record,
+            )
+        )
 
     def _wanted(self, event: AuditEvent) -> bool:
         if event.stage not in self._stages:
@@ -301,6 +337,34 @@ class AuditConverter:
                 LogEntry(end_ns, "error", {"code": status.code, "reason": reason, "message": status.message})
             )
         return observation
+
+
+def audit_record(event: AuditEvent) -> dict[str, Any]:
+    """The audit event as an ``audit.k8s.io/v1`` Event without its request and response objects."""
+    record: dict[str, Any] = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": event.level,
+        "auditID": event.auditID,
+        "stage": event.stage,
+        "requestURI": event.requestURI,
+        "verb": event.verb,
+        "user": msgspec.to_builtins(event.user),
+        "sourceIPs": event.sourceIPs,
+        "userAgent": event.userAgent,
+    }
+    if event.impersonatedUser is not None:
+        record["impersonatedUser"] = msgspec.to_builtins(event.impersonatedUser)
+    if event.objectRef is not None:
+        record["objectRef"] = msgspec.to_builtins(event.objectRef)
+    if event.responseStatus is not None:
+        record["responseStatus"] = {"metadata": {}, **msgspec.to_builtins(event.responseStatus)}
+    if event.requestReceivedTimestamp:
+        record["requestReceivedTimestamp"] = event.requestReceivedTimestamp
+    record["stageTimestamp"] = event.stageTimestamp
+    if event.annotations:
+        record["annotations"] = event.annotations
+    return record
 
 
 def _username(event: AuditEvent) -> str:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kelemetry_py.config import Config
+from kelemetry_py.config import Config, records_wanted
 from kelemetry_py.kube.catalog import ClusterCatalogs
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.core import Pipeline
@@ -39,7 +39,12 @@ class KubeWatching:
             pipeline, metrics, self.diff_cache, redaction=config.redaction, claim_wait_seconds=kube.diff_wait_seconds
         )
         self.events = EventTracker(
-            pipeline, metrics, self.cursor, catalogs=catalogs, max_age_seconds=kube.event_max_age_seconds
+            pipeline,
+            metrics,
+            self.cursor,
+            catalogs=catalogs,
+            max_age_seconds=kube.event_max_age_seconds,
+            records=records_wanted(config),
         )
         if kube.watch_objects:
             # Only with a differ running is there a diff worth waiting for.

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from kelemetry_py.config import AuditConfig, HttpConfig
 from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import KIND_RECORD
 from kelemetry_py.pipeline import ObservationSink, Overloaded
 from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_event_list
 
@@ -89,7 +90,8 @@ class AuditWebhook:
                 headers={"Retry-After": f"{max(1, round(exc.retry_after_seconds))}"},
             )
         self._metrics.audit_events_accepted.labels(cluster).inc(len(events))
-        return web.json_response({"accepted": len(events), "observations": len(observations)})
+        traced = sum(1 for observation in observations if observation.kind != KIND_RECORD)
+        return web.json_response({"accepted": len(events), "observations": traced})
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
