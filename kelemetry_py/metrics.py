@@ -65,7 +65,10 @@ class Metrics:
             registry=r,
         )
         self.alerts_sent = Counter(
-            "kelemetry_alerts_sent", "Alert states delivered to Alertmanager", ["state"], registry=r
+            "kelemetry_alerts_sent",
+            "Alerts delivered to Alertmanager (state: firing, refresh, resolved)",
+            ["state"],
+            registry=r,
         )
         self.alert_send_errors = Counter(
             "kelemetry_alert_send_errors", "Failed Alertmanager posts (each retry counts)", registry=r

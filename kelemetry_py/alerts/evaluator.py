@@ -69,6 +69,10 @@ class AlertEvaluator:
         await self._sender.close()
         await self._state.close()
 
+    async def flush(self) -> None:
+        """Wait until every queued alert state has been delivered (or given up on)."""
+        await self._sender.flush()
+
     async def evaluate(self, observations: Sequence[Observation]) -> None:
         for observation in observations:
             found = record_row(observation)
@@ -127,7 +131,7 @@ class AlertEvaluator:
             count = await self._state.count_since(rule_name, group, now - rule.window_ms) if rule else 0
             if rule is not None and count > rule.threshold:
                 alert["endsAt"] = _iso(now + 4 * interval_ms)
-                self._sender.send("firing", alert)
+                self._sender.send("refresh", alert)
                 continue
             resolved = await self._state.resolve(rule_name, group)
             if resolved is not None:
