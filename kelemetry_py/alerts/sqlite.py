@@ -99,9 +99,11 @@ class SqliteAlertState:
         return await self._run(self._resolve_sync, rule, group)
 
     def _resolve_sync(self, rule: str, group: str) -> dict[str, Any] | None:
-        row = self._db().execute(
-            "DELETE FROM firing WHERE rule = ? AND grp = ? RETURNING alert", (rule, group)
-        ).fetchone()
+        row = (
+            self._db()
+            .execute("DELETE FROM firing WHERE rule = ? AND grp = ? RETURNING alert", (rule, group))
+            .fetchone()
+        )
         return None if row is None else dict(orjson.loads(row[0]))
 
     async def claim_tick(self, tick: int, ttl_ms: int) -> bool:

@@ -135,9 +135,7 @@ class SearchApi:
             offset = _int(params, "from", 0, 0, MAX_OFFSET)
             size = _int(params, "size", 10, 0, self.config.max_page_size)
             scope = await self._scope(request, record_filter)
-            total, bodies = await self.index.query(
-                record_filter, scope, ascending=ascending, offset=offset, size=size
-            )
+            total, bodies = await self.index.query(record_filter, scope, ascending=ascending, offset=offset, size=size)
             body = b'{"query":{"total":%d,"records":[%s]}}' % (total, b",".join(bodies))
             return web.Response(body=body, content_type="application/json")
         if operation == "statistics":

@@ -28,12 +28,39 @@ _T = TypeVar("_T")
 _OBJECT_COLUMNS = "time_ms, cluster, api_group, resource, namespace, name, obj"
 COLUMNS: dict[Table, tuple[str, ...]] = {
     "audit": (
-        "id", "time_ms", "cluster", "api_group", "resource", "subresource", "namespace", "name", "obj", "verb",
-        "level", "stage", "user", "user_groups", "source_ips", "code", "status", "body",
+        "id",
+        "time_ms",
+        "cluster",
+        "api_group",
+        "resource",
+        "subresource",
+        "namespace",
+        "name",
+        "obj",
+        "verb",
+        "level",
+        "stage",
+        "user",
+        "user_groups",
+        "source_ips",
+        "code",
+        "status",
+        "body",
     ),
     "events": (
-        "id", "time_ms", "cluster", "api_group", "resource", "namespace", "name", "obj", "kind", "reason", "type",
-        "message", "body",
+        "id",
+        "time_ms",
+        "cluster",
+        "api_group",
+        "resource",
+        "namespace",
+        "name",
+        "obj",
+        "kind",
+        "reason",
+        "type",
+        "message",
+        "body",
     ),
 }
 _INTEGER_COLUMNS = {"id", "time_ms", "obj", "code"}
@@ -292,13 +319,17 @@ class SearchIndex:
         conn.execute("BEGIN")  # one snapshot for the total and the page
         try:
             total = int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0])
-            bodies = [
-                bytes(row[0])
-                for row in conn.execute(
-                    f"SELECT body FROM {table} WHERE {where} ORDER BY time_ms {order}, id {order} LIMIT ? OFFSET ?",
-                    [*params, size, offset],
-                )
-            ] if size else []
+            bodies = (
+                [
+                    bytes(row[0])
+                    for row in conn.execute(
+                        f"SELECT body FROM {table} WHERE {where} ORDER BY time_ms {order}, id {order} LIMIT ? OFFSET ?",
+                        [*params, size, offset],
+                    )
+                ]
+                if size
+                else []
+            )
         finally:
             conn.execute("COMMIT")
         return total, bodies
@@ -309,9 +340,11 @@ class SearchIndex:
 
     def _statistics_sync(self, record_filter: RecordFilter, scope: Clause | None) -> tuple[int, int]:
         where, params = _where(record_filter, scope)
-        row = self._reader().execute(
-            f"SELECT COUNT(*), COUNT(DISTINCT obj) FROM {record_filter.table} WHERE {where}", params
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute(f"SELECT COUNT(*), COUNT(DISTINCT obj) FROM {record_filter.table} WHERE {where}", params)
+            .fetchone()
+        )
         return int(row[0]), int(row[1])
 
     async def histogram(

@@ -24,9 +24,7 @@ def static_clause(static: StaticScope) -> Clause:
         clauses.append(f"cluster IN ({','.join('?' * len(static.clusters))})")
         params.extend(sorted(static.clusters))
     if static.namespaces is not None:
-        namespaced = (
-            f"namespace IN ({','.join('?' * len(static.namespaces))})" if static.namespaces else "0"
-        )
+        namespaced = f"namespace IN ({','.join('?' * len(static.namespaces))})" if static.namespaces else "0"
         params.extend(sorted(static.namespaces))
         clauses.append(f"({namespaced} OR namespace = '')" if static.cluster_scoped else namespaced)
     elif not static.cluster_scoped:

@@ -155,9 +155,7 @@ async def test_namespace_delete_fires_once_and_not_again_after_a_restart(
     alerts = await alertmanager.wait_for(
         lambda found: any(a["labels"]["alertname"] == "NamespaceDeleted" for a in found)
     )
-    assert [a["labels"] for a in alerts] == [
-        {"alertname": "NamespaceDeleted", "cluster": "fixture", "name": "jobs"}
-    ]
+    assert [a["labels"] for a in alerts] == [{"alertname": "NamespaceDeleted", "cluster": "fixture", "name": "jobs"}]
     assert first.components is not None
     await first.components.alerts.flush()
     assert await sent(first, "firing") == 1

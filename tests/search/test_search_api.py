@@ -34,9 +34,10 @@ async def get(app: App, path: str, **params: Any) -> tuple[int, Any]:
 
 
 async def get_text(app: App, path: str, headers: dict[str, str] | None = None, **params: Any) -> tuple[int, str]:
-    async with ClientSession() as session, session.get(
-        f"{app.base_url}{path}", params=params, headers=headers or {}
-    ) as response:
+    async with (
+        ClientSession() as session,
+        session.get(f"{app.base_url}{path}", params=params, headers=headers or {}) as response,
+    ):
         return response.status, await response.text()
 
 
@@ -106,15 +107,24 @@ async def test_totals_match_the_recordings(
     assert [b["time"] for b in buckets] == list(range(buckets[0]["time"], buckets[-1]["time"] + 1, 60_000))
     _, answer = await get(app, AUDITING, operation="histogram", interval="10s", objectref_namespace_filter="shop")
     _, total = await get(app, AUDITING, objectref_namespace_filter="shop", size=0)
-    assert answer["histogram"]["total"] == total["query"]["total"] == sum(
-        b["count"] for b in answer["histogram"]["buckets"]
+    assert (
+        answer["histogram"]["total"]
+        == total["query"]["total"]
+        == sum(b["count"] for b in answer["histogram"]["buckets"])
     )
 
     # Paging: pages of 7 cover the matches once each; sort=asc is in time order.
     seen: list[str] = []
     for offset in range(0, len(patches) + 7, 7):
-        _, page = await get(app, AUDITING, objectref_namespace_filter="shop", verb_filter="patch", size=7,
-                            sort="asc", **{"from": offset})
+        _, page = await get(
+            app,
+            AUDITING,
+            objectref_namespace_filter="shop",
+            verb_filter="patch",
+            size=7,
+            sort="asc",
+            **{"from": offset},
+        )
         seen.extend(r["auditID"] for r in page["query"]["records"])
     assert len(seen) == len(set(seen)) == len(patches)
     _, answer = await get(app, EVENTS, sort="asc", size=1000)
@@ -140,8 +150,9 @@ async def test_export_streams_every_match_and_replays_are_idempotent(
     lines = [orjson.loads(line) for line in text.splitlines()]
     assert len(lines) == len(audit)
     assert Counter(r["verb"] for r in lines) == Counter(i["verb"] for i in audit)
-    status, text = await get_text(app, EVENTS, headers={"Accept": "text/csv"}, operation="export",
-                                  reason_filter="Scheduled")
+    status, text = await get_text(
+        app, EVENTS, headers={"Accept": "text/csv"}, operation="export", reason_filter="Scheduled"
+    )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert status == 200 and len(rows) == len([e for e in recorded_events(fixtures_dir) if e["reason"] == "Scheduled"])
     assert {row["kind"] for row in rows} == {"Pod"} and all(row["message"] for row in rows)
