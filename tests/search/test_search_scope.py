@@ -96,3 +96,36 @@ async def test_static_and_per_object_scopes(fixtures_dir: Path, tmp_path: Path) 
             raise AssertionError("expected a refusal")
     finally:
         await index.close()
+
+
+async def test_retention_and_size_bound_delete_the_oldest(fixtures_dir: Path, tmp_path: Path) -> None:
+    from kelemetry_py.metrics import Metrics
+
+    metrics = Metrics()
+    index = await SearchIndex(tmp_path / "bounded.db", metrics=metrics, max_bytes=400_000, retention_hours=1).open()
+    try:
+        converter = AuditConverter(AuditConfig(), RedactionConfig(), records=True)
+        times: list[int] = []
+        for scenario in SCENARIOS:
+            for line in (fixtures_dir / scenario / "audit.jsonl").open("rb"):
+                observations = converter.convert("fixture", parse_event_list(line))
+                times.extend(o.start_ns // 1_000_000 for o in observations if o.record is not None)
+                await index.index(observations)
+        kept = index.counts()["audit"]
+        assert index.bytes_used <= 400_000 and 0 < kept < len(recorded_audit(fixtures_dir))
+        everything = build_filter("audit", {}, {})
+        total, _ = await index.query(everything, None, ascending=True, offset=0, size=1)
+        assert total == kept
+        evicted = metrics.registry.get_sample_value("kelemetry_search_records_evicted_total", {"reason": "size"})
+        assert evicted is not None and evicted > 0
+        # Retention: one hour after the newest record only nothing older than an hour remains.
+        newest = max(times)
+        await index.purge_expired(now_ms=newest + 3_600_000 - 1000)
+        total, _ = await index.query(everything, None, ascending=True, offset=0, size=0)
+        assert 0 < total < kept
+        assert metrics.registry.get_sample_value("kelemetry_search_records", {"kind": "audit"}) == total
+        await index.purge_expired(now_ms=newest + 3_600_001)
+        total, _ = await index.query(everything, None, ascending=True, offset=0, size=0)
+        assert total == 0 == index.counts()["audit"]
+    finally:
+        await index.close()
