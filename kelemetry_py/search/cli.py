@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any, TextIO
 
 import aiohttp
@@ -150,22 +151,46 @@ def _key(record: dict[str, Any]) -> str:
     return f"{(record.get('metadata') or {}).get('uid', '')}/{record.get('count', 1)}"
 
 
+_WATCH_OVERLAP_SECONDS = 60  # records can land in the index a little after their own time
+
+
+def _record_seconds(record: dict[str, Any]) -> int | None:
+    text = (
+        record.get("requestReceivedTimestamp")
+        or record.get("lastTimestamp")
+        or record.get("eventTime")
+        or record.get("firstTimestamp")
+    )
+    if not isinstance(text, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
 async def run(args: argparse.Namespace, out: TextIO) -> int:
+    """The newest ``--limit`` records since ``--since``, oldest first; with ``--watch``, then every new one."""
     start = int(time.time()) - since_seconds(args.since)
-    path = EVENTS_PATH if args.command == "events" else AUDIT_PATH
+    path = args.server.rstrip("/") + (EVENTS_PATH if args.command == "events" else AUDIT_PATH)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     seen: OrderedDict[str, None] = OrderedDict()
     first = True
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
         while True:
             params = query_params(args, start)
-            async with session.get(args.server.rstrip("/") + path, params=params) as response:
+            if first:
+                params["sort"] = "desc"
+            async with session.get(path, params=params) as response:
                 body = await response.read()
                 if response.status != 200:
                     message = orjson.loads(body).get("message", "") if body.startswith(b"{") else body.decode()
                     print(f"kelemetry-py {args.command}: {response.status}: {message}", file=sys.stderr)
                     return 1
-            records = [r for r in orjson.loads(body)["query"]["records"] if _key(r) not in seen]
+            page = orjson.loads(body)["query"]["records"]
+            if first:
+                page.reverse()
+            records = [record for record in page if _key(record) not in seen]
             for record in records:
                 seen[_key(record)] = None
             while len(seen) > 100_000:
@@ -176,8 +201,11 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             first = False
             if not args.watch:
                 return 0
-            await asyncio.sleep(2.0)  # the API has no change feed: poll, from a little before the last check
-            start = int(time.time()) - 60
+            newest = max((t for t in map(_record_seconds, page) if t is not None), default=None)
+            if newest is not None:
+                start = max(start, newest - _WATCH_OVERLAP_SECONDS)
+            if not records or len(page) < int(params["size"]):
+                await asyncio.sleep(2.0)  # the API has no change feed: poll
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -95,6 +95,10 @@ def _field(record: dict[str, Any], path: tuple[str, ...]) -> str:
     return str(value)
 
 
+class ExportAborted(Exception):
+    """An export failed after its 200 was sent; the connection is closed without the final chunk."""
+
+
 class SearchApi:
     def __init__(self, index: SearchIndex, config: SearchConfig) -> None:
         self.index = index
@@ -112,7 +116,7 @@ class SearchApi:
                 return await self._handle(request, table)
             except SearchError as exc:
                 return _json({"message": str(exc)}, 400)
-            except (web.HTTPException, ConnectionResetError):
+            except (web.HTTPException, ConnectionResetError, ExportAborted):
                 raise
             except Exception:
                 log.exception("search request %s failed", request.path)
@@ -188,14 +192,21 @@ class SearchApi:
             fields = CSV_FIELDS[record_filter.table]
             if as_csv:
                 await response.write(_csv_line([name for name, _ in fields]))
-            async for bodies in self.index.export(record_filter, scope, ascending=ascending):
-                if as_csv:
-                    chunk = b"".join(
-                        _csv_line([_field(orjson.loads(body), path) for _, path in fields]) for body in bodies
-                    )
-                else:
-                    chunk = b"\n".join(bodies) + b"\n"
-                await response.write(chunk)
+            try:
+                async for bodies in self.index.export(record_filter, scope, ascending=ascending):
+                    if as_csv:
+                        chunk = b"".join(
+                            _csv_line([_field(orjson.loads(body), path) for _, path in fields]) for body in bodies
+                        )
+                    else:
+                        chunk = b"\n".join(bodies) + b"\n"
+                    await response.write(chunk)
+            except ConnectionResetError:
+                raise
+            except Exception:
+                # The status is sent already: a stream cut short (no final chunk) is how the client learns.
+                log.exception("search export %s failed while streaming", request.path)
+                raise ExportAborted() from None
             await response.write_eof()
             return response
 

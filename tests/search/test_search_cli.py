@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -11,6 +13,7 @@ import orjson
 from kelemetry_py.cli import build_parser
 from kelemetry_py.search.cli import main as search_main
 from tests.e2e.conftest import AppFactory, replay_scenario
+from tests.kube.helpers import DOUBLE_TOKEN, all_watching, caught_up, watcher_settings
 from tests.search.conftest import recorded_audit, recorded_events, start_search_app
 from tests.support.kube_double import KubeApiDouble
 
@@ -68,3 +71,63 @@ async def test_events_and_audit_commands(
     code, _ = await run_cli("audit", "--server", server, "--since", "yesterday")
     assert code == 2
     await replay_scenario(app, fixtures_dir, "errors-and-links")  # the app still serves after the CLI's requests
+
+
+async def test_watch_follows_new_events(make_app: AppFactory, tmp_path: Path, fixtures_dir: Path) -> None:
+    async with KubeApiDouble(fixtures_dir / "deployment-lifecycle", tokens=[DOUBLE_TOKEN]) as double:
+        app = await make_app(
+            **watcher_settings(
+                tmp_path,
+                double.url,
+                **{"search.enabled": True, "kube.watch_objects": False, "kube.event_max_age_seconds": 3600.0},
+            )
+        )
+        await all_watching(app, kinds=("events",))
+
+        def put(name: str) -> None:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            event = {
+                "metadata": {"name": f"{name}.watch", "namespace": "shop"},
+                "involvedObject": {"kind": "Pod", "namespace": "shop", "name": name, "apiVersion": "v1"},
+                "reason": "FailedMount",
+                "message": f"volume of {name} not found",
+                "type": "Warning",
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+            }
+            double.put_object("", "v1", "events", event)
+
+        async def settle() -> None:
+            await caught_up(app, double)
+            assert app.components is not None
+            await app.components.pipeline.drain()
+
+        put("first")
+        await settle()
+        script = Path(sys.executable).parent / "kelemetry-py"
+        process = await asyncio.create_subprocess_exec(
+            str(script),
+            "events",
+            "--watch",
+            "--server",
+            app.base_url,
+            "--reason",
+            "FailedMount",
+            "--since",
+            "10m",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            async with asyncio.timeout(20):
+                header = await process.stdout.readline()
+                assert header.split()[:3] == [b"LAST", b"SEEN", b"TYPE"]
+                assert b"pod/first" in await process.stdout.readline()
+                put("second")
+                await settle()
+                line = await process.stdout.readline()
+            assert b"FailedMount" in line and b"pod/second" in line and b"volume of second not found" in line
+        finally:
+            process.terminate()
+            await process.wait()

@@ -38,6 +38,10 @@ class HandBuiltScope:
     async def visible(self, refs: Iterable[ObjectRef]) -> set[ObjectRef]:
         return {ref for ref in refs if await self.allows(ref)}
 
+    def allows_cluster(self, cluster: str) -> bool:
+        static = self._static
+        return static is None or static.clusters is None or cluster in static.clusters
+
 
 async def filled_index(fixtures_dir: Path, tmp_path: Path) -> SearchIndex:
     index = await SearchIndex(tmp_path / "search.db").open()
