@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import logging
@@ -193,14 +194,15 @@ class SearchApi:
             if as_csv:
                 await response.write(_csv_line([name for name, _ in fields]))
             try:
-                async for bodies in self.index.export(record_filter, scope, ascending=ascending):
-                    if as_csv:
-                        chunk = b"".join(
-                            _csv_line([_field(orjson.loads(body), path) for _, path in fields]) for body in bodies
-                        )
-                    else:
-                        chunk = b"\n".join(bodies) + b"\n"
-                    await response.write(chunk)
+                async with contextlib.aclosing(self.index.export(record_filter, scope, ascending=ascending)) as chunks:
+                    async for bodies in chunks:
+                        if as_csv:
+                            chunk = b"".join(
+                                _csv_line([_field(orjson.loads(body), path) for _, path in fields]) for body in bodies
+                            )
+                        else:
+                            chunk = b"\n".join(bodies) + b"\n"
+                        await response.write(chunk)
             except ConnectionResetError:
                 raise
             except Exception:

@@ -9,7 +9,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -382,7 +382,7 @@ class SearchIndex:
 
     async def export(
         self, record_filter: RecordFilter, scope: Clause | None, *, ascending: bool, chunk: int = 500
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """Every matching record body, ``chunk`` at a time, from one snapshot on a connection of its own."""
         where, params = _where(record_filter, scope)
         order = "ASC" if ascending else "DESC"
@@ -399,7 +399,7 @@ class SearchIndex:
             await self._read(conn.close)
 
     def _export_connection(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False)  # a deferred transaction: one snapshot
+        conn = sqlite3.connect(self.path, check_same_thread=False)  # one statement: it reads one snapshot
         conn.execute("PRAGMA query_only=ON")
         return conn
 
