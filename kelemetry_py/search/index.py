@@ -76,14 +76,14 @@ _EVICT_FRACTION = 0.1
 def _schema() -> str:
     statements = []
     for table, columns in COLUMNS.items():
+        # Rows are appended in arrival order (rowid); the record key ``id`` is a hash, kept in a unique index of its
+        # own: as the table's key it would scatter every insert over the whole file.
         definitions = ", ".join(
-            "id INTEGER PRIMARY KEY"
-            if column == "id"
-            else f"{column} {'INTEGER' if column in _INTEGER_COLUMNS else 'BLOB' if column == 'body' else 'TEXT'}"
-            + (" NOT NULL" if column != "id" else "")
+            f"{column} {'INTEGER' if column in _INTEGER_COLUMNS else 'BLOB' if column == 'body' else 'TEXT'} NOT NULL"
+            + (" UNIQUE" if column == "id" else "")
             for column in columns
         )
-        statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({definitions})")
+        statements.append(f"CREATE TABLE IF NOT EXISTS {table} (rowid INTEGER PRIMARY KEY, {definitions})")
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (time_ms)")
         for column in _INDEXED[table]:
             statements.append(f"CREATE INDEX IF NOT EXISTS {table}_by_{column} ON {table} ({column}, time_ms)")
@@ -223,9 +223,10 @@ class SearchIndex:
                     f"SELECT COUNT(*) FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (ids,)
                 ).fetchone()[0]
                 columns = COLUMNS[table]
+                updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
-                    f"VALUES ({', '.join(':' + c for c in columns)})",
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
+                    f"ON CONFLICT (id) DO UPDATE SET {updates}",
                     list(by_id.values()),
                 )
                 added[table] = len(by_id) - int(present)
@@ -263,7 +264,8 @@ class SearchIndex:
                 count = max(1, int(self._counts[table] * _EVICT_FRACTION)) if self._counts[table] else 0
                 if count:
                     deleted = conn.execute(
-                        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY time_ms LIMIT ?)", (count,)
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY time_ms LIMIT ?)",
+                        (count,),
                     ).rowcount
                     self._evicted(table, deleted, "size")
             conn.execute("PRAGMA incremental_vacuum")
@@ -294,13 +296,18 @@ class SearchIndex:
         self._update_size(conn)
         return total
 
+    async def optimize(self) -> None:
+        """Refresh the planner's statistics, so it picks the most selective index for each filter."""
+        await self._write(lambda: self._connection().execute("PRAGMA optimize"))
+
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(self._maintenance_seconds)
             try:
                 await self.purge_expired()
+                await self.optimize()
             except Exception:
-                log.exception("search index retention pass failed")
+                log.exception("search index maintenance pass failed")
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -323,7 +330,8 @@ class SearchIndex:
                 [
                     bytes(row[0])
                     for row in conn.execute(
-                        f"SELECT body FROM {table} WHERE {where} ORDER BY time_ms {order}, id {order} LIMIT ? OFFSET ?",
+                        f"SELECT body FROM {table} WHERE {where} "
+                        f"ORDER BY time_ms {order}, rowid {order} LIMIT ? OFFSET ?",
                         [*params, size, offset],
                     )
                 ]
@@ -386,7 +394,7 @@ class SearchIndex:
         """Every matching record body, ``chunk`` at a time, from one snapshot on a connection of its own."""
         where, params = _where(record_filter, scope)
         order = "ASC" if ascending else "DESC"
-        sql = f"SELECT body FROM {record_filter.table} WHERE {where} ORDER BY time_ms {order}, id {order}"
+        sql = f"SELECT body FROM {record_filter.table} WHERE {where} ORDER BY time_ms {order}, rowid {order}"
         conn = await self._read(self._export_connection)
         try:
             cursor = await self._read(conn.execute, sql, params)
