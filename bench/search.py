@@ -59,7 +59,7 @@ def synthetic(i: int, rng: random.Random) -> Observation:
 
 SHAPES = {
     "namespace+verb, 1 day": {"objectref_namespace_filter": "ns-7", "verb_filter": "patch"},
-    "user + 403, whole range": {"user_filter": "user-42", "response_code_filter": "403"},
+    "verb=get, whole week (broad)": {"verb_filter": "get"},
     "name search (fuzzy), 1 day": {"objectref_name_search": "POD-12", "objectref_namespace_filter": "ns-3"},
 }
 
