@@ -81,6 +81,7 @@ class AlertmanagerClient:
                 if attempt == self._retries:
                     log.error("alertmanager unreachable after %d attempts: %s", attempt + 1, exc)
                     break
+                log.warning("alertmanager: posting %d alerts failed (%s); retrying in %.1fs", len(batch), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         self._metrics.alerts_dropped.inc(len(batch))

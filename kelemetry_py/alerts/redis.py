@@ -15,7 +15,7 @@ local window = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], time, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (time - window))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return redis.call('ZCOUNT', KEYS[2], time - window, time)
+return redis.call('ZCOUNT', KEYS[2], time - window, '+inf')
 """
 _RESOLVE = """
 local alert = redis.call('HGET', KEYS[1], ARGV[1])

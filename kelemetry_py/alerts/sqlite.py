@@ -69,8 +69,8 @@ class SqliteAlertState:
                 "DELETE FROM hits WHERE rule = ? AND grp = ? AND time_ms < ?", (rule, group, time_ms - window_ms)
             )
             found = conn.execute(
-                "SELECT COUNT(*) FROM hits WHERE rule = ? AND grp = ? AND time_ms BETWEEN ? AND ?",
-                (rule, group, time_ms - window_ms, time_ms),
+                "SELECT COUNT(*) FROM hits WHERE rule = ? AND grp = ? AND time_ms >= ?",
+                (rule, group, time_ms - window_ms),
             ).fetchone()[0]
         self._counted += 1
         if self._counted % 1000 == 0:

@@ -11,7 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 class AlertState(Protocol):
     async def count(self, rule: str, group: str, record_id: int, time_ms: int, window_ms: int) -> int | None:
         """Count the record for the rule once. None when it was counted before (by anyone); else how many
-        records of the group fall in ``[time_ms - window_ms, time_ms]``."""
+        records of the group are at ``time_ms - window_ms`` or later. Later ones count too: records of different
+        objects are evaluated concurrently, so they do not arrive in time order."""
 
     async def count_since(self, rule: str, group: str, since_ms: int) -> int:
         """Records of the group at or after ``since_ms`` (older ones are forgotten)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -50,13 +51,12 @@ class Alertmanager:
                 await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def alertmanager(tmp_path: Path) -> AsyncIterator[Alertmanager]:
+@contextlib.asynccontextmanager
+async def running_alertmanager(directory: Path, port: int) -> AsyncIterator[Alertmanager]:
+    """Alertmanager on 127.0.0.1:``port`` with its own storage under ``directory``, until the block ends."""
     assert ALERTMANAGER, "prometheus-alertmanager is not installed (.ci/run installs it)"
-    directory = tmp_path / "alertmanager"
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     (directory / "alertmanager.yml").write_text(CONFIG)
-    port = free_port()
     process = await asyncio.create_subprocess_exec(
         ALERTMANAGER,
         f"--config.file={directory / 'alertmanager.yml'}",
@@ -77,8 +77,14 @@ async def alertmanager(tmp_path: Path) -> AsyncIterator[Alertmanager]:
                             break
                 except aiohttp.ClientConnectionError:
                     pass
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # no readiness event to wait on: poll /-/ready with a deadline
         yield manager
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
+
+
+@pytest.fixture
+async def alertmanager(tmp_path: Path) -> AsyncIterator[Alertmanager]:
+    async with running_alertmanager(tmp_path / "alertmanager", free_port()) as manager:
+        yield manager

@@ -3,6 +3,8 @@ sharing one Redis, a real Alertmanager receiving the alerts."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import aiohttp
 import yaml
 
 from kelemetry_py.app import App
-from tests.alerts.conftest import Alertmanager
+from tests.alerts.conftest import Alertmanager, free_port, running_alertmanager
 from tests.e2e.conftest import AppFactory, replay_scenario
 from tests.kube.helpers import DOUBLE_TOKEN, all_watching, caught_up, watcher_settings
 from tests.support.kube_double import KubeApiDouble
@@ -167,3 +169,53 @@ async def test_namespace_delete_fires_once_and_not_again_after_a_restart(
     assert await sent(second, "firing") == 0
     alerts = await alertmanager.alerts()
     assert [a["labels"]["name"] for a in alerts if a["labels"]["alertname"] == "NamespaceDeleted"] == ["jobs"]
+
+
+async def test_an_alertmanager_that_comes_up_late_still_gets_the_alert(
+    make_app: AppFactory, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "rules": [
+                    {
+                        "name": "ForbiddenRequests",
+                        "source": "audit",
+                        "match": {"response_code_filter": "403"},
+                        "group_by": ["cluster", "user"],
+                        "window": "366d",
+                        "threshold": 1,
+                    }
+                ]
+            }
+        )
+    )
+    port = free_port()
+    app = await make_app(
+        **{
+            "alerts.rules_file": str(rules),
+            "alerts.alertmanager_url": f"http://127.0.0.1:{port}",
+            "alerts.send_retries": 8,
+        }
+    )
+    await replay_scenario(app, fixtures_dir, "errors-and-links")
+    assert app.components is not None
+    metrics = app.components.metrics.registry
+    async with asyncio.timeout(10):
+        while not metrics.get_sample_value("kelemetry_alert_send_errors_total"):
+            await asyncio.sleep(0.05)  # the failed first attempt is only visible as this counter
+    async with running_alertmanager(tmp_path / "late", port) as manager:
+        alerts = await manager.wait_for(lambda found: bool(found), within=30)
+        denied = {i["impersonatedUser"]["username"] for i in _forbidden(fixtures_dir)}
+        assert [a["labels"]["user"] for a in alerts] == sorted(denied)
+        assert await sent(app, "firing") == 1
+
+
+def _forbidden(fixtures_dir: Path) -> list[dict[str, Any]]:
+    items = [
+        item
+        for line in (fixtures_dir / "errors-and-links" / "audit.jsonl").open("rb")
+        for item in json.loads(line)["items"]
+    ]
+    return [i for i in items if (i.get("responseStatus") or {}).get("code") == 403]
