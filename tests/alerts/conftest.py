@@ -51,12 +51,16 @@ class Alertmanager:
                 await asyncio.sleep(0.1)
 
 
+def _write_config(directory: Path) -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / "alertmanager.yml").write_text(CONFIG)
+
+
 @contextlib.asynccontextmanager
 async def running_alertmanager(directory: Path, port: int) -> AsyncIterator[Alertmanager]:
     """Alertmanager on 127.0.0.1:``port`` with its own storage under ``directory``, until the block ends."""
     assert ALERTMANAGER, "prometheus-alertmanager is not installed (.ci/run installs it)"
-    directory.mkdir(exist_ok=True)
-    (directory / "alertmanager.yml").write_text(CONFIG)
+    await asyncio.to_thread(_write_config, directory)
     process = await asyncio.create_subprocess_exec(
         ALERTMANAGER,
         f"--config.file={directory / 'alertmanager.yml'}",

@@ -203,8 +203,10 @@ async def test_an_alertmanager_that_comes_up_late_still_gets_the_alert(
     assert app.components is not None
     metrics = app.components.metrics.registry
     async with asyncio.timeout(10):
-        while not metrics.get_sample_value("kelemetry_alert_send_errors_total"):
-            await asyncio.sleep(0.05)  # the failed first attempt is only visible as this counter
+        while True:  # the failed first attempt is only visible as this counter: poll it with a deadline
+            if metrics.get_sample_value("kelemetry_alert_send_errors_total"):
+                break
+            await asyncio.sleep(0.05)
     async with running_alertmanager(tmp_path / "late", port) as manager:
         alerts = await manager.wait_for(lambda found: bool(found), within=30)
         denied = {i["impersonatedUser"]["username"] for i in _forbidden(fixtures_dir)}
