@@ -134,6 +134,13 @@ async def test_totals_match_the_recordings(
     ascending_uids = [r["metadata"]["uid"] for r in answer["query"]["records"]]
     assert [r["metadata"]["uid"] for r in descending["query"]["records"]] == ascending_uids[::-1]
 
+    # Calendar intervals: every recording is from one month, so one bucket at the start of that month.
+    _, answer = await get(app, AUDITING, operation="histogram", interval="1M")
+    months = {datetime.fromisoformat(i["stageTimestamp"].replace("Z", "+00:00")).strftime("%Y-%m") for i in audit}
+    (month,) = months
+    start_of_month = int(datetime.fromisoformat(f"{month}-01T00:00:00+00:00").timestamp() * 1000)
+    assert answer["histogram"] == {"total": len(audit), "buckets": [{"time": start_of_month, "count": len(audit)}]}
+
     # Time range: start_time/end_time in unix seconds.
     first_second = min(int(orjson.loads(orjson.dumps(b))["time"]) for b in buckets) // 1000
     _, answer = await get(app, EVENTS, start_time=first_second, end_time=first_second + 59, size=0)
