@@ -108,7 +108,9 @@ class AlertEvaluator:
                 "ts": f"{row['time_ms'] / 1000:.3f}",
             }
         )
-        parts = (ref.cluster, ref.group, ref.resource, ref.namespace, ref.name)
+        # The built-in UI's object page: /objects/<cluster>/<resource>/<namespace or _>/<name>.
+        resource = f"{ref.resource}.{ref.group}" if ref.group and ref.resource == "events" else ref.resource
+        parts = (ref.cluster, resource, ref.namespace or "_", ref.name)
         ui_url = f"{self._external_url}/objects/" + "/".join(quote(part, safe="") for part in parts)
         annotations = {key: text.format_map(values) for key, text in rule.annotations.items()}
         annotations.update(trace_url=trace_url, ui_url=ui_url, count=str(count))

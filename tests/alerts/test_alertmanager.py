@@ -113,7 +113,7 @@ async def test_backoff_burst_fires_once_across_two_replicas_and_resolves(
         assert alert["annotations"]["trace_url"].startswith(
             "http://kelemetry.example:8080/redirect?cluster=fixture&group=&resource=pods&namespace=shop&name=web-1"
         )
-        assert alert["annotations"]["ui_url"] == "http://kelemetry.example:8080/objects/fixture//pods/shop/web-1"
+        assert alert["annotations"]["ui_url"] == "http://kelemetry.example:8080/objects/fixture/pods/shop/web-1"
         assert alert["generatorURL"] == alert["annotations"]["trace_url"]
         assert sum([await sent(app, "firing") for app in apps]) == 1
 
