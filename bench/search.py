@@ -78,7 +78,6 @@ async def run(records: int, runs: int) -> dict[str, Any]:
             for offset in range(0, records, 5000):
                 await index.index([synthetic(i, rng) for i in range(offset, min(records, offset + 5000))])
             fill_seconds = time.perf_counter() - started
-            await index.optimize()  # what the index's maintenance pass does every few minutes
             day_start = (T0_NS // 10**9) + 3 * 86400
             results: dict[str, Any] = {}
             for label, params in SHAPES.items():

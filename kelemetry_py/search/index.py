@@ -69,6 +69,11 @@ _INDEXED: dict[Table, tuple[str, ...]] = {
     "audit": ("namespace", "name", "user", "verb", "resource"),
     "events": ("namespace", "name", "reason", "kind", "type"),
 }
+# Most selective first: an object's name, then who, then where, then what.
+_SELECTIVITY: dict[Table, tuple[str, ...]] = {
+    "audit": ("name", "user", "namespace", "resource", "verb"),
+    "events": ("name", "reason", "namespace", "kind", "type"),
+}
 KIND_LABEL: dict[Table, str] = {"audit": "audit", "events": "event"}
 _EVICT_FRACTION = 0.1
 
@@ -77,17 +82,34 @@ def _schema() -> str:
     statements = []
     for table, columns in COLUMNS.items():
         # Rows are appended in arrival order (rowid); the record key ``id`` is a hash, kept in a unique index of its
-        # own: as the table's key it would scatter every insert over the whole file.
+        # own: as the table's key it would scatter every insert over the whole file. Bodies live in a table of their
+        # own, so the rows a filter reads stay small and cached.
         definitions = ", ".join(
-            f"{column} {'INTEGER' if column in _INTEGER_COLUMNS else 'BLOB' if column == 'body' else 'TEXT'} NOT NULL"
+            f"{column} {'INTEGER' if column in _INTEGER_COLUMNS else 'TEXT'} NOT NULL"
             + (" UNIQUE" if column == "id" else "")
             for column in columns
+            if column != "body"
         )
         statements.append(f"CREATE TABLE IF NOT EXISTS {table} (rowid INTEGER PRIMARY KEY, {definitions})")
+        statements.append(f"CREATE TABLE IF NOT EXISTS {table}_body (rowid INTEGER PRIMARY KEY, body BLOB NOT NULL)")
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (time_ms)")
         for column in _INDEXED[table]:
             statements.append(f"CREATE INDEX IF NOT EXISTS {table}_by_{column} ON {table} ({column}, time_ms)")
     return ";\n".join(statements) + ";"
+
+
+def _source(record_filter: RecordFilter) -> str:
+    """The table, with the index to read it by: the most selective column the filter fixes, else time.
+
+    Chosen here rather than by SQLite's planner, whose sampled statistics cannot tell a namespace from a verb."""
+    table = record_filter.table
+    fixed = {condition.column for condition in record_filter.conditions if not condition.fuzzy}
+    for column in _SELECTIVITY[table]:
+        if column in fixed:
+            return f"{table} INDEXED BY {table}_by_{column}"
+    if record_filter.start_ms is not None or record_filter.end_ms is not None:
+        return f"{table} INDEXED BY {table}_by_time"
+    return table
 
 
 Clause = tuple[str, list[Any]]
@@ -222,13 +244,14 @@ class SearchIndex:
                 present = conn.execute(
                     f"SELECT COUNT(*) FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (ids,)
                 ).fetchone()[0]
-                columns = COLUMNS[table]
+                columns = [column for column in COLUMNS[table] if column != "body"]
                 updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
-                conn.executemany(
+                upsert = (
                     f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
-                    f"ON CONFLICT (id) DO UPDATE SET {updates}",
-                    list(by_id.values()),
+                    f"ON CONFLICT (id) DO UPDATE SET {updates} RETURNING rowid"
                 )
+                bodies = [(conn.execute(upsert, row).fetchone()[0], row["body"]) for row in by_id.values()]
+                conn.executemany(f"INSERT OR REPLACE INTO {table}_body (rowid, body) VALUES (?, ?)", bodies)
                 added[table] = len(by_id) - int(present)
             conn.execute("COMMIT")
         except BaseException:
@@ -263,14 +286,25 @@ class SearchIndex:
             for table in COLUMNS:
                 count = max(1, int(self._counts[table] * _EVICT_FRACTION)) if self._counts[table] else 0
                 if count:
-                    deleted = conn.execute(
-                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY time_ms LIMIT ?)",
-                        (count,),
-                    ).rowcount
+                    deleted = self._delete_sync(
+                        conn, table, f"rowid IN (SELECT rowid FROM {table} ORDER BY time_ms LIMIT ?)", (count,)
+                    )
                     self._evicted(table, deleted, "size")
             conn.execute("PRAGMA incremental_vacuum")
             self._update_size(conn)
         log.warning("search index %s is still over its size bound after evicting", self.path)
+
+    @staticmethod
+    def _delete_sync(conn: sqlite3.Connection, table: Table, where: str, params: tuple[Any, ...]) -> int:
+        conn.execute("BEGIN")
+        try:
+            conn.execute(f"DELETE FROM {table}_body WHERE rowid IN (SELECT rowid FROM {table} WHERE {where})", params)
+            deleted = int(conn.execute(f"DELETE FROM {table} WHERE {where}", params).rowcount)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return deleted
 
     def _evicted(self, table: Table, count: int, reason: str) -> None:
         self._counts[table] -= count
@@ -288,7 +322,7 @@ class SearchIndex:
         conn = self._connection()
         total = 0
         for table in COLUMNS:
-            deleted = conn.execute(f"DELETE FROM {table} WHERE time_ms < ?", (cutoff_ms,)).rowcount
+            deleted = self._delete_sync(conn, table, "time_ms < ?", (cutoff_ms,))
             self._evicted(table, deleted, "retention")
             total += deleted
         if total:
@@ -296,23 +330,13 @@ class SearchIndex:
         self._update_size(conn)
         return total
 
-    async def optimize(self) -> None:
-        """Refresh the planner's statistics, so it picks the most selective index for each filter."""
-        await self._write(self._optimize_sync)
-
-    def _optimize_sync(self) -> None:
-        conn = self._connection()
-        conn.execute("PRAGMA analysis_limit=1000")  # sampled statistics: milliseconds even at millions of rows
-        conn.execute("ANALYZE")
-
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(self._maintenance_seconds)
             try:
                 await self.purge_expired()
-                await self.optimize()
             except Exception:
-                log.exception("search index maintenance pass failed")
+                log.exception("search index retention pass failed")
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -330,19 +354,17 @@ class SearchIndex:
         conn = self._reader()
         conn.execute("BEGIN")  # one snapshot for the total and the page
         try:
-            total = int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0])
-            bodies = (
-                [
-                    bytes(row[0])
-                    for row in conn.execute(
-                        f"SELECT body FROM {table} WHERE {where} "
-                        f"ORDER BY time_ms {order}, rowid {order} LIMIT ? OFFSET ?",
-                        [*params, size, offset],
-                    )
-                ]
-                if size
-                else []
+            source = _source(record_filter)
+            total = int(conn.execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0])
+            page = (
+                f"SELECT rowid AS r, time_ms AS t FROM {source} WHERE {where} "
+                f"ORDER BY time_ms {order}, rowid {order} LIMIT ? OFFSET ?"
             )
+            sql = (
+                f"SELECT b.body FROM ({page}) AS page JOIN {table}_body AS b ON b.rowid = page.r "
+                f"ORDER BY page.t {order}, page.r {order}"
+            )
+            bodies = [bytes(row[0]) for row in conn.execute(sql, [*params, size, offset])] if size else []
         finally:
             conn.execute("COMMIT")
         return total, bodies
@@ -355,7 +377,7 @@ class SearchIndex:
         where, params = _where(record_filter, scope)
         row = (
             self._reader()
-            .execute(f"SELECT COUNT(*), COUNT(DISTINCT obj) FROM {record_filter.table} WHERE {where}", params)
+            .execute(f"SELECT COUNT(*), COUNT(DISTINCT obj) FROM {_source(record_filter)} WHERE {where}", params)
             .fetchone()
         )
         return int(row[0]), int(row[1])
@@ -372,7 +394,7 @@ class SearchIndex:
         where, params = _where(record_filter, scope)
         bucket, bucket_params = interval.sql()
         rows = self._reader().execute(
-            f"SELECT {bucket} AS bucket, COUNT(*) FROM {record_filter.table} WHERE {where} "
+            f"SELECT {bucket} AS bucket, COUNT(*) FROM {_source(record_filter)} WHERE {where} "
             "GROUP BY bucket ORDER BY bucket",
             [*bucket_params, *params],
         )
@@ -387,7 +409,7 @@ class SearchIndex:
     def _distinct_sync(self, record_filter: RecordFilter, limit: int) -> list[tuple[int, str, str, str, str, str]]:
         where, params = record_filter.where()
         rows = self._reader().execute(
-            f"SELECT DISTINCT obj, cluster, api_group, resource, namespace, name FROM {record_filter.table} "
+            f"SELECT DISTINCT obj, cluster, api_group, resource, namespace, name FROM {_source(record_filter)} "
             f"WHERE {where} LIMIT ?",
             [*params, limit],
         )
@@ -399,7 +421,11 @@ class SearchIndex:
         """Every matching record body, ``chunk`` at a time, from one snapshot on a connection of its own."""
         where, params = _where(record_filter, scope)
         order = "ASC" if ascending else "DESC"
-        sql = f"SELECT body FROM {record_filter.table} WHERE {where} ORDER BY time_ms {order}, rowid {order}"
+        table = record_filter.table
+        sql = (
+            f"SELECT b.body FROM {_source(record_filter)} JOIN {table}_body AS b ON b.rowid = {table}.rowid "
+            f"WHERE {where} ORDER BY {table}.time_ms {order}, {table}.rowid {order}"
+        )
         conn = await self._read(self._export_connection)
         try:
             cursor = await self._read(conn.execute, sql, params)
