@@ -246,12 +246,18 @@ class SearchIndex:
                 ).fetchone()[0]
                 columns = [column for column in COLUMNS[table] if column != "body"]
                 updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
-                upsert = (
+                conn.executemany(
                     f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
-                    f"ON CONFLICT (id) DO UPDATE SET {updates} RETURNING rowid"
+                    f"ON CONFLICT (id) DO UPDATE SET {updates}",
+                    list(by_id.values()),
                 )
-                bodies = [(conn.execute(upsert, row).fetchone()[0], row["body"]) for row in by_id.values()]
-                conn.executemany(f"INSERT OR REPLACE INTO {table}_body (rowid, body) VALUES (?, ?)", bodies)
+                rowids = conn.execute(
+                    f"SELECT id, rowid FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+                )
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO {table}_body (rowid, body) VALUES (?, ?)",
+                    [(rowid, by_id[record_id]["body"]) for record_id, rowid in rowids],
+                )
                 added[table] = len(by_id) - int(present)
             conn.execute("COMMIT")
         except BaseException:
