@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from kelemetry_py import __version__
-from kelemetry_py.config import Config, allowed_clusters
+from kelemetry_py.config import Config, allowed_clusters, records_wanted
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.logs import request_ids
 from kelemetry_py.metrics import Metrics, files_size_bytes
@@ -44,6 +44,8 @@ class Components:
     catalogs: Any = None
     closers: list[Any] = field(default_factory=list)
     sources: Any = None  # the SourceRunner of the enabled source plugins, started and stopped by App
+    search: Any = None  # the SearchIndex, when search.enabled
+    alerts: Any = None  # the AlertEvaluator, when alerts.rules_file is set
 
 
 class App:
@@ -99,7 +101,9 @@ class App:
             self._add_operational_routes(ingest, with_metrics=False)
         AuditWebhook(
             sink=intake,
-            converter=AuditConverter(self.config.audit, self.config.redaction, self.components.metrics),
+            converter=AuditConverter(
+                self.config.audit, self.config.redaction, self.components.metrics, records=records_wanted(self.config)
+            ),
             metrics=self.components.metrics,
             default_cluster=self.config.cluster,
             audit=self.config.audit,
@@ -143,6 +147,10 @@ class App:
 
         self.frontend.transforms = load_transforms(config.plugins)
         self.frontend.metrics = self.components.metrics
+        if self.components.search is not None:
+            from kelemetry_py.search.http import SearchApi
+
+            SearchApi(self.components.search, config.search).add_routes(target)
         if target is not main:
             self.ports["frontend"] = await self._serve(target, config.http.frontend_port)
         if config.frontend.grpc_port:
@@ -327,12 +335,27 @@ async def build_components(config: Config) -> Components:
         decorators=load_decorators(config.plugins, catalog=catalogs),
     )
     sources = load_sources(config.plugins, catalog=catalogs)
+    search = alerts = None
+    consumers: dict[str, Any] = {}
+    if config.search.enabled:
+        from kelemetry_py.search import open_search_index
+
+        search = await open_search_index(config, metrics)
+        closers.append(search.close)
+        consumers["search"] = search.index
+    if config.alerts.rules_file:
+        from kelemetry_py.alerts import start_alerts
+
+        alerts = await start_alerts(config, metrics)
+        closers.insert(0, alerts.close)
+        consumers["alerts"] = alerts.evaluate
     delivery = Delivery(
         observations=observation_log,
         spans=span_log,
         pipeline=pipeline,
         writers=writers,
         metrics=metrics,
+        consumers=consumers,
         # Redis Streams: an observation stays pending until every writer has its spans, so that another replica
         # can finish it if this one dies; a local spool survives on this disk anyway.
         ack_after_writers=config.spool.backend == "redis",
@@ -348,6 +371,8 @@ async def build_components(config: Config) -> Components:
         catalogs=catalogs,
         closers=closers,
         sources=SourceRunner(sources, delivery.intake, config, metrics) if sources else None,
+        search=search,
+        alerts=alerts,
     )
 
 

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("version", help="print the version")
     _add_analysis_commands(commands)
+    from kelemetry_py.search.cli import add_search_commands
+
+    add_search_commands(commands)
     return parser
 
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         return _query_command(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command in ("events", "audit"):
+        from kelemetry_py.search.cli import main as search_main
+
+        return search_main(args)
     try:
         config = _config_from(args)
     except ConfigError as exc:

@@ -303,6 +303,39 @@ class LogConfig:
 
 
 @dataclass
+class SearchConfig:
+    """The audit and Event search index (KubeSphere-compatible API under /kapis)."""
+
+    enabled: bool = False
+    # Empty: search.db beside store.path.
+    path: str = ""
+    # The index's size bound: past it the oldest records are deleted. Retention follows store.retention_hours.
+    max_bytes: int = 2 * 1024**3
+    # workspace -> namespaces, for the workspace_filter and workspace_search parameters.
+    workspaces: dict[str, list[str]] = field(default_factory=dict)
+    max_page_size: int = 1000
+    # Without a static tenant scope, each distinct object a query matches is checked; past this it answers 400.
+    max_scope_objects: int = 5000
+    max_concurrent_exports: int = 4
+
+
+@dataclass
+class AlertsConfig:
+    """Alert rules over audit records and Events, sent to Alertmanager (docs/alerting.md)."""
+
+    rules_file: str = ""
+    # Alertmanager's base URL, e.g. http://alertmanager:9093.
+    alertmanager_url: str = ""
+    # This server's URL as users reach it, for the trace and UI links in alerts.
+    external_url: str = "http://127.0.0.1:8080"
+    evaluation_interval_seconds: float = 30.0
+    # Rule state when no Redis is configured; empty: alerts.db beside store.path.
+    state_path: str = ""
+    send_retries: int = 5
+    timeout_seconds: float = 10.0
+
+
+@dataclass
 class Config:
     # The cluster name used when a webhook path names none (POST /audit).
     cluster: str = "default"
@@ -332,6 +365,8 @@ class Config:
 
     def spool_dir(self) -> Path:
         return Path(self.spool.dir) if self.spool.dir else Path(self.store.path).expanduser().parent / "spool"
+    search: SearchConfig = field(default_factory=SearchConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -550,6 +585,21 @@ def validate(config: Config) -> None:
             raise ConfigError(f"kube.clusters[{i}].name: {cluster.name!r} is not a cluster name ({CLUSTER_NAME_RULE})")
     if len(set(names)) != len(names):
         raise ConfigError("kube.clusters: cluster names must be unique")
+    positive("search.max_bytes", config.search.max_bytes)
+    positive("search.max_page_size", config.search.max_page_size)
+    positive("search.max_scope_objects", config.search.max_scope_objects)
+    positive("search.max_concurrent_exports", config.search.max_concurrent_exports)
+    positive("alerts.evaluation_interval_seconds", config.alerts.evaluation_interval_seconds)
+    positive("alerts.timeout_seconds", config.alerts.timeout_seconds)
+    if config.alerts.rules_file and not config.alerts.alertmanager_url:
+        raise ConfigError("alerts.alertmanager_url: alert rules need an Alertmanager to send to")
+    if config.alerts.alertmanager_url and urlsplit(config.alerts.alertmanager_url).scheme not in ("http", "https"):
+        raise ConfigError(f"alerts.alertmanager_url: {config.alerts.alertmanager_url!r} is not an http(s):// URL")
+
+
+def records_wanted(config: Config) -> bool:
+    """Sources attach search records to observations only when something reads them."""
+    return config.search.enabled or bool(config.alerts.rules_file)
 
 
 CLUSTER_NAME_RULE = "lower-case letters, digits, '-' and '.', starting and ending alphanumeric, at most 63"

@@ -183,6 +183,29 @@ class Metrics:
             registry=r,
         )
 
+        self.search_records = Gauge(
+            "kelemetry_search_records", "Records in the search index", ["kind"], registry=r
+        )
+        self.search_bytes = Gauge("kelemetry_search_bytes", "Bytes the search index uses", registry=r)
+        self.search_records_evicted = Counter(
+            "kelemetry_search_records_evicted",
+            "Search records deleted for retention or the size bound",
+            ["reason"],
+            registry=r,
+        )
+        self.alerts_sent = Counter(
+            "kelemetry_alerts_sent",
+            "Alerts delivered to Alertmanager (state: firing, refresh, resolved)",
+            ["state"],
+            registry=r,
+        )
+        self.alert_send_errors = Counter(
+            "kelemetry_alert_send_errors", "Failed Alertmanager posts (each retry counts)", registry=r
+        )
+        self.alerts_dropped = Counter(
+            "kelemetry_alerts_dropped", "Alert states given up on after every retry failed", registry=r
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -21,6 +21,9 @@ SERVICE_AUDIT = "audit"
 SERVICE_EVENT = "event"
 SERVICE_LINK = "link"
 SERVICE_DIFF = "diff"
+# The kind of an observation that only carries a search record (e.g. an audit event the audit filter does not
+# trace): the pipeline hands it to record consumers and makes no span of it.
+KIND_RECORD = "record"
 
 # Tags every raw span carries so that any span can be found by the object it belongs to.
 OBJECT_TAGS = ("cluster", "group", "version", "resource", "namespace", "name")
@@ -117,6 +120,9 @@ class Observation:
     dedup_key: str | None = None
     # The resourceVersion the request produced, so diffs recorded by the object differ can be attached.
     resource_version: str | None = None
+    # The source record (an audit.k8s.io/v1 Event or a core/v1 Event), redacted and lean, for the search index and
+    # alert rules. Plain data, so the durable log can encode it; set only when search or alerting is enabled.
+    record: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -16,12 +16,13 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import Observation, Span
+from kelemetry_py.model import KIND_RECORD, Observation, Span
 from kelemetry_py.pipeline import Overloaded, TooLarge
 from kelemetry_py.pipeline.core import Pipeline, Ticket
 from kelemetry_py.spool import DurableLog, LogConsumer, Record, RecordTooLarge, SpoolFull
@@ -116,47 +117,60 @@ class _Acker:
 
 
 @dataclass
-class WriterPump:
-    """Feeds one writer from the span log at its own pace; retries a failed batch until it is written."""
+class Pump:
+    """Feeds one consumer (a span writer, the search index, alert rules) from a log at its own pace; retries a
+    failed batch until it is handled, and only then acknowledges it."""
 
     name: str
     consumer: LogConsumer
-    writer: SpanWriter
+    decode: Callable[[bytes], list[Any]]
+    deliver: Callable[[list[Any]], Awaitable[None]]
     metrics: Metrics
+    records_per_batch: int = _WRITER_READ_RECORDS
     failing: bool = False
 
     async def run(self) -> None:
         while True:
-            records = await self.consumer.read(_WRITER_READ_RECORDS)
+            records = await self.consumer.read(self.records_per_batch)
             if not records:
                 return
-            spans: list[Span] = []
+            items: list[Any] = []
             for record in records:
-                spans.extend(record.value if record.value is not None else decode_spans(record.payload))
-            await self._write(spans)
+                items.extend(record.value if record.value is not None else self.decode(record.payload))
+            await self._deliver(items)
             await self.consumer.ack(records)
 
-    async def _write(self, spans: list[Span]) -> None:
+    async def _deliver(self, items: list[Any]) -> None:
         delay = 0.1
         while True:
             try:
-                await self.writer.write(spans)
-                await self.writer.flush()
+                await self.deliver(items)
                 break
             except Exception as exc:
                 if not self.failing:
-                    log.warning("writer %s failed (%s); its spans wait in the spool and are retried", self.name, exc)
+                    log.warning("%s failed (%s); its backlog waits in the spool and is retried", self.name, exc)
                 self.failing = True
                 self.metrics.writer_failing.labels(self.name).set(1)
                 self.metrics.export_errors.labels(self.name).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _WRITER_RETRY_MAX_SECONDS)
         if self.failing:
-            log.info("writer %s recovered; delivering its backlog", self.name)
+            log.info("%s recovered; delivering its backlog", self.name)
             self.failing = False
             self.metrics.writer_failing.labels(self.name).set(0)
+
+
+def _writing(name: str, writer: SpanWriter, metrics: Metrics) -> Callable[[list[Span]], Awaitable[None]]:
+    async def deliver(spans: list[Span]) -> None:
+        await writer.write(spans)
+        await writer.flush()
         for service, count in collections.Counter(span.service for span in spans).items():
-            self.metrics.spans_written.labels(self.name, service).inc(count)
+            metrics.spans_written.labels(name, service).inc(count)
+
+    return deliver
+
+
+ObservationConsumer = Callable[[Sequence[Observation]], Awaitable[None]]
 
 
 class Delivery:
@@ -170,6 +184,7 @@ class Delivery:
         pipeline: Pipeline,
         writers: Mapping[str, SpanWriter],
         metrics: Metrics,
+        consumers: Mapping[str, ObservationConsumer] | None = None,
         ack_after_writers: bool = False,
     ) -> None:
         self.observations = observations
@@ -179,9 +194,10 @@ class Delivery:
         self.intake = DurableIntake(observations)
         self._ack_after_writers = ack_after_writers
         self._pipeline_consumer: LogConsumer | None = None
-        self.pumps: list[WriterPump] = []
+        self.pumps: list[Pump] = []
         self._span_consumers: list[LocalConsumer] = []
         self._writers = dict(writers)
+        self._consumers = dict(consumers or {})
         self._tasks: list[asyncio.Task[None]] = []
         self._acker: _Acker | None = None
         self._feeder: asyncio.Task[None] | None = None
@@ -191,8 +207,13 @@ class Delivery:
         await self.spans.open()
         self._span_consumers = [self.spans.consumer(name) for name in self._writers]
         self.pumps = [
-            WriterPump(name, consumer, writer, self.metrics)
+            Pump(name, consumer, decode_spans, _writing(name, writer, self.metrics), self.metrics)
             for (name, writer), consumer in zip(self._writers.items(), self._span_consumers, strict=True)
+        ]
+        # Search and alerts read what was accepted, each from its own cursor: a 200 covers them too.
+        self.pumps += [
+            Pump(name, self.observations.consumer(name), decode_observations, handle, self.metrics, _READ_RECORDS)
+            for name, handle in self._consumers.items()
         ]
         self._pipeline_consumer = self.observations.consumer(PIPELINE_CONSUMER)
         gate = self._written_by_all if self._ack_after_writers else None
@@ -222,7 +243,8 @@ class Delivery:
                     self.metrics.observations_failed.labels("undecodable").inc()
                     acker.done(record)
                     continue
-                if not batch:
+                batch = [observation for observation in batch if observation.kind != KIND_RECORD]
+                if not batch:  # search records only: nothing to trace
                     acker.done(record)
                     continue
                 ticket = Ticket(len(batch), functools.partial(acker.done, record), replayed=record.replayed)

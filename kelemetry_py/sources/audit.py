@@ -15,7 +15,7 @@ import orjson
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import SERVICE_AUDIT, Attributes, LogEntry, ObjectRef, Observation
+from kelemetry_py.model import KIND_RECORD, SERVICE_AUDIT, Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.sources.redaction import Redactor
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,13 @@ class InvalidAuditBatch(ValueError):
 _ABSENT = msgspec.Raw(b"null")
 
 
-class AuditUser(msgspec.Struct):
+class AuditUser(msgspec.Struct, omit_defaults=True):
     username: str = ""
+    uid: str = ""
+    groups: list[str] = msgspec.field(default_factory=list)
 
 
-class AuditObjectRef(msgspec.Struct):
+class AuditObjectRef(msgspec.Struct, omit_defaults=True):
     resource: str = ""
     namespace: str = ""
     name: str = ""
@@ -46,8 +48,9 @@ class AuditObjectRef(msgspec.Struct):
     subresource: str = ""
 
 
-class AuditStatus(msgspec.Struct):
+class AuditStatus(msgspec.Struct, omit_defaults=True):
     code: int = 0
+    status: str = ""
     reason: str = ""
     message: str = ""
 
@@ -60,6 +63,9 @@ class AuditEvent(msgspec.Struct):
     verb: str
     stageTimestamp: str
     requestReceivedTimestamp: str = ""
+    level: str = ""
+    requestURI: str = ""
+    annotations: dict[str, str] | None = None
     user: AuditUser = msgspec.field(default_factory=AuditUser)
     impersonatedUser: AuditUser | None = None
     sourceIPs: list[str] = msgspec.field(default_factory=list)
@@ -287,7 +293,10 @@ def check_metadata(body: Mapping[str, Any] | None, field: str) -> None:
 class AuditConverter:
     """Turns audit events into Observations, applying the audit filter and redaction."""
 
-    def __init__(self, audit: AuditConfig, redaction: RedactionConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, audit: AuditConfig, redaction: RedactionConfig, metrics: Metrics | None = None, *, records: bool = False
+    ) -> None:
+        self._records = records
         self._verbs = frozenset(audit.verbs)
         self._stages = frozenset(audit.stages)
         self._excluded = frozenset(audit.exclude_resources)
@@ -299,24 +308,57 @@ class AuditConverter:
     def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
         observations: list[Observation] = []
         for index, event in enumerate(events):
-            if not self._wanted(event):
-                continue
+            found: list[Observation] = []
             try:
-                assert event.objectRef is not None
-                check_object_ref(event.objectRef)
-                observations.extend(list(self._observations(cluster, event)))
+                if event.objectRef is not None:
+                    check_object_ref(event.objectRef)
+                if self._wanted(event):
+                    assert event.objectRef is not None
+                    found = list(self._observations(cluster, event))
             except InvalidField as exc:
                 # A bad event must never take the good ones of its batch down: it alone is dropped, and counted.
                 self._drop(index, event, exc.field, str(exc))
+                continue
             except (TypeError, AttributeError, KeyError, ValueError) as exc:
                 # Bodies of a shape no apiserver sends (metadata that is not an object, a number for a name...).
                 self._drop(index, event, "object", f"malformed object ({type(exc).__name__})")
+                continue
+            if self._records:
+                self._attach_record(cluster, event, found)
+            observations.extend(found)
         return observations
 
     def _drop(self, index: int, event: AuditEvent, field: str, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.audit_events_invalid.labels(field).inc()
         log.warning("audit: dropped items[%d] (auditID %.64s): %s", index, event.auditID, reason)
+
+    def _attach_record(self, cluster: str, event: AuditEvent, found: list[Observation]) -> None:
+        """Every audit event the policy sent is a search record, traced or not: it rides on its one object's
+        observation, or on a record-only observation (filtered, nameless, deletecollection, non-resource)."""
+        record = audit_record(event)
+        if self._redactor.config.paths:
+            self._redactor.redact_in_place(record, "")
+        ref = event.objectRef
+        if len(found) == 1 and ref is not None and "targetResource" not in found[0].tags:
+            found[0].record = record
+            return
+        time_ns = parse_time_ns(event.requestReceivedTimestamp or event.stageTimestamp)
+        if ref is not None:
+            target = ObjectRef(cluster, ref.apiGroup, ref.apiVersion, ref.resource, ref.namespace, ref.name, ref.uid)
+        else:
+            target = ObjectRef(cluster, "", "", "", "", "")
+        found.append(
+            Observation(
+                ref=target,
+                kind=KIND_RECORD,
+                title=event.verb,
+                start_ns=time_ns,
+                end_ns=time_ns,
+                dedup_key=f"audit:{event.auditID}:{event.stage}",
+                record=record,
+            )
+        )
 
     def _wanted(self, event: AuditEvent) -> bool:
         if event.stage not in self._stages:
@@ -464,6 +506,34 @@ class AuditConverter:
                 LogEntry(end_ns, "error", {"code": status.code, "reason": reason, "message": status.message})
             )
         return observation
+
+
+def audit_record(event: AuditEvent) -> dict[str, Any]:
+    """The audit event as an ``audit.k8s.io/v1`` Event without its request and response objects."""
+    record: dict[str, Any] = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": event.level,
+        "auditID": event.auditID,
+        "stage": event.stage,
+        "requestURI": event.requestURI,
+        "verb": event.verb,
+        "user": msgspec.to_builtins(event.user),
+        "sourceIPs": event.sourceIPs,
+        "userAgent": event.userAgent,
+    }
+    if event.impersonatedUser is not None:
+        record["impersonatedUser"] = msgspec.to_builtins(event.impersonatedUser)
+    if event.objectRef is not None:
+        record["objectRef"] = msgspec.to_builtins(event.objectRef)
+    if event.responseStatus is not None:
+        record["responseStatus"] = {"metadata": {}, **msgspec.to_builtins(event.responseStatus)}
+    if event.requestReceivedTimestamp:
+        record["requestReceivedTimestamp"] = event.requestReceivedTimestamp
+    record["stageTimestamp"] = event.stageTimestamp
+    if event.annotations:
+        record["annotations"] = event.annotations
+    return record
 
 
 def _username(event: AuditEvent) -> str:

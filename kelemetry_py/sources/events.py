@@ -251,6 +251,7 @@ class EventView:
 
     def __init__(self, obj: Mapping[str, Any], new_api: bool) -> None:
         metadata = _dict(obj.get("metadata"))
+        self.record: dict[str, Any] | None = None  # the search record, when search or alerts want one
         self.uid = str(metadata.get("uid", ""))
         self.rv = str(metadata.get("resourceVersion", ""))
         self.namespace = str(metadata.get("namespace", ""))
@@ -304,6 +305,37 @@ class EventView:
         self.time_ns = next((t for t in candidates if t is not None), None)
 
 
+_NEW_TO_CORE = (
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("reportingController", "reportingComponent"),
+)
+_CORE_FIELDS = (
+    "involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count", "type",
+    "eventTime", "series", "action", "related", "reportingComponent", "reportingInstance",
+)
+
+
+def event_record(obj: Mapping[str, Any], *, new_api: bool) -> dict[str, Any]:
+    """The Event as a core/v1 Event (the search API's record shape) whichever resource served it, without
+    managedFields."""
+    metadata = {k: v for k, v in _dict(obj.get("metadata")).items() if k != "managedFields"}
+    source = dict(obj)
+    if new_api:
+        for new, core in _NEW_TO_CORE:
+            source[core] = obj.get(new)
+    record: dict[str, Any] = {"kind": "Event", "apiVersion": "v1", "metadata": metadata}
+    for name in _CORE_FIELDS:
+        value = source.get(name)
+        if value is not None:
+            record[name] = value
+    return record
+
+
 # ------------------------------------------------------------------------------------------------ the tracker
 
 
@@ -333,7 +365,9 @@ class EventTracker:
         max_age_seconds: float = 3600.0,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         max_backlog_bytes: int = 64 * 1024 * 1024,
+        records: bool = False,
     ) -> None:
+        self._records = records
         self._sink = sink
         self._metrics = metrics
         self._cursor: EventCursor = cursor if cursor is not None else MemoryEventCursor(max_age_seconds * 2)
@@ -367,6 +401,8 @@ class EventTracker:
         if event_type == "DELETED":
             return  # Events expire; the deletion of an Event is not news about its object
         view = EventView(obj, new_api=rtype.group == EVENTS_GROUP)
+        if self._records:
+            view.record = event_record(obj, new_api=rtype.group == EVENTS_GROUP)
         if not view.uid:
             raise ValueError(f"event {view.namespace}/{view.name} has no metadata.uid")
         ref = self.involved_ref(cluster, view)
@@ -394,7 +430,9 @@ class EventTracker:
             if await self._cursor.emitted(cluster, view.uid) >= view.occurrence:
                 self.skipped_seen += 1
                 return
-            await self._sink.submit([self._observation(ref, view)], wait=True)
+            observation = self._observation(ref, view)
+            observation.record = view.record
+            await self._sink.submit([observation], wait=True)
             await self._cursor.mark(cluster, view.uid, view.occurrence)
             self.emitted += 1
         finally:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kelemetry_py.config import Config
+from kelemetry_py.config import Config, records_wanted
 from kelemetry_py.kube.catalog import ClusterCatalogs
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline import ObservationSink
@@ -72,6 +72,7 @@ class KubeWatching:
             catalogs=catalogs,
             max_age_seconds=kube.event_max_age_seconds,
             max_backlog_bytes=kube.diff_pending_max_bytes,
+            records=records_wanted(config),
         )
         if kube.watch_objects:
             # Only with a differ running is there a diff worth waiting for.

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from kelemetry_py.config import AuditConfig, HttpConfig, IngestConfig, is_cluster_name
 from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import KIND_RECORD
 from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
 from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
 
@@ -112,7 +113,8 @@ class AuditWebhook:
                 {"error": "the batch could not be stored; retry later"}, status=503, headers={"Retry-After": "5"}
             )
         self._metrics.audit_events_accepted.labels(cluster).inc(len(events))
-        answer: dict[str, object] = {"accepted": len(events), "observations": len(observations)}
+        traced = sum(1 for observation in observations if observation.kind != KIND_RECORD)
+        answer: dict[str, object] = {"accepted": len(events), "observations": traced}
         if poison:
             for item in poison:
                 self._metrics.audit_events_rejected.labels(item.reason).inc()

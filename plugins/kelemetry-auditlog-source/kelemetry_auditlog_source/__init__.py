@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kelemetry_auditlog_source.tailer import Chunk, Cursor, TailedFile
+from kelemetry_py.config import records_wanted
 from kelemetry_py.plugins import ObservationSink, SourceContext
 from kelemetry_py.sources.audit import AuditConverter, AuditEvent, InvalidAuditBatch, parse_event
 
@@ -97,7 +98,9 @@ class AuditLogSource:
         if not self.paths:
             logger.warning("audit-log source enabled without a path (plugins.settings.audit-log.path); idle")
             return
-        converter = AuditConverter(context.config.audit, context.config.redaction)
+        converter = AuditConverter(
+            context.config.audit, context.config.redaction, records=records_wanted(context.config)
+        )
         cluster = self.cluster or context.default_cluster
         offsets_path = Path(self.offsets_file or Path(context.config.store.path).parent / "auditlog-offsets.json")
         store = OffsetStore(offsets_path)
