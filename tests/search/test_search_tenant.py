@@ -1,6 +1,4 @@
-"""A tenant token scoped to `shop` gets no `jobs` record from any operation, and totals that count only `shop`.
-
-Needs the security branch's ``auth`` configuration (token mode); until it is merged this module is skipped."""
+"""A tenant token scoped to `shop` gets no `jobs` record from any operation, and totals that count only `shop`."""
 
 from __future__ import annotations
 
@@ -8,17 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import ClientSession
 
-from kelemetry_py.config import Config
 from tests.e2e.conftest import AppFactory
 from tests.search.conftest import AUDITING, EVENTS, recorded_audit, recorded_events, start_search_app
 from tests.support.kube_double import KubeApiDouble
 
-pytestmark = pytest.mark.skipif(
-    "auth" not in Config.__dataclass_fields__, reason="needs auth.mode token (the security branch)"
-)
 TOKEN = "tenant-shop-token"
 
 
