@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
@@ -114,6 +116,7 @@ class WatchMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         r = metrics.registry
+        self.lag = metrics.watch_lag
         self.events = Counter(
             "kelemetry_watch_events",
             "Objects delivered to watch handlers",
@@ -358,6 +361,7 @@ class ResourceWatch:
         if event_type not in ("ADDED", "MODIFIED", "DELETED"):
             raise WatchStreamError(f"unknown watch event type {event_type!r}")
         uid = str((obj.get("metadata") or {}).get("uid") or "")
+        self._observe_lag(obj)
         await self._deliver(event_type, obj, relisted=False)
         if event_type == "DELETED":
             self.uids.discard(uid)
@@ -366,6 +370,22 @@ class ResourceWatch:
         self._metrics.objects.labels(self.cluster, self.rtype.group_resource).set(len(self.uids))
         if rv:
             self._advance(rv)
+
+    def _observe_lag(self, obj: dict[str, Any]) -> None:
+        """How late this change reached us: now minus the newest write time its managedFields record."""
+        metadata = obj.get("metadata")
+        fields = metadata.get("managedFields") if isinstance(metadata, dict) else None
+        if not isinstance(fields, list):
+            return
+        times = [entry["time"] for entry in fields if isinstance(entry, dict) and isinstance(entry.get("time"), str)]
+        if not times:
+            return
+        try:
+            changed = datetime.fromisoformat(max(times).replace("Z", "+00:00"))
+        except ValueError:
+            return
+        lag = max(0.0, time.time() - changed.timestamp())
+        self._metrics.lag.labels(self.cluster).set(lag)
 
     async def _deliver(self, event_type: str, obj: dict[str, Any], *, relisted: bool) -> None:
         self._metrics.events.labels(self.cluster, self.rtype.group_resource, event_type).inc()

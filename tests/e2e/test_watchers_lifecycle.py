@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -159,6 +161,17 @@ async def test_without_audit_changes_become_diff_spans_attributed_to_field_manag
     lifecycle_double.release()
     await caught_up(app, lifecycle_double)
     assert app.watching is not None and app.components is not None
+    # The recorded changes are days old by now: their watch events arrived that late, as the lag gauge says.
+    newest_write = max(
+        entry["time"]
+        for line in (fixtures_dir / LIFECYCLE / "watch").glob("*.jsonl")
+        for event in map(json.loads, line.read_text().splitlines())
+        for entry in event["object"]["metadata"].get("managedFields", [])
+        if "time" in entry
+    )
+    lag = app.components.metrics.registry.get_sample_value("kelemetry_watch_lag_seconds", {"cluster": "fixture"})
+    recorded_age = time.time() - datetime.fromisoformat(newest_write.replace("Z", "+00:00")).timestamp()
+    assert lag is not None and recorded_age - 5 <= lag
     await app.watching.differ.flush_unclaimed(now=math.inf)  # no audit span will claim anything
     await app.settle()
     spans = await exported(otlp_receiver, app)
