@@ -312,7 +312,7 @@ async def build_components(config: Config) -> Components:
     graph = ObjectGraph()
     # One catalog per cluster: the watchers refresh it from discovery, the linkers resolve owner kinds with it.
     catalogs = ClusterCatalogs()
-    linkers = load_linkers(config.plugins, catalog=catalogs)
+    linkers = load_linkers(config.plugins, catalog=catalogs, graph=graph)  # plugins may read the graph
     observation_log, span_log = open_spool(config)
     pipeline = Pipeline(
         writer=SpanLogWriter(span_log),
