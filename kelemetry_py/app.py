@@ -278,8 +278,7 @@ def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") 
 async def build_components(config: Config) -> Components:
     from kelemetry_py.kube.catalog import ClusterCatalogs
     from kelemetry_py.linking.graph import ObjectGraph
-    from kelemetry_py.linking.registry import load_linkers
-    from kelemetry_py.plugins import load_decorators, load_sources
+    from kelemetry_py.plugins import load_decorators, load_linkers, load_sources
     from kelemetry_py.plugins.sources import SourceRunner
 
     metrics = Metrics()

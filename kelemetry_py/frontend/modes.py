@@ -23,13 +23,15 @@ from kelemetry_py.model import (
     ObjectRef,
     Span,
 )
+from kelemetry_py.times import InvalidInput
 
 if TYPE_CHECKING:
     from kelemetry_py.frontend.assembly import AssembledTrace, ObjectTrace
 
 
-class FrontendError(ValueError):
-    """A request the frontend cannot serve because its input is wrong (answered with HTTP 400)."""
+# A request the frontend cannot serve because its input is wrong (answered with HTTP 400); the time parser
+# raises the same class.
+FrontendError = InvalidInput
 
 
 class BaseView(Enum):

@@ -29,6 +29,7 @@ from kelemetry_py.config import PipelineConfig
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.linking import Linker
 from kelemetry_py.linking.graph import ObjectGraph
+from kelemetry_py.linking.run import LINKER_TIMEOUT_SECONDS, run_linkers
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
     SERVICE_LINK,
@@ -91,12 +92,14 @@ class Pipeline:
         hooks: Sequence[ObservationHook] = (),
         graph: ObjectGraph | None = None,
         decorators: Sequence[Decorator] = (),
+        linker_timeout_seconds: float = LINKER_TIMEOUT_SECONDS,
     ) -> None:
         self._config = config or PipelineConfig()
         self._writer = writer
         self._emission = emission
         self._metrics = metrics
         self._linkers = list(linkers)
+        self._linker_timeout = linker_timeout_seconds
         self._hooks = list(hooks)
         self.graph = graph if graph is not None else ObjectGraph()
         # (object key, window, parents only) -> the graph revision whose relations are written (or claimed).
@@ -320,17 +323,8 @@ class Pipeline:
         out.append(span)
 
     async def _links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
-        links: list[Link] = []
-        for linker in self._linkers:
-            # Awaited in turn rather than gathered: a task per linker per observation costs more than the linking.
-            try:
-                found = await linker.links(ref, body)
-            except Exception:
-                self._metrics.plugin_errors.labels(linker.name).inc()
-                log.exception("linker %s failed on %s; its links are skipped", linker.name, ref.key)
-                continue
-            links.extend(found)
-        return links
+        found = await run_linkers(self._linkers, ref, body, self._metrics, timeout_seconds=self._linker_timeout)
+        return [link for _, link in found]
 
     async def _write_relations(
         self, ref: ObjectRef, window: int, time_ns: int, out: list[Span], claims: list[str], force: bool

@@ -214,7 +214,8 @@ async def _search(request: web.Request) -> web.StreamResponse:
 async def _facets(request: web.Request) -> web.StreamResponse:
     """Values for the cluster, namespace and kind pickers, as far as the caller's scope may know them."""
     service = request.app[SERVICE_KEY]
-    start_ns, end_ns = parse_range(request.query.get("from", ""), request.query.get("to", ""), time.time_ns(), "168h")
+    query = request.query
+    start_ns, end_ns = parse_range(query.get("from", ""), query.get("to", ""), time.time_ns(), 168 * 3600 * 10**9)
     reader = service.reader
     clusters: list[str] = []
     namespaces: list[str] = []

@@ -6,8 +6,10 @@ import pytest
 
 from kelemetry_py.config import PluginsConfig
 from kelemetry_py.linking.graph import ObjectGraph
-from kelemetry_py.linking.registry import LINKERS_GROUP, load_linkers, run_linkers
+from kelemetry_py.linking.run import run_linkers
 from kelemetry_py.model import Link, ObjectRef
+from kelemetry_py.plugins import LINKERS_GROUP
+from kelemetry_py.plugins.loading import load_linkers
 from tests.linking.fixture_objects import CLUSTER, watched_objects
 
 DEPLOY = ObjectRef(CLUSTER, "apps", "v1", "deployments", "shop", "web")

@@ -12,9 +12,11 @@ from kelemetry_py.kube import ClusterCatalogs, ResourceCatalog
 from kelemetry_py.linking import Linker
 from kelemetry_py.linking.annotation import ParentAnnotationLinker
 from kelemetry_py.linking.owners import OwnerReferenceLinker
-from kelemetry_py.linking.registry import LINKERS_GROUP, load_linkers, load_plugins, run_linkers
+from kelemetry_py.linking.run import run_linkers
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import ObjectRef
+from kelemetry_py.plugins import LINKERS_GROUP
+from kelemetry_py.plugins.loading import load_linkers, load_plugins
 from tests.linking.fixture_objects import first, watched_objects
 from tests.linking.sample_plugins import HangingLinker, RaisingLinker, WrongResultLinker
 
@@ -116,7 +118,7 @@ async def test_broken_plugins_are_logged_and_skipped(
     sample_distribution: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = PluginsConfig(settings={"labels": {"label": "owner", "resource": "secrets"}}, disabled=OTHERS)
-    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.plugins.loading"):
         linkers = load_linkers(config)
     # Sorted by name: broken (import fails), labels, not-a-linker (skipped), owner-references, ...
     assert [linker.name for linker in linkers] == [
@@ -140,7 +142,7 @@ def test_bad_settings_skip_only_that_plugin(
     config = PluginsConfig(
         enabled={LINKERS_GROUP: ["labels", "parent-annotation"]}, settings={"labels": {"no_such_option": 1}}
     )
-    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.plugins.loading"):
         linkers = load_linkers(config)
     assert [linker.name for linker in linkers] == ["parent-annotation"]
     assert any("labels" in r.getMessage() and "failed to start" in r.getMessage() for r in caplog.records)
@@ -151,7 +153,7 @@ def test_settings_that_are_not_a_mapping_skip_the_plugin(caplog: pytest.LogCaptu
         settings={"owner-references": ["controller_only"]},  # type: ignore[dict-item]
         disabled=OTHERS,
     )
-    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.plugins.loading"):
         assert [linker.name for linker in load_linkers(config)] == ["parent-annotation"]
     assert any("must be a mapping" in r.getMessage() for r in caplog.records)
 

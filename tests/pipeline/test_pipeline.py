@@ -200,3 +200,38 @@ async def test_parked_observations_do_not_hold_up_other_objects() -> None:
     slow = next(s for s in writer.by_service("audit") if s.attributes["verb"] == "slow")
     assert slow.attributes["waited"] is True
     assert metrics.plugin_errors.labels("broken")._value.get() == 2
+
+
+async def test_a_hanging_and_a_raising_linker_are_counted_and_skipped_without_stalling_a_partition() -> None:
+    from kelemetry_py.linking.owners import OwnerReferenceLinker
+    from tests.linking.sample_plugins import HangingLinker, RaisingLinker
+
+    writer = CollectingWriter()
+    metrics = Metrics()
+    hanging = HangingLinker()  # never released: it sleeps forever
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=metrics,
+        config=PipelineConfig(window_seconds=WINDOW, partitions=1),  # one partition: a stall would stop everything
+        linkers=[hanging, RaisingLinker(), OwnerReferenceLinker()],
+        linker_timeout_seconds=0.05,
+    )
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "controller": True}
+    pods = []
+    for index in range(10):
+        pod = ObjectRef("c1", "", "v1", "pods", "shop", f"web-1-{index}", uid=f"u{index}")
+        seen = observation(pod, 1_000 * WINDOW + index, f"p{index}")
+        seen.body = {"metadata": {"name": pod.name, "ownerReferences": [owner]}}
+        pods.append(seen)
+    await run(pipeline, pods)
+
+    assert len(writer.by_service("audit")) == 10
+    links = writer.by_service("link")
+    assert sum(1 for s in links if s.attributes["linkedResource"] == "replicasets") == 10  # the good linker's
+    errors = {
+        name: metrics.registry.get_sample_value("kelemetry_plugin_errors_total", {"plugin": name})
+        for name in ("hanging", "raising", "owner-references")
+    }
+    assert errors == {"hanging": 10.0, "raising": 10.0, "owner-references": None}
+    assert hanging.entered.is_set() and not hanging.release.is_set()

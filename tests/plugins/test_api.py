@@ -183,7 +183,7 @@ async def test_app_runs_decorators_sources_and_transforms(sample_plugins: Path, 
         (ticks, _) = components.sources.sources
         assert isinstance(ticks, TickSource)
         await ticks.emitted.wait()
-        await components.pipeline.drain()
+        await app.settle()
         start_ns = 1_795_000_000_000_000_000
         key = "edge//configmaps/default/tick-1"
         spans = await components.store.get_trace(object_trace_id(key, window_of(start_ns, 1800)))
