@@ -7,9 +7,10 @@ import gc
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,7 +26,21 @@ from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.spool import DurableLog
 from kelemetry_py.spool.local import LocalLog
+
+if TYPE_CHECKING:  # imported where used: a process that never serves the frontend never loads it
+    from kelemetry_py.auth.middleware import Authenticator
+    from kelemetry_py.frontend.grpc_storage import GrpcStorageServer
+    from kelemetry_py.frontend.service import FrontendService
+    from kelemetry_py.kube.catalog import ClusterCatalogs
+    from kelemetry_py.linking.graph import ObjectGraph
+    from kelemetry_py.plugins.sources import SourceRunner
+    from kelemetry_py.sources.kubewatch import KubeWatching
+    from kelemetry_py.storage import TraceReader
+    from kelemetry_py.storage.sqlite import SqliteStore
+
+Closer = Callable[[], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +54,11 @@ class Components:
     emission: EmissionSet
     pipeline: Pipeline
     delivery: Delivery
-    store: Any = None  # the embedded SqliteStore when enabled (a SpanWriter and a TraceReader)
-    graph: Any = None
-    catalogs: Any = None
-    closers: list[Any] = field(default_factory=list)
-    sources: Any = None  # the SourceRunner of the enabled source plugins, started and stopped by App
+    graph: ObjectGraph
+    catalogs: ClusterCatalogs
+    store: SqliteStore | None = None  # the embedded store when enabled (a SpanWriter and a TraceReader)
+    closers: list[Closer] = field(default_factory=list)
+    sources: SourceRunner | None = None  # the enabled source plugins, started and stopped by App
 
 
 class App:
@@ -52,12 +67,12 @@ class App:
         self.components: Components | None = None
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
-        self.frontend: Any = None  # the FrontendService, when the frontend is enabled
-        self._grpc: Any = None
-        self.watching: Any = None  # KubeWatching, when kube.clusters are configured
+        self.frontend: FrontendService | None = None  # when the frontend is enabled
+        self._grpc: GrpcStorageServer | None = None
+        self.watching: KubeWatching | None = None  # when kube.clusters are configured
         self._ready = False
         self._stopping = False
-        self.authenticator: Any = None  # who may read (auth.mode); None when everyone may
+        self.authenticator: Authenticator | None = None  # who may read (auth.mode); None when everyone may
 
     @property
     def base_url(self) -> str:
@@ -282,9 +297,9 @@ async def build_components(config: Config) -> Components:
     from kelemetry_py.plugins.sources import SourceRunner
 
     metrics = Metrics()
-    closers: list[Any] = []
+    closers: list[Closer] = []
     writers: dict[str, SpanWriter] = {}
-    store = None
+    store: SqliteStore | None = None
     if config.store.enabled:
         from kelemetry_py.storage.sqlite import SqliteStore
 
@@ -347,7 +362,7 @@ async def build_components(config: Config) -> Components:
     )
 
 
-def open_spool(config: Config) -> tuple[Any, LocalLog]:
+def open_spool(config: Config) -> tuple[DurableLog, LocalLog]:
     """The observation log (local, or Redis Streams) and the span log (always local: per-writer cursors)."""
     spool = config.spool
 
@@ -362,7 +377,7 @@ def open_spool(config: Config) -> tuple[Any, LocalLog]:
             cache_bytes=spool.memory_bytes,
         )
 
-    observations: Any
+    observations: DurableLog
     if spool.backend == "redis":
         from kelemetry_py.spool.redis import RedisLog
 
@@ -372,17 +387,19 @@ def open_spool(config: Config) -> tuple[Any, LocalLog]:
     return observations, local("spans")
 
 
-async def open_reader(config: Config, components: Components) -> Any:
+async def open_reader(config: Config, components: Components) -> TraceReader:
     """The TraceReader the frontend assembles views from: the embedded store, Tempo or Jaeger."""
     if config.frontend.reader == "tempo":
         from kelemetry_py.storage.tempo import TempoReader
 
-        reader: Any = TempoReader(config.frontend.tempo)
+        reader: TempoReader | JaegerReader = TempoReader(config.frontend.tempo)
     elif config.frontend.reader == "jaeger":
         from kelemetry_py.storage.jaeger import JaegerReader
 
         reader = JaegerReader(config.frontend.jaeger, window_seconds=config.pipeline.window_seconds)
     else:
+        if components.store is None:
+            raise ValueError("frontend.reader embedded needs store.enabled")  # config validation says so first
         return components.store  # closed with the store
     components.closers.append(reader.close)
     return reader

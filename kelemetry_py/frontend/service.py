@@ -25,10 +25,9 @@ from kelemetry_py.frontend.modes import (
     render,
 )
 from kelemetry_py.frontend.tracecache import CacheEntry, TraceCache
+from kelemetry_py.frontend.transforms import FrontendTransform, ViewInfo, apply_transforms
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import SERVICE_LINK, ObjectRef, Span
-from kelemetry_py.plugins import FrontendTransform, ViewInfo
-from kelemetry_py.plugins.transforms import apply_transforms
 from kelemetry_py.storage import TraceQuery, TraceReader
 
 # An operation of "all" (what some UIs send) means every cluster.

@@ -23,7 +23,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kelemetry_py.config import PipelineConfig
 from kelemetry_py.export import SpanWriter
@@ -44,11 +44,8 @@ from kelemetry_py.model import (
     window_of,
 )
 from kelemetry_py.pipeline import ObservationHook, Overloaded
+from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
-from kelemetry_py.plugins.decorators import apply_decorators
-
-if TYPE_CHECKING:
-    from kelemetry_py.plugins import Decorator
 
 log = logging.getLogger(__name__)
 
