@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,7 @@ from kelemetry_py.linking.annotation import ParentAnnotationLinker
 from kelemetry_py.linking.owners import OwnerReferenceLinker
 from kelemetry_py.linking.run import run_linkers
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import ObjectRef
+from kelemetry_py.model import Link, ObjectRef
 from kelemetry_py.plugins import LINKERS_GROUP
 from kelemetry_py.plugins.loading import load_linkers, load_plugins
 from tests.linking.fixture_objects import first, watched_objects
@@ -212,3 +214,22 @@ async def test_cancellation_is_not_swallowed() -> None:
 
 async def test_no_linkers_no_links() -> None:
     assert await run_linkers([], ObjectRef("c", "", "v1", "pods", "n", "p"), {}, None) == []
+
+
+async def test_a_linker_that_waits_and_answers_in_time_keeps_its_links() -> None:
+    target = ObjectRef("c", "", "v1", "configmaps", "n", "parent")
+
+    class WaitingLinker:
+        name = "waiting"
+
+        async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
+            await asyncio.sleep(0)  # a bare yield, then a real wait on a future
+            answered = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(answered.set_result, [Link(target, "parent", "waited")])
+            found: list[Link] = await answered
+            return found
+
+    metrics = Metrics()
+    results = await run_linkers([WaitingLinker()], ObjectRef("c", "", "v1", "pods", "n", "p"), {}, metrics)
+    assert [(name, link.target.key) for name, link in results] == [("waiting", target.key)]
+    assert _counter(metrics, "waiting") == 0
