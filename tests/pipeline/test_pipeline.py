@@ -235,3 +235,59 @@ async def test_a_hanging_and_a_raising_linker_are_counted_and_skipped_without_st
     }
     assert errors == {"hanging": 10.0, "raising": 10.0, "owner-references": None}
     assert hanging.entered.is_set() and not hanging.release.is_set()
+
+
+async def test_a_linker_plugin_can_follow_a_chain_in_the_graph() -> None:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from kelemetry_py.linking.graph import ObjectGraph
+    from kelemetry_py.linking.owners import OwnerReferenceLinker
+    from kelemetry_py.model import Link
+
+    class TopOwnerLinker:
+        """Links an object to the root of its ownership chain, as the graph knows it (a plugin reading the graph)."""
+
+        name = "top-owner"
+
+        def __init__(self, graph: ObjectGraph) -> None:
+            self.graph = graph
+
+        async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
+            tops = [top for top in self.graph.roots(ref) if top.key != ref.key]
+            parents = {parent.key for parent in self.graph.parents(ref)}
+            return [Link(top, "parent", "top-owner") for top in tops if top.key not in parents]
+
+    graph = ObjectGraph()
+    writer = CollectingWriter()
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW),
+        linkers=[OwnerReferenceLinker(), TopOwnerLinker(graph)],
+        graph=graph,
+    )
+    replicaset = ObjectRef("c1", "apps", "v1", "replicasets", "shop", "web-1", uid="r1")
+
+    def owned(ref: ObjectRef, kind: str, owner: str, at: float, key: str) -> Observation:
+        seen = observation(ref, 1_000 * WINDOW + at, key)
+        seen.body = {"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": owner}]}}
+        return seen
+
+    await pipeline.start()
+    for seen in (
+        owned(replicaset, "Deployment", "web", 1, "rs"),
+        owned(POD, "ReplicaSet", "web-1", 2, "pod-1"),
+        owned(POD, "ReplicaSet", "web-1", 3, "pod-2"),  # the graph now knows the Pod's chain
+    ):
+        await pipeline.submit([seen])
+        await pipeline.drain()
+    await pipeline.stop()
+    top = [s for s in writer.by_service("link") if s.attributes["linkClass"] == "top-owner"]
+    assert {(s.attributes["name"], s.attributes["linkRole"], s.attributes["linkedName"]) for s in top} == {
+        ("web-1", "parent", "web"),  # the Pod's link span ...
+        ("web", "child", "web-1"),  # ... and the Deployment's
+    }
+    relation = graph.relation(DEPLOY, POD)
+    assert relation is not None and relation.link_class == "top-owner"
