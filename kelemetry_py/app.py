@@ -323,7 +323,7 @@ async def build_components(config: Config) -> Components:
         emission = MemoryEmissionSet()
     closers.append(emission.close)
 
-    graph = ObjectGraph()
+    graph = ObjectGraph(max_nodes=config.pipeline.graph_max_nodes)
     # One catalog per cluster: the watchers refresh it from discovery, the linkers resolve owner kinds with it.
     catalogs = ClusterCatalogs()
     linkers = load_linkers(config.plugins, catalog=catalogs, graph=graph)  # plugins may read the graph

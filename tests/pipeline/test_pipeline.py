@@ -291,3 +291,11 @@ async def test_a_linker_plugin_can_follow_a_chain_in_the_graph() -> None:
     }
     relation = graph.relation(DEPLOY, POD)
     assert relation is not None and relation.link_class == "top-owner"
+
+
+def test_the_graph_bound_is_configured_and_checked() -> None:
+    from kelemetry_py.config import ConfigError, load_config
+
+    assert load_config(env={}, overrides={"pipeline.graph_max_nodes": 5000}).pipeline.graph_max_nodes == 5000
+    with pytest.raises(ConfigError, match=r"pipeline\.graph_max_nodes"):
+        load_config(env={}, overrides={"pipeline.graph_max_nodes": 1})
