@@ -13,12 +13,11 @@ from typing import Protocol, runtime_checkable
 from kelemetry_py.auth import EVERYTHING, Scope
 from kelemetry_py.auth.masking import mask_spans, namespaces_allowed
 from kelemetry_py.config import FrontendConfig
-from kelemetry_py.frontend.assembly import Assembler, ObjectMatch
+from kelemetry_py.frontend.assembly import Assembler, Modifier, ObjectMatch
 from kelemetry_py.frontend.modes import (
     ALL_MODES,
     DisplayMode,
     FrontendError,
-    Modifier,
     ViewId,
     mode_by_name,
     parse_trace_id,

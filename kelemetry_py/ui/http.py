@@ -19,9 +19,9 @@ from aiohttp import web
 
 from kelemetry_py.analysis.analyzer import analyze
 from kelemetry_py.auth import Scope, request_scope
-from kelemetry_py.frontend.assembly import AssembledTrace, ObjectMatch, ObjectTrace
+from kelemetry_py.frontend.assembly import AssembledTrace, Modifier, ObjectMatch, ObjectTrace
 from kelemetry_py.frontend.http import SERVICE_KEY
-from kelemetry_py.frontend.modes import FrontendError, Modifier, ViewId, mode_by_name, parse_trace_id
+from kelemetry_py.frontend.modes import FrontendError, ViewId, mode_by_name, parse_trace_id
 from kelemetry_py.frontend.service import FrontendService, TagValueReader
 from kelemetry_py.frontend.tracecache import CacheEntry
 from kelemetry_py.kube.catalog import ResourceCatalog

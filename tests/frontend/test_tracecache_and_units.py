@@ -9,13 +9,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from kelemetry_py.config import FrontendConfig
-from kelemetry_py.frontend.assembly import Assembler
+from kelemetry_py.frontend.assembly import Assembler, Modifier
 from kelemetry_py.frontend.convert import to_otlp_proto
 from kelemetry_py.frontend.modes import (
     ALL_MODES,
     BaseView,
     FrontendError,
-    Modifier,
     ViewId,
     mode_by_code,
     mode_by_name,
