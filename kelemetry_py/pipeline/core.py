@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _BATCH = 256  # observations a partition worker turns into one writer call
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
 _RETRY_MAX_SECONDS = 5.0
+_DELETE_VERBS = frozenset(("delete", "deletecollection"))  # a deletecollection is told on each object it removed
 _MAX_ANCESTRY = 8  # levels of parents written into a window beside an object's own relations
 
 
@@ -454,7 +455,7 @@ def _is_delete(observation: Observation) -> bool:
     tags = observation.tags
     if observation.kind == "diff":
         return tags.get("change") == "delete"
-    if observation.kind != "audit" or tags.get("verb") != "delete" or observation.error is not None:
+    if observation.kind != "audit" or tags.get("verb") not in _DELETE_VERBS or observation.error is not None:
         return False
     if "subresource" in tags:
         return False

@@ -299,3 +299,33 @@ def test_the_graph_bound_is_configured_and_checked() -> None:
     assert load_config(env={}, overrides={"pipeline.graph_max_nodes": 5000}).pipeline.graph_max_nodes == 5000
     with pytest.raises(ConfigError, match=r"pipeline\.graph_max_nodes"):
         load_config(env={}, overrides={"pipeline.graph_max_nodes": 1})
+
+
+async def test_a_delete_ends_relations_only_once_the_object_is_gone() -> None:
+    from kelemetry_py.linking.owners import OwnerReferenceLinker
+
+    writer = CollectingWriter()
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW),
+        linkers=[OwnerReferenceLinker()],
+    )
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1"}
+    created = observation(POD, 1_000 * WINDOW + 1, "create")
+    created.body = {"metadata": {"ownerReferences": [owner]}}
+    graceful = observation(POD, 1_000 * WINDOW + 2, "delete")  # tags verb=delete
+    graceful.body = {"metadata": {"ownerReferences": [owner], "deletionGracePeriodSeconds": 30}}
+    gone = observation(POD, 1_000 * WINDOW + 40, "delete")  # answered with a Status: no body
+    gone.dedup_key = "delete-2"
+    await pipeline.start()
+    for seen in (created, graceful):
+        await pipeline.submit([seen])
+        await pipeline.drain()
+    assert [p.name for p in pipeline.graph.parents(POD)] == ["web-1"], "a graceful delete leaves the Pod running"
+    await pipeline.submit([gone])
+    await pipeline.drain()
+    await pipeline.stop()
+    assert pipeline.graph.parents(POD) == []
+    assert pipeline.graph.deleted_at(POD) == 1_000 * WINDOW + 40
