@@ -1,6 +1,6 @@
 """The object differ: every watched change becomes a diff (or a create/delete snapshot) in the diff cache.
 
-Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.pipeline.diffs`);
+Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.sources.diffs`);
 a change nobody claims within ``kube.diff_wait_seconds`` (plus a margin) is emitted as its own ``diff``
 observation, attributed to the field manager found in ``managedFields``.
 
