@@ -20,10 +20,11 @@ BENCHES = {
     "store": "bench.store",
     "frontend": "bench.frontend",
     "watch": "bench.watch",
+    "graph": "bench.graph",
 }
 OPTIONAL = {"faults": "bench.faults", "search": "bench.search"}
 # What ``all`` runs: the default path, then the OTLP-only path, then each component.
-ALL = (["webhook"], ["webhook", "--otlp-only"], ["differ"], ["store"], ["frontend"])
+ALL = (["webhook"], ["webhook", "--otlp-only"], ["differ"], ["store"], ["frontend"], ["graph"])
 
 
 def _entry(name: str) -> Callable[[list[str]], int] | None:

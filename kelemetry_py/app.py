@@ -7,9 +7,10 @@ import gc
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,7 +26,23 @@ from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.spool import DurableLog
 from kelemetry_py.spool.local import LocalLog
+
+if TYPE_CHECKING:  # imported where used: a process that never serves the frontend never loads it
+    from kelemetry_py.alerts.evaluator import AlertEvaluator
+    from kelemetry_py.auth.middleware import Authenticator
+    from kelemetry_py.frontend.grpc_storage import GrpcStorageServer
+    from kelemetry_py.frontend.service import FrontendService
+    from kelemetry_py.kube.catalog import ClusterCatalogs
+    from kelemetry_py.linking.graph import ObjectGraph
+    from kelemetry_py.plugins.sources import SourceRunner
+    from kelemetry_py.search.index import SearchIndex
+    from kelemetry_py.sources.kubewatch import KubeWatching
+    from kelemetry_py.storage import TraceReader
+    from kelemetry_py.storage.sqlite import SqliteStore
+
+Closer = Callable[[], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +56,13 @@ class Components:
     emission: EmissionSet
     pipeline: Pipeline
     delivery: Delivery
-    store: Any = None  # the embedded SqliteStore when enabled (a SpanWriter and a TraceReader)
-    graph: Any = None
-    catalogs: Any = None
-    closers: list[Any] = field(default_factory=list)
-    sources: Any = None  # the SourceRunner of the enabled source plugins, started and stopped by App
-    search: Any = None  # the SearchIndex, when search.enabled
-    alerts: Any = None  # the AlertEvaluator, when alerts.rules_file is set
+    graph: ObjectGraph
+    catalogs: ClusterCatalogs
+    store: SqliteStore | None = None  # the embedded store when enabled (a SpanWriter and a TraceReader)
+    closers: list[Closer] = field(default_factory=list)
+    sources: SourceRunner | None = None  # the enabled source plugins, started and stopped by App
+    search: SearchIndex | None = None  # when search.enabled
+    alerts: AlertEvaluator | None = None  # when alerts.rules_file is set
 
 
 class App:
@@ -54,12 +71,12 @@ class App:
         self.components: Components | None = None
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
-        self.frontend: Any = None  # the FrontendService, when the frontend is enabled
-        self._grpc: Any = None
-        self.watching: Any = None  # KubeWatching, when kube.clusters are configured
+        self.frontend: FrontendService | None = None  # when the frontend is enabled
+        self._grpc: GrpcStorageServer | None = None
+        self.watching: KubeWatching | None = None  # when kube.clusters are configured
         self._ready = False
         self._stopping = False
-        self.authenticator: Any = None  # who may read (auth.mode); None when everyone may
+        self.authenticator: Authenticator | None = None  # who may read (auth.mode); None when everyone may
 
     @property
     def base_url(self) -> str:
@@ -289,14 +306,13 @@ def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") 
 async def build_components(config: Config) -> Components:
     from kelemetry_py.kube.catalog import ClusterCatalogs
     from kelemetry_py.linking.graph import ObjectGraph
-    from kelemetry_py.linking.registry import load_linkers
-    from kelemetry_py.plugins import load_decorators, load_sources
+    from kelemetry_py.plugins import load_decorators, load_linkers, load_sources
     from kelemetry_py.plugins.sources import SourceRunner
 
     metrics = Metrics()
-    closers: list[Any] = []
+    closers: list[Closer] = []
     writers: dict[str, SpanWriter] = {}
-    store = None
+    store: SqliteStore | None = None
     if config.store.enabled:
         from kelemetry_py.storage.sqlite import SqliteStore
 
@@ -320,10 +336,10 @@ async def build_components(config: Config) -> Components:
         emission = MemoryEmissionSet()
     closers.append(emission.close)
 
-    graph = ObjectGraph()
+    graph = ObjectGraph(max_nodes=config.pipeline.graph_max_nodes)
     # One catalog per cluster: the watchers refresh it from discovery, the linkers resolve owner kinds with it.
     catalogs = ClusterCatalogs()
-    linkers = load_linkers(config.plugins, catalog=catalogs)
+    linkers = load_linkers(config.plugins, catalog=catalogs, graph=graph)  # plugins may read the graph
     observation_log, span_log = open_spool(config)
     pipeline = Pipeline(
         writer=SpanLogWriter(span_log),
@@ -376,7 +392,7 @@ async def build_components(config: Config) -> Components:
     )
 
 
-def open_spool(config: Config) -> tuple[Any, LocalLog]:
+def open_spool(config: Config) -> tuple[DurableLog, LocalLog]:
     """The observation log (local, or Redis Streams) and the span log (always local: per-writer cursors)."""
     spool = config.spool
 
@@ -391,7 +407,7 @@ def open_spool(config: Config) -> tuple[Any, LocalLog]:
             cache_bytes=spool.memory_bytes,
         )
 
-    observations: Any
+    observations: DurableLog
     if spool.backend == "redis":
         from kelemetry_py.spool.redis import RedisLog
 
@@ -401,17 +417,19 @@ def open_spool(config: Config) -> tuple[Any, LocalLog]:
     return observations, local("spans")
 
 
-async def open_reader(config: Config, components: Components) -> Any:
+async def open_reader(config: Config, components: Components) -> TraceReader:
     """The TraceReader the frontend assembles views from: the embedded store, Tempo or Jaeger."""
     if config.frontend.reader == "tempo":
         from kelemetry_py.storage.tempo import TempoReader
 
-        reader: Any = TempoReader(config.frontend.tempo)
+        reader: TempoReader | JaegerReader = TempoReader(config.frontend.tempo)
     elif config.frontend.reader == "jaeger":
         from kelemetry_py.storage.jaeger import JaegerReader
 
         reader = JaegerReader(config.frontend.jaeger, window_seconds=config.pipeline.window_seconds)
     else:
+        if components.store is None:
+            raise ValueError("frontend.reader embedded needs store.enabled")  # config validation says so first
         return components.store  # closed with the store
     components.closers.append(reader.close)
     return reader

@@ -141,6 +141,8 @@ class PipelineConfig:
     # Observations accepted but not yet turned into spans, across all partitions. Past it the webhook answers 429.
     queue_capacity: int = 50_000
     window_seconds: int = 1800
+    # Objects the object graph (the linkers' memory) keeps; past it the least recently seen are forgotten.
+    graph_max_nodes: int = 200_000
 
 
 @dataclass
@@ -522,6 +524,8 @@ def validate(config: Config) -> None:
     positive("pipeline.partitions", config.pipeline.partitions)
     positive("pipeline.queue_capacity", config.pipeline.queue_capacity)
     positive("pipeline.window_seconds", config.pipeline.window_seconds)
+    if config.pipeline.graph_max_nodes < 2:
+        raise ConfigError("pipeline.graph_max_nodes: must be at least 2 (a link has two ends)")
     positive("otlp.batch_size", config.otlp.batch_size)
     positive("spool.max_bytes", config.spool.max_bytes)
     positive("spool.segment_bytes", config.spool.segment_bytes)

@@ -9,10 +9,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from kelemetry_py.analysis.http import parse_time
-from kelemetry_py.frontend.http import parse_go_duration
-from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.kube.catalog import ResourceCatalog
+from kelemetry_py.times import InvalidInput, parse_go_duration, parse_time
 
 _TIMEOUT = aiohttp.ClientTimeout(total=60)
 
@@ -63,7 +61,7 @@ def time_range(since: str, start: str | None, end: str | None, now_ns: int | Non
     try:
         end_ns = parse_time(end, "--end") if end else (now_ns if now_ns is not None else time.time_ns())
         start_ns = parse_time(start, "--start") if start else end_ns - parse_go_duration(since, "--since")
-    except FrontendError as exc:
+    except InvalidInput as exc:
         raise CommandError(str(exc), 2) from None
     if end_ns < start_ns:
         raise CommandError("the range ends before it starts", 2)

@@ -27,9 +27,6 @@ _CONTROL_PLANE_MANAGERS = {
     "kube-apiserver": "system",
 }
 _MAX_PATCH_PATHS = 50
-_READY_CONDITION = re.compile(r'\{[^{}]*"type":\s*"Ready"[^{}]*\}')
-_STATUS_TRUE = re.compile(r'"status":\s*"True"')
-_WAITING_REASON = re.compile(r'"waiting":\s*\{[^{}]*"reason":\s*"([A-Za-z]+)"')
 
 
 def iso(time_ns: int) -> str:
@@ -230,34 +227,74 @@ def diff_logs(span: Span) -> list[LogEntry]:
 # ------------------------------------------------------------------------------------------------ pod state
 
 
+def change_leaves(span: Span) -> list[tuple[str, Any]]:
+    """Every field a status write sets, as ``(path, value)`` with the differ's path naming (list items named by
+    their ``name`` or ``type``): from the structured ``changes`` of its diffs, else from its patch document.
+    Never from rendered text: how a diff is shown may change, what it says does not."""
+    leaves: list[tuple[str, Any]] = []
+    for log in diff_logs(span):
+        for change in structured_changes(log):
+            if change.get("op") != "remove":
+                _leaves(change.get("new"), str(change.get("path", "")), leaves)
+    if not leaves:
+        document = patch_document(span)
+        if document is not None:
+            _leaves(document, "", leaves)
+    return leaves
+
+
+def structured_changes(log: LogEntry) -> list[dict[str, Any]]:
+    """The machine-readable changes of a ``diff`` log (``path``, ``op``, ``old``, ``new``)."""
+    raw = log.fields.get("changes")
+    if not isinstance(raw, str) or not raw:
+        return []
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    return [item for item in parsed if isinstance(item, dict)] if isinstance(parsed, list) else []
+
+
+def patch_document(span: Span) -> dict[str, Any] | None:
+    """The request's patch as JSON; None without one, or when its log was cut short."""
+    text = patch_text(span)
+    if not text:
+        return None
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _leaves(value: Any, path: str, out: list[tuple[str, Any]]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not key.startswith("$"):  # strategic-merge directives
+                _leaves(item, f"{path}.{key}" if path else key, out)
+    elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        for index, item in enumerate(value):
+            match_key = "name" if "name" in item else "type" if "type" in item else None
+            label = item[match_key] if match_key else index
+            _leaves({key: field for key, field in item.items() if key != match_key}, f"{path}[{label}]", out)
+    else:
+        out.append((path, value))
+
+
 def becomes_ready(span: Span) -> bool:
     """A pod status write (kubelet patch, or a diff) that sets the Ready condition to True."""
-    text = patch_text(span)
-    for condition in _READY_CONDITION.findall(text):
-        if _STATUS_TRUE.search(condition):
-            return True
-    return any(_sets_ready(change) for log in diff_logs(span) for change in diff_changes(log))
-
-
-def _sets_ready(change: FieldChange) -> bool:
-    if "conditions[Ready]" not in change.path:
-        return False
-    if change.path.endswith(".status"):
-        return change.line.endswith('"True"')
-    return '"status":"True"' in change.line.replace(" ", "")
+    return any(path.endswith("conditions[Ready].status") and value == "True" for path, value in change_leaves(span))
 
 
 def waiting_reasons(span: Span) -> list[str]:
     """Container waiting reasons a pod status write reports (CrashLoopBackOff, ImagePullBackOff, ...)."""
-    texts = [patch_text(span)] + [str(log.fields.get("diff", "")) for log in diff_logs(span)]
-    reasons: list[str] = []
-    for text in texts:
-        found = _WAITING_REASON.findall(text)
-        if not found:
-            # A rendered diff line: ``status.containerStatuses[app].state.waiting.reason "A" -> "B"``.
-            for line in text.splitlines():
-                if ".waiting" in line:
-                    quoted = re.findall(r'"([A-Z][A-Za-z]+)"', line)
-                    found.extend(quoted[-1:])
-        reasons.extend(found)
-    return reasons
+    return [
+        value for path, value in change_leaves(span) if path.endswith(".waiting.reason") and isinstance(value, str)
+    ]
+
+
+def sets_condition_reason(span: Span, condition: str, reason: str) -> bool:
+    """Whether a status write sets ``condition``'s reason to ``reason`` (e.g. Progressing, ProgressDeadlineExceeded)."""
+    return any(
+        path.endswith(f"conditions[{condition}].reason") and value == reason for path, value in change_leaves(span)
+    )

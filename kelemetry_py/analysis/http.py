@@ -7,7 +7,6 @@ Query parameters: ``resource`` (or ``kind``: ``deploy``, ``Deployment``, ``deplo
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -18,25 +17,13 @@ from kelemetry_py.analysis.schema import ANALYSIS_SCHEMA
 from kelemetry_py.analysis.service import AnalysisError, AnalysisRequest, AnalysisService
 from kelemetry_py.auth import request_scope
 from kelemetry_py.auth.middleware import internal_error, request_id
-from kelemetry_py.frontend.http import checked_range, checked_time, parse_go_duration, parse_rfc3339
+from kelemetry_py.frontend.http import checked_range
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.service import FrontendService
 from kelemetry_py.kube.catalog import ResourceCatalog
+from kelemetry_py.times import DEFAULT_LOOKBACK_NS, parse_go_duration, parse_time
 
 ANALYSIS_KEY = web.AppKey("kelemetry_analysis", AnalysisService)
-_DEFAULT_LOOKBACK_NS = 3600 * 10**9
-_UNIX_SECONDS = re.compile(r"^\d+(\.\d+)?$")
-
-
-def parse_time(text: str, name: str) -> int:
-    """Nanoseconds of an RFC 3339 time or of unix seconds (a fraction allowed)."""
-    text = text.strip()
-    if _UNIX_SECONDS.match(text):
-        seconds, _, fraction = text.partition(".")
-        if len(seconds) > 12:
-            raise FrontendError(f"{name}: out of range (the epoch to the year 2116)")
-        return checked_time(int(seconds) * 10**9 + int(fraction[:9].ljust(9, "0") or 0), name)
-    return parse_rfc3339(text, name)
 
 
 def request_from_query(query: Any, now_ns: int, max_range_ns: int | None = None) -> AnalysisRequest:
@@ -60,7 +47,7 @@ def request_from_query(query: Any, now_ns: int, max_range_ns: int | None = None)
         start_ns = parse_time(start_text, "start")
     else:
         lookback = query.get("lookback", "")
-        lookback_ns = parse_go_duration(lookback, "lookback") if lookback else _DEFAULT_LOOKBACK_NS
+        lookback_ns = parse_go_duration(lookback, "lookback") if lookback else DEFAULT_LOOKBACK_NS
         if lookback_ns < 0:
             raise AnalysisError("lookback: must not be negative")
         if max_range_ns is not None:

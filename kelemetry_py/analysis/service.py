@@ -8,8 +8,8 @@ from typing import Any
 from kelemetry_py.analysis.analyzer import analyze
 from kelemetry_py.auth import EVERYTHING, Scope
 from kelemetry_py.auth.masking import mask_document, namespaces_allowed
-from kelemetry_py.frontend.assembly import ObjectMatch
-from kelemetry_py.frontend.modes import FrontendError, Modifier
+from kelemetry_py.frontend.assembly import Modifier, ObjectMatch
+from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.service import FrontendService
 from kelemetry_py.storage import TraceQuery
 

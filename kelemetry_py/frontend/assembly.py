@@ -11,11 +11,11 @@ import asyncio
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import networkx as nx
 
 from kelemetry_py.auth import EVERYTHING, Scope
-from kelemetry_py.frontend.modes import Modifier
 from kelemetry_py.model import (
     SERVICE_LINK,
     SERVICE_OBJECT,
@@ -29,6 +29,18 @@ from kelemetry_py.storage import BatchTraceReader, TraceHit, TraceQuery, TraceRe
 # An object has at most one raw trace per window; a long range can hold many windows.
 _MAX_WINDOWS_PER_OBJECT = 10_000
 
+
+class Modifier(Enum):
+    """Which related objects a view follows from the object asked for (the second digit of a display mode)."""
+
+    NONE = ("", 0)
+    FULL_TREE = ("full tree", 1)
+    ANCESTORS = ("ancestors", 2)
+    OWNED_OBJECTS = ("owned objects", 3)
+
+    def __init__(self, label: str, digit: int) -> None:
+        self.label = label
+        self.digit = digit
 
 @dataclass(frozen=True, slots=True)
 class ObjectLink:

@@ -27,11 +27,11 @@ from kelemetry_py.frontend.proto import trace_storage_pb2 as pb
 from kelemetry_py.frontend.proto import trace_storage_pb2_grpc
 from kelemetry_py.frontend.service import View, ViewQuery
 from kelemetry_py.storage.otlp_json import BackendError
+from kelemetry_py.times import DEFAULT_LOOKBACK_NS
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "jaeger.storage.v2.TraceReader"
-DEFAULT_LOOKBACK_NS = 3600 * 10**9
 DEFAULT_SEARCH_DEPTH = 20
 # Every span we serve is an internal one.
 _SPAN_KINDS = ("", "internal")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,15 @@ from kelemetry_py.frontend.service import FrontendService, View, ViewQuery
 from kelemetry_py.frontend.tracecache import TraceCache
 from kelemetry_py.storage import TraceReader
 from kelemetry_py.storage.otlp_json import BackendError
+from kelemetry_py.times import DEFAULT_LOOKBACK_NS, MAX_TIME_NS, checked_time, parse_go_duration, parse_rfc3339
 
 SERVICE_KEY = web.AppKey("kelemetry_frontend", FrontendService)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_DEFAULT_LOOKBACK_NS = 3600 * 10**9
 _REDIRECT_WINDOW_NS = 3600 * 10**9
 _FAR_FUTURE_NS = 2**62
-# Go's units, plus the days and weeks of Jaeger UI's lookback choices ("2d", "7d").
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d|w)")
-_UNIT_NS = {
-    "w": 7 * 86_400 * 10**9,
-    "d": 86_400 * 10**9,
-    "ns": 1,
-    "us": 10**3,
-    "µs": 10**3,
-    "μs": 10**3,
-    "ms": 10**6,
-    "s": 10**9,
-    "m": 60 * 10**9,
-    "h": 3600 * 10**9,
-}
 _API_PREFIXES = ("/api/", "/redirect", "/audit", "/metrics", "/healthz", "/readyz")
 # Bounds of what a query may ask (answered 400 with the parameter named when exceeded).
-MAX_TIME_NS = 2**62  # about the year 2116; anything later is a typo or an attack on int64 arithmetic
 MAX_TAGS = 16
 MAX_TAG_TEXT = 1024
 MAX_PARAM_TEXT = 4096
@@ -56,52 +40,6 @@ _DEFAULT_MAX_RANGE_NS = 400 * 86_400 * 10**9
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-
-
-def parse_go_duration(text: str, name: str) -> int:
-    """Nanoseconds of a Go duration string such as ``10ms``, ``1h30m`` or ``0.010s``."""
-    text = text.strip()
-    sign = -1 if text.startswith("-") else 1
-    body = text.lstrip("+-")
-    if body == "0":
-        return 0
-    total = 0.0
-    position = 0
-    for match in _GO_DURATION.finditer(body):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNIT_NS[match.group(2)]
-        position = match.end()
-    if not body or position != len(body) or len(body) > 64:
-        raise FrontendError(f"{name}: {text[:64]!r} is not a duration such as 10ms, 2s or 1h30m")
-    if total > MAX_TIME_NS:
-        raise FrontendError(f"{name}: {text[:64]!r} is longer than any stored history")
-    return sign * int(total)
-
-
-def parse_rfc3339(text: str, name: str) -> int:
-    """Nanoseconds since the epoch of an RFC 3339 time (any fraction precision, ``Z`` or an offset)."""
-    match = (
-        re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,12}))?(Z|z|[+-]\d{2}:\d{2})", text.strip())
-        if len(text) <= 64
-        else None
-    )
-    if not match:
-        raise FrontendError(f"{name}: {text[:64]!r} is not an RFC 3339 time")
-    base, fraction, zone = match.groups()
-    try:
-        moment = datetime.fromisoformat(base + ("+00:00" if zone in ("Z", "z") else zone))
-    except ValueError:
-        raise FrontendError(f"{name}: {text!r} is not an RFC 3339 time") from None
-    nanos = int((fraction or "0")[:9].ljust(9, "0"))
-    return checked_time(int(moment.timestamp()) * 10**9 + nanos, name)
-
-
-def checked_time(time_ns: int, name: str) -> int:
-    """``time_ns`` if it is between the epoch and :data:`MAX_TIME_NS`, else a 400 naming ``name``."""
-    if not 0 <= time_ns <= MAX_TIME_NS:
-        raise FrontendError(f"{name}: out of range (the epoch to the year 2116)")
-    return time_ns
 
 
 def checked_range(start_ns: int, end_ns: int, max_range_ns: int, name: str) -> None:
@@ -271,7 +209,7 @@ async def _find_traces(request: web.Request) -> web.StreamResponse:
         lookback_ns = (
             parse_go_duration(lookback, "lookback")
             if lookback and lookback != "custom"
-            else _DEFAULT_LOOKBACK_NS
+            else DEFAULT_LOOKBACK_NS
         )
         if lookback_ns < 0:
             raise FrontendError("lookback: must not be negative")
@@ -342,7 +280,7 @@ def _v3_query(request: web.Request) -> ViewQuery:
     end_ns = parse_rfc3339(end_text, "query.startTimeMax") if end_text else _now_ns()
     start_text = _v3_param(request, "startTimeMin", "start_time_min")
     start_ns = (
-        parse_rfc3339(start_text, "query.startTimeMin") if start_text else end_ns - _DEFAULT_LOOKBACK_NS
+        parse_rfc3339(start_text, "query.startTimeMin") if start_text else end_ns - DEFAULT_LOOKBACK_NS
     )
     depth_text = (
         _v3_param(request, "searchDepth", "search_depth")

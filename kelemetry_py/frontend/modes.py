@@ -11,8 +11,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
+from kelemetry_py.frontend.assembly import AssembledTrace, Modifier, ObjectTrace
 from kelemetry_py.model import (
     OBJECT_TAGS,
     SERVICE_AUDIT,
@@ -23,13 +23,11 @@ from kelemetry_py.model import (
     ObjectRef,
     Span,
 )
+from kelemetry_py.times import InvalidInput
 
-if TYPE_CHECKING:
-    from kelemetry_py.frontend.assembly import AssembledTrace, ObjectTrace
-
-
-class FrontendError(ValueError):
-    """A request the frontend cannot serve because its input is wrong (answered with HTTP 400)."""
+# A request the frontend cannot serve because its input is wrong (answered with HTTP 400); the time parser
+# raises the same class.
+FrontendError = InvalidInput
 
 
 class BaseView(Enum):
@@ -37,17 +35,6 @@ class BaseView(Enum):
     TIMELINE = ("timeline", 1)
     TRACING = ("tracing", 2)
     GROUPED = ("grouped", 3)
-
-    def __init__(self, label: str, digit: int) -> None:
-        self.label = label
-        self.digit = digit
-
-
-class Modifier(Enum):
-    NONE = ("", 0)
-    FULL_TREE = ("full tree", 1)
-    ANCESTORS = ("ancestors", 2)
-    OWNED_OBJECTS = ("owned objects", 3)
 
     def __init__(self, label: str, digit: int) -> None:
         self.label = label

@@ -13,22 +13,20 @@ from typing import Protocol, runtime_checkable
 from kelemetry_py.auth import EVERYTHING, Scope
 from kelemetry_py.auth.masking import mask_spans, namespaces_allowed
 from kelemetry_py.config import FrontendConfig
-from kelemetry_py.frontend.assembly import Assembler, ObjectMatch
+from kelemetry_py.frontend.assembly import Assembler, Modifier, ObjectMatch
 from kelemetry_py.frontend.modes import (
     ALL_MODES,
     DisplayMode,
     FrontendError,
-    Modifier,
     ViewId,
     mode_by_name,
     parse_trace_id,
     render,
 )
 from kelemetry_py.frontend.tracecache import CacheEntry, TraceCache
+from kelemetry_py.frontend.transforms import FrontendTransform, ViewInfo, apply_transforms
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import SERVICE_LINK, ObjectRef, Span
-from kelemetry_py.plugins import FrontendTransform, ViewInfo
-from kelemetry_py.plugins.transforms import apply_transforms
 from kelemetry_py.storage import TraceQuery, TraceReader
 
 # An operation of "all" (what some UIs send) means every cluster.

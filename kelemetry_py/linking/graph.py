@@ -1,15 +1,21 @@
-"""The live object graph: which object is whose parent, as the linkers last reported it.
+"""The object graph, the linkers' memory: which object is whose parent, as the linkers last reported it.
 
 Nodes are object keys (``cluster/group/resource/namespace/name``) holding the :class:`ObjectRef`; edges point
-from parent to child. The collector is long-lived, so the graph is bounded: past ``max_nodes`` the objects
-touched least recently are evicted.
+from parent to child. Linkers feed it from whatever carries a body; the pipeline writes every object's link spans
+from it, in every window the object has a span, whether or not that observation carried a body.
+
+A relation ends when the graph learns so: the reporting object stops reporting it (an ownerReference removed) or
+either end is deleted. An ended relation is still true of the window it ended in, so it is kept until
+:meth:`ObjectGraph.expire` passes its end; a deleted object likewise. The collector is long-lived, so the graph is
+also bounded: past ``max_nodes`` the objects touched least recently are evicted. Times are the observations'
+own (unix seconds), not the wall clock, so a replay builds the same graph as the live run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -30,6 +36,16 @@ class Relation:
     role: LinkRole
     reported_by: str  # the key of the object whose linkers produced the link
     last_seen: float  # unix seconds
+    ended: float | None = None  # when the relation stopped being true (unix seconds); None while it holds
+
+    def link_from(self, key: str) -> Link:
+        """The relation as a :class:`Link` seen from the end ``key`` (its parent or its child)."""
+        if key == self.child.key:
+            return Link(target=self.parent, role="parent", link_class=self.link_class)
+        return Link(target=self.child, role="child", link_class=self.link_class)
+
+
+_Edge = tuple[str, str]  # (parent key, child key)
 
 
 class ObjectGraph:
@@ -42,7 +58,14 @@ class ObjectGraph:
         self._clock = clock
         self._graph: nx.DiGraph = nx.DiGraph()
         self._recency: OrderedDict[str, None] = OrderedDict()  # least recently touched first
+        # Relations that ended, kept while a window may still need them: edge -> its data (with "ended").
+        self._ended: dict[_Edge, dict[str, object]] = {}
+        self._ended_at: dict[str, set[_Edge]] = {}  # node -> its ended edges
+        self._deleted: dict[str, float] = {}  # node -> when it was deleted
+        self._endings: deque[tuple[float, str, _Edge | None]] = deque()  # (when, node, edge) in end order
+        self._revisions: dict[str, int] = {}
         self.evictions = 0
+        self.expired = 0
 
     # updates
     def add_object(self, ref: ObjectRef, seen: float | None = None) -> None:
@@ -70,17 +93,47 @@ class ObjectGraph:
             for parent, child, reporter in self._incident_edges(ref.key)
             if reporter == ref.key and (parent, child) not in current
         ]
-        self._graph.remove_edges_from(stale)
+        for edge in stale:
+            self._end_edge(edge, now)
         self._recency.move_to_end(ref.key)
         self._evict()
 
+    def delete_object(self, ref: ObjectRef, at: float | None = None) -> None:
+        """``ref`` was deleted at ``at``: its relations end then. It is remembered until :meth:`expire` passes
+        ``at``, so the window of its deletion still gets its links; created again, it starts afresh."""
+        now = self._now(at)
+        self._touch(ref, now)
+        node = ref.key
+        for parent, child, _ in self._incident_edges(node):
+            self._end_edge((parent, child), now)
+        if node not in self._deleted:
+            self._deleted[node] = now
+            self._endings.append((now, node, None))
+        self._bump(node)
+
+    def expire(self, before: float) -> int:
+        """Forget relations that ended and objects deleted before ``before`` (no window to come needs them).
+        Returns how many of them were forgotten."""
+        forgotten = 0
+        while self._endings and self._endings[0][0] < before:
+            when, node, edge = self._endings.popleft()
+            if edge is not None:
+                data = self._ended.get(edge)
+                if data is not None and data["ended"] == when:
+                    self._drop_ended(edge)
+                    forgotten += 1
+            elif self._deleted.get(node) == when:
+                self._forget(node)
+                forgotten += 1
+        self.expired += forgotten
+        return forgotten
+
     def remove(self, key: KeyLike) -> bool:
-        """Forget an object and its relations (it was deleted). False when it was not known."""
+        """Forget an object and its relations at once. False when it was not known."""
         node = _key(key)
         if node not in self._graph:
             return False
-        self._graph.remove_node(node)
-        del self._recency[node]
+        self._forget(node)
         return True
 
     # queries
@@ -93,6 +146,25 @@ class ObjectGraph:
     @property
     def edge_count(self) -> int:
         return int(self._graph.number_of_edges())
+
+    def revision(self, key: KeyLike) -> int:
+        """A number that changes whenever the object's relations do (0 for an unknown object)."""
+        return self._revisions.get(_key(key), 0)
+
+    def deleted_at(self, key: KeyLike) -> float | None:
+        return self._deleted.get(_key(key))
+
+    def relations(self, key: KeyLike, since: float | None = None) -> list[Relation]:
+        """The object's relations (as parent and as child) that hold now, plus, with ``since``, those that
+        ended at or after ``since``: everything true at some time of a window that starts at ``since``."""
+        node = _key(key)
+        if node not in self._graph:
+            return []
+        edges = [(parent, child) for parent, child, _ in self._incident_edges(node)]
+        if since is not None:
+            edges += [edge for edge in self._ended_at.get(node, ()) if self._ended[edge]["ended"] >= since]  # type: ignore[operator]
+        found = [self._relation(edge) for edge in sorted(edges)]
+        return [relation for relation in found if relation is not None]
 
     def ref(self, key: KeyLike) -> ObjectRef | None:
         node = _key(key)
@@ -111,10 +183,17 @@ class ObjectGraph:
         return self._refs(sorted(self._graph.successors(node))) if node in self._graph else []
 
     def relation(self, parent: KeyLike, child: KeyLike) -> Relation | None:
-        parent_key, child_key = _key(parent), _key(child)
-        if not self._graph.has_edge(parent_key, child_key):
+        """The relation between two objects, if it holds or ended recently enough to be remembered."""
+        return self._relation((_key(parent), _key(child)))
+
+    def _relation(self, edge: _Edge) -> Relation | None:
+        parent_key, child_key = edge
+        if self._graph.has_edge(parent_key, child_key):
+            data = self._graph.edges[parent_key, child_key]
+        elif edge in self._ended:
+            data = self._ended[edge]
+        else:
             return None
-        data = self._graph.edges[parent_key, child_key]
         return Relation(
             parent=self._graph.nodes[parent_key]["ref"],
             child=self._graph.nodes[child_key]["ref"],
@@ -122,6 +201,7 @@ class ObjectGraph:
             role=data["role"],
             reported_by=data["reported_by"],
             last_seen=data["seen"],
+            ended=data.get("ended"),
         )
 
     def ancestors(self, key: KeyLike, max_depth: int | None = None) -> list[ObjectRef]:
@@ -160,6 +240,10 @@ class ObjectGraph:
 
     def _touch(self, ref: ObjectRef, now: float) -> None:
         node = ref.key
+        deleted = self._deleted.get(node)
+        if deleted is not None and now > deleted and ref.uid and ref.uid != self._graph.nodes[node]["ref"].uid:
+            del self._deleted[node]  # created again under the same name: a new object
+            self._bump(node)
         if node in self._graph:
             data = self._graph.nodes[node]
             known: ObjectRef = data["ref"]
@@ -177,10 +261,63 @@ class ObjectGraph:
         self._touch(ref, now)
         self._touch(link.target, now)
         parent, child = (link.target.key, ref.key) if link.role == "parent" else (ref.key, link.target.key)
-        self._graph.add_edge(
-            parent, child, link_class=link.link_class, role=link.role, reported_by=ref.key, seen=now
-        )
-        return parent, child
+        edge = (parent, child)
+        data = {"link_class": link.link_class, "role": link.role, "reported_by": ref.key, "seen": now}
+        gone = [self._deleted[n] for n in edge if n in self._deleted and self._deleted[n] <= now]
+        if gone:
+            # Reported after one end was deleted (a late observation, an orphan's stale ownerReference): it held
+            # at most until then.
+            if edge not in self._ended:
+                if self._graph.has_edge(parent, child):
+                    self._graph.remove_edge(parent, child)
+                self._record_ended(edge, data, min(gone))
+            return edge
+        fresh = not self._graph.has_edge(parent, child)
+        if edge in self._ended:
+            self._drop_ended(edge)  # it holds again
+            fresh = True
+        self._graph.add_edge(parent, child, **data)
+        if fresh:
+            self._bump(parent)
+            self._bump(child)
+        return edge
+
+    def _end_edge(self, edge: _Edge, when: float) -> None:
+        parent, child = edge
+        data = dict(self._graph.edges[parent, child])
+        self._graph.remove_edge(parent, child)
+        self._record_ended(edge, data, when)
+
+    def _record_ended(self, edge: _Edge, data: dict[str, object], when: float) -> None:
+        data["ended"] = when
+        self._ended[edge] = data
+        for node in edge:
+            self._ended_at.setdefault(node, set()).add(edge)
+            self._bump(node)
+        self._endings.append((when, edge[0], edge))
+
+    def _drop_ended(self, edge: _Edge) -> None:
+        del self._ended[edge]
+        for node in edge:
+            held = self._ended_at.get(node)
+            if held is not None:
+                held.discard(edge)
+                if not held:
+                    del self._ended_at[node]
+            self._bump(node)
+
+    def _forget(self, node: str) -> None:
+        for edge in list(self._ended_at.get(node, ())):
+            self._drop_ended(edge)
+        for neighbour in [*self._graph.predecessors(node), *self._graph.successors(node)]:
+            self._bump(neighbour)
+        self._graph.remove_node(node)
+        del self._recency[node]
+        self._deleted.pop(node, None)
+        self._revisions.pop(node, None)
+
+    def _bump(self, node: str) -> None:
+        self._revisions[node] = self._revisions.get(node, 0) + 1
 
     def _incident_edges(self, node: str) -> list[tuple[str, str, str]]:
         edges = [(p, node, d["reported_by"]) for p, _, d in self._graph.in_edges(node, data=True)]
@@ -189,8 +326,8 @@ class ObjectGraph:
 
     def _evict(self) -> None:
         while len(self._recency) > self.max_nodes:
-            oldest, _ = self._recency.popitem(last=False)
-            self._graph.remove_node(oldest)
+            oldest = next(iter(self._recency))
+            self._forget(oldest)
             self.evictions += 1
 
     def _refs(self, keys: Iterable[str]) -> list[ObjectRef]:

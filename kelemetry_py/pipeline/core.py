@@ -3,6 +3,11 @@
 Each object key hashes to one of N partitions, so one object's observations are handled in order while objects
 run in parallel. Capacity is counted across partitions: a batch is accepted whole or refused whole.
 
+Link spans come from the object graph, the linkers' memory: an observation carrying a body feeds its linkers'
+relations into the graph, and every observation writes its object's relations (and its ancestors') into its window,
+once per window, whether it carried a body or not. A delete ends the object's relations after its own window has
+them. See docs/graph.md.
+
 Emission claims (which replica writes an object or link span) are kept only once the spans are written; a write
 that fails is retried, and claims are given back if the pipeline stops before it succeeds. Observations fed with a
 :class:`Ticket` report back when every one of them is written, so a durable log can acknowledge them.
@@ -18,11 +23,13 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kelemetry_py.config import PipelineConfig
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.linking import Linker
+from kelemetry_py.linking.graph import ObjectGraph
+from kelemetry_py.linking.run import LINKER_TIMEOUT_SECONDS, run_linkers
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
     SERVICE_LINK,
@@ -37,18 +44,16 @@ from kelemetry_py.model import (
     window_of,
 )
 from kelemetry_py.pipeline import ObservationHook, Overloaded
+from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
-from kelemetry_py.plugins.decorators import apply_decorators
-
-if TYPE_CHECKING:
-    from kelemetry_py.linking.graph import ObjectGraph
-    from kelemetry_py.plugins import Decorator
 
 log = logging.getLogger(__name__)
 
 _BATCH = 256  # observations a partition worker turns into one writer call
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
 _RETRY_MAX_SECONDS = 5.0
+_DELETE_VERBS = frozenset(("delete", "deletecollection"))  # a deletecollection is told on each object it removed
+_MAX_ANCESTRY = 8  # levels of parents written into a window beside an object's own relations
 
 
 class Ticket:
@@ -85,14 +90,19 @@ class Pipeline:
         hooks: Sequence[ObservationHook] = (),
         graph: ObjectGraph | None = None,
         decorators: Sequence[Decorator] = (),
+        linker_timeout_seconds: float = LINKER_TIMEOUT_SECONDS,
     ) -> None:
         self._config = config or PipelineConfig()
         self._writer = writer
         self._emission = emission
         self._metrics = metrics
         self._linkers = list(linkers)
+        self._linker_timeout = linker_timeout_seconds
         self._hooks = list(hooks)
-        self._graph = graph
+        self.graph = graph if graph is not None else ObjectGraph()
+        # (object key, window, parents only) -> the graph revision whose relations are written (or claimed).
+        self._linked: OrderedDict[tuple[str, int, bool], int] = OrderedDict()
+        self._latest_s = 0.0  # the newest observation time seen: the graph forgets what ended well before it
         self._decorators = list(decorators)
         self._window_ns = self._config.window_seconds * 1_000_000_000
         self._queues: list[asyncio.Queue[_Item]] = [
@@ -266,6 +276,8 @@ class Pipeline:
             raise
 
     async def _release(self, claims: Sequence[str]) -> None:
+        if claims:
+            self._linked.clear()  # some relations must be written again
         for key in claims:
             self._known.pop(key, None)
             with contextlib.suppress(Exception):
@@ -277,9 +289,15 @@ class Pipeline:
         key = ref.key
         trace_id = object_trace_id(key, window)
         await self._ensure_object_span(ref, window, out, claims, force, observation.body)
+        seen = observation.start_ns / 1e9
         if observation.body is not None and self._linkers:
-            for link in await self._links(ref, observation.body):
-                await self._link_spans(ref, link, window, observation.start_ns, out, claims, force)
+            self.graph.sync_links(ref, await self._links(ref, observation.body), seen)
+        else:
+            self.graph.add_object(ref, seen)
+        await self._write_relations(ref, window, observation.start_ns, out, claims, force)
+        if _is_delete(observation):
+            self.graph.delete_object(ref, seen)
+        self._forget_old_relations(seen)
         identity = observation.dedup_key or f"{observation.kind}:{observation.start_ns}:{os.urandom(6).hex()}"
         attributes = ref.tags()
         attributes.update(observation.tags)
@@ -303,19 +321,51 @@ class Pipeline:
         out.append(span)
 
     async def _links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
-        links: list[Link] = []
-        for linker in self._linkers:
-            # Awaited in turn rather than gathered: a task per linker per observation costs more than the linking.
-            try:
-                found = await linker.links(ref, body)
-            except Exception:
-                self._metrics.plugin_errors.labels(linker.name).inc()
-                log.exception("linker %s failed on %s; its links are skipped", linker.name, ref.key)
+        found = await run_linkers(self._linkers, ref, body, self._metrics, timeout_seconds=self._linker_timeout)
+        return [link for _, link in found]
+
+    async def _write_relations(
+        self, ref: ObjectRef, window: int, time_ns: int, out: list[Span], claims: list[str], force: bool
+    ) -> None:
+        """Link spans, in ``window``, for every relation the graph holds of ``ref`` during it, and for its
+        ancestors' relations to their own parents, so that a window with a Pod's span also links its
+        ReplicaSet to its Deployment. Each object's relations are looked at again only when they change."""
+        window_start_s = window * self.window_seconds
+        pending: list[tuple[str, bool, int]] = [(ref.key, False, 0)]
+        visited: set[str] = set()
+        while pending:
+            key, parents_only, depth = pending.pop()
+            if key in visited:
                 continue
-            links.extend(found)
-        if self._graph is not None:
-            self._graph.sync_links(ref, links)
-        return links
+            visited.add(key)
+            marker = (key, window, parents_only)
+            revision = self.graph.revision(key)
+            if not force and self._linked.get(marker) == revision:
+                continue  # already written in this window (the ancestors' markers cover theirs)
+            for relation in self.graph.relations(key, since=window_start_s):
+                is_parent = relation.child.key == key
+                if parents_only and not is_parent:
+                    continue
+                owner = relation.child if is_parent else relation.parent
+                await self._link_spans(owner, relation.link_from(key), window, time_ns, out, claims, force)
+                if is_parent and depth < _MAX_ANCESTRY:
+                    pending.append((relation.parent.key, True, depth + 1))
+            self._linked[marker] = revision
+            self._linked.move_to_end(marker)
+            if len(self._linked) > _KNOWN_WINDOWS:
+                self._linked.popitem(last=False)
+
+    @property
+    def window_seconds(self) -> int:
+        return self._config.window_seconds
+
+    def _forget_old_relations(self, seen: float) -> None:
+        """Relations that ended, and objects deleted, before the previous window are needed by no window that
+        is still being written (the emission claims last two windows too)."""
+        if seen > self._latest_s:
+            self._latest_s = seen
+            window_start = window_of(int(seen * 1e9), self.window_seconds) * self.window_seconds
+            self.graph.expire(window_start - self.window_seconds)
 
     async def _claim(self, key: str, claims: list[str], force: bool) -> bool:
         if key in self._known:
@@ -397,3 +447,20 @@ class Pipeline:
                     attributes=attributes,
                 )
             )
+
+
+def _is_delete(observation: Observation) -> bool:
+    """Whether the observation tells of the object's deletion (an audit delete that succeeded, or the differ
+    seeing it go)."""
+    tags = observation.tags
+    if observation.kind == "diff":
+        return tags.get("change") == "delete"
+    if observation.kind != "audit" or tags.get("verb") not in _DELETE_VERBS or observation.error is not None:
+        return False
+    if "subresource" in tags:
+        return False
+    metadata = observation.body.get("metadata") if observation.body is not None else None
+    if not isinstance(metadata, Mapping):
+        return True  # the response was a Status: the object is gone
+    # A graceful delete or one held by finalizers returns the object, which lives on until they are done.
+    return not metadata.get("finalizers") and not metadata.get("deletionGracePeriodSeconds")

@@ -22,11 +22,11 @@ See ``docs/plugins.md`` for a worked example.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from kelemetry_py.config import Config
+from kelemetry_py.frontend.transforms import FrontendTransform, ViewInfo
 from kelemetry_py.linking import Linker
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
@@ -40,6 +40,7 @@ from kelemetry_py.model import (
     Span,
 )
 from kelemetry_py.pipeline import ObservationSink, Overloaded
+from kelemetry_py.pipeline.decorators import Decoration, Decorator, SpanInfo
 
 SOURCES_GROUP = "kelemetry_py.sources"
 LINKERS_GROUP = "kelemetry_py.linkers"
@@ -69,62 +70,6 @@ class Source(Protocol):
     name: str
 
     async def run(self, sink: ObservationSink, context: SourceContext) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SpanInfo:
-    """A read-only view of a span a decorator is asked about.
-
-    ``service`` is ``object`` for an object span, else the observation's kind (``audit``, ``event``, ``diff`` or
-    a plugin source's name). ``body`` is the redacted object the observation carried (None when unknown, e.g.
-    for an object span created for the far end of a link).
-    """
-
-    service: str
-    name: str
-    ref: ObjectRef
-    start_ns: int
-    end_ns: int
-    tags: Mapping[str, AttrValue]
-    body: Mapping[str, Any] | None
-    error: bool
-
-
-@dataclass(slots=True)
-class Decoration:
-    """What a decorator adds. Tags naming the object (cluster, group, version, resource, namespace, name, uid)
-    cannot be overwritten: they are how spans are found."""
-
-    tags: Attributes = field(default_factory=dict)
-    logs: list[LogEntry] = field(default_factory=list)
-
-
-@runtime_checkable
-class Decorator(Protocol):
-    """Adds tags and logs to spans before they are written. Return None to add nothing."""
-
-    name: str
-
-    async def decorate(self, span: SpanInfo) -> Decoration | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ViewInfo:
-    """Which view a frontend transform is shaping: the display mode's name and the object it was asked for."""
-
-    mode: str
-    object_key: str
-    trace_id: int
-
-
-@runtime_checkable
-class FrontendTransform(Protocol):
-    """Reshapes the spans of a rendered view (rename, add tags, drop noise). The first span is the root and
-    must stay first. Return a new list; the spans given are copies, so changing them in place is fine too."""
-
-    name: str
-
-    async def transform(self, spans: list[Span], view: ViewInfo) -> list[Span]: ...
 
 
 # Imported last: the helpers use the protocols above.

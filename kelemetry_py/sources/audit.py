@@ -17,6 +17,7 @@ from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import KIND_RECORD, SERVICE_AUDIT, Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.sources.redaction import Redactor
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 
 log = logging.getLogger(__name__)
 
@@ -227,14 +228,6 @@ def _unrepresentable(event: AuditEvent) -> tuple[str, str, str] | None:
     if status is not None and not 0 <= status.code <= 999:
         return "responseStatus.code", "bad_status_code", f"{status.code} is not an HTTP status code"
     return None
-
-
-def parse_time_ns(text: str) -> int:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def _load(raw: msgspec.Raw) -> Any:

@@ -1,6 +1,6 @@
 """The object differ: every watched change becomes a diff (or a create/delete snapshot) in the diff cache.
 
-Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.pipeline.diffs`);
+Audit spans claim the diff of the resourceVersion their response carries (:mod:`kelemetry_py.sources.diffs`);
 a change nobody claims within ``kube.diff_hold_seconds`` is emitted as its own ``diff`` observation,
 attributed to the field manager found in ``managedFields``. A change is held until it is claimed or its
 emission has been accepted, in memory bounded by ``kube.diff_pending_max_bytes``, and in the state file

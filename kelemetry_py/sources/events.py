@@ -23,7 +23,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -34,6 +33,7 @@ from kelemetry_py.kube.watch import ResourceType, handled_by
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
+from kelemetry_py.times import kube_time_ns
 
 EVENTS_GROUP = "events.k8s.io"
 _T = TypeVar("_T")
@@ -235,11 +235,9 @@ def parse_time_ns(value: Any) -> int | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return kube_time_ns(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    seconds = int(parsed.timestamp())
-    return seconds * 1_000_000_000 + parsed.microsecond * 1000
 
 
 def _dict(value: Any) -> Mapping[str, Any]:

@@ -16,10 +16,10 @@ from kelemetry_py.kube.catalog import ClusterCatalogs
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline import ObservationSink
 from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache import DiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
 from kelemetry_py.sources.differstate import SqliteDifferState
+from kelemetry_py.sources.diffs import DiffAttacher
 from kelemetry_py.sources.events import (
     EventCursor,
     EventTracker,

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from kelemetry_py.analysis.analyzer import analyze
 from kelemetry_py.auth import Scope, request_scope
-from kelemetry_py.frontend.assembly import AssembledTrace, ObjectMatch, ObjectTrace
+from kelemetry_py.frontend.assembly import AssembledTrace, Modifier, ObjectMatch, ObjectTrace
 from kelemetry_py.frontend.http import SERVICE_KEY
-from kelemetry_py.frontend.modes import FrontendError, Modifier, ViewId, mode_by_name, parse_trace_id
+from kelemetry_py.frontend.modes import FrontendError, ViewId, mode_by_name, parse_trace_id
 from kelemetry_py.frontend.service import FrontendService, TagValueReader
 from kelemetry_py.frontend.tracecache import CacheEntry
 from kelemetry_py.kube.catalog import ResourceCatalog
@@ -214,7 +214,8 @@ async def _search(request: web.Request) -> web.StreamResponse:
 async def _facets(request: web.Request) -> web.StreamResponse:
     """Values for the cluster, namespace and kind pickers, as far as the caller's scope may know them."""
     service = request.app[SERVICE_KEY]
-    start_ns, end_ns = parse_range(request.query.get("from", ""), request.query.get("to", ""), time.time_ns(), "168h")
+    query = request.query
+    start_ns, end_ns = parse_range(query.get("from", ""), query.get("to", ""), time.time_ns(), 168 * 3600 * 10**9)
     reader = service.reader
     clusters: list[str] = []
     namespaces: list[str] = []

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 
-from kelemetry_py.frontend.http import parse_go_duration, parse_rfc3339
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.kube.catalog import ResourceCatalog
+from kelemetry_py.times import DEFAULT_LOOKBACK_NS, parse_time
 
 # Typing ``web-6b95…`` (or ``web-6b95*``) asks for names starting with ``web-6b95``.
 _PREFIX_MARKS = ("…", "*", "...")
 _NAMESPACE_FLAGS = ("-n", "--namespace")
-_UNIX_MILLIS = re.compile(r"^\d{10,}$")
 
 
 @dataclass(slots=True)
@@ -117,22 +115,13 @@ def parse_search(text: str) -> SearchQuery:
     return query
 
 
-def parse_time(text: str, name: str, now_ns: int) -> int:
-    """Nanoseconds of ``now``, ``now-1h`` (a Go duration, days allowed), RFC 3339 or unix milliseconds."""
-    text = text.strip()
-    if text == "now":
-        return now_ns
-    if text.startswith("now-"):
-        return now_ns - parse_go_duration(text[4:], name)
-    if _UNIX_MILLIS.match(text):
-        return int(text) * 10**6
-    return parse_rfc3339(text, name)
-
-
-def parse_range(start: str, end: str, now_ns: int, default_lookback: str = "1h") -> tuple[int, int]:
-    """The range of ``from``/``to`` parameters: ``to`` defaults to now, ``from`` to ``default_lookback`` before it."""
-    end_ns = parse_time(end, "to", now_ns) if end else now_ns
-    start_ns = parse_time(start, "from", now_ns) if start else end_ns - parse_go_duration(default_lookback, "from")
+def parse_range(start: str, end: str, now_ns: int, default_lookback_ns: int = DEFAULT_LOOKBACK_NS) -> tuple[int, int]:
+    """The range of ``from``/``to`` parameters (``now``, ``now-1h``, RFC 3339 or unix milliseconds): ``to``
+    defaults to now, ``from`` to ``default_lookback_ns`` before it."""
+    end_ns = parse_time(end, "to", now_ns=now_ns, unix_unit_ns=10**6) if end else now_ns
+    start_ns = (
+        parse_time(start, "from", now_ns=now_ns, unix_unit_ns=10**6) if start else end_ns - default_lookback_ns
+    )
     if end_ns < start_ns:
         raise FrontendError("the range ends before it starts")
     return start_ns, end_ns

@@ -5,6 +5,7 @@ The recorded fixtures hold no Warning events, back-offs or stuck rollouts, so th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -257,3 +258,64 @@ def test_controller_writes_are_not_rollouts() -> None:
     assert doc["latency"]["rollouts"] == [] and doc["latency"]["slowestStep"] is None
     assert [entry["actorKind"] for entry in doc["timeline"]] == ["controller"] * 3
     jsonschema.validate(doc, ANALYSIS_SCHEMA)
+
+
+def _rerendered(trace: AssembledTrace) -> AssembledTrace:
+    """The same trace with every diff shown another way (one line, another notation): only the rendering differs."""
+    objects = {}
+    for key, obj in trace.objects.items():
+        children = []
+        for child in obj.children:
+            logs = []
+            for log in child.logs:
+                if log.name == "diff":
+                    changes = orjson.loads(str(log.fields["changes"]))
+                    shown = "; ".join(f"{c['path']} := {orjson.dumps(c.get('new')).decode()}" for c in changes)
+                    log = LogEntry(log.time_ns, log.name, {**log.fields, "diff": f"[{shown}]"})
+                logs.append(log)
+            children.append(dataclasses.replace(child, logs=logs))
+        objects[key] = dataclasses.replace(obj, children=children)
+    return dataclasses.replace(trace, objects=objects)
+
+
+def _without_quoted_text(value: Any) -> Any:
+    """The analysis without the diff text it quotes as evidence ("lines", "summary")."""
+    if isinstance(value, dict):
+        return {k: _without_quoted_text(v) for k, v in value.items() if k not in ("lines", "summary")}
+    if isinstance(value, list):
+        return [_without_quoted_text(item) for item in value]
+    return value
+
+
+def test_analysis_is_unaffected_by_how_diffs_are_rendered() -> None:
+    ready_change = [{"path": "status.conditions[Ready].status", "op": "change", "old": "False", "new": "True"}]
+    waiting = [
+        {"path": "status.containerStatuses[app].state.waiting.reason", "op": "add", "new": "ImagePullBackOff"},
+    ]
+    stuck = stuck_rollout()
+    waiting_line = 'status.containerStatuses[app].state.waiting.reason "ImagePullBackOff"'
+    ready_line = 'status.conditions[Ready].status "False" -> "True"'
+    replicas = [{"path": "spec.replicas", "op": "change", "old": 0, "new": 1}]
+    created = {"change": "create", "fieldManager": "kube-controller-manager"}
+    scheduled = "Successfully assigned prod/api-1-a to n1"
+    converging = assemble(
+        {
+            DEPLOY: [diff(DEPLOY, "helm", 0, replicas, ["spec.replicas 0 -> 1"])],
+            RS: [diff(RS, "kube-controller-manager", 0.1, replicas, ["spec.replicas 0 -> 1"])],
+            POD_A: [
+                span(POD_A, "diff", "kube-controller-manager create", 0.2, created),
+                event(POD_A, "Normal", "Scheduled", 0.3, 1, "default-scheduler", scheduled),
+                diff(POD_A, "kubelet", 1.0, waiting, [waiting_line]),
+                diff(POD_A, "kubelet", 4.3, ready_change, [ready_line]),
+            ],
+        },
+        DEPLOY,
+    )
+    for trace in (stuck, converging):
+        before, after = analyze(trace), analyze(_rerendered(trace))
+        assert _without_quoted_text(after) == _without_quoted_text(before)
+    doc = analyze(_rerendered(converging))
+    assert [step["name"] for step in doc["latency"]["rollouts"][0]["steps"]][-1] == "pod ready"
+    assert [item["reason"] for item in doc["failures"]["backOffs"]] == ["ImagePullBackOff"]
+    stuck_doc = analyze(_rerendered(stuck))
+    assert "progress deadline exceeded" in [item["reason"] for item in stuck_doc["failures"]["stuckRollouts"]]

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from kelemetry_py.model import ObjectRef, Observation
-from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache import Change, DiffCache, DiffRecord
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.diffcache.redis import RedisDiffCache
+from kelemetry_py.sources.diffs import DiffAttacher
 from tests.differ.support import ObservedMemoryCache
 
 REF = ObjectRef("c1", "apps", "v1", "deployments", "shop", "web", "uid-1")

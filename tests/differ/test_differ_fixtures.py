@@ -12,10 +12,10 @@ from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import LogEntry, Observation
-from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.audit import AuditConverter, parse_event_list
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
+from kelemetry_py.sources.diffs import DiffAttacher
 from tests.conftest import FAKE_SECRET_VALUES
 from tests.differ.support import (
     CLUSTER,

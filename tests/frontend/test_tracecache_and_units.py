@@ -9,14 +9,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from kelemetry_py.config import FrontendConfig
-from kelemetry_py.frontend.assembly import Assembler
+from kelemetry_py.frontend.assembly import Assembler, Modifier
 from kelemetry_py.frontend.convert import to_otlp_proto
-from kelemetry_py.frontend.http import parse_go_duration, parse_rfc3339
 from kelemetry_py.frontend.modes import (
     ALL_MODES,
     BaseView,
     FrontendError,
-    Modifier,
     ViewId,
     mode_by_code,
     mode_by_name,
@@ -26,6 +24,7 @@ from kelemetry_py.frontend.service import FrontendService, ViewQuery
 from kelemetry_py.frontend.tracecache import CacheEntry
 from kelemetry_py.frontend.tracecache.memory import MemoryTraceCache
 from kelemetry_py.frontend.tracecache.redis import RedisTraceCache
+from kelemetry_py.times import parse_go_duration, parse_rfc3339
 from tests.frontend.conftest import open_reader
 from tests.frontend.rawdata import T0, WINDOW_NS, MemoryReader, deployment_story
 

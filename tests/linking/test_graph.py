@@ -6,8 +6,10 @@ import pytest
 
 from kelemetry_py.config import PluginsConfig
 from kelemetry_py.linking.graph import ObjectGraph
-from kelemetry_py.linking.registry import LINKERS_GROUP, load_linkers, run_linkers
+from kelemetry_py.linking.run import run_linkers
 from kelemetry_py.model import Link, ObjectRef
+from kelemetry_py.plugins import LINKERS_GROUP
+from kelemetry_py.plugins.loading import load_linkers
 from tests.linking.fixture_objects import CLUSTER, watched_objects
 
 DEPLOY = ObjectRef(CLUSTER, "apps", "v1", "deployments", "shop", "web")
@@ -179,3 +181,40 @@ async def test_cross_cluster_links_are_distinct_nodes() -> None:
     graph.add_link(_ref("child"), Link(east_parent, "parent", "annotation"))
     assert graph.parents(_ref("child")) == [east_parent]
     assert west_parent not in graph
+
+
+def test_a_deleted_object_keeps_its_relations_for_its_window_until_expired() -> None:
+    graph = ObjectGraph()
+    graph.sync_links(RS, [_parent(DEPLOY)], seen=10.0)
+    graph.sync_links(POD, [_parent(RS)], seen=10.0)
+    graph.delete_object(DEPLOY, at=100.0)
+    assert graph.parents(RS) == []  # no longer holds
+    held = graph.relations(RS, since=60.0)  # during [60, 120)
+    expected = {(DEPLOY.key, RS.key, 100.0), (RS.key, POD.key, None)}
+    assert {(r.parent.key, r.child.key, r.ended) for r in held} == expected
+    assert graph.relations(RS, since=120.0) == [graph.relation(RS, POD)]
+    assert graph.expire(before=100.0) == 0
+    assert graph.expire(before=100.5) == 2  # the relation and the deleted Deployment
+    assert DEPLOY not in graph and graph.relations(RS, since=0.0) == [graph.relation(RS, POD)]
+
+
+def test_a_dropped_owner_reference_ends_the_relation_and_a_new_report_revives_it() -> None:
+    graph = ObjectGraph()
+    graph.sync_links(POD, [_parent(RS)], seen=1.0)
+    before = graph.revision(POD)
+    graph.sync_links(POD, [], seen=5.0)
+    relation = graph.relation(RS, POD)
+    assert relation is not None and relation.ended == 5.0 and graph.revision(POD) != before
+    assert graph.relations(POD, since=6.0) == []
+    graph.sync_links(POD, [_parent(RS)], seen=7.0)
+    assert graph.parents(POD) == [RS]
+    assert graph.expire(before=100.0) == 0  # the revived relation is not forgotten
+
+
+def test_a_relation_reported_after_its_parent_was_deleted_ends_at_the_deletion() -> None:
+    graph = ObjectGraph()
+    graph.delete_object(RS, at=50.0)
+    graph.sync_links(POD, [_parent(RS)], seen=60.0)  # a late observation of an orphan
+    assert graph.parents(POD) == []
+    relation = graph.relation(RS, POD)
+    assert relation is not None and relation.ended == 50.0

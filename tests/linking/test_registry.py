@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,9 +14,11 @@ from kelemetry_py.kube import ClusterCatalogs, ResourceCatalog
 from kelemetry_py.linking import Linker
 from kelemetry_py.linking.annotation import ParentAnnotationLinker
 from kelemetry_py.linking.owners import OwnerReferenceLinker
-from kelemetry_py.linking.registry import LINKERS_GROUP, load_linkers, load_plugins, run_linkers
+from kelemetry_py.linking.run import run_linkers
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import ObjectRef
+from kelemetry_py.model import Link, ObjectRef
+from kelemetry_py.plugins import LINKERS_GROUP
+from kelemetry_py.plugins.loading import load_linkers, load_plugins
 from tests.linking.fixture_objects import first, watched_objects
 from tests.linking.sample_plugins import HangingLinker, RaisingLinker, WrongResultLinker
 
@@ -116,7 +120,7 @@ async def test_broken_plugins_are_logged_and_skipped(
     sample_distribution: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = PluginsConfig(settings={"labels": {"label": "owner", "resource": "secrets"}}, disabled=OTHERS)
-    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.plugins.loading"):
         linkers = load_linkers(config)
     # Sorted by name: broken (import fails), labels, not-a-linker (skipped), owner-references, ...
     assert [linker.name for linker in linkers] == [
@@ -140,7 +144,7 @@ def test_bad_settings_skip_only_that_plugin(
     config = PluginsConfig(
         enabled={LINKERS_GROUP: ["labels", "parent-annotation"]}, settings={"labels": {"no_such_option": 1}}
     )
-    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.plugins.loading"):
         linkers = load_linkers(config)
     assert [linker.name for linker in linkers] == ["parent-annotation"]
     assert any("labels" in r.getMessage() and "failed to start" in r.getMessage() for r in caplog.records)
@@ -151,7 +155,7 @@ def test_settings_that_are_not_a_mapping_skip_the_plugin(caplog: pytest.LogCaptu
         settings={"owner-references": ["controller_only"]},  # type: ignore[dict-item]
         disabled=OTHERS,
     )
-    with caplog.at_level(logging.ERROR, logger="kelemetry_py.linking.registry"):
+    with caplog.at_level(logging.ERROR, logger="kelemetry_py.plugins.loading"):
         assert [linker.name for linker in load_linkers(config)] == ["parent-annotation"]
     assert any("must be a mapping" in r.getMessage() for r in caplog.records)
 
@@ -210,3 +214,22 @@ async def test_cancellation_is_not_swallowed() -> None:
 
 async def test_no_linkers_no_links() -> None:
     assert await run_linkers([], ObjectRef("c", "", "v1", "pods", "n", "p"), {}, None) == []
+
+
+async def test_a_linker_that_waits_and_answers_in_time_keeps_its_links() -> None:
+    target = ObjectRef("c", "", "v1", "configmaps", "n", "parent")
+
+    class WaitingLinker:
+        name = "waiting"
+
+        async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
+            await asyncio.sleep(0)  # a bare yield, then a real wait on a future
+            answered = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(answered.set_result, [Link(target, "parent", "waited")])
+            found: list[Link] = await answered
+            return found
+
+    metrics = Metrics()
+    results = await run_linkers([WaitingLinker()], ObjectRef("c", "", "v1", "pods", "n", "p"), {}, metrics)
+    assert [(name, link.target.key) for name, link in results] == [("waiting", target.key)]
+    assert _counter(metrics, "waiting") == 0

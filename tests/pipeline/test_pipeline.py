@@ -200,3 +200,132 @@ async def test_parked_observations_do_not_hold_up_other_objects() -> None:
     slow = next(s for s in writer.by_service("audit") if s.attributes["verb"] == "slow")
     assert slow.attributes["waited"] is True
     assert metrics.plugin_errors.labels("broken")._value.get() == 2
+
+
+async def test_a_hanging_and_a_raising_linker_are_counted_and_skipped_without_stalling_a_partition() -> None:
+    from kelemetry_py.linking.owners import OwnerReferenceLinker
+    from tests.linking.sample_plugins import HangingLinker, RaisingLinker
+
+    writer = CollectingWriter()
+    metrics = Metrics()
+    hanging = HangingLinker()  # never released: it sleeps forever
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=metrics,
+        config=PipelineConfig(window_seconds=WINDOW, partitions=1),  # one partition: a stall would stop everything
+        linkers=[hanging, RaisingLinker(), OwnerReferenceLinker()],
+        linker_timeout_seconds=0.05,
+    )
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "controller": True}
+    pods = []
+    for index in range(10):
+        pod = ObjectRef("c1", "", "v1", "pods", "shop", f"web-1-{index}", uid=f"u{index}")
+        seen = observation(pod, 1_000 * WINDOW + index, f"p{index}")
+        seen.body = {"metadata": {"name": pod.name, "ownerReferences": [owner]}}
+        pods.append(seen)
+    await run(pipeline, pods)
+
+    assert len(writer.by_service("audit")) == 10
+    links = writer.by_service("link")
+    assert sum(1 for s in links if s.attributes["linkedResource"] == "replicasets") == 10  # the good linker's
+    errors = {
+        name: metrics.registry.get_sample_value("kelemetry_plugin_errors_total", {"plugin": name})
+        for name in ("hanging", "raising", "owner-references")
+    }
+    assert errors == {"hanging": 10.0, "raising": 10.0, "owner-references": None}
+    assert hanging.entered.is_set() and not hanging.release.is_set()
+
+
+async def test_a_linker_plugin_can_follow_a_chain_in_the_graph() -> None:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from kelemetry_py.linking.graph import ObjectGraph
+    from kelemetry_py.linking.owners import OwnerReferenceLinker
+    from kelemetry_py.model import Link
+
+    class TopOwnerLinker:
+        """Links an object to the root of its ownership chain, as the graph knows it (a plugin reading the graph)."""
+
+        name = "top-owner"
+
+        def __init__(self, graph: ObjectGraph) -> None:
+            self.graph = graph
+
+        async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
+            tops = [top for top in self.graph.roots(ref) if top.key != ref.key]
+            parents = {parent.key for parent in self.graph.parents(ref)}
+            return [Link(top, "parent", "top-owner") for top in tops if top.key not in parents]
+
+    graph = ObjectGraph()
+    writer = CollectingWriter()
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW),
+        linkers=[OwnerReferenceLinker(), TopOwnerLinker(graph)],
+        graph=graph,
+    )
+    replicaset = ObjectRef("c1", "apps", "v1", "replicasets", "shop", "web-1", uid="r1")
+
+    def owned(ref: ObjectRef, kind: str, owner: str, at: float, key: str) -> Observation:
+        seen = observation(ref, 1_000 * WINDOW + at, key)
+        seen.body = {"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": owner}]}}
+        return seen
+
+    await pipeline.start()
+    for seen in (
+        owned(replicaset, "Deployment", "web", 1, "rs"),
+        owned(POD, "ReplicaSet", "web-1", 2, "pod-1"),
+        owned(POD, "ReplicaSet", "web-1", 3, "pod-2"),  # the graph now knows the Pod's chain
+    ):
+        await pipeline.submit([seen])
+        await pipeline.drain()
+    await pipeline.stop()
+    top = [s for s in writer.by_service("link") if s.attributes["linkClass"] == "top-owner"]
+    assert {(s.attributes["name"], s.attributes["linkRole"], s.attributes["linkedName"]) for s in top} == {
+        ("web-1", "parent", "web"),  # the Pod's link span ...
+        ("web", "child", "web-1"),  # ... and the Deployment's
+    }
+    relation = graph.relation(DEPLOY, POD)
+    assert relation is not None and relation.link_class == "top-owner"
+
+
+def test_the_graph_bound_is_configured_and_checked() -> None:
+    from kelemetry_py.config import ConfigError, load_config
+
+    assert load_config(env={}, overrides={"pipeline.graph_max_nodes": 5000}).pipeline.graph_max_nodes == 5000
+    with pytest.raises(ConfigError, match=r"pipeline\.graph_max_nodes"):
+        load_config(env={}, overrides={"pipeline.graph_max_nodes": 1})
+
+
+async def test_a_delete_ends_relations_only_once_the_object_is_gone() -> None:
+    from kelemetry_py.linking.owners import OwnerReferenceLinker
+
+    writer = CollectingWriter()
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW),
+        linkers=[OwnerReferenceLinker()],
+    )
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1"}
+    created = observation(POD, 1_000 * WINDOW + 1, "create")
+    created.body = {"metadata": {"ownerReferences": [owner]}}
+    graceful = observation(POD, 1_000 * WINDOW + 2, "delete")  # tags verb=delete
+    graceful.body = {"metadata": {"ownerReferences": [owner], "deletionGracePeriodSeconds": 30}}
+    gone = observation(POD, 1_000 * WINDOW + 40, "delete")  # answered with a Status: no body
+    gone.dedup_key = "delete-2"
+    await pipeline.start()
+    for seen in (created, graceful):
+        await pipeline.submit([seen])
+        await pipeline.drain()
+    assert [p.name for p in pipeline.graph.parents(POD)] == ["web-1"], "a graceful delete leaves the Pod running"
+    await pipeline.submit([gone])
+    await pipeline.drain()
+    await pipeline.stop()
+    assert pipeline.graph.parents(POD) == []
+    assert pipeline.graph.deleted_at(POD) == 1_000 * WINDOW + 40

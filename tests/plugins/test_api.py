@@ -10,6 +10,7 @@ import pytest
 
 from kelemetry_py.config import Config, PluginsConfig
 from kelemetry_py.frontend.modes import mode_by_name
+from kelemetry_py.frontend.transforms import apply_transforms
 from kelemetry_py.linking.annotation import ParentAnnotationLinker
 from kelemetry_py.linking.owners import OwnerReferenceLinker
 from kelemetry_py.metrics import Metrics
@@ -30,7 +31,6 @@ from kelemetry_py.plugins import (
     load_transforms,
 )
 from kelemetry_py.plugins.sources import SourceRunner
-from kelemetry_py.plugins.transforms import apply_transforms
 from tests.plugins.sample_plugins import (
     OwnerTeamDecorator,
     RaisingDecorator,

@@ -1,4 +1,5 @@
-"""Running frontend transforms over a rendered view; a failing transform leaves the view as it was."""
+"""Frontend transforms (the plugin kind that reshapes a rendered view) and running them; a failing transform
+leaves the view as it was. Re-exported by :mod:`kelemetry_py.plugins`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,31 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span
-from kelemetry_py.plugins import FrontendTransform, ViewInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInfo:
+    """Which view a frontend transform is shaping: the display mode's name and the object it was asked for."""
+
+    mode: str
+    object_key: str
+    trace_id: int
+
+
+@runtime_checkable
+class FrontendTransform(Protocol):
+    """Reshapes the spans of a rendered view (rename, add tags, drop noise). The first span is the root and
+    must stay first. Return a new list; the spans given are copies, so changing them in place is fine too."""
+
+    name: str
+
+    async def transform(self, spans: list[Span], view: ViewInfo) -> list[Span]: ...
+
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,54 @@
-"""Running decorators on a span so that one failing decorator harms nobody else."""
+"""Decorators (the plugin kind that adds tags and logs to spans) and running them so that one failing decorator
+harms nobody else. Re-exported by :mod:`kelemetry_py.plugins`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import OBJECT_TAGS, LogEntry, ObjectRef, Span
-from kelemetry_py.plugins import Decoration, Decorator, SpanInfo
+from kelemetry_py.model import OBJECT_TAGS, Attributes, AttrValue, LogEntry, ObjectRef, Span
+
+
+@dataclass(frozen=True, slots=True)
+class SpanInfo:
+    """A read-only view of a span a decorator is asked about.
+
+    ``service`` is ``object`` for an object span, else the observation's kind (``audit``, ``event``, ``diff`` or
+    a plugin source's name). ``body`` is the redacted object the observation carried (None when unknown, e.g.
+    for an object span created for the far end of a link).
+    """
+
+    service: str
+    name: str
+    ref: ObjectRef
+    start_ns: int
+    end_ns: int
+    tags: Mapping[str, AttrValue]
+    body: Mapping[str, Any] | None
+    error: bool
+
+
+@dataclass(slots=True)
+class Decoration:
+    """What a decorator adds. Tags naming the object (cluster, group, version, resource, namespace, name, uid)
+    cannot be overwritten: they are how spans are found."""
+
+    tags: Attributes = field(default_factory=dict)
+    logs: list[LogEntry] = field(default_factory=list)
+
+
+@runtime_checkable
+class Decorator(Protocol):
+    """Adds tags and logs to spans before they are written. Return None to add nothing."""
+
+    name: str
+
+    async def decorate(self, span: SpanInfo) -> Decoration | None: ...
+
 
 logger = logging.getLogger(__name__)
 
