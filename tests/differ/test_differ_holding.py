@@ -13,10 +13,10 @@ import pytest
 from kelemetry_py.config import KubeConfig
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation
-from kelemetry_py.pipeline.diffs import DiffAttacher
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
 from kelemetry_py.sources.differstate import SqliteDifferState
+from kelemetry_py.sources.diffs import DiffAttacher
 from kelemetry_py.sources.events import EventTracker, MemoryEventCursor
 from tests.differ.support import CLUSTER, CORE_EVENTS, DEPLOYMENTS, CollectingSink, watch_lines
 from tests.differ.test_differ_fixtures import FakeClock, _first_scale
