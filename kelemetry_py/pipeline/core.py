@@ -320,6 +320,12 @@ class Pipeline:
             await apply_decorators(self._decorators, span, ref, observation.body, self._metrics)
         out.append(span)
 
+    async def learn(self, ref: ObjectRef, body: Mapping[str, Any]) -> None:
+        """Relations of an object seen outside any observation (a watch list): into the graph, no span. Its
+        next window writes them like any other relations."""
+        if self._linkers:
+            self.graph.sync_links(ref, await self._links(ref, body))
+
     async def _links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
         found = await run_linkers(self._linkers, ref, body, self._metrics, timeout_seconds=self._linker_timeout)
         return [link for _, link in found]

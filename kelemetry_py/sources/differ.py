@@ -27,7 +27,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +223,8 @@ def record_observation(record: DiffRecord) -> Observation:
 
 # ------------------------------------------------------------------------------------------------ the differ
 
+RelationLearner = Callable[[ObjectRef, Mapping[str, Any]], Awaitable[None]]
+
 
 @dataclass(slots=True)
 class _State:
@@ -275,8 +277,13 @@ class ObjectDiffer:
         state: DifferStateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        learn: RelationLearner | None = None,
     ) -> None:
         self._sink = sink
+        # Relations an object's watch state carries go straight to the object graph: on first sight (a list at
+        # start, on any replica) and when its ownerReferences or annotations change; its later windows link from
+        # that even in clusters without the audit webhook.
+        self._learn = learn
         self._metrics = metrics
         self._cache = cache
         self._redaction = redaction or RedactionConfig()
@@ -362,6 +369,8 @@ class ObjectDiffer:
         state = self._states[ref.key] = _State(uid, rv, zlib.compress(encoded, 1), managers)
         if self._persisted is not None:
             self._dirty[ref.key] = state
+        if self._learn is not None and (previous is None or previous.uid != uid):
+            await self._learn(ref, clean)
         if previous is not None and previous.uid == uid:
             if previous.resource_version != rv:
                 # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
@@ -406,6 +415,11 @@ class ObjectDiffer:
         found = _diff_segments(previous.load(), clean)
         if not found:
             return
+        if self._learn is not None and any(
+            segments[:1] == ["metadata"] and segments[1:2] in (["ownerReferences"], ["annotations"])
+            for segments, _ in found
+        ):
+            await self._learn(ref, clean)
         manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found])
         changes = tuple(change for _, change in found)
         record = DiffRecord(

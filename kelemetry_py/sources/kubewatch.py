@@ -64,6 +64,7 @@ class KubeWatching:
             hold_seconds=kube.diff_hold_seconds,
             max_pending_bytes=kube.diff_pending_max_bytes,
             state=self.differ_state,
+            learn=pipeline.learn,
         )
         self.events = EventTracker(
             sink,
