@@ -32,7 +32,13 @@ def replicaset(owner: str, rv: str, replicas: int = 2) -> dict[str, Any]:
             "uid": "rs-uid",
             "resourceVersion": rv,
             "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner, "uid": f"{owner}-uid", "controller": True}
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": owner,
+                    "uid": f"{owner}-uid",
+                    "controller": True,
+                }
             ],
         },
         "spec": {"replicas": replicas},
