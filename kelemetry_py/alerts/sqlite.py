@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+
+from kelemetry_py.storage.sqlite_file import SqliteFile
 
 _T = TypeVar("_T")
 _SCHEMA = """
@@ -27,27 +27,19 @@ class SqliteAlertState:
     def __init__(self, path: str | Path, dedup_ms: int = 86_400_000) -> None:
         self.path = Path(path)
         self._dedup_ms = dedup_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alert-state")
-        self._conn: sqlite3.Connection | None = None
+        # Each count is its own transaction: a crash must not re-fire, so the file is synced at every commit.
+        self._file = SqliteFile(path, _SCHEMA, thread_name="alert-state", synchronous="FULL")
         self._counted = 0
 
     async def open(self) -> SqliteAlertState:
-        await self._run(self._open_sync)
+        await self._file.open()
         return self
 
-    def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        return await self._file.run(func, *args)
 
     def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None, "SqliteAlertState is not open"
-        return self._conn
+        return self._file.connection
 
     async def count(self, rule: str, group: str, record_id: int, time_ms: int, window_ms: int) -> int | None:
         return await self._run(self._count_sync, rule, group, record_id, time_ms, window_ms)
@@ -110,7 +102,4 @@ class SqliteAlertState:
         return True  # one replica: every tick is its own
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._run(self._conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
+        await self._file.close()

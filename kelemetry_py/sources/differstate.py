@@ -8,17 +8,16 @@ changed in between comes out as one diff, marked as observed late.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
 from kelemetry_py.sources.diffcache import DiffRecord
+from kelemetry_py.storage.sqlite_file import SqliteFile
 
 _T = TypeVar("_T")
 # (uid, resourceVersion, zlib(orjson(state)), managedFields summary)
@@ -66,33 +65,17 @@ class SqliteDifferState:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._db = SqliteFile(path, _SCHEMA, thread_name="differ-state")
 
     async def open(self) -> SqliteDifferState:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="differ-state")
-            await self._run(self._open_sync)
+        await self._db.open()
         return self
 
-    def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is None:
-            await self.open()
-        assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        return await self._db.run(func, *args)
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("SqliteDifferState is closed")
-        return self._conn
+        return self._db.connection
 
     async def load(self) -> tuple[dict[str, SavedState], list[SavedHeld]]:
         return await self._run(self._load_sync)
@@ -153,13 +136,4 @@ class SqliteDifferState:
             )
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
-        await self._run(self._close_sync)
-        self._executor.shutdown(wait=True)
-        self._executor = None
-
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await self._db.close()

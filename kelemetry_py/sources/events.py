@@ -16,12 +16,10 @@ each (uid, occurrence) once, remembered in an :class:`EventCursor`:
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -33,6 +31,7 @@ from kelemetry_py.kube.watch import ResourceType, handled_by
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Attributes, LogEntry, ObjectRef, Observation
 from kelemetry_py.pipeline import ObservationSink
+from kelemetry_py.storage.sqlite_file import SqliteFile
 from kelemetry_py.times import kube_time_ns
 
 EVENTS_GROUP = "events.k8s.io"
@@ -160,33 +159,17 @@ class SqliteEventCursor:
         self._purge_every = purge_every
         self._clock = clock
         self._marks = 0
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._db = SqliteFile(path, _CURSOR_SCHEMA, thread_name="event-cursor")
 
     async def open(self) -> SqliteEventCursor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-cursor")
-            await self._run(self._open_sync)
+        await self._db.open()
         return self
 
-    def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_CURSOR_SCHEMA)
-        self._conn = conn
-
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is None:
-            await self.open()
-        assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        return await self._db.run(func, *args)
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("SqliteEventCursor is closed")
-        return self._conn
+        return self._db.connection
 
     async def emitted(self, cluster: str, uid: str) -> int:
         return await self._run(self._emitted_sync, cluster, uid)
@@ -215,16 +198,7 @@ class SqliteEventCursor:
             conn.execute("DELETE FROM event_cursor WHERE expires <= ?", (now,))
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
-        await self._run(self._close_sync)
-        self._executor.shutdown(wait=True)
-        self._executor = None
-
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await self._db.close()
 
 
 # ------------------------------------------------------------------------------------------------ parsing
