@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kelemetry_py.model import Span
-
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
@@ -52,24 +50,6 @@ def parse_limit(items: Sequence[bytes], count_of: Callable[[Any], int], parse: C
         spent = time.process_time() - started
         if spent >= MIN_LIMIT_CPU_SECONDS:
             return units / spent
-
-
-def encodable(span: Span) -> list[Any]:
-    """The span as plain MessagePack-able values (the 128-bit trace id as 16 bytes)."""
-    logs = [[entry.time_ns, entry.name, entry.fields] for entry in span.logs]
-    return [
-        span.trace_id.to_bytes(16, "big"),
-        span.span_id,
-        span.parent_id,
-        span.service,
-        span.name,
-        span.start_ns,
-        span.end_ns,
-        span.attributes,
-        logs,
-        span.error,
-        span.status_message,
-    ]
 
 
 def dir_bytes(path: str | Path) -> int:

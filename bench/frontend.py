@@ -20,13 +20,14 @@ from typing import Any
 
 import orjson
 
-from bench.common import encodable, machine, peak_rss_mib, percentile, report
+from bench.common import machine, peak_rss_mib, percentile, report
 from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.modes import mode_by_name
 from kelemetry_py.frontend.service import FrontendService, ViewQuery
 from kelemetry_py.frontend.tracecache.memory import MemoryTraceCache
 from kelemetry_py.model import Span
+from kelemetry_py.spool.codec import span_row
 from kelemetry_py.storage.sqlite import SqliteStore
 from tests.frontend.rawdata import SECOND, T0, WINDOW_NS, RawWriter, deployment, pod, replicaset
 
@@ -56,9 +57,8 @@ def build_story(name: str, replicasets: int, pods_per_replicaset: int) -> RawWri
 
 
 def _span_json(span: Span) -> bytes:
-    record = encodable(span)
-    record[0] = record[0].hex()
-    return orjson.dumps(record)
+    trace_id, *rest = span_row(span)
+    return orjson.dumps([trace_id.hex(), *rest])
 
 
 async def _measure(service: FrontendService, mode: str, tags: dict[str, str], runs: int) -> tuple[list[float], int]:

@@ -30,7 +30,6 @@ from bench.common import (
     FIXTURES,
     SCENARIOS,
     dir_bytes,
-    encodable,
     machine,
     parse_limit,
     peak_rss_mib,
@@ -41,6 +40,7 @@ from bench.common import (
 from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span
+from kelemetry_py.spool.codec import span_row
 from kelemetry_py.storage import TraceQuery
 
 BATCH = 256
@@ -143,9 +143,9 @@ async def run(total: int, writers: int) -> dict[str, Any]:
     tune_garbage_collector()  # as the App does at start: this part runs inside it
     batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
     encoder = msgspec.msgpack.Encoder()
-    encoded_batches = [encoder.encode([encodable(span) for span in batch]) for batch in batches]
-    encoded_bytes = sum(len(encoder.encode(encodable(span))) for span in spans)
-    json_bytes = sum(len(orjson.dumps(encodable(span)[1:])) + 34 for span in spans)  # + the trace id in hex
+    encoded_batches = [encoder.encode([span_row(span) for span in batch]) for batch in batches]
+    encoded_bytes = sum(len(encoder.encode(span_row(span))) for span in spans)
+    json_bytes = sum(len(orjson.dumps(span_row(span)[1:])) + 34 for span in spans)  # + the trace id in hex
     limit = parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)
 
     latencies: list[float] = []

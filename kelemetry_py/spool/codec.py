@@ -26,24 +26,25 @@ def decode_observations(payload: bytes) -> list[Observation]:
     return _decode_observations(payload)
 
 
+def span_row(span: Span) -> tuple[Any, ...]:
+    """The span as plain MessagePack values, as the span log stores it (the 128-bit trace id as 16 bytes)."""
+    return (
+        span.trace_id.to_bytes(16, "big"),
+        span.span_id,
+        span.parent_id,
+        span.service,
+        span.name,
+        span.start_ns,
+        span.end_ns,
+        span.attributes,
+        [(entry.time_ns, entry.name, entry.fields) for entry in span.logs],
+        span.error,
+        span.status_message,
+    )
+
+
 def encode_spans(spans: Sequence[Span]) -> bytes:
-    rows: list[Any] = [
-        (
-            span.trace_id.to_bytes(16, "big"),
-            span.span_id,
-            span.parent_id,
-            span.service,
-            span.name,
-            span.start_ns,
-            span.end_ns,
-            span.attributes,
-            [(entry.time_ns, entry.name, entry.fields) for entry in span.logs],
-            span.error,
-            span.status_message,
-        )
-        for span in spans
-    ]
-    return _encoder.encode(rows)
+    return _encoder.encode([span_row(span) for span in spans])
 
 
 def decode_spans(payload: bytes) -> list[Span]:
