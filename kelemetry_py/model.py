@@ -30,9 +30,7 @@ OBJECT_TAGS = ("cluster", "group", "version", "resource", "namespace", "name")
 
 
 @dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """A Kubernetes object, identified across clusters. ``uid`` and ``version`` are not part of the key."""
-
+class _ObjectRefFields:
     cluster: str
     group: str
     version: str
@@ -41,13 +39,30 @@ class ObjectRef:
     name: str
     uid: str = field(default="", compare=False)
 
+
+class ObjectRef(_ObjectRefFields):
+    """A Kubernetes object, identified across clusters. ``uid`` and ``version`` are not part of the key."""
+
+    # The key, computed on first use: every stage asks for it, several times per observation. A slot outside the
+    # dataclass fields, so it is neither encoded nor compared.
+    __slots__ = ("_key",)
+    _key: str
+
     @property
     def key(self) -> str:
         """``cluster/group/resource/namespace/name`` with ``%`` and ``/`` escaped inside each part, so two
         different objects never share a key (``ns=x/y name=z`` vs ``ns=x name=y/z``). Parts without those
         characters (every valid Kubernetes name) read as before, so span ids of real objects are unchanged."""
+        try:
+            return self._key
+        except AttributeError:
+            key = self._make_key()
+            object.__setattr__(self, "_key", key)
+            return key
+
+    def _make_key(self) -> str:
         joined = f"{self.cluster}/{self.group}/{self.resource}/{self.namespace}/{self.name}"
-        if joined.count("/") == 4 and "%" not in joined:  # the hot path: nothing to escape
+        if joined.count("/") == 4 and "%" not in joined:  # the usual case: nothing to escape
             return joined
         return "/".join(
             _escape_part(part) for part in (self.cluster, self.group, self.resource, self.namespace, self.name)

@@ -64,6 +64,9 @@ class ObjectGraph:
         self._deleted: dict[str, float] = {}  # node -> when it was deleted
         self._endings: deque[tuple[float, str, _Edge | None]] = deque()  # (when, node, edge) in end order
         self._revisions: dict[str, int] = {}
+        self._parent_revisions: dict[str, int] = {}  # changed only by the node's own parent relations
+        # node -> (what its linkers reported, as plain values; its revision right after): a repeat is a no-op
+        self._reported: dict[str, tuple[tuple[tuple[str, str, str, str, str], ...], int]] = {}
         self.evictions = 0
         self.expired = 0
 
@@ -76,6 +79,7 @@ class ObjectGraph:
     def add_link(self, ref: ObjectRef, link: Link, seen: float | None = None) -> None:
         """Record a link a linker found on ``ref``."""
         now = self._now(seen)
+        self._touch(ref, now)
         self._add_edge(ref, link, now)
         self._recency.move_to_end(ref.key)  # the object observed is the freshest, not its last target
         self._evict()
@@ -85,6 +89,16 @@ class ObjectGraph:
         before and no longer does (an ownerReference removed, an annotation edited) are dropped."""
         now = self._now(seen)
         self._touch(ref, now)
+        node = ref.key
+        links = list(links)
+        report = tuple(
+            (link.target.key, link.target.uid, link.target.version, link.role, link.link_class) for link in links
+        )
+        if self._reported.get(node) == (report, self._revisions.get(node, 0)):
+            # What it reported last time, and nothing touched its relations since: the usual case (a status
+            # update), which needs no edge work. Only the times its links were last seen stay as they were.
+            self._recency.move_to_end(node)
+            return
         current = set()
         for link in links:
             current.add(self._add_edge(ref, link, now))
@@ -95,7 +109,8 @@ class ObjectGraph:
         ]
         for edge in stale:
             self._end_edge(edge, now)
-        self._recency.move_to_end(ref.key)
+        self._reported[node] = (report, self._revisions.get(node, 0))
+        self._recency.move_to_end(node)
         self._evict()
 
     def delete_object(self, ref: ObjectRef, at: float | None = None) -> None:
@@ -147,22 +162,30 @@ class ObjectGraph:
     def edge_count(self) -> int:
         return int(self._graph.number_of_edges())
 
-    def revision(self, key: KeyLike) -> int:
-        """A number that changes whenever the object's relations do (0 for an unknown object)."""
-        return self._revisions.get(_key(key), 0)
+    def revision(self, key: KeyLike, *, parents_only: bool = False) -> int:
+        """A number that changes whenever the object's relations do (0 for an unknown object); with
+        ``parents_only``, whenever its relations to its parents do."""
+        return (self._parent_revisions if parents_only else self._revisions).get(_key(key), 0)
 
     def deleted_at(self, key: KeyLike) -> float | None:
         return self._deleted.get(_key(key))
 
-    def relations(self, key: KeyLike, since: float | None = None) -> list[Relation]:
-        """The object's relations (as parent and as child) that hold now, plus, with ``since``, those that
-        ended at or after ``since``: everything true at some time of a window that starts at ``since``."""
+    def relations(self, key: KeyLike, since: float | None = None, *, parents_only: bool = False) -> list[Relation]:
+        """The object's relations (as parent and as child, or only to its parents) that hold now, plus, with
+        ``since``, those that ended at or after ``since``: everything true at some time of a window that starts
+        at ``since``."""
         node = _key(key)
         if node not in self._graph:
             return []
-        edges = [(parent, child) for parent, child, _ in self._incident_edges(node)]
+        edges = [(parent, node) for parent in self._graph.pred[node]]
+        if not parents_only:
+            edges += [(node, child) for child in self._graph.succ[node]]
         if since is not None:
-            edges += [edge for edge in self._ended_at.get(node, ()) if self._ended[edge]["ended"] >= since]  # type: ignore[operator]
+            edges += [
+                edge
+                for edge in self._ended_at.get(node, ())
+                if self._ended[edge]["ended"] >= since and (not parents_only or edge[1] == node)  # type: ignore[operator]
+            ]
         found = [self._relation(edge) for edge in sorted(edges)]
         return [relation for relation in found if relation is not None]
 
@@ -188,15 +211,18 @@ class ObjectGraph:
 
     def _relation(self, edge: _Edge) -> Relation | None:
         parent_key, child_key = edge
-        if self._graph.has_edge(parent_key, child_key):
-            data = self._graph.edges[parent_key, child_key]
+        children = self._graph.succ[parent_key] if parent_key in self._graph else {}
+        held = children.get(child_key)
+        if held is not None:
+            data = held
         elif edge in self._ended:
             data = self._ended[edge]
         else:
             return None
+        nodes = self._graph.nodes
         return Relation(
-            parent=self._graph.nodes[parent_key]["ref"],
-            child=self._graph.nodes[child_key]["ref"],
+            parent=nodes[parent_key]["ref"],
+            child=nodes[child_key]["ref"],
             link_class=data["link_class"],
             role=data["role"],
             reported_by=data["reported_by"],
@@ -240,46 +266,56 @@ class ObjectGraph:
 
     def _touch(self, ref: ObjectRef, now: float) -> None:
         node = ref.key
-        deleted = self._deleted.get(node)
-        if deleted is not None and now > deleted and ref.uid and ref.uid != self._graph.nodes[node]["ref"].uid:
-            del self._deleted[node]  # created again under the same name: a new object
-            self._bump(node)
-        if node in self._graph:
-            data = self._graph.nodes[node]
-            known: ObjectRef = data["ref"]
-            # Keep what we knew when the newer sighting lacks it (link targets often come without a uid).
-            data["ref"] = dataclasses.replace(
-                ref, uid=ref.uid or known.uid, version=ref.version or known.version
-            )
-            data["seen"] = max(now, data["seen"])
-            self._recency.move_to_end(node)
-        else:
+        data = self._graph.nodes.get(node)
+        if data is None:
             self._graph.add_node(node, ref=ref, seen=now)
             self._recency[node] = None
+            return
+        known: ObjectRef = data["ref"]
+        if self._deleted:
+            deleted = self._deleted.get(node)
+            if deleted is not None and now > deleted and ref.uid and ref.uid != known.uid:
+                del self._deleted[node]  # created again under the same name: a new object
+                self._bump(node)
+        # Keep what we knew when the newer sighting lacks it (link targets often come without a uid).
+        if ref.uid not in ("", known.uid) or ref.version not in ("", known.version):
+            data["ref"] = dataclasses.replace(ref, uid=ref.uid or known.uid, version=ref.version or known.version)
+        if now > data["seen"]:
+            data["seen"] = now
+        self._recency.move_to_end(node)
 
     def _add_edge(self, ref: ObjectRef, link: Link, now: float) -> tuple[str, str]:
-        self._touch(ref, now)
+        """The caller has touched ``ref`` already."""
         self._touch(link.target, now)
         parent, child = (link.target.key, ref.key) if link.role == "parent" else (ref.key, link.target.key)
         edge = (parent, child)
-        data = {"link_class": link.link_class, "role": link.role, "reported_by": ref.key, "seen": now}
-        gone = [self._deleted[n] for n in edge if n in self._deleted and self._deleted[n] <= now]
+        gone = (
+            [self._deleted[n] for n in edge if n in self._deleted and self._deleted[n] <= now] if self._deleted else []
+        )
         if gone:
             # Reported after one end was deleted (a late observation, an orphan's stale ownerReference): it held
             # at most until then.
             if edge not in self._ended:
                 if self._graph.has_edge(parent, child):
                     self._graph.remove_edge(parent, child)
-                self._record_ended(edge, data, min(gone))
+                self._record_ended(
+                    edge,
+                    {"link_class": link.link_class, "role": link.role, "reported_by": ref.key, "seen": now},
+                    min(gone),
+                )
             return edge
-        fresh = not self._graph.has_edge(parent, child)
+        children = self._graph.succ[parent]
+        held = children.get(child)
+        if held is not None:  # the usual case: reported again
+            held["link_class"] = link.link_class
+            held["role"] = link.role
+            held["reported_by"] = ref.key
+            held["seen"] = now
+            return edge
         if edge in self._ended:
             self._drop_ended(edge)  # it holds again
-            fresh = True
-        self._graph.add_edge(parent, child, **data)
-        if fresh:
-            self._bump(parent)
-            self._bump(child)
+        self._graph.add_edge(parent, child, link_class=link.link_class, role=link.role, reported_by=ref.key, seen=now)
+        self._bump_edge(edge)
         return edge
 
     def _end_edge(self, edge: _Edge, when: float) -> None:
@@ -293,7 +329,7 @@ class ObjectGraph:
         self._ended[edge] = data
         for node in edge:
             self._ended_at.setdefault(node, set()).add(edge)
-            self._bump(node)
+        self._bump_edge(edge)
         self._endings.append((when, edge[0], edge))
 
     def _drop_ended(self, edge: _Edge) -> None:
@@ -304,24 +340,35 @@ class ObjectGraph:
                 held.discard(edge)
                 if not held:
                     del self._ended_at[node]
-            self._bump(node)
+        self._bump_edge(edge)
 
     def _forget(self, node: str) -> None:
         for edge in list(self._ended_at.get(node, ())):
             self._drop_ended(edge)
-        for neighbour in [*self._graph.predecessors(node), *self._graph.successors(node)]:
-            self._bump(neighbour)
+        for parent in self._graph.predecessors(node):
+            self._bump(parent, parents_changed=False)
+        for child in self._graph.successors(node):
+            self._bump(child)
         self._graph.remove_node(node)
         del self._recency[node]
         self._deleted.pop(node, None)
         self._revisions.pop(node, None)
+        self._parent_revisions.pop(node, None)
+        self._reported.pop(node, None)
 
-    def _bump(self, node: str) -> None:
+    def _bump(self, node: str, *, parents_changed: bool = True) -> None:
         self._revisions[node] = self._revisions.get(node, 0) + 1
+        if parents_changed:
+            self._parent_revisions[node] = self._parent_revisions.get(node, 0) + 1
+
+    def _bump_edge(self, edge: _Edge) -> None:
+        parent, child = edge
+        self._bump(parent, parents_changed=False)
+        self._bump(child)
 
     def _incident_edges(self, node: str) -> list[tuple[str, str, str]]:
-        edges = [(p, node, d["reported_by"]) for p, _, d in self._graph.in_edges(node, data=True)]
-        edges += [(node, c, d["reported_by"]) for _, c, d in self._graph.out_edges(node, data=True)]
+        edges = [(p, node, d["reported_by"]) for p, d in self._graph.pred[node].items()]
+        edges += [(node, c, d["reported_by"]) for c, d in self._graph.succ[node].items()]
         return edges
 
     def _evict(self) -> None:

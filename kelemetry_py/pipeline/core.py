@@ -46,12 +46,15 @@ from kelemetry_py.model import (
 from kelemetry_py.pipeline import ObservationHook, Overloaded
 from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
+from kelemetry_py.pipeline.priority import Priority
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # observations a partition worker turns into one writer call
+_BATCH = 256  # observations a partition worker takes from its queue at once
+_SLICE = 64  # observations turned into spans (one writer call) between two looks at waiting requests
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
 _RETRY_MAX_SECONDS = 5.0
+_ID_CACHE = 50_000  # (object, window) -> ids; cleared when full, since recomputing one is cheap
 _DELETE_VERBS = frozenset(("delete", "deletecollection"))  # a deletecollection is told on each object it removed
 _MAX_ANCESTRY = 8  # levels of parents written into a window beside an object's own relations
 
@@ -91,6 +94,7 @@ class Pipeline:
         graph: ObjectGraph | None = None,
         decorators: Sequence[Decorator] = (),
         linker_timeout_seconds: float = LINKER_TIMEOUT_SECONDS,
+        priority: Priority | None = None,
     ) -> None:
         self._config = config or PipelineConfig()
         self._writer = writer
@@ -115,7 +119,9 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._known: OrderedDict[str, None] = OrderedDict()
+        self._id_cache: dict[tuple[str, int], tuple[int, int]] = {}
         self._closing = False
+        self.priority = priority if priority is not None else Priority()
 
     @property
     def pending(self) -> int:
@@ -203,13 +209,16 @@ class Pipeline:
                     task = asyncio.create_task(waiting)
                     self._parked.add(task)
                     task.add_done_callback(self._parked.discard)
-            try:
-                await self._write_observations(ready)
-            except Exception:
-                # Writers retry and count their own failures; anything reaching here is a bug worth a traceback,
-                # but one bad batch must not stop the partition.
-                log.exception("pipeline: failed to turn %d observations into spans", len(ready))
-            await self._done(ready)
+            for start in range(0, len(ready), _SLICE):
+                chunk = ready[start : start + _SLICE]
+                try:
+                    async with self.priority.background():
+                        await self._write_observations(chunk)
+                except Exception:
+                    # Writers retry and count their own failures; anything reaching here is a bug worth a
+                    # traceback, but one bad batch must not stop the partition.
+                    log.exception("pipeline: failed to turn %d observations into spans", len(chunk))
+                await self._done(chunk)
 
     def _run_hooks(self, item: _Item, start: int) -> Coroutine[Any, Any, None] | None:
         observation = item[0]
@@ -287,7 +296,7 @@ class Pipeline:
         ref = observation.ref
         window = window_of(observation.start_ns, self._config.window_seconds)
         key = ref.key
-        trace_id = object_trace_id(key, window)
+        trace_id, object_span = self._ids(key, window)
         await self._ensure_object_span(ref, window, out, claims, force, observation.body)
         seen = observation.start_ns / 1e9
         if observation.body is not None and self._linkers:
@@ -306,7 +315,7 @@ class Pipeline:
         span = Span(
             trace_id=trace_id,
             span_id=child_span_id(trace_id, identity),
-            parent_id=object_span_id(key, window),
+            parent_id=object_span,
             service=observation.kind,
             name=observation.title,
             start_ns=observation.start_ns,
@@ -345,13 +354,11 @@ class Pipeline:
                 continue
             visited.add(key)
             marker = (key, window, parents_only)
-            revision = self.graph.revision(key)
+            revision = self.graph.revision(key, parents_only=parents_only)
             if not force and self._linked.get(marker) == revision:
                 continue  # already written in this window (the ancestors' markers cover theirs)
-            for relation in self.graph.relations(key, since=window_start_s):
+            for relation in self.graph.relations(key, since=window_start_s, parents_only=parents_only):
                 is_parent = relation.child.key == key
-                if parents_only and not is_parent:
-                    continue
                 owner = relation.child if is_parent else relation.parent
                 await self._link_spans(owner, relation.link_from(key), window, time_ns, out, claims, force)
                 if is_parent and depth < _MAX_ANCESTRY:
@@ -372,6 +379,16 @@ class Pipeline:
             self._latest_s = seen
             window_start = window_of(int(seen * 1e9), self.window_seconds) * self.window_seconds
             self.graph.expire(window_start - self.window_seconds)
+
+    def _ids(self, key: str, window: int) -> tuple[int, int]:
+        """(trace id, object span id) of an object's window: hashed once, asked for by every span in it."""
+        marker = (key, window)
+        ids = self._id_cache.get(marker)
+        if ids is None:
+            if len(self._id_cache) >= _ID_CACHE:
+                self._id_cache.clear()
+            ids = self._id_cache[marker] = (object_trace_id(key, window), object_span_id(key, window))
+        return ids
 
     async def _claim(self, key: str, claims: list[str], force: bool) -> bool:
         if key in self._known:
@@ -398,9 +415,10 @@ class Pipeline:
         if not await self._claim(f"obj\x00{key}\x00{window}", claims, force):
             return
         start = window * self._window_ns
+        trace_id, span_id = self._ids(key, window)
         span = Span(
-            trace_id=object_trace_id(key, window),
-            span_id=object_span_id(key, window),
+            trace_id=trace_id,
+            span_id=span_id,
             parent_id=None,
             service=SERVICE_OBJECT,
             name=f"{ref.resource}/{ref.name}",
@@ -429,7 +447,7 @@ class Pipeline:
             if not await self._claim(claim, claims, force):
                 continue
             await self._ensure_object_span(owner, window, out, claims, force)
-            trace_id = object_trace_id(owner.key, window)
+            trace_id, object_span = self._ids(owner.key, window)
             attributes = owner.tags()
             attributes.update(
                 linkedCluster=other.cluster,
@@ -445,7 +463,7 @@ class Pipeline:
                 Span(
                     trace_id=trace_id,
                     span_id=child_span_id(trace_id, claim),
-                    parent_id=object_span_id(owner.key, window),
+                    parent_id=object_span,
                     service=SERVICE_LINK,
                     name=f"{role} {other.resource}/{other.name}",
                     start_ns=time_ns,

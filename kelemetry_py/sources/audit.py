@@ -249,11 +249,26 @@ class InvalidField(ValueError):
         self.field = field
 
 
+# Values already found valid: a cluster has few namespaces and label values, and every event repeats them.
+_KNOWN_VALID_LIMIT = 10_000
+_valid_namespaces: set[str] = set()
+_valid_label_values: set[str] = set()
+
+
+def _remember(known: set[str], value: str) -> None:
+    if len(known) >= _KNOWN_VALID_LIMIT:
+        known.clear()
+    known.add(value)
+
+
 def check_object_ref(ref: AuditObjectRef) -> None:
     if len(ref.name) > _MAX_NAME:
         raise InvalidField("objectRef.name", f"longer than {_MAX_NAME} characters")
-    if ref.namespace and (len(ref.namespace) > _MAX_LABEL or not _DNS_LABEL.fullmatch(ref.namespace)):
-        raise InvalidField("objectRef.namespace", "not a namespace name (a DNS label of at most 63)")
+    namespace = ref.namespace
+    if namespace and namespace not in _valid_namespaces:
+        if len(namespace) > _MAX_LABEL or not _DNS_LABEL.fullmatch(namespace):
+            raise InvalidField("objectRef.namespace", "not a namespace name (a DNS label of at most 63)")
+        _remember(_valid_namespaces, namespace)
     for field, value, limit in (
         ("objectRef.resource", ref.resource, _MAX_LABEL),
         ("objectRef.subresource", ref.subresource, _MAX_LABEL),
@@ -277,10 +292,11 @@ def check_metadata(body: Mapping[str, Any] | None, field: str) -> None:
         for key, value in labels.items():
             if len(str(key)) > _MAX_NAME + 1 + _MAX_LABEL:
                 raise InvalidField(f"{field}.metadata.labels", "a label key is longer than Kubernetes allows")
-            if value is None:  # a merge patch removing the label
+            if value is None or (type(value) is str and value in _valid_label_values):  # None: a patch removing it
                 continue
             if not isinstance(value, str) or len(value) > _MAX_LABEL or not _LABEL_VALUE.fullmatch(value):
                 raise InvalidField(f"{field}.metadata.labels", "a label value is not a valid label value")
+            _remember(_valid_label_values, value)
 
 
 class AuditConverter:

@@ -97,24 +97,28 @@ class Redactor:
         """Env entries (``{"name", "value"}``) of every container of every pod spec in ``obj`` whose name matches."""
         if self._env_name is None:
             return
+        # Objects come from JSON, so they are dicts: checked with the cheap ``type(...) is dict`` first (this
+        # runs on every object the webhook keeps), with the Mapping check behind it for callers' own mappings.
         for path in _POD_SPEC_PATHS:
             spec: Any = obj
             for part in path:
-                spec = spec.get(part) if isinstance(spec, Mapping) else None
-            if not isinstance(spec, Mapping):
+                spec = spec.get(part) if type(spec) is dict or isinstance(spec, Mapping) else None
+                if spec is None:
+                    break
+            if spec is None or not (type(spec) is dict or isinstance(spec, Mapping)):
                 continue
             for list_name in _CONTAINER_LISTS:
                 containers = spec.get(list_name)
-                if not isinstance(containers, list):
+                if type(containers) is not list:
                     continue
                 for container in containers:
-                    env = container.get("env") if isinstance(container, Mapping) else None
-                    if not isinstance(env, list):
+                    env = container.get("env") if type(container) is dict or isinstance(container, Mapping) else None
+                    if type(env) is not list:
                         continue
                     for entry in env:
                         if (
-                            isinstance(entry, dict)
-                            and isinstance(entry.get("name"), str)
+                            type(entry) is dict
+                            and type(entry.get("name")) is str
                             and entry.get("value") not in (None, "", REDACTED)
                             and self._env_name.search(entry["name"])
                         ):
