@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 PIPELINE_CONSUMER = "pipeline"
 _READ_RECORDS = 64
+# What the pipeline holds in memory ahead of its spans, by encoded size: the rest waits in the log, on disk.
+_FEED_AHEAD_BYTES = 8 << 20
 _WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the last one
 _ROOM_POLL_SECONDS = 0.05
 _WRITER_RETRY_MAX_SECONDS = 30.0
@@ -201,6 +203,8 @@ class Delivery:
         self._tasks: list[asyncio.Task[None]] = []
         self._acker: _Acker | None = None
         self._feeder: asyncio.Task[None] | None = None
+        self._feeding_bytes = 0
+        self._fed = asyncio.Event()
 
     async def start(self) -> None:
         await self.observations.open()
@@ -247,8 +251,19 @@ class Delivery:
                 if not batch:  # search records only: nothing to trace
                     acker.done(record)
                     continue
-                ticket = Ticket(len(batch), functools.partial(acker.done, record), replayed=record.replayed)
+                size = len(record.payload)
+                while self._feeding_bytes and self._feeding_bytes + size > _FEED_AHEAD_BYTES:
+                    self._fed.clear()
+                    await self._fed.wait()
+                self._feeding_bytes += size
+                ticket = Ticket(len(batch), functools.partial(self._fed_done, record, size), replayed=record.replayed)
                 await self.pipeline.feed(batch, ticket, wait=True)
+
+    def _fed_done(self, record: Record, size: int) -> None:
+        assert self._acker is not None
+        self._acker.done(record)
+        self._feeding_bytes -= size
+        self._fed.set()
 
     # -- observing --------------------------------------------------------------------------------------------
 

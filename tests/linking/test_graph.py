@@ -218,3 +218,58 @@ def test_a_relation_reported_after_its_parent_was_deleted_ends_at_the_deletion()
     assert graph.parents(POD) == []
     relation = graph.relation(RS, POD)
     assert relation is not None and relation.ended == 50.0
+
+
+def test_a_repeated_report_changes_nothing_and_a_change_after_it_still_applies() -> None:
+    graph = ObjectGraph()
+    graph.sync_links(POD, [_parent(RS)], seen=1.0)
+    revision = graph.revision(POD)
+    for seen in (2.0, 3.0, 4.0):  # status updates: the same ownerReferences every time
+        graph.sync_links(POD, [_parent(RS)], seen=seen)
+    assert graph.revision(POD) == revision and graph.parents(POD) == [RS]
+    assert graph.last_seen(POD) == 4.0  # the object itself is still seen
+    graph.sync_links(POD, [_parent(RS), _parent(DEPLOY, "custom")], seen=5.0)
+    assert graph.parents(POD) == [DEPLOY, RS] and graph.revision(POD) != revision
+    graph.sync_links(POD, [_parent(DEPLOY, "custom")], seen=6.0)
+    relation = graph.relation(RS, POD)
+    assert relation is not None and relation.ended == 6.0
+
+
+def test_a_repeated_report_after_the_parent_was_deleted_or_evicted_is_not_skipped() -> None:
+    graph = ObjectGraph()
+    graph.sync_links(POD, [_parent(RS)], seen=1.0)
+    graph.delete_object(RS, at=2.0)
+    graph.sync_links(POD, [_parent(RS)], seen=3.0)  # the stale ownerReference of an orphan
+    relation = graph.relation(RS, POD)
+    assert graph.parents(POD) == [] and relation is not None and relation.ended == 2.0
+    small = ObjectGraph(max_nodes=2)
+    small.sync_links(POD, [_parent(RS)], seen=1.0)
+    small.add_object(DEPLOY, seen=2.0)  # evicts the least recently touched: the ReplicaSet
+    assert RS not in small
+    small.sync_links(POD, [_parent(RS)], seen=3.0)
+    assert small.parents(POD) == [RS]
+
+
+def test_an_owner_recreated_under_its_name_is_learnt_from_a_repeated_report() -> None:
+    graph = ObjectGraph()
+    first = ObjectRef(CLUSTER, "apps", "v1", "replicasets", "shop", "web-1", uid="u-1")
+    second = ObjectRef(CLUSTER, "apps", "v1", "replicasets", "shop", "web-1", uid="u-2")
+    graph.sync_links(POD, [_parent(first)], seen=1.0)
+    graph.sync_links(POD, [_parent(second)], seen=2.0)  # equal ObjectRefs: uid is not part of the key
+    known = graph.ref(RS)
+    assert known is not None and known.uid == "u-2"
+
+
+def test_a_new_sibling_changes_the_parents_revision_of_nobody_but_itself() -> None:
+    graph = ObjectGraph()
+    graph.sync_links(RS, [_parent(DEPLOY)], seen=1.0)
+    graph.sync_links(POD, [_parent(RS)], seen=1.0)
+    rs_all, rs_parents = graph.revision(RS), graph.revision(RS, parents_only=True)
+    sibling = ObjectRef(CLUSTER, "", "v1", "pods", "shop", "web-1-b")
+    graph.sync_links(sibling, [_parent(RS)], seen=2.0)
+    assert graph.revision(RS) != rs_all  # its children changed
+    assert graph.revision(RS, parents_only=True) == rs_parents  # its own parents did not
+    assert [r.parent.key for r in graph.relations(RS, parents_only=True)] == [DEPLOY.key]
+    graph.sync_links(RS, [], seen=3.0)
+    assert graph.revision(RS, parents_only=True) != rs_parents
+    assert graph.relations(RS, since=2.0, parents_only=True)[0].ended == 3.0
