@@ -52,6 +52,25 @@ def parse_limit(items: Sequence[bytes], count_of: Callable[[Any], int], parse: C
             return units / spent
 
 
+def other_installed_plugins() -> list[str]:
+    """Entry-point names of plugins installed beside kelemetry-py (the examples of ``plugins/`` in a development
+    environment): the default configuration of a plain install has only the built-in ones, and a figure must
+    not depend on what else happens to be installed."""
+    from importlib.metadata import entry_points
+
+    from kelemetry_py.plugins import DECORATORS_GROUP, LINKERS_GROUP, SOURCES_GROUP, TRANSFORMS_GROUP
+
+    groups = entry_points()
+    return sorted(
+        {
+            entry.name
+            for group in (SOURCES_GROUP, LINKERS_GROUP, DECORATORS_GROUP, TRANSFORMS_GROUP)
+            for entry in groups.select(group=group)
+            if entry.dist is None or entry.dist.name != "kelemetry-py"
+        }
+    )
+
+
 def dir_bytes(path: str | Path) -> int:
     """Bytes of every file under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

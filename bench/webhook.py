@@ -1,10 +1,10 @@
 """Audit webhook end to end through the real App: recorded audit events, re-batched into 400-event EventLists (the
 apiserver's default batch), POSTed at full speed to ``/audit/bench`` until every span is written.
 
-The default configuration (embedded store and frontend on, everything else as shipped) runs in a fresh
-directory, so relative default paths (store, spool) land there. The client runs in a process of its own, as the
-apiserver does: the CPU figure is the tracer's alone (every thread of this process), and the client's work never
-queues on the tracer's event loop. ``--otlp-only`` turns store and frontend off
+The default configuration (embedded store and frontend on, everything else as shipped, the built-in plugins
+only) runs in a fresh directory, so relative default paths (store, spool) land there. The client runs in a
+process of its own, as the apiserver does: the CPU figure is the tracer's alone (every thread of this process),
+and the client's work never queues on the tracer's event loop. ``--otlp-only`` turns store and frontend off
 and exports over OTLP/gRPC to a receiver in this process instead. The parse-only limit is orjson parsing the same
 batch bodies in the same process.
 
@@ -34,6 +34,7 @@ from bench.common import (
     current_rss_mib,
     dir_bytes,
     machine,
+    other_installed_plugins,
     parse_limit,
     peak_rss_mib,
     percentile,
@@ -147,7 +148,12 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
     batches = Batches(target_events)
     templates = [body for body, _ in batches.templates]
     limit = parse_limit(templates, lambda parsed: len(parsed["items"]), orjson.loads)
-    overrides: dict[str, Any] = {"http.host": "127.0.0.1", "http.port": 0, "log_level": "warning"}
+    overrides: dict[str, Any] = {
+        "http.host": "127.0.0.1",
+        "http.port": 0,
+        "log_level": "warning",
+        "plugins.disabled": other_installed_plugins(),  # as installed: the built-in linkers only
+    }
     receiver = None
     if otlp_only:
         receiver = _Receiver()

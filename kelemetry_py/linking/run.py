@@ -41,47 +41,38 @@ async def run_linkers(
     found: list[tuple[str, Link]] = []
     for linker in linkers:
         name = plugin_name(linker)
-        found.extend((name, link) for link in await _run_one(linker, name, ref, body, metrics, timeout_seconds))
+        try:
+            call = linker.links(ref, body)
+            # Most linkers are dictionary work that never suspends: those finish on their first step and need
+            # no timer (a timer per linker per observation cost a fifth of the webhook's throughput); only one
+            # that suspends runs the rest of its way under ``asyncio.timeout``.
+            try:
+                step = call.send(None)
+            except StopIteration as done:
+                links = done.value
+            else:
+                async with asyncio.timeout(timeout_seconds):
+                    links = await _resume(call, step)
+            if type(links) is not list or not all(type(item) is Link for item in links):
+                links = _checked(links)  # the usual answer, a list of Links, is checked without the ABCs
+        except Exception as exc:  # a plugin's bug must not stop the pipeline
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc!r}"
+            logger.warning("linker %s %s on %s", name, reason, ref.key, exc_info=not isinstance(exc, TimeoutError))
+            if metrics is not None:
+                metrics.plugin_errors.labels(plugin=name).inc()
+            continue
+        for link in links:
+            found.append((name, link))
     return found
 
 
-async def _run_one(
-    linker: Linker,
-    name: str,
-    ref: ObjectRef,
-    body: Mapping[str, Any],
-    metrics: Metrics | None,
-    timeout_seconds: float | None,
-) -> Sequence[Link]:
-    try:
-        links = await _within(linker.links(ref, body), timeout_seconds)
-        if type(links) is list and all(type(item) is Link for item in links):
-            return links  # the usual answer, checked without the ABC machinery
-        if not isinstance(links, Sequence) or isinstance(links, str | bytes):
-            raise TypeError(f"returned {type(links).__name__}, not a sequence of Links")
-        bad = [item for item in links if not isinstance(item, Link)]
-        if bad:
-            raise TypeError(f"returned {len(bad)} item(s) that are not Links, e.g. {bad[0]!r}")
-        return links
-    except Exception as exc:  # a plugin's bug must not stop the pipeline
-        reason = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc!r}"
-        logger.warning("linker %s %s on %s", name, reason, ref.key, exc_info=not isinstance(exc, TimeoutError))
-        if metrics is not None:
-            metrics.plugin_errors.labels(plugin=name).inc()
-        return []
-
-
-async def _within(call: Coroutine[Any, Any, _T], timeout_seconds: float | None) -> _T:
-    """Await ``call`` under the timeout. Most linkers are dictionary work that never suspends: those finish on
-    their first step and need no timer (a timer per linker per observation cost a fifth of the webhook's
-    throughput); only one that suspends runs the rest of its way under ``asyncio.timeout``."""
-    try:
-        step = call.send(None)
-    except StopIteration as done:
-        result: _T = done.value
-        return result
-    async with asyncio.timeout(timeout_seconds):
-        return await _resume(call, step)
+def _checked(links: object) -> Sequence[Link]:
+    if not isinstance(links, Sequence) or isinstance(links, str | bytes):
+        raise TypeError(f"returned {type(links).__name__}, not a sequence of Links")
+    bad = [item for item in links if not isinstance(item, Link)]
+    if bad:
+        raise TypeError(f"returned {len(bad)} item(s) that are not Links, e.g. {bad[0]!r}")
+    return links
 
 
 async def _resume(call: Coroutine[Any, Any, _T], step: Any) -> _T:

@@ -156,10 +156,13 @@ class Pipeline:
         self._idle.clear()
         self._metrics.queue_depth.set(self._pending)
         partitions = self._config.partitions
+        kinds: dict[str, int] = {}
         for observation in observations:
-            self._metrics.observations_submitted.labels(observation.kind).inc()
+            kinds[observation.kind] = kinds.get(observation.kind, 0) + 1
             index = zlib.crc32(observation.ref.key.encode()) % partitions
             self._queues[index].put_nowait((observation, ticket))
+        for kind, count in kinds.items():
+            self._metrics.observations_submitted.labels(kind).inc(count)
 
     async def drain(self) -> None:
         """Wait until every accepted observation has been written and the writer has flushed."""
