@@ -65,9 +65,9 @@ class Batches:
         self.events = self.rounds * per_round
         self.count = self.rounds * len(self.templates)
 
-    def bodies(self) -> Iterator[bytes]:
+    def bodies(self, tag: str = "r") -> Iterator[bytes]:
         for round_number in range(self.rounds):
-            prefix = f'"auditID":"r{round_number}-'.encode()
+            prefix = f'"auditID":"{tag}{round_number}-'.encode()
             for body, _ in self.templates:
                 yield body.replace(b'"auditID":"', prefix)
 
@@ -113,7 +113,33 @@ def _client_process(url: str, target_events: int, concurrency: int, conn: Connec
     conn.send("ready")
     conn.recv()
     conn.send(asyncio.run(_post_all(url, batches.bodies(), concurrency)))
+    rate, count = conn.recv()
+    if count:
+        conn.send(asyncio.run(_post_paced(url, Batches(count * BATCH).bodies("paced"), rate, count)))
     conn.close()
+
+
+async def _post_paced(url: str, bodies: Iterator[bytes], rate: float, count: int) -> list[float]:
+    """``count`` batches at ``rate`` per second, each sent on schedule whether or not the last was answered (an
+    apiserver's throttled batch sender), and the latency of each."""
+    latencies: list[float] = []
+
+    async def send(session: aiohttp.ClientSession, body: bytes) -> None:
+        started = time.perf_counter()
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"webhook answered {resp.status}")
+        latencies.append(time.perf_counter() - started)
+
+    async with aiohttp.ClientSession() as session:
+        start = time.perf_counter()
+        sending = []
+        for index, body in zip(range(count), bodies, strict=False):
+            await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+            sending.append(asyncio.create_task(send(session, body)))
+        await asyncio.gather(*sending)
+    return latencies
 
 
 async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tuple[list[float], int]:
@@ -141,7 +167,9 @@ async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tupl
     return latencies, throttled
 
 
-async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str, Any]:
+async def run(
+    target_events: int, concurrency: int, otlp_only: bool, paced_rate: float = 10.0, paced_batches: int = 0
+) -> dict[str, Any]:
     from kelemetry_py.app import App
     from kelemetry_py.config import load_config
 
@@ -194,6 +222,9 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
                 wall = time.perf_counter() - wall_before
                 cpu = time.process_time() - cpu_before
                 store_bytes = dir_bytes(tmp)
+                ours.send((paced_rate, paced_batches))
+                paced = await loop.run_in_executor(None, ours.recv) if paced_batches else []
+                await app.settle()
             finally:
                 client.join(timeout=10)
                 if client.is_alive():
@@ -225,6 +256,20 @@ async def run(target_events: int, concurrency: int, otlp_only: bool) -> dict[str
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
         "note": "CPU is the tracer process's, all threads (and the OTLP receiver in it); the client runs apart",
+        **_paced_figures(paced, paced_rate),
+    }
+
+
+def _paced_figures(latencies: list[float], rate: float) -> dict[str, Any]:
+    """Latency at an apiserver's own pace, measured after the saturating run on the same App."""
+    if not latencies:
+        return {}
+    ms = [x * 1000 for x in latencies]
+    return {
+        "paced_batches_per_second": rate,
+        "paced_batches": len(ms),
+        "paced_p50_ms": round(statistics.median(ms), 1),
+        "paced_p99_ms": round(percentile(ms, 0.99), 1),
     }
 
 
@@ -235,9 +280,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--otlp-only", action="store_true", help="store and frontend off, export over OTLP/gRPC")
+    parser.add_argument(
+        "--paced-batches",
+        type=int,
+        default=50,
+        help="then this many batches at --paced-rate, each on schedule, for the latency at an apiserver's pace",
+    )
+    parser.add_argument(
+        "--paced-rate", type=float, default=10.0, help="batches per second (the apiserver's default throttle: 10)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.events, args.concurrency, args.otlp_only))
+    result = asyncio.run(
+        run(args.events, args.concurrency, args.otlp_only, args.paced_rate, args.paced_batches)
+    )
     result["machine"] = machine()
     report(result, args.json)
     return 0
