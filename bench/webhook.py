@@ -225,6 +225,7 @@ async def run(
                 ours.send((paced_rate, paced_batches))
                 paced = await loop.run_in_executor(None, ours.recv) if paced_batches else []
                 await app.settle()
+                settled_rss = current_rss_mib()
             finally:
                 client.join(timeout=10)
                 if client.is_alive():
@@ -252,6 +253,7 @@ async def run(
         "throttled": throttled,
         "peak_rss_mib": round(peak_rss_mib()),
         "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
+        "rss_after_load_mib": round(settled_rss),  # everything delivered, nothing forced
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),

@@ -200,28 +200,34 @@ class Pipeline:
 
     async def _run_partition(self, queue: asyncio.Queue[_Item]) -> None:
         while True:
-            batch = [await queue.get()]
-            while len(batch) < _BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            ready: list[_Item] = []
-            for item in batch:
-                waiting = self._run_hooks(item, 0)
-                if waiting is None:
-                    ready.append(item)
-                else:
-                    task = asyncio.create_task(waiting)
-                    self._parked.add(task)
-                    task.add_done_callback(self._parked.discard)
-            for start in range(0, len(ready), _SLICE):
-                chunk = ready[start : start + _SLICE]
-                try:
-                    async with self.priority.background():
-                        await self._write_observations(chunk)
-                except Exception:
-                    # Writers retry and count their own failures; anything reaching here is a bug worth a
-                    # traceback, but one bad batch must not stop the partition.
-                    log.exception("pipeline: failed to turn %d observations into spans", len(chunk))
-                await self._done(chunk)
+            first = await queue.get()
+            # A batch lives in the call below, so none of it stays referenced while the next get waits.
+            await self._run_batch(first, queue)
+            del first
+
+    async def _run_batch(self, first: _Item, queue: asyncio.Queue[_Item]) -> None:
+        batch = [first]
+        while len(batch) < _BATCH and not queue.empty():
+            batch.append(queue.get_nowait())
+        ready: list[_Item] = []
+        for item in batch:
+            waiting = self._run_hooks(item, 0)
+            if waiting is None:
+                ready.append(item)
+            else:
+                task = asyncio.create_task(waiting)
+                self._parked.add(task)
+                task.add_done_callback(self._parked.discard)
+        for start in range(0, len(ready), _SLICE):
+            chunk = ready[start : start + _SLICE]
+            try:
+                async with self.priority.background():
+                    await self._write_observations(chunk)
+            except Exception:
+                # Writers retry and count their own failures; anything reaching here is a bug worth a traceback,
+                # but one bad batch must not stop the partition.
+                log.exception("pipeline: failed to turn %d observations into spans", len(chunk))
+            await self._done(chunk)
 
     def _run_hooks(self, item: _Item, start: int) -> Coroutine[Any, Any, None] | None:
         observation = item[0]

@@ -132,15 +132,21 @@ class Pump:
     failing: bool = False
 
     async def run(self) -> None:
-        while True:
-            records = await self.consumer.read(self.records_per_batch)
-            if not records:
-                return
-            items: list[Any] = []
-            for record in records:
-                items.extend(record.value if record.value is not None else self.decode(record.payload))
-            await self._deliver(items)
-            await self.consumer.ack(records)
+        while await self._next_batch():
+            pass
+
+    async def _next_batch(self) -> bool:
+        # One batch per call, so nothing of it stays referenced while the next read waits (a batch can hold
+        # megabytes of spans).
+        records = await self.consumer.read(self.records_per_batch)
+        if not records:
+            return False
+        items: list[Any] = []
+        for record in records:
+            items.extend(record.value if record.value is not None else self.decode(record.payload))
+        await self._deliver(items)
+        await self.consumer.ack(records)
+        return True
 
     async def _deliver(self, items: list[Any]) -> None:
         delay = 0.1
@@ -232,32 +238,37 @@ class Delivery:
         return min((consumer.committed for consumer in self._span_consumers), default=self.spans.end)
 
     async def _feed_pipeline(self) -> None:
+        while await self._feed_next():
+            pass
+
+    async def _feed_next(self) -> bool:
+        # One read per call, so the records fed stay referenced only by the pipeline while the next read waits.
         consumer = self._pipeline_consumer
         acker = self._acker
         assert consumer is not None and acker is not None
-        while True:
-            records = await consumer.read(_READ_RECORDS)
-            if not records:
-                return
-            for record in records:
-                try:
-                    batch = record.value if record.value is not None else decode_observations(record.payload)
-                except Exception:
-                    log.exception("observation log: record %s cannot be decoded; dropped and counted", record.id)
-                    self.metrics.observations_failed.labels("undecodable").inc()
-                    acker.done(record)
-                    continue
-                batch = [observation for observation in batch if observation.kind != KIND_RECORD]
-                if not batch:  # search records only: nothing to trace
-                    acker.done(record)
-                    continue
-                size = len(record.payload)
-                while self._feeding_bytes and self._feeding_bytes + size > _FEED_AHEAD_BYTES:
-                    self._fed.clear()
-                    await self._fed.wait()
-                self._feeding_bytes += size
-                ticket = Ticket(len(batch), functools.partial(self._fed_done, record, size), replayed=record.replayed)
-                await self.pipeline.feed(batch, ticket, wait=True)
+        records = await consumer.read(_READ_RECORDS)
+        if not records:
+            return False
+        for record in records:
+            try:
+                batch = record.value if record.value is not None else decode_observations(record.payload)
+            except Exception:
+                log.exception("observation log: record %s cannot be decoded; dropped and counted", record.id)
+                self.metrics.observations_failed.labels("undecodable").inc()
+                acker.done(record)
+                continue
+            batch = [observation for observation in batch if observation.kind != KIND_RECORD]
+            if not batch:  # search records only: nothing to trace
+                acker.done(record)
+                continue
+            size = len(record.payload)
+            while self._feeding_bytes and self._feeding_bytes + size > _FEED_AHEAD_BYTES:
+                self._fed.clear()
+                await self._fed.wait()
+            self._feeding_bytes += size
+            ticket = Ticket(len(batch), functools.partial(self._fed_done, record, size), replayed=record.replayed)
+            await self.pipeline.feed(batch, ticket, wait=True)
+        return True
 
     def _fed_done(self, record: Record, size: int) -> None:
         assert self._acker is not None
