@@ -380,7 +380,8 @@ class LocalLog:
         dirty = {name: c.committed for name, c in self._consumers.items() if c.committed != c.persisted}
         if not dirty:
             return
-        await self._on_writer(self._write_cursors_sync, dirty)
+        # Not on the writer thread: two fsyncs must not hold up the appends queued behind them.
+        await asyncio.to_thread(self._write_cursors_sync, dirty)
         for name, committed in dirty.items():
             self._consumers[name].persisted = committed
 
@@ -404,7 +405,8 @@ class LocalLog:
         doomed = [segment for segment in self._segments[:-1] if segment.end <= safe]
         if not doomed:
             return
-        await self._on_writer(_unlink_all, [segment.path for segment in doomed])
+        # Unlinking 64 MiB segments can take a while; appends go to the active segment meanwhile.
+        await asyncio.to_thread(_unlink_all, [segment.path for segment in doomed])
         self._segments = self._segments[len(doomed) :]
         self._used -= sum(segment.size for segment in doomed)
         self._notify()  # appenders waiting for room may try again
