@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 PIPELINE_CONSUMER = "pipeline"
 _READ_RECORDS = 64
 # What the pipeline holds in memory ahead of its spans, by encoded size: the rest waits in the log, on disk.
-_FEED_AHEAD_BYTES = 8 << 20
+_FEED_AHEAD_BYTES = 4 << 20
 _WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the last one
 _ROOM_POLL_SECONDS = 0.05
 _WRITER_RETRY_MAX_SECONDS = 30.0
