@@ -90,6 +90,9 @@ class LocalLog:
         self._saved_cursors: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}")
+        # Cursor files (two fsyncs) and unlinking consumed 64 MiB segments, one at a time, off the writer thread:
+        # they must never hold up the appends queued behind them.
+        self._maintainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}-maintenance")
         # Touched only on the writer thread: the active segment's descriptor and (first seq, path, size).
         self._active_fd: int | None = None
         self._segments_snapshot_last: tuple[int, Path, int] | None = None
@@ -127,7 +130,8 @@ class LocalLog:
         with contextlib.suppress(asyncio.CancelledError):
             await self._background
         self._background = None
-        await self._persist_cursors()
+        await self._persist_cursors()  # after any job of the cancelled maintenance: one worker, in order
+        self._maintainer.shutdown(wait=True)
         await self._on_writer(self._close_sync)
         self._writer.shutdown(wait=True)
 
@@ -380,8 +384,7 @@ class LocalLog:
         dirty = {name: c.committed for name, c in self._consumers.items() if c.committed != c.persisted}
         if not dirty:
             return
-        # Not on the writer thread: two fsyncs must not hold up the appends queued behind them.
-        await asyncio.to_thread(self._write_cursors_sync, dirty)
+        await self._on_maintainer(self._write_cursors_sync, dirty)
         for name, committed in dirty.items():
             self._consumers[name].persisted = committed
 
@@ -405,8 +408,7 @@ class LocalLog:
         doomed = [segment for segment in self._segments[:-1] if segment.end <= safe]
         if not doomed:
             return
-        # Unlinking 64 MiB segments can take a while; appends go to the active segment meanwhile.
-        await asyncio.to_thread(_unlink_all, [segment.path for segment in doomed])
+        await self._on_maintainer(_unlink_all, [segment.path for segment in doomed])
         self._segments = self._segments[len(doomed) :]
         self._used -= sum(segment.size for segment in doomed)
         self._notify()  # appenders waiting for room may try again
@@ -420,6 +422,9 @@ class LocalLog:
 
     async def _on_writer(self, func: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, func, *args)
+
+    async def _on_maintainer(self, func: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._maintainer, func, *args)
 
 
 def _unlink_all(paths: list[Path]) -> None:
