@@ -230,12 +230,68 @@ RelationLearner = Callable[[ObjectRef, Mapping[str, Any]], Awaitable[None]]
 class _State:
     uid: str
     resource_version: str
-    blob: bytes  # zlib(orjson(redacted object without bookkeeping))
+    blob: bytes  # orjson(redacted object without bookkeeping), zlib-compressed unless ``hot``
     managers: ManagerSummary
+    hot: bool = False
+
+    def encoded(self) -> bytes:
+        return self.blob if self.hot else zlib.decompress(self.blob)
 
     def load(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
+        loaded: dict[str, Any] = orjson.loads(self.encoded())
         return loaded
+
+    def compressed(self) -> bytes:
+        return zlib.compress(self.blob, 1) if self.hot else self.blob
+
+    def cool(self) -> None:
+        if self.hot:
+            self.blob = zlib.compress(self.blob, 1)
+            self.hot = False
+
+
+class HotStates:
+    """The states of recently changed objects, kept as plain JSON rather than compressed, bounded by bytes.
+
+    An object that changes is likely to change again soon (a Pod's kubelet, a rollout's ReplicaSets): its next
+    diff then needs neither a decompress nor, before it, a compress. Past ``max_bytes`` the least recently
+    changed states are compressed, as every state not in here is.
+    """
+
+    # Beyond the JSON itself: the bytes object's header and this tier's dict slot.
+    ENTRY_OVERHEAD = 120
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._states: dict[str, _State] = {}  # least recently admitted first
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def admit(self, key: str, state: _State) -> None:
+        """Keep ``state`` (uncompressed, ``hot``) as ``key``'s newest, compressing others past the bound."""
+        self.discard(key)
+        cost = len(state.blob) + self.ENTRY_OVERHEAD
+        if cost > self.max_bytes:
+            state.cool()
+            return
+        self._states[key] = state
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(self._states))
+            self._evict(oldest)
+
+    def discard(self, key: str) -> None:
+        """``key``'s state is replaced or gone: stop counting it (its state is not compressed)."""
+        state = self._states.pop(key, None)
+        if state is not None:
+            self.bytes -= len(state.blob) + self.ENTRY_OVERHEAD
+
+    def _evict(self, key: str) -> None:
+        state = self._states.pop(key)
+        self.bytes -= len(state.blob) + self.ENTRY_OVERHEAD
+        state.cool()
 
 
 @dataclass(slots=True)
@@ -274,6 +330,7 @@ class ObjectDiffer:
         margin_seconds: float = 1.0,
         hold_seconds: float | None = None,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        hot_state_bytes: int = 16 * 1024 * 1024,
         state: DifferStateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
@@ -294,6 +351,7 @@ class ObjectDiffer:
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._states: dict[str, _State] = {}
+        self._hot = HotStates(hot_state_bytes)
         self._held: dict[str, deque[_Held]] = {}
         self._held_bytes = 0
         self._pending_added = asyncio.Event()
@@ -366,13 +424,21 @@ class ObjectDiffer:
             raise ValueError(f"unknown watch event type {event_type!r}")
 
         encoded = orjson.dumps(clean)
-        state = self._states[ref.key] = _State(uid, rv, zlib.compress(encoded, 1), managers)
+        # Hot: a watched change or creation (more are likely to follow). A listed object stays compressed.
+        changing = not relisted and (previous is not None or event_type == "ADDED")
+        if changing:
+            state = _State(uid, rv, encoded, managers, hot=True)
+            self._hot.admit(ref.key, state)
+        else:
+            state = _State(uid, rv, zlib.compress(encoded, 1), managers)
+            self._hot.discard(ref.key)
+        self._states[ref.key] = state
         if self._persisted is not None:
             self._dirty[ref.key] = state
         if self._learn is not None and (previous is None or previous.uid != uid):
             await self._learn(ref, clean)
         if previous is not None and previous.uid == uid:
-            if previous.resource_version != rv:
+            if previous.resource_version != rv and not (previous.hot and previous.blob == encoded):
                 # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
                 await self._record_diff(ref, rv, previous, clean, obj, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
@@ -381,6 +447,7 @@ class ObjectDiffer:
 
     def _forget(self, key: str) -> None:
         self._states.pop(key, None)
+        self._hot.discard(key)
         if self._persisted is not None:
             self._dirty[key] = None
 
@@ -625,7 +692,7 @@ class ObjectDiffer:
         added, self._held_added = self._held_added, []
         removed, self._held_removed = self._held_removed, []
         states = {
-            key: None if state is None else (state.uid, state.resource_version, state.blob, state.managers)
+            key: None if state is None else (state.uid, state.resource_version, state.compressed(), state.managers)
             for key, state in dirty.items()
         }
         try:
