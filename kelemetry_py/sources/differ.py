@@ -68,13 +68,9 @@ def render_change(change: Change) -> str:
     return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
 
 
-def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
-    return diff_segments(old, new)
-
-
 def compute_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     """The changes from ``old`` to ``new`` (redact both first), sorted by path; bookkeeping fields ignored."""
-    return [change for _, change in _diff_segments(old, new)]
+    return [change for _, change in diff_segments(old, new)]
 
 
 # ------------------------------------------------------------------------------------------------ attribution
@@ -108,14 +104,38 @@ def _item_key(key: str) -> dict[str, Any] | None:
     return item if isinstance(item, dict) else None
 
 
-def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
-    """Whether a ``fieldsV1`` set owns the field at ``segments`` (or an enclosing atomic field), and how many
-    leading segments it owns: a removed field has no owner left; the owner of its siblings likely removed it.
+# Changed paths as a tree of their segments, so that a ``fieldsV1`` set is walked once for all of them. A node is
+# [children by segment, paths through or ending at it, paths ending at it] (a list: built for every diff).
+_PathTree = list[Any]
+
+
+def _path_tree(changed: Sequence[Sequence[Any]]) -> _PathTree:
+    root: _PathTree = [{}, len(changed), 0]
+    for segments in changed:
+        node = root
+        for segment in segments:
+            child = node[0].get(segment)
+            if child is None:
+                child = node[0][segment] = [{}, 0, 0]
+            child[1] += 1
+            node = child
+        node[2] += 1
+    return root
+
+
+def _ownership(node: Any, paths: _PathTree, depth: int = 0) -> tuple[int, int]:
+    """For the changed ``paths`` below ``node`` (a ``fieldsV1`` set at ``depth``): how many it owns (or an enclosing
+    atomic field of them), and the sum of how many leading segments of each it owns: a removed field has no owner
+    left; the owner of its siblings likely removed it.
     """
-    node = fields
-    for depth, segment in enumerate(segments):
+    children, _, ends = paths
+    covered = ends
+    nearby = ends * depth
+    for segment, below in children.items():
+        count = below[1]
+        nearby += count * depth
         if not isinstance(node, dict):
-            return False, depth
+            continue
         child: Any = None
         if isinstance(segment, str) and segment.startswith(_ITEM):
             wanted = segment[1:]
@@ -127,14 +147,21 @@ def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
                         break
         elif isinstance(segment, int):
             # Positional items are owned through their list; owning any item is close enough.
-            return any(k.startswith(("k:", "v:", "i:")) for k in node) or depth > 0, depth
+            if depth > 0 or any(k.startswith(("k:", "v:", "i:")) for k in node):
+                covered += count
+            continue
         else:
             child = node.get(f"f:{segment}")
         if child is None:
             # An owned leaf without children is an atomic field: its owner owns everything inside it.
-            return depth > 0 and not any(k != "." for k in node), depth
-        node = child
-    return True, len(segments)
+            if depth > 0 and not any(k != "." for k in node):
+                covered += count
+            continue
+        nearby -= count * depth  # counted again, deeper, below
+        owned, near = _ownership(child, below, depth + 1)
+        covered += owned
+        nearby += near
+    return covered, nearby
 
 
 def attribute(previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequence[Sequence[Any]]) -> tuple[str, str]:
@@ -148,12 +175,11 @@ def attribute(previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequenc
     if not entries:
         return "", ""
     before = set(previous)
+    paths = _path_tree(changed)
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry in entries:
         summary = _summary(entry)
-        owned = [_ownership(entry.get("fieldsV1"), segments) for segments in changed]
-        covered = sum(1 for full, _ in owned if full)
-        nearby = sum(depth for _, depth in owned)
+        covered, nearby = _ownership(entry.get("fieldsV1"), paths)
         score = (covered, nearby, int(summary not in before), summary[3])
         if best is None or score > best[0]:
             best = (score, entry)
@@ -479,7 +505,7 @@ class ObjectDiffer:
         *,
         late: bool = False,
     ) -> None:
-        found = _diff_segments(previous.load(), clean)
+        found = diff_segments(previous.load(), clean, stripped=True)
         if not found:
             return
         if self._learn is not None and any(

@@ -180,14 +180,19 @@ def render_path(segments: Sequence[Any]) -> str:
 
 
 def _match_key(items: list[Any]) -> str | None:
+    """``name`` or ``type`` if every item is a dict whose value of it is a distinct string, else None."""
     if not items:
         return None
-    for item in items:
-        if type(item) is not dict:
-            return None
     for key in _MATCH_KEYS:
-        values = [item.get(key) for item in items]
-        if all(type(v) is str for v in values) and len(set(values)) == len(values):
+        seen: set[str] = set()
+        for item in items:
+            if type(item) is not dict:
+                return None
+            value = item.get(key)
+            if type(value) is not str or value in seen:
+                break
+            seen.add(value)
+        else:
             return key
     return None
 
@@ -204,17 +209,23 @@ def _walk(old: Any, new: Any, segments: list[Any], path: str, found: Found) -> N
         old = {ITEM_MARKER + item[key]: item for item in old}
         new = {ITEM_MARKER + item[key]: item for item in new}
     if type(old) is dict and type(new) is dict:
+        new_get = new.get
+        removed = False
         for key, old_value in old.items():
-            if key not in new:
-                child = _child(path, key)
-                found.append(([*segments, key], Change(child, "remove", old_value)))
-            else:
-                new_value = new[key]
-                if old_value is not new_value and old_value != new_value:
+            new_value = new_get(key, _MISSING)
+            if new_value is _MISSING:
+                removed = True
+                found.append(([*segments, key], Change(_child(path, key), "remove", old_value)))
+            elif old_value is not new_value and old_value != new_value:
+                kind = type(old_value)
+                if kind is type(new_value) and (kind is dict or kind is list):
                     _walk(old_value, new_value, [*segments, key], _child(path, key), found)
-        for key, new_value in new.items():
-            if key not in old:
-                found.append(([*segments, key], Change(_child(path, key), "add", None, new_value)))
+                else:  # a leaf: what _walk would find for it
+                    found.append(([*segments, key], Change(_child(path, key), "change", old_value, new_value)))
+        if removed or len(new) != len(old):
+            for key, new_value in new.items():
+                if key not in old:
+                    found.append(([*segments, key], Change(_child(path, key), "add", None, new_value)))
         return
     found.append((segments, Change(path, "change", old, new)))
 
@@ -226,9 +237,16 @@ def _child(path: str, key: Any) -> str:
     return piece[1:] if piece.startswith(".") else piece
 
 
-def diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> Found:
-    """Every change from ``old`` to ``new`` with its path segments, sorted by rendered path."""
+def diff_segments(old: Mapping[str, Any], new: Mapping[str, Any], *, stripped: bool = False) -> Found:
+    """Every change from ``old`` to ``new`` with its path segments, sorted by rendered path. ``stripped``: both
+    are already without bookkeeping (:func:`strip_bookkeeping`)."""
     found: Found = []
-    _walk(strip_bookkeeping(old), strip_bookkeeping(new), [], "", found)
-    found.sort(key=lambda item: item[1].path)
+    if not stripped:
+        old, new = strip_bookkeeping(old), strip_bookkeeping(new)
+    _walk(old, new, [], "", found)
+    found.sort(key=_by_path)
     return found
+
+
+def _by_path(item: tuple[list[Any], Change]) -> str:
+    return item[1].path
