@@ -164,21 +164,28 @@ def _ownership(node: Any, paths: _PathTree, depth: int = 0) -> tuple[int, int]:
     return covered, nearby
 
 
-def attribute(previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequence[Sequence[Any]]) -> tuple[str, str]:
+def attribute(
+    previous: ManagerSummary,
+    obj: Mapping[str, Any],
+    changed: Sequence[Sequence[Any]],
+    managers: ManagerSummary | None = None,
+) -> tuple[str, str]:
     """(field manager, operation) that most plausibly made this change.
 
     Preference: the entry owning most of the changed fields, then the one owning most of their parents, then
     an entry new or re-timed since the previous state, then the newest ``time``. Ownership comes first because
     a write through a subresource (``kubectl scale``) re-times no entry, while the status writer's is newer.
+    ``managers``: ``summarize_managers(obj)``, when the caller has it already.
     """
     entries = [e for e in (obj.get("metadata") or {}).get("managedFields") or [] if isinstance(e, dict)]
     if not entries:
         return "", ""
+    if managers is None:
+        managers = tuple(_summary(entry) for entry in entries)
     before = set(previous)
     paths = _path_tree(changed)
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
-    for entry in entries:
-        summary = _summary(entry)
+    for entry, summary in zip(entries, managers, strict=True):
         covered, nearby = _ownership(entry.get("fieldsV1"), paths)
         score = (covered, nearby, int(summary not in before), summary[3])
         if best is None or score > best[0]:
@@ -439,10 +446,11 @@ class ObjectDiffer:
         )
         clean = strip_bookkeeping(self._redact(obj, rtype.resource))
         managers = summarize_managers(obj)
-        previous = self._states.get(ref.key)
+        key = ref.key
+        previous = self._states.get(key)
 
         if event_type == "DELETED":
-            self._forget(ref.key)
+            self._forget(key)
             snapshot = orjson.loads(orjson.dumps(clean))
             await self._record(ref, rv, "delete", obj, previous, snapshot=snapshot, late=relisted)
             return
@@ -454,19 +462,19 @@ class ObjectDiffer:
         changing = not relisted and (previous is not None or event_type == "ADDED")
         if changing:
             state = _State(uid, rv, encoded, managers, hot=True)
-            self._hot.admit(ref.key, state)
+            self._hot.admit(key, state)
         else:
             state = _State(uid, rv, zlib.compress(encoded, 1), managers)
-            self._hot.discard(ref.key)
-        self._states[ref.key] = state
+            self._hot.discard(key)
+        self._states[key] = state
         if self._persisted is not None:
-            self._dirty[ref.key] = state
+            self._dirty[key] = state
         if self._learn is not None and (previous is None or previous.uid != uid):
             await self._learn(ref, clean)
         if previous is not None and previous.uid == uid:
             if previous.resource_version != rv and not (previous.hot and previous.blob == encoded):
                 # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
-                await self._record_diff(ref, rv, previous, clean, obj, late=relisted)
+                await self._record_diff(ref, rv, previous, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
             await self._record(ref, rv, "create", obj, None, snapshot=orjson.loads(encoded), late=relisted)
@@ -502,6 +510,7 @@ class ObjectDiffer:
         previous: _State,
         clean: Mapping[str, Any],
         obj: Mapping[str, Any],
+        managers: ManagerSummary,
         *,
         late: bool = False,
     ) -> None:
@@ -513,7 +522,7 @@ class ObjectDiffer:
             for segments, _ in found
         ):
             await self._learn(ref, clean)
-        manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found])
+        manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found], managers)
         changes = tuple(change for _, change in found)
         record = DiffRecord(
             ref=ref,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
@@ -26,9 +26,9 @@ Claimant = Literal["audit", "differ"]
 EMITTED = "emitted"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One changed field. ``old``/``new`` are None for an add/remove respectively."""
+class Change(NamedTuple):
+    """One changed field. ``old``/``new`` are None for an add/remove respectively. (A tuple: the differ makes
+    one per changed field, and a frozen dataclass costs many times more to build.)"""
 
     path: str
     op: ChangeOp
