@@ -263,68 +263,68 @@ RelationLearner = Callable[[ObjectRef, Mapping[str, Any]], Awaitable[None]]
 class _State:
     uid: str
     resource_version: str
-    blob: bytes  # orjson(redacted object without bookkeeping), zlib-compressed unless ``hot``
+    blob: bytes  # zlib(orjson(redacted object without bookkeeping)); empty while ``body`` holds it
     managers: ManagerSummary
-    hot: bool = False
-
-    def encoded(self) -> bytes:
-        return self.blob if self.hot else zlib.decompress(self.blob)
+    # The same object decoded, while the state is hot (see HotStates). Shared with the records of its changes:
+    # nothing may mutate it.
+    body: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = orjson.loads(self.encoded())
+        if self.body is not None:
+            return self.body
+        loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
         return loaded
 
     def compressed(self) -> bytes:
-        return zlib.compress(self.blob, 1) if self.hot else self.blob
+        return self.blob if self.body is None else zlib.compress(orjson.dumps(self.body), 1)
 
     def cool(self) -> None:
-        if self.hot:
-            self.blob = zlib.compress(self.blob, 1)
-            self.hot = False
+        if self.body is not None:
+            self.blob = self.compressed()
+            self.body = None
 
 
 class HotStates:
-    """The states of recently changed objects, kept as plain JSON rather than compressed, bounded by bytes.
+    """The states of recently changed objects, kept decoded rather than compressed, bounded by bytes.
 
     An object that changes is likely to change again soon (a Pod's kubelet, a rollout's ReplicaSets): its next
-    diff then needs neither a decompress nor, before it, a compress. Past ``max_bytes`` the least recently
-    changed states are compressed, as every state not in here is.
+    diff then needs neither a decompress and a parse nor, before them, a compress. Past ``max_bytes`` the least
+    recently changed states are compressed, as every state not in here is.
     """
 
-    # Beyond the JSON itself: the bytes object's header and this tier's dict slot.
+    # What a decoded object costs per byte of its JSON (dicts, lists and strings of Kubernetes objects take
+    # 3.5-4.5 times their JSON; tests/differ/test_hot_states.py measures it), plus this tier's own entry.
+    BYTES_PER_JSON_BYTE = 5
     ENTRY_OVERHEAD = 120
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._states: dict[str, _State] = {}  # least recently admitted first
+        self._states: dict[str, tuple[_State, int]] = {}  # least recently admitted first
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def admit(self, key: str, state: _State) -> None:
-        """Keep ``state`` (uncompressed, ``hot``) as ``key``'s newest, compressing others past the bound."""
+    def admit(self, key: str, state: _State, json_bytes: int) -> None:
+        """Keep ``state`` (decoded) as ``key``'s newest, compressing the least recent past the bound."""
         self.discard(key)
-        cost = len(state.blob) + self.ENTRY_OVERHEAD
+        cost = json_bytes * self.BYTES_PER_JSON_BYTE + self.ENTRY_OVERHEAD
         if cost > self.max_bytes:
             state.cool()
             return
-        self._states[key] = state
+        self._states[key] = (state, cost)
         self.bytes += cost
         while self.bytes > self.max_bytes:
             oldest = next(iter(self._states))
-            self._evict(oldest)
+            evicted, evicted_cost = self._states.pop(oldest)
+            self.bytes -= evicted_cost
+            evicted.cool()
 
     def discard(self, key: str) -> None:
-        """``key``'s state is replaced or gone: stop counting it (its state is not compressed)."""
-        state = self._states.pop(key, None)
-        if state is not None:
-            self.bytes -= len(state.blob) + self.ENTRY_OVERHEAD
-
-    def _evict(self, key: str) -> None:
-        state = self._states.pop(key)
-        self.bytes -= len(state.blob) + self.ENTRY_OVERHEAD
-        state.cool()
+        """``key``'s state is replaced or gone: stop counting it (it is not compressed)."""
+        entry = self._states.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[1]
 
 
 @dataclass(slots=True)
@@ -461,8 +461,8 @@ class ObjectDiffer:
         # Hot: a watched change or creation (more are likely to follow). A listed object stays compressed.
         changing = not relisted and (previous is not None or event_type == "ADDED")
         if changing:
-            state = _State(uid, rv, encoded, managers, hot=True)
-            self._hot.admit(key, state)
+            state = _State(uid, rv, b"", managers, clean)
+            self._hot.admit(key, state, len(encoded))
         else:
             state = _State(uid, rv, zlib.compress(encoded, 1), managers)
             self._hot.discard(key)
@@ -472,7 +472,7 @@ class ObjectDiffer:
         if self._learn is not None and (previous is None or previous.uid != uid):
             await self._learn(ref, clean)
         if previous is not None and previous.uid == uid:
-            if previous.resource_version != rv and not (previous.hot and previous.blob == encoded):
+            if previous.resource_version != rv:
                 # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
                 await self._record_diff(ref, rv, previous, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
