@@ -164,6 +164,31 @@ def _ownership(node: Any, paths: _PathTree, depth: int = 0) -> tuple[int, int]:
     return covered, nearby
 
 
+class _OwnershipMemo:
+    """What :func:`_ownership` found, per (``fieldsV1`` as JSON, changed paths). Both recur: a kubelet's field set
+    is the same on every Pod of a template and on each of its status updates, which change the same fields.
+    Bounded by bytes; forgotten at once when full."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._found: dict[tuple[bytes, Any], tuple[int, int]] = {}
+
+    def get(self, key: tuple[bytes, Any] | None) -> tuple[int, int] | None:
+        return None if key is None else self._found.get(key)
+
+    def put(self, key: tuple[bytes, Any], owned: tuple[int, int]) -> None:
+        cost = len(key[0]) + 100 * (1 + sum(len(segments) for segments in key[1]))
+        if self.bytes + cost > self.max_bytes:
+            self._found.clear()
+            self.bytes = 0
+        self._found[key] = owned
+        self.bytes += cost
+
+
+_OWNED = _OwnershipMemo(4 * 1024 * 1024)
+
+
 def attribute(
     previous: ManagerSummary,
     obj: Mapping[str, Any],
@@ -183,10 +208,23 @@ def attribute(
     if managers is None:
         managers = tuple(_summary(entry) for entry in entries)
     before = set(previous)
-    paths = _path_tree(changed)
+    changed_key = tuple(map(tuple, changed))
+    paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
-        covered, nearby = _ownership(entry.get("fieldsV1"), paths)
+        fields = entry.get("fieldsV1")
+        try:
+            memo_key: tuple[bytes, Any] | None = (orjson.dumps(fields), changed_key)
+        except orjson.JSONEncodeError:
+            memo_key = None
+        owned = _OWNED.get(memo_key)
+        if owned is None:
+            if paths is None:
+                paths = _path_tree(changed)
+            owned = _ownership(fields, paths)
+            if memo_key is not None:
+                _OWNED.put(memo_key, owned)
+        covered, nearby = owned
         score = (covered, nearby, int(summary not in before), summary[3])
         if best is None or score > best[0]:
             best = (score, entry)
