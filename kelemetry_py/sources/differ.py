@@ -313,8 +313,11 @@ class _State:
         loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
         return loaded
 
+    def encoded(self) -> bytes:
+        return zlib.decompress(self.blob) if self.body is None else orjson.dumps(self.body)
+
     def compressed(self) -> bytes:
-        return self.blob if self.body is None else zlib.compress(orjson.dumps(self.body), 1)
+        return self.blob if self.body is None else zlib.compress(self.encoded(), 1)
 
     def cool(self) -> None:
         if self.body is not None:
@@ -489,8 +492,7 @@ class ObjectDiffer:
 
         if event_type == "DELETED":
             self._forget(key)
-            snapshot = orjson.loads(orjson.dumps(clean))
-            await self._record(ref, rv, "delete", obj, previous, snapshot=snapshot, late=relisted)
+            await self._record(ref, rv, "delete", obj, snapshot=orjson.dumps(clean), late=relisted)
             return
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
@@ -515,7 +517,7 @@ class ObjectDiffer:
                 await self._record_diff(ref, rv, previous, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
-            await self._record(ref, rv, "create", obj, None, snapshot=orjson.loads(encoded), late=relisted)
+            await self._record(ref, rv, "create", obj, snapshot=encoded, late=relisted)
 
     def _forget(self, key: str) -> None:
         self._states.pop(key, None)
@@ -534,10 +536,9 @@ class ObjectDiffer:
         for key, state in gone:
             self._forget(key)
             ref = ObjectRef.from_key(key, rtype.version, state.uid)
-            snapshot = state.load()
             # No watch event saw the deletion, so no resourceVersion of it exists for an audit span to name.
             gone_rv = f"{state.resource_version}+deleted"
-            await self._record(ref, gone_rv, "delete", {}, None, snapshot=snapshot, late=True)
+            await self._record(ref, gone_rv, "delete", {}, snapshot=state.encoded(), late=True)
 
     # ---- recording
 
@@ -561,7 +562,7 @@ class ObjectDiffer:
         ):
             await self._learn(ref, clean)
         manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found], managers)
-        changes = tuple(change for _, change in found)
+        changes = tuple([change for _, change in found])
         record = DiffRecord(
             ref=ref,
             resource_version=rv,
@@ -570,7 +571,7 @@ class ObjectDiffer:
             field_manager=manager,
             operation=operation,
             changes=changes,
-            lines=tuple(render_change(change) for change in changes),
+            lines=tuple([render_change(change) for change in changes]),
             late=late,
         )
         await self._store(record)
@@ -581,11 +582,11 @@ class ObjectDiffer:
         rv: str,
         kind: RecordKind,
         obj: Mapping[str, Any],
-        previous: _State | None,
         *,
-        snapshot: dict[str, Any],
+        snapshot: bytes,
         late: bool = False,
     ) -> None:
+        """A create or delete: ``snapshot`` is the object as JSON (parsed here into the record's own copy)."""
         manager, operation = ("", "")
         if kind == "create":
             manager, operation = attribute((), obj, [])
@@ -596,16 +597,16 @@ class ObjectDiffer:
             time_ns=self._wall_clock_ns(),
             field_manager=manager,
             operation=operation,
-            snapshot=snapshot,
+            snapshot=orjson.loads(snapshot),
             late=late,
         )
-        await self._store(record)
+        await self._store(record, len(snapshot))
 
-    async def _store(self, record: DiffRecord) -> None:
+    async def _store(self, record: DiffRecord, snapshot_bytes: int | None = None) -> None:
         cluster = record.ref.cluster
         if self.leads(cluster):
             await self._cache.put(record)
-        self._hold_record(cluster, record, self._clock() + self._hold)
+        self._hold_record(cluster, record, self._clock() + self._hold, record.size_bytes(snapshot_bytes))
         self._pending_added.set()
         while self._held_bytes > self._max_pending_bytes and self._held.get(cluster):
             # Bounded: a leader emits its oldest unclaimed changes early rather than forgetting them; a standby
@@ -617,8 +618,8 @@ class ObjectDiffer:
                 self.dropped += 1
                 self._metrics.watch_held_dropped.labels("objects").inc()
 
-    def _hold_record(self, cluster: str, record: DiffRecord, deadline: float) -> None:
-        held = _Held(deadline, record, record.size_bytes(), resource_of(record.ref))
+    def _hold_record(self, cluster: str, record: DiffRecord, deadline: float, size: int | None = None) -> None:
+        held = _Held(deadline, record, record.size_bytes() if size is None else size, resource_of(record.ref))
         self._held.setdefault(cluster, deque()).append(held)
         self._held_bytes += held.size
         if self._persisted is not None:
