@@ -297,46 +297,65 @@ def record_observation(record: DiffRecord) -> Observation:
 RelationLearner = Callable[[ObjectRef, Mapping[str, Any]], Awaitable[None]]
 
 
+Sections = dict[str, bytes]  # an object's top-level fields, each as JSON
+
+
+def encode_sections(obj: Mapping[str, Any]) -> Sections:
+    return {key: orjson.dumps(value) for key, value in obj.items()}
+
+
+def join_sections(sections: Sections) -> bytes:
+    """The object's JSON, byte for byte what ``orjson.dumps`` makes of it whole."""
+    return b"{" + b",".join(orjson.dumps(key) + b":" + value for key, value in sections.items()) + b"}"
+
+
 @dataclass(slots=True)
 class _State:
     uid: str
     resource_version: str
-    blob: bytes  # zlib(orjson(redacted object without bookkeeping)); empty while ``body`` holds it
+    blob: bytes  # zlib(orjson(redacted object without bookkeeping)); empty while ``sections`` hold it
     managers: ManagerSummary
-    # The same object decoded, while the state is hot (see HotStates). Shared with the records of its changes:
-    # nothing may mutate it.
-    body: dict[str, Any] | None = None
+    sections: Sections | None = None  # while the state is hot (see HotStates)
 
     def load(self) -> dict[str, Any]:
-        if self.body is not None:
-            return self.body
-        loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
+        loaded: dict[str, Any] = orjson.loads(self.encoded())
         return loaded
 
+    def diff_base(self, new: Mapping[str, Any], new_sections: Sections | None) -> dict[str, Any]:
+        """This state as an object to diff ``new`` against. Sections whose JSON did not change are ``new``'s own
+        values: the diff skips them by identity, without parsing or comparing them."""
+        if self.sections is None or new_sections is None:
+            return self.load()
+        return {
+            key: new[key] if new_sections.get(key) == value else orjson.loads(value)
+            for key, value in self.sections.items()
+        }
+
     def encoded(self) -> bytes:
-        return zlib.decompress(self.blob) if self.body is None else orjson.dumps(self.body)
+        return zlib.decompress(self.blob) if self.sections is None else join_sections(self.sections)
 
     def compressed(self) -> bytes:
-        return self.blob if self.body is None else zlib.compress(self.encoded(), 1)
+        return self.blob if self.sections is None else zlib.compress(self.encoded(), 1)
 
     def cool(self) -> None:
-        if self.body is not None:
+        if self.sections is not None:
             self.blob = self.compressed()
-            self.body = None
+            self.sections = None
 
 
 class HotStates:
-    """The states of recently changed objects, kept decoded rather than compressed, bounded by bytes.
+    """The states of recently changed objects, kept as JSON per top-level field rather than compressed, bounded
+    by bytes.
 
     An object that changes is likely to change again soon (a Pod's kubelet, a rollout's ReplicaSets): its next
-    diff then needs neither a decompress and a parse nor, before them, a compress. Past ``max_bytes`` the least
-    recently changed states are compressed, as every state not in here is.
+    diff then needs no decompress (nor a compress before it), and parses and walks only the fields whose JSON
+    changed (``status``, not ``spec``). Past ``max_bytes`` the least recently changed states are compressed, as
+    every state not in here is.
     """
 
-    # What a decoded object costs per byte of its JSON (dicts, lists and strings of Kubernetes objects take
-    # 3.5-4.5 times their JSON; tests/differ/test_hot_states.py measures it), plus this tier's own entry.
-    BYTES_PER_JSON_BYTE = 5
-    ENTRY_OVERHEAD = 120
+    # Beyond the JSON: per section its bytes object and dict slot; per entry this tier's slot and the dict.
+    SECTION_OVERHEAD = 100
+    ENTRY_OVERHEAD = 200
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -346,10 +365,15 @@ class HotStates:
     def __len__(self) -> int:
         return len(self._states)
 
-    def admit(self, key: str, state: _State, json_bytes: int) -> None:
-        """Keep ``state`` (decoded) as ``key``'s newest, compressing the least recent past the bound."""
+    @classmethod
+    def cost(cls, sections: Sections) -> int:
+        return cls.ENTRY_OVERHEAD + sum(len(value) + cls.SECTION_OVERHEAD for value in sections.values())
+
+    def admit(self, key: str, state: _State) -> None:
+        """Keep ``state`` (hot) as ``key``'s newest, compressing the least recent past the bound."""
         self.discard(key)
-        cost = json_bytes * self.BYTES_PER_JSON_BYTE + self.ENTRY_OVERHEAD
+        assert state.sections is not None
+        cost = self.cost(state.sections)
         if cost > self.max_bytes:
             state.cool()
             return
@@ -497,14 +521,14 @@ class ObjectDiffer:
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
-        encoded = orjson.dumps(clean)
         # Hot: a watched change or creation (more are likely to follow). A listed object stays compressed.
-        changing = not relisted and (previous is not None or event_type == "ADDED")
-        if changing:
-            state = _State(uid, rv, b"", managers, clean)
-            self._hot.admit(key, state, len(encoded))
+        sections: Sections | None = None
+        if not relisted and (previous is not None or event_type == "ADDED"):
+            sections = encode_sections(clean)
+            state = _State(uid, rv, b"", managers, sections)
+            self._hot.admit(key, state)
         else:
-            state = _State(uid, rv, zlib.compress(encoded, 1), managers)
+            state = _State(uid, rv, zlib.compress(orjson.dumps(clean), 1), managers)
             self._hot.discard(key)
         self._states[key] = state
         if self._persisted is not None:
@@ -514,9 +538,11 @@ class ObjectDiffer:
         if previous is not None and previous.uid == uid:
             if previous.resource_version != rv:
                 # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
-                await self._record_diff(ref, rv, previous, clean, obj, managers, late=relisted)
+                base = previous.diff_base(clean, sections)
+                await self._record_diff(ref, rv, base, previous.managers, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
+            encoded = orjson.dumps(clean) if sections is None else join_sections(sections)
             await self._record(ref, rv, "create", obj, snapshot=encoded, late=relisted)
 
     def _forget(self, key: str) -> None:
@@ -546,14 +572,16 @@ class ObjectDiffer:
         self,
         ref: ObjectRef,
         rv: str,
-        previous: _State,
+        base: Mapping[str, Any],
+        previous_managers: ManagerSummary,
         clean: Mapping[str, Any],
         obj: Mapping[str, Any],
         managers: ManagerSummary,
         *,
         late: bool = False,
     ) -> None:
-        found = diff_segments(previous.load(), clean, stripped=True)
+        """The change from ``base`` (the previous state, see :meth:`_State.diff_base`) to ``clean``."""
+        found = diff_segments(base, clean, stripped=True)
         if not found:
             return
         if self._learn is not None and any(
@@ -561,7 +589,7 @@ class ObjectDiffer:
             for segments, _ in found
         ):
             await self._learn(ref, clean)
-        manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found], managers)
+        manager, operation = attribute(previous_managers, obj, [segments for segments, _ in found], managers)
         changes = tuple([change for _, change in found])
         record = DiffRecord(
             ref=ref,
