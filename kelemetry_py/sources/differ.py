@@ -80,7 +80,7 @@ ManagerSummary = tuple[tuple[str, str, str, str], ...]  # (manager, operation, s
 
 def summarize_managers(obj: Mapping[str, Any]) -> ManagerSummary:
     entries = (obj.get("metadata") or {}).get("managedFields") or []
-    return tuple(_summary(e) for e in entries if isinstance(e, dict))
+    return tuple([_summary(e) for e in entries if isinstance(e, dict)])
 
 
 def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
@@ -367,7 +367,7 @@ class HotStates:
 
     @classmethod
     def cost(cls, sections: Sections) -> int:
-        return cls.ENTRY_OVERHEAD + sum(len(value) + cls.SECTION_OVERHEAD for value in sections.values())
+        return cls.ENTRY_OVERHEAD + cls.SECTION_OVERHEAD * len(sections) + sum(map(len, sections.values()))
 
     def admit(self, key: str, state: _State) -> None:
         """Keep ``state`` (hot) as ``key``'s newest, compressing the least recent past the bound."""
