@@ -14,7 +14,10 @@ matched by that key, so paths read ``spec.template.spec.containers[nginx].image`
 
 Memory: per watched object the differ keeps its redacted state without managedFields as zlib-compressed JSON,
 the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else; a warm
-standby keeps exactly the same (``bench/differ_memory.py --standby``).
+standby keeps exactly the same. Objects that changed recently (watched changes and creations, not lists) keep
+their state as uncompressed JSON per top-level field instead (:class:`HotStates`), within
+``kube.diff_hot_state_max_bytes`` for all of them: the next change of a hot object is diffed without a decompress
+or a compress, parsing only the fields whose JSON changed.
 """
 
 from __future__ import annotations
@@ -301,7 +304,8 @@ Sections = dict[str, bytes]  # an object's top-level fields, each as JSON
 
 
 def encode_sections(obj: Mapping[str, Any]) -> Sections:
-    return {key: orjson.dumps(value) for key, value in obj.items()}
+    # Copied: orjson's own result keeps a buffer of at least 4 KiB, however short the JSON.
+    return {key: memoryview(orjson.dumps(value)).tobytes() for key, value in obj.items()}
 
 
 def join_sections(sections: Sections) -> bytes:
@@ -470,6 +474,11 @@ class ObjectDiffer:
     @property
     def watched_objects(self) -> int:
         return len(self._states)
+
+    @property
+    def hot_state_bytes(self) -> int:
+        """What the uncompressed states of recently changed objects cost (estimated), within their bound."""
+        return self._hot.bytes
 
     @property
     def pending(self) -> int:

@@ -61,9 +61,16 @@ def _changes(changes: Sequence[Any]) -> list[dict[str, Any]]:
     return [change.to_dict() for change in changes]
 
 
-async def _records(rtype: ResourceType, lines: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    cache = _Recording()
-    differ = ObjectDiffer(_Sink(), Metrics(), cache, wall_clock_ns=lambda: 0, clock=lambda: 0.0)
+def recording_differ(**options: Any) -> ObjectDiffer:
+    return ObjectDiffer(_Sink(), Metrics(), _Recording(), wall_clock_ns=lambda: 0, clock=lambda: 0.0, **options)
+
+
+async def _records(
+    rtype: ResourceType, lines: Sequence[tuple[str, dict[str, Any]]], **options: Any
+) -> list[dict[str, Any]]:
+    differ = recording_differ(**options)
+    cache = differ._cache
+    assert isinstance(cache, _Recording)
     for event_type, obj in lines:
         await differ.on_event("fixture", rtype, event_type, obj, relisted=False)
     return [
@@ -83,12 +90,16 @@ async def differ_records() -> dict[str, list[dict[str, Any]]]:
     return {name: await _records(rtype, lines) for name, rtype, lines in _streams()}
 
 
-async def churn_records() -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def churn_events() -> list[tuple[ResourceType, list[tuple[str, dict[str, Any]]]]]:
+    streams = []
     for rtype, raw in churn_streams(CHURN_OBJECTS, CHURN_UPDATES):
         events = [json.loads(line) for line in raw]
-        out[rtype.resource] = await _records(rtype, [(e["type"], e["object"]) for e in events])
-    return out
+        streams.append((rtype, [(e["type"], e["object"]) for e in events]))
+    return streams
+
+
+async def churn_records() -> dict[str, list[dict[str, Any]]]:
+    return {rtype.resource: await _records(rtype, events) for rtype, events in churn_events()}
 
 
 def pairwise_diffs() -> dict[str, list[dict[str, Any]]]:
