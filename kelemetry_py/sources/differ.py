@@ -168,25 +168,33 @@ def _ownership(node: Any, paths: _PathTree, depth: int = 0) -> tuple[int, int]:
 
 
 class _OwnershipMemo:
-    """What :func:`_ownership` found, per (``fieldsV1`` as JSON, changed paths). Both recur: a kubelet's field set
-    is the same on every Pod of a template and on each of its status updates, which change the same fields.
+    """What :func:`_ownership` found, per changed paths and ``fieldsV1`` (as JSON). Both recur: a kubelet's field
+    set is the same on every Pod of a template and on each of its status updates, which change the same fields.
     Bounded by bytes; forgotten at once when full."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._found: dict[tuple[bytes, Any], tuple[int, int]] = {}
+        self._found: dict[tuple[tuple[Any, ...], ...], dict[bytes, tuple[int, int]]] = {}
 
-    def get(self, key: tuple[bytes, Any] | None) -> tuple[int, int] | None:
-        return None if key is None else self._found.get(key)
+    def for_paths(self, changed: tuple[tuple[Any, ...], ...]) -> dict[bytes, tuple[int, int]]:
+        """What is known for these changed paths, by ``fieldsV1``: read it, and :meth:`put` into it."""
+        found = self._found.get(changed)
+        if found is None:
+            self._make_room()
+            found = self._found[changed] = {}
+            self.bytes += 100 * (1 + sum(len(segments) for segments in changed))
+        return found
 
-    def put(self, key: tuple[bytes, Any], owned: tuple[int, int]) -> None:
-        cost = len(key[0]) + 100 * (1 + sum(len(segments) for segments in key[1]))
-        if self.bytes + cost > self.max_bytes:
+    def put(self, known: dict[bytes, tuple[int, int]], fields: bytes, owned: tuple[int, int]) -> None:
+        self._make_room()
+        known[fields] = owned
+        self.bytes += len(fields) + 100
+
+    def _make_room(self) -> None:
+        if self.bytes > self.max_bytes:
             self._found.clear()
             self.bytes = 0
-        self._found[key] = owned
-        self.bytes += cost
 
 
 _OWNED = _OwnershipMemo(4 * 1024 * 1024)
@@ -211,22 +219,22 @@ def attribute(
     if managers is None:
         managers = tuple(_summary(entry) for entry in entries)
     before = set(previous)
-    changed_key = tuple(map(tuple, changed))
+    known = _OWNED.for_paths(tuple(map(tuple, changed)))
     paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
         fields = entry.get("fieldsV1")
         try:
-            memo_key: tuple[bytes, Any] | None = (orjson.dumps(fields), changed_key)
+            fields_json: bytes | None = orjson.dumps(fields)
         except orjson.JSONEncodeError:
-            memo_key = None
-        owned = _OWNED.get(memo_key)
+            fields_json = None
+        owned = None if fields_json is None else known.get(fields_json)
         if owned is None:
             if paths is None:
                 paths = _path_tree(changed)
             owned = _ownership(fields, paths)
-            if memo_key is not None:
-                _OWNED.put(memo_key, owned)
+            if fields_json is not None:
+                _OWNED.put(known, memoryview(fields_json).tobytes(), owned)
         covered, nearby = owned
         score = (covered, nearby, int(summary not in before), summary[3])
         if best is None or score > best[0]:

@@ -12,7 +12,15 @@ import orjson
 import pytest
 
 from kelemetry_py.config import Config, ConfigError, validate
-from kelemetry_py.sources.differ import HotStates, _State, encode_sections, join_sections
+from kelemetry_py.sources.differ import (
+    HotStates,
+    _ownership,
+    _OwnershipMemo,
+    _path_tree,
+    _State,
+    encode_sections,
+    join_sections,
+)
 from kelemetry_py.sources.diffing import strip_bookkeeping
 from tests.differ import test_diff_golden as golden
 
@@ -123,3 +131,25 @@ def test_a_negative_hot_state_bound_is_refused() -> None:
     config.kube.diff_hot_state_max_bytes = -1
     with pytest.raises(ConfigError, match="diff_hot_state_max_bytes"):
         validate(config)
+
+
+def test_the_attribution_memo_stays_within_its_bytes_and_answers_as_computing_afresh() -> None:
+    memo = _OwnershipMemo(4096)
+    entries = [
+        entry["fieldsV1"]
+        for _, _, lines in golden._streams()
+        for _, obj in lines
+        for entry in obj["metadata"].get("managedFields", [])
+    ]
+    changed = (("status", "replicas"), ("spec", "replicas"), ("metadata", "labels", "app"))
+    tree = _path_tree(changed)
+    for fields in entries:
+        known = memo.for_paths(changed)
+        key = orjson.dumps(fields)
+        owned = known.get(key)
+        if owned is None:
+            memo.put(known, key, _ownership(fields, tree))
+        else:
+            assert owned == _ownership(fields, tree)
+        assert memo.bytes <= 4096 + len(key) + 100
+    assert len(entries) > 100
