@@ -224,11 +224,15 @@ def attribute(
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
         fields = entry.get("fieldsV1")
-        try:
-            fields_json: bytes | None = orjson.dumps(fields)
-        except orjson.JSONEncodeError:
-            fields_json = None
-        owned = None if fields_json is None else known.get(fields_json)
+        if not changed:  # a create: nobody owns what did not change
+            fields_json: bytes | None = None
+            owned: tuple[int, int] | None = (0, 0)
+        else:
+            try:
+                fields_json = orjson.dumps(fields)
+            except orjson.JSONEncodeError:
+                fields_json = None
+            owned = None if fields_json is None else known.get(fields_json)
         if owned is None:
             if paths is None:
                 paths = _path_tree(changed)
@@ -559,8 +563,7 @@ class ObjectDiffer:
                 await self._record_diff(ref, rv, base, previous.managers, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
-            encoded = orjson.dumps(clean) if sections is None else join_sections(sections)
-            await self._record(ref, rv, "create", obj, snapshot=encoded, late=relisted)
+            await self._record(ref, rv, "create", obj, snapshot=orjson.dumps(clean), late=relisted)
 
     def _forget(self, key: str) -> None:
         self._states.pop(key, None)
