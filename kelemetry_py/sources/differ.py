@@ -46,7 +46,7 @@ from kelemetry_py.sources.differstate import DifferStateStore
 from kelemetry_py.sources.diffing import ITEM_MARKER as _ITEM
 from kelemetry_py.sources.diffing import diff_segments
 from kelemetry_py.sources.diffing import strip_bookkeeping as strip_bookkeeping  # importers of it from here
-from kelemetry_py.sources.redaction import redact
+from kelemetry_py.sources.redaction import redactor_for
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +458,7 @@ class ObjectDiffer:
         self._metrics = metrics
         self._cache = cache
         self._redaction = redaction or RedactionConfig()
+        self._redactor = redactor_for(self._redaction)
         # Never shorter than an audit span's own wait for the diff, or a slow watch would lose the race.
         self._hold = max(hold_seconds or 0.0, claim_wait_seconds + margin_seconds)
         self._max_pending_bytes = max_pending_bytes
@@ -481,7 +482,7 @@ class ObjectDiffer:
 
     def _redact(self, obj: dict[str, Any], resource: str) -> Mapping[str, Any]:
         # A copy only when something is stripped; most objects hold nothing secret and are never mutated here.
-        return redact(obj, resource, self._redaction)
+        return self._redactor.redact(obj, resource)
 
     @property
     def watched_objects(self) -> int:
