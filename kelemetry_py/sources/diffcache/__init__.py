@@ -106,7 +106,7 @@ class DiffRecord:
         if snapshot_bytes is None:
             snapshot_bytes = len(orjson.dumps(self.snapshot)) if self.snapshot else 0
         snapshot = snapshot_bytes
-        return 300 + snapshot + sum(len(line) for line in self.lines) * 2
+        return 300 + snapshot + sum(map(len, self.lines)) * 2
 
 
 @runtime_checkable
