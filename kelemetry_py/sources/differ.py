@@ -220,11 +220,16 @@ def attribute(
         managers = tuple(_summary(entry) for entry in entries)
     before = set(previous)
     known = _OWNED.for_paths(tuple(map(tuple, changed)))
+    # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
+    # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
+    plain = all(segments and type(segments[0]) is str and not segments[0].startswith(_ITEM) for segments in changed)
+    roots = {f"f:{segments[0]}" for segments in changed} if plain else None
     paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
         fields = entry.get("fieldsV1")
-        if not changed:  # a create: nobody owns what did not change
+        if not changed or (roots is not None and type(fields) is dict and roots.isdisjoint(fields)):
+            # A create (nobody owns what did not change), or a set that owns none of the changed fields.
             fields_json: bytes | None = None
             owned: tuple[int, int] | None = (0, 0)
         else:
