@@ -209,6 +209,15 @@ def _walk(old: Any, new: Any, segments: list[Any], path: str, found: Found) -> N
             for entry_segments, op, old_value, new_value in list_changes(old, new, segments):
                 found.append((entry_segments, Change(render_path(entry_segments), op, old_value, new_value)))
             return
+        if len(old) == len(new) and all(
+            old_item[key] == new_item[key] for old_item, new_item in zip(old, new, strict=True)
+        ):
+            # The same items in the same order (a status update): pair them as they stand.
+            for old_item, new_item in zip(old, new, strict=True):
+                if old_item is not new_item and old_item != new_item:
+                    segment = ITEM_MARKER + old_item[key]
+                    _walk(old_item, new_item, [*segments, segment], _child(path, segment), found)
+            return
         old = {ITEM_MARKER + item[key]: item for item in old}
         new = {ITEM_MARKER + item[key]: item for item in new}
     if type(old) is dict and type(new) is dict:
