@@ -320,9 +320,15 @@ RelationLearner = Callable[[ObjectRef, Mapping[str, Any]], Awaitable[None]]
 Sections = dict[str, bytes]  # an object's top-level fields, each as JSON
 
 
-def encode_sections(obj: Mapping[str, Any]) -> Sections:
-    # Copied: orjson's own result keeps a buffer of at least 4 KiB, however short the JSON.
-    return {key: memoryview(orjson.dumps(value)).tobytes() for key, value in obj.items()}
+def encode_sections(obj: Mapping[str, Any], previous: Sections | None = None) -> Sections:
+    """``obj``'s sections; those equal to ``previous``'s are ``previous``'s own bytes objects."""
+    sections: Sections = {}
+    for key, value in obj.items():
+        encoded = orjson.dumps(value)
+        before = previous.get(key) if previous is not None else None
+        # Copied when new: orjson's own result keeps a buffer of at least 4 KiB, however short the JSON.
+        sections[key] = before if before == encoded else memoryview(encoded).tobytes()
+    return sections
 
 
 def join_sections(sections: Sections) -> bytes:
@@ -343,12 +349,13 @@ class _State:
         return loaded
 
     def diff_base(self, new: Mapping[str, Any], new_sections: Sections | None) -> dict[str, Any]:
-        """This state as an object to diff ``new`` against. Sections whose JSON did not change are ``new``'s own
-        values: the diff skips them by identity, without parsing or comparing them."""
+        """This state as an object to diff ``new`` against. Sections whose JSON did not change (``new_sections``
+        from :func:`encode_sections` against these) are ``new``'s own values: the diff skips them by identity,
+        without parsing or comparing them."""
         if self.sections is None or new_sections is None:
             return self.load()
         return {
-            key: new[key] if new_sections.get(key) == value else orjson.loads(value)
+            key: new[key] if new_sections.get(key) is value else orjson.loads(value)
             for key, value in self.sections.items()
         }
 
@@ -551,7 +558,7 @@ class ObjectDiffer:
         # Hot: a watched change or creation (more are likely to follow). A listed object stays compressed.
         sections: Sections | None = None
         if not relisted and (previous is not None or event_type == "ADDED"):
-            sections = encode_sections(clean)
+            sections = encode_sections(clean, None if previous is None else previous.sections)
             state = _State(uid, rv, b"", managers, sections)
             self._hot.admit(key, state)
         else:
