@@ -550,7 +550,7 @@ class ObjectDiffer:
 
         if event_type == "DELETED":
             self._forget(key)
-            await self._record(ref, rv, "delete", obj, snapshot=orjson.dumps(clean), late=relisted)
+            await self._record(ref, rv, "delete", obj, clean, late=relisted)
             return
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
@@ -576,7 +576,7 @@ class ObjectDiffer:
                 await self._record_diff(ref, rv, base, previous.managers, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
-            await self._record(ref, rv, "create", obj, snapshot=orjson.dumps(clean), late=relisted)
+            await self._record(ref, rv, "create", obj, clean, late=relisted)
 
     def _forget(self, key: str) -> None:
         self._states.pop(key, None)
@@ -597,7 +597,7 @@ class ObjectDiffer:
             ref = ObjectRef.from_key(key, rtype.version, state.uid)
             # No watch event saw the deletion, so no resourceVersion of it exists for an audit span to name.
             gone_rv = f"{state.resource_version}+deleted"
-            await self._record(ref, gone_rv, "delete", {}, snapshot=state.encoded(), late=True)
+            await self._record(ref, gone_rv, "delete", {}, state.load(), late=True)
 
     # ---- recording
 
@@ -643,11 +643,12 @@ class ObjectDiffer:
         rv: str,
         kind: RecordKind,
         obj: Mapping[str, Any],
+        snapshot: dict[str, Any],
         *,
-        snapshot: bytes,
         late: bool = False,
     ) -> None:
-        """A create or delete: ``snapshot`` is the object as JSON (parsed here into the record's own copy)."""
+        """A create or delete: ``snapshot`` is the redacted object without bookkeeping. The record keeps it as it
+        is: the differ's own state is JSON, and nothing mutates an object once the watch has handed it over."""
         manager, operation = ("", "")
         if kind == "create":
             manager, operation = attribute((), obj, [])
@@ -658,16 +659,16 @@ class ObjectDiffer:
             time_ns=self._wall_clock_ns(),
             field_manager=manager,
             operation=operation,
-            snapshot=orjson.loads(snapshot),
+            snapshot=snapshot,
             late=late,
         )
-        await self._store(record, len(snapshot))
+        await self._store(record)
 
-    async def _store(self, record: DiffRecord, snapshot_bytes: int | None = None) -> None:
+    async def _store(self, record: DiffRecord) -> None:
         cluster = record.ref.cluster
         if self.leads(cluster):
             await self._cache.put(record)
-        self._hold_record(cluster, record, self._clock() + self._hold, record.size_bytes(snapshot_bytes))
+        self._hold_record(cluster, record, self._clock() + self._hold)
         self._pending_added.set()
         while self._held_bytes > self._max_pending_bytes and self._held.get(cluster):
             # Bounded: a leader emits its oldest unclaimed changes early rather than forgetting them; a standby
@@ -679,8 +680,8 @@ class ObjectDiffer:
                 self.dropped += 1
                 self._metrics.watch_held_dropped.labels("objects").inc()
 
-    def _hold_record(self, cluster: str, record: DiffRecord, deadline: float, size: int | None = None) -> None:
-        held = _Held(deadline, record, record.size_bytes() if size is None else size, resource_of(record.ref))
+    def _hold_record(self, cluster: str, record: DiffRecord, deadline: float) -> None:
+        held = _Held(deadline, record, record.size_bytes(), resource_of(record.ref))
         self._held.setdefault(cluster, deque()).append(held)
         self._held_bytes += held.size
         if self._persisted is not None:

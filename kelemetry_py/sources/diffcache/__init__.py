@@ -100,12 +100,9 @@ class DiffRecord:
             late=bool(raw.get("late", False)),
         )
 
-    def size_bytes(self, snapshot_bytes: int | None = None) -> int:
-        """A cheap estimate of what holding this record costs, for byte bounds. ``snapshot_bytes``: the length of
-        the snapshot as JSON, when the caller has it."""
-        if snapshot_bytes is None:
-            snapshot_bytes = len(orjson.dumps(self.snapshot)) if self.snapshot else 0
-        snapshot = snapshot_bytes
+    def size_bytes(self) -> int:
+        """A cheap estimate of what holding this record costs, for byte bounds."""
+        snapshot = len(orjson.dumps(self.snapshot)) if self.snapshot else 0
         return 300 + snapshot + sum(map(len, self.lines)) * 2
 
 
