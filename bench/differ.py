@@ -7,7 +7,9 @@ loop parses each watch line with orjson and hands the object to one ``ObjectDiff
 exactly what the watch engine does; the parse-only limit is orjson alone on the same lines.
 
 Memory: ``--objects`` synthetic Pods listed into a differ, measured with tracemalloc, minus the compressed state
-(zlib'd JSON of the object without bookkeeping) that any differ must keep to diff the next change.
+(zlib'd JSON of the object without bookkeeping) that any differ must keep to diff the next change. Listed objects
+stay compressed; objects that change are kept uncompressed within a fixed byte bound for all of them
+(``kube.diff_hot_state_max_bytes``), not per object: ``churn_hot_state_bytes`` is what that took after the churn.
 
     python -m bench differ [--rounds 20] [--churn-objects 400] [--churn-updates 15] [--objects 20000] [--json]
 """
@@ -114,7 +116,7 @@ def churn_streams(objects: int, updates: int) -> list[Stream]:
     return [(PODS, added_pods + pod_lines), (NODES, node_lines)]
 
 
-async def _drive(streams: list[Stream], rounds: int) -> tuple[int, float, int]:
+async def _drive(streams: list[Stream], rounds: int) -> tuple[int, float, int, int]:
     sink = NullSink()
     differ = ObjectDiffer(sink, Metrics(), MemoryDiffCache(max_records=1_000_000))
     total = 0
@@ -127,8 +129,9 @@ async def _drive(streams: list[Stream], rounds: int) -> tuple[int, float, int]:
                 await differ.on_event(cluster, rtype, event["type"], event["object"], relisted=False)
             total += len(lines)
     cpu = time.process_time() - started
+    hot_bytes = differ.hot_state_bytes
     await differ.flush_unclaimed(now=float("inf"))
-    return total, cpu, sink.count
+    return total, cpu, sink.count, hot_bytes
 
 
 async def _bytes_per_object(count: int) -> tuple[float, float]:
@@ -157,10 +160,10 @@ async def run(rounds: int, churn_objects: int, churn_updates: int, objects: int)
     churn_lines = [line for _, lines in churn for line in lines]
     recorded_limit = parse_limit(recorded_lines, lambda _: 1, orjson.loads)
     churn_limit = parse_limit(churn_lines, lambda _: 1, orjson.loads)
-    recorded_events, recorded_cpu, recorded_out = await _drive(recorded, rounds)
+    recorded_events, recorded_cpu, recorded_out, _ = await _drive(recorded, rounds)
     # Measured again right after, and averaged: the machine's load drifts while a benchmark runs.
     recorded_limit = (recorded_limit + parse_limit(recorded_lines, lambda _: 1, orjson.loads)) / 2
-    churn_events, churn_cpu, churn_out = await _drive(churn, 1)
+    churn_events, churn_cpu, churn_out, churn_hot_bytes = await _drive(churn, 1)
     churn_limit = (churn_limit + parse_limit(churn_lines, lambda _: 1, orjson.loads)) / 2
     beyond, state = await _bytes_per_object(objects)
     recorded_rate = recorded_events / recorded_cpu
@@ -177,6 +180,7 @@ async def run(rounds: int, churn_objects: int, churn_updates: int, objects: int)
         "churn_parse_limit_events_per_cpu_second": round(churn_limit),
         "churn_ratio": ratio(churn_rate, churn_limit),
         "churn_observations_emitted": churn_out,
+        "churn_hot_state_bytes": churn_hot_bytes,
         "bytes_per_object": round(beyond),
         "compressed_state_bytes_per_object": round(state),
         "memory_objects": objects,

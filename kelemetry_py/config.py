@@ -244,6 +244,8 @@ class KubeConfig:
     diff_hold_seconds: float = 90.0
     # Bound on the changes held for a claim (and on a standby's changes not yet emitted by the leader).
     diff_pending_max_bytes: int = 64 * 1024 * 1024
+    # Bound on the differ's states of recently changed objects kept uncompressed (0: compress every state).
+    diff_hot_state_max_bytes: int = 16 * 1024 * 1024
 
     def renew_deadline(self) -> float:
         return self.renew_deadline_seconds or self.lease_duration_seconds * 2 / 3
@@ -576,6 +578,8 @@ def validate(config: Config) -> None:
     kube = config.kube
     positive("kube.diff_hold_seconds", kube.diff_hold_seconds)
     positive("kube.diff_pending_max_bytes", kube.diff_pending_max_bytes)
+    if kube.diff_hot_state_max_bytes < 0:
+        raise ConfigError("kube.diff_hot_state_max_bytes: must not be negative")
     if not 0 < kube.retry_period() < kube.renew_deadline() < kube.lease_duration_seconds:
         raise ConfigError(
             "kube.renew_deadline_seconds: leader election needs 0 < retry_period_seconds < "

@@ -14,7 +14,10 @@ matched by that key, so paths read ``spec.template.spec.containers[nginx].image`
 
 Memory: per watched object the differ keeps its redacted state without managedFields as zlib-compressed JSON,
 the resourceVersion, the uid and a tuple summarising managedFields (who wrote when) — nothing else; a warm
-standby keeps exactly the same (``bench/differ_memory.py --standby``).
+standby keeps exactly the same. Objects that changed recently (watched changes and creations, not lists) keep
+their state as uncompressed JSON per top-level field instead (:class:`HotStates`), within
+``kube.diff_hot_state_max_bytes`` for all of them: the next change of a hot object is diffed without a decompress
+or a compress, parsing only the fields whose JSON changed.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from kelemetry_py.sources.differstate import DifferStateStore
 from kelemetry_py.sources.diffing import ITEM_MARKER as _ITEM
 from kelemetry_py.sources.diffing import diff_segments
 from kelemetry_py.sources.diffing import strip_bookkeeping as strip_bookkeeping  # importers of it from here
-from kelemetry_py.sources.redaction import redact
+from kelemetry_py.sources.redaction import redactor_for
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +71,9 @@ def render_change(change: Change) -> str:
     return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
 
 
-def _diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[list[Any], Change]]:
-    return diff_segments(old, new)
-
-
 def compute_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     """The changes from ``old`` to ``new`` (redact both first), sorted by path; bookkeeping fields ignored."""
-    return [change for _, change in _diff_segments(old, new)]
+    return [change for _, change in diff_segments(old, new)]
 
 
 # ------------------------------------------------------------------------------------------------ attribution
@@ -84,7 +83,7 @@ ManagerSummary = tuple[tuple[str, str, str, str], ...]  # (manager, operation, s
 
 def summarize_managers(obj: Mapping[str, Any]) -> ManagerSummary:
     entries = (obj.get("metadata") or {}).get("managedFields") or []
-    return tuple(_summary(e) for e in entries if isinstance(e, dict))
+    return tuple([_summary(e) for e in entries if isinstance(e, dict)])
 
 
 def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
@@ -108,14 +107,38 @@ def _item_key(key: str) -> dict[str, Any] | None:
     return item if isinstance(item, dict) else None
 
 
-def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
-    """Whether a ``fieldsV1`` set owns the field at ``segments`` (or an enclosing atomic field), and how many
-    leading segments it owns: a removed field has no owner left; the owner of its siblings likely removed it.
+# Changed paths as a tree of their segments, so that a ``fieldsV1`` set is walked once for all of them. A node is
+# [children by segment, paths through or ending at it, paths ending at it] (a list: built for every diff).
+_PathTree = list[Any]
+
+
+def _path_tree(changed: Sequence[Sequence[Any]]) -> _PathTree:
+    root: _PathTree = [{}, len(changed), 0]
+    for segments in changed:
+        node = root
+        for segment in segments:
+            child = node[0].get(segment)
+            if child is None:
+                child = node[0][segment] = [{}, 0, 0]
+            child[1] += 1
+            node = child
+        node[2] += 1
+    return root
+
+
+def _ownership(node: Any, paths: _PathTree, depth: int = 0) -> tuple[int, int]:
+    """For the changed ``paths`` below ``node`` (a ``fieldsV1`` set at ``depth``): how many it owns (or an enclosing
+    atomic field of them), and the sum of how many leading segments of each it owns: a removed field has no owner
+    left; the owner of its siblings likely removed it.
     """
-    node = fields
-    for depth, segment in enumerate(segments):
+    children, _, ends = paths
+    covered = ends
+    nearby = ends * depth
+    for segment, below in children.items():
+        count = below[1]
+        nearby += count * depth
         if not isinstance(node, dict):
-            return False, depth
+            continue
         child: Any = None
         if isinstance(segment, str) and segment.startswith(_ITEM):
             wanted = segment[1:]
@@ -127,33 +150,101 @@ def _ownership(fields: Any, segments: Sequence[Any]) -> tuple[bool, int]:
                         break
         elif isinstance(segment, int):
             # Positional items are owned through their list; owning any item is close enough.
-            return any(k.startswith(("k:", "v:", "i:")) for k in node) or depth > 0, depth
+            if depth > 0 or any(k.startswith(("k:", "v:", "i:")) for k in node):
+                covered += count
+            continue
         else:
             child = node.get(f"f:{segment}")
         if child is None:
             # An owned leaf without children is an atomic field: its owner owns everything inside it.
-            return depth > 0 and not any(k != "." for k in node), depth
-        node = child
-    return True, len(segments)
+            if depth > 0 and not any(k != "." for k in node):
+                covered += count
+            continue
+        nearby -= count * depth  # counted again, deeper, below
+        owned, near = _ownership(child, below, depth + 1)
+        covered += owned
+        nearby += near
+    return covered, nearby
 
 
-def attribute(previous: ManagerSummary, obj: Mapping[str, Any], changed: Sequence[Sequence[Any]]) -> tuple[str, str]:
+class _OwnershipMemo:
+    """What :func:`_ownership` found, per changed paths and ``fieldsV1`` (as JSON). Both recur: a kubelet's field
+    set is the same on every Pod of a template and on each of its status updates, which change the same fields.
+    Bounded by bytes; forgotten at once when full."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._found: dict[tuple[tuple[Any, ...], ...], dict[bytes, tuple[int, int]]] = {}
+
+    def for_paths(self, changed: tuple[tuple[Any, ...], ...]) -> dict[bytes, tuple[int, int]]:
+        """What is known for these changed paths, by ``fieldsV1``: read it, and :meth:`put` into it."""
+        found = self._found.get(changed)
+        if found is None:
+            self._make_room()
+            found = self._found[changed] = {}
+            self.bytes += 100 * (1 + sum(len(segments) for segments in changed))
+        return found
+
+    def put(self, known: dict[bytes, tuple[int, int]], fields: bytes, owned: tuple[int, int]) -> None:
+        self._make_room()
+        known[fields] = owned
+        self.bytes += len(fields) + 100
+
+    def _make_room(self) -> None:
+        if self.bytes > self.max_bytes:
+            self._found.clear()
+            self.bytes = 0
+
+
+_OWNED = _OwnershipMemo(4 * 1024 * 1024)
+
+
+def attribute(
+    previous: ManagerSummary,
+    obj: Mapping[str, Any],
+    changed: Sequence[Sequence[Any]],
+    managers: ManagerSummary | None = None,
+) -> tuple[str, str]:
     """(field manager, operation) that most plausibly made this change.
 
     Preference: the entry owning most of the changed fields, then the one owning most of their parents, then
     an entry new or re-timed since the previous state, then the newest ``time``. Ownership comes first because
     a write through a subresource (``kubectl scale``) re-times no entry, while the status writer's is newer.
+    ``managers``: ``summarize_managers(obj)``, when the caller has it already.
     """
     entries = [e for e in (obj.get("metadata") or {}).get("managedFields") or [] if isinstance(e, dict)]
     if not entries:
         return "", ""
+    if managers is None:
+        managers = tuple(_summary(entry) for entry in entries)
     before = set(previous)
+    known = _OWNED.for_paths(tuple(map(tuple, changed)))
+    # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
+    # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
+    plain = all(segments and type(segments[0]) is str and not segments[0].startswith(_ITEM) for segments in changed)
+    roots = {f"f:{segments[0]}" for segments in changed} if plain else None
+    paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
-    for entry in entries:
-        summary = _summary(entry)
-        owned = [_ownership(entry.get("fieldsV1"), segments) for segments in changed]
-        covered = sum(1 for full, _ in owned if full)
-        nearby = sum(depth for _, depth in owned)
+    for entry, summary in zip(entries, managers, strict=True):
+        fields = entry.get("fieldsV1")
+        if not changed or (roots is not None and type(fields) is dict and roots.isdisjoint(fields)):
+            # A create (nobody owns what did not change), or a set that owns none of the changed fields.
+            fields_json: bytes | None = None
+            owned: tuple[int, int] | None = (0, 0)
+        else:
+            try:
+                fields_json = orjson.dumps(fields)
+            except orjson.JSONEncodeError:
+                fields_json = None
+            owned = None if fields_json is None else known.get(fields_json)
+        if owned is None:
+            if paths is None:
+                paths = _path_tree(changed)
+            owned = _ownership(fields, paths)
+            if fields_json is not None:
+                _OWNED.put(known, memoryview(fields_json).tobytes(), owned)
+        covered, nearby = owned
         score = (covered, nearby, int(summary not in before), summary[3])
         if best is None or score > best[0]:
             best = (score, entry)
@@ -226,16 +317,107 @@ def record_observation(record: DiffRecord) -> Observation:
 RelationLearner = Callable[[ObjectRef, Mapping[str, Any]], Awaitable[None]]
 
 
+Sections = dict[str, bytes]  # an object's top-level fields, each as JSON
+
+
+def encode_sections(obj: Mapping[str, Any], previous: Sections | None = None) -> Sections:
+    """``obj``'s sections; those equal to ``previous``'s are ``previous``'s own bytes objects."""
+    sections: Sections = {}
+    for key, value in obj.items():
+        encoded = orjson.dumps(value)
+        before = previous.get(key) if previous is not None else None
+        # Copied when new: orjson's own result keeps a buffer of at least 4 KiB, however short the JSON.
+        sections[key] = before if before == encoded else memoryview(encoded).tobytes()
+    return sections
+
+
+def join_sections(sections: Sections) -> bytes:
+    """The object's JSON, byte for byte what ``orjson.dumps`` makes of it whole."""
+    return b"{" + b",".join(orjson.dumps(key) + b":" + value for key, value in sections.items()) + b"}"
+
+
 @dataclass(slots=True)
 class _State:
     uid: str
     resource_version: str
-    blob: bytes  # zlib(orjson(redacted object without bookkeeping))
+    blob: bytes  # zlib(orjson(redacted object without bookkeeping)); empty while ``sections`` hold it
     managers: ManagerSummary
+    sections: Sections | None = None  # while the state is hot (see HotStates)
 
     def load(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = orjson.loads(zlib.decompress(self.blob))
+        loaded: dict[str, Any] = orjson.loads(self.encoded())
         return loaded
+
+    def diff_base(self, new: Mapping[str, Any], new_sections: Sections | None) -> dict[str, Any]:
+        """This state as an object to diff ``new`` against. Sections whose JSON did not change (``new_sections``
+        from :func:`encode_sections` against these) are ``new``'s own values: the diff skips them by identity,
+        without parsing or comparing them."""
+        if self.sections is None or new_sections is None:
+            return self.load()
+        return {
+            key: new[key] if new_sections.get(key) is value else orjson.loads(value)
+            for key, value in self.sections.items()
+        }
+
+    def encoded(self) -> bytes:
+        return zlib.decompress(self.blob) if self.sections is None else join_sections(self.sections)
+
+    def compressed(self) -> bytes:
+        return self.blob if self.sections is None else zlib.compress(self.encoded(), 1)
+
+    def cool(self) -> None:
+        if self.sections is not None:
+            self.blob = self.compressed()
+            self.sections = None
+
+
+class HotStates:
+    """The states of recently changed objects, kept as JSON per top-level field rather than compressed, bounded
+    by bytes.
+
+    An object that changes is likely to change again soon (a Pod's kubelet, a rollout's ReplicaSets): its next
+    diff then needs no decompress (nor a compress before it), and parses and walks only the fields whose JSON
+    changed (``status``, not ``spec``). Past ``max_bytes`` the least recently changed states are compressed, as
+    every state not in here is.
+    """
+
+    # Beyond the JSON: per section its bytes object and dict slot; per entry this tier's slot and the dict.
+    SECTION_OVERHEAD = 100
+    ENTRY_OVERHEAD = 200
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._states: dict[str, tuple[_State, int]] = {}  # least recently admitted first
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @classmethod
+    def cost(cls, sections: Sections) -> int:
+        return cls.ENTRY_OVERHEAD + cls.SECTION_OVERHEAD * len(sections) + sum(map(len, sections.values()))
+
+    def admit(self, key: str, state: _State) -> None:
+        """Keep ``state`` (hot) as ``key``'s newest, compressing the least recent past the bound."""
+        self.discard(key)
+        assert state.sections is not None
+        cost = self.cost(state.sections)
+        if cost > self.max_bytes:
+            state.cool()
+            return
+        self._states[key] = (state, cost)
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(self._states))
+            evicted, evicted_cost = self._states.pop(oldest)
+            self.bytes -= evicted_cost
+            evicted.cool()
+
+    def discard(self, key: str) -> None:
+        """``key``'s state is replaced or gone: stop counting it (it is not compressed)."""
+        entry = self._states.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[1]
 
 
 @dataclass(slots=True)
@@ -274,6 +456,7 @@ class ObjectDiffer:
         margin_seconds: float = 1.0,
         hold_seconds: float | None = None,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        hot_state_bytes: int = 16 * 1024 * 1024,
         state: DifferStateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
@@ -287,6 +470,7 @@ class ObjectDiffer:
         self._metrics = metrics
         self._cache = cache
         self._redaction = redaction or RedactionConfig()
+        self._redactor = redactor_for(self._redaction)
         # Never shorter than an audit span's own wait for the diff, or a slow watch would lose the race.
         self._hold = max(hold_seconds or 0.0, claim_wait_seconds + margin_seconds)
         self._max_pending_bytes = max_pending_bytes
@@ -294,6 +478,7 @@ class ObjectDiffer:
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._states: dict[str, _State] = {}
+        self._hot = HotStates(hot_state_bytes)
         self._held: dict[str, deque[_Held]] = {}
         self._held_bytes = 0
         self._pending_added = asyncio.Event()
@@ -309,11 +494,16 @@ class ObjectDiffer:
 
     def _redact(self, obj: dict[str, Any], resource: str) -> Mapping[str, Any]:
         # A copy only when something is stripped; most objects hold nothing secret and are never mutated here.
-        return redact(obj, resource, self._redaction)
+        return self._redactor.redact(obj, resource)
 
     @property
     def watched_objects(self) -> int:
         return len(self._states)
+
+    @property
+    def hot_state_bytes(self) -> int:
+        """What the uncompressed states of recently changed objects cost (estimated), within their bound."""
+        return self._hot.bytes
 
     @property
     def pending(self) -> int:
@@ -355,32 +545,42 @@ class ObjectDiffer:
         )
         clean = strip_bookkeeping(self._redact(obj, rtype.resource))
         managers = summarize_managers(obj)
-        previous = self._states.get(ref.key)
+        key = ref.key
+        previous = self._states.get(key)
 
         if event_type == "DELETED":
-            self._forget(ref.key)
-            snapshot = orjson.loads(orjson.dumps(clean))
-            await self._record(ref, rv, "delete", obj, previous, snapshot=snapshot, late=relisted)
+            self._forget(key)
+            await self._record(ref, rv, "delete", obj, clean, late=relisted)
             return
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
-        encoded = orjson.dumps(clean)
-        state = self._states[ref.key] = _State(uid, rv, zlib.compress(encoded, 1), managers)
+        # Hot: a watched change or creation (more are likely to follow). A listed object stays compressed.
+        sections: Sections | None = None
+        if not relisted and (previous is not None or event_type == "ADDED"):
+            sections = encode_sections(clean, None if previous is None else previous.sections)
+            state = _State(uid, rv, b"", managers, sections)
+            self._hot.admit(key, state)
+        else:
+            state = _State(uid, rv, zlib.compress(orjson.dumps(clean), 1), managers)
+            self._hot.discard(key)
+        self._states[key] = state
         if self._persisted is not None:
-            self._dirty[ref.key] = state
+            self._dirty[key] = state
         if self._learn is not None and (previous is None or previous.uid != uid):
             await self._learn(ref, clean)
         if previous is not None and previous.uid == uid:
             if previous.resource_version != rv:
                 # A change a (re)list shows happened while nobody watched (a gap, or a restart over a saved state).
-                await self._record_diff(ref, rv, previous, clean, obj, late=relisted)
+                base = previous.diff_base(clean, sections)
+                await self._record_diff(ref, rv, base, previous.managers, clean, obj, managers, late=relisted)
         elif previous is not None or (event_type == "ADDED" and not relisted):
             # A new object, or one replaced by a namesake (a relist after a gap): show it whole.
-            await self._record(ref, rv, "create", obj, None, snapshot=orjson.loads(encoded), late=relisted)
+            await self._record(ref, rv, "create", obj, clean, late=relisted)
 
     def _forget(self, key: str) -> None:
         self._states.pop(key, None)
+        self._hot.discard(key)
         if self._persisted is not None:
             self._dirty[key] = None
 
@@ -395,10 +595,9 @@ class ObjectDiffer:
         for key, state in gone:
             self._forget(key)
             ref = ObjectRef.from_key(key, rtype.version, state.uid)
-            snapshot = state.load()
             # No watch event saw the deletion, so no resourceVersion of it exists for an audit span to name.
             gone_rv = f"{state.resource_version}+deleted"
-            await self._record(ref, gone_rv, "delete", {}, None, snapshot=snapshot, late=True)
+            await self._record(ref, gone_rv, "delete", {}, state.load(), late=True)
 
     # ---- recording
 
@@ -406,13 +605,16 @@ class ObjectDiffer:
         self,
         ref: ObjectRef,
         rv: str,
-        previous: _State,
+        base: Mapping[str, Any],
+        previous_managers: ManagerSummary,
         clean: Mapping[str, Any],
         obj: Mapping[str, Any],
+        managers: ManagerSummary,
         *,
         late: bool = False,
     ) -> None:
-        found = _diff_segments(previous.load(), clean)
+        """The change from ``base`` (the previous state, see :meth:`_State.diff_base`) to ``clean``."""
+        found = diff_segments(base, clean, stripped=True)
         if not found:
             return
         if self._learn is not None and any(
@@ -420,8 +622,8 @@ class ObjectDiffer:
             for segments, _ in found
         ):
             await self._learn(ref, clean)
-        manager, operation = attribute(previous.managers, obj, [segments for segments, _ in found])
-        changes = tuple(change for _, change in found)
+        manager, operation = attribute(previous_managers, obj, [segments for segments, _ in found], managers)
+        changes = tuple([change for _, change in found])
         record = DiffRecord(
             ref=ref,
             resource_version=rv,
@@ -430,7 +632,7 @@ class ObjectDiffer:
             field_manager=manager,
             operation=operation,
             changes=changes,
-            lines=tuple(render_change(change) for change in changes),
+            lines=tuple([render_change(change) for change in changes]),
             late=late,
         )
         await self._store(record)
@@ -441,11 +643,12 @@ class ObjectDiffer:
         rv: str,
         kind: RecordKind,
         obj: Mapping[str, Any],
-        previous: _State | None,
-        *,
         snapshot: dict[str, Any],
+        *,
         late: bool = False,
     ) -> None:
+        """A create or delete: ``snapshot`` is the redacted object without bookkeeping. The record keeps it as it
+        is: the differ's own state is JSON, and nothing mutates an object once the watch has handed it over."""
         manager, operation = ("", "")
         if kind == "create":
             manager, operation = attribute((), obj, [])
@@ -625,7 +828,7 @@ class ObjectDiffer:
         added, self._held_added = self._held_added, []
         removed, self._held_removed = self._held_removed, []
         states = {
-            key: None if state is None else (state.uid, state.resource_version, state.blob, state.managers)
+            key: None if state is None else (state.uid, state.resource_version, state.compressed(), state.managers)
             for key, state in dirty.items()
         }
         try:

@@ -16,6 +16,7 @@ Entries are ``(segments, op, old, new)``, ``op`` being ``add``, ``remove`` or ``
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
@@ -38,6 +39,8 @@ _PIECES: dict[str, str] = {}  # a key's rendering after a parent; field names re
 _MAX_PIECES = 50_000
 
 _PLAIN = (str, int, float, bool, type(None))
+# Builds a Change from a ready tuple, without the keyword-handling constructor: one per changed field.
+_change = functools.partial(tuple.__new__, Change)
 _MISSING: Any = object()
 
 # Report order, which decides the order of entries sharing a path (they are sorted by path afterwards).
@@ -180,14 +183,19 @@ def render_path(segments: Sequence[Any]) -> str:
 
 
 def _match_key(items: list[Any]) -> str | None:
+    """``name`` or ``type`` if every item is a dict whose value of it is a distinct string, else None."""
     if not items:
         return None
-    for item in items:
-        if type(item) is not dict:
-            return None
     for key in _MATCH_KEYS:
-        values = [item.get(key) for item in items]
-        if all(type(v) is str for v in values) and len(set(values)) == len(values):
+        seen: set[str] = set()
+        for item in items:
+            if type(item) is not dict:
+                return None
+            value = item.get(key)
+            if type(value) is not str or value in seen:
+                break
+            seen.add(value)
+        else:
             return key
     return None
 
@@ -201,22 +209,38 @@ def _walk(old: Any, new: Any, segments: list[Any], path: str, found: Found) -> N
             for entry_segments, op, old_value, new_value in list_changes(old, new, segments):
                 found.append((entry_segments, Change(render_path(entry_segments), op, old_value, new_value)))
             return
+        if len(old) == len(new) and all(
+            old_item[key] == new_item[key] for old_item, new_item in zip(old, new, strict=True)
+        ):
+            # The same items in the same order (a status update): pair them as they stand.
+            for old_item, new_item in zip(old, new, strict=True):
+                if old_item is not new_item and old_item != new_item:
+                    segment = ITEM_MARKER + old_item[key]
+                    _walk(old_item, new_item, [*segments, segment], _child(path, segment), found)
+            return
         old = {ITEM_MARKER + item[key]: item for item in old}
         new = {ITEM_MARKER + item[key]: item for item in new}
     if type(old) is dict and type(new) is dict:
+        new_get = new.get
+        removed = False
         for key, old_value in old.items():
-            if key not in new:
-                child = _child(path, key)
-                found.append(([*segments, key], Change(child, "remove", old_value)))
-            else:
-                new_value = new[key]
-                if old_value is not new_value and old_value != new_value:
-                    _walk(old_value, new_value, [*segments, key], _child(path, key), found)
-        for key, new_value in new.items():
-            if key not in old:
-                found.append(([*segments, key], Change(_child(path, key), "add", None, new_value)))
+            new_value = new_get(key, _MISSING)
+            if new_value is _MISSING:
+                removed = True
+                found.append(([*segments, key], _change((_child(path, key), "remove", old_value, None))))
+            elif old_value is not new_value and old_value != new_value:
+                kind = type(old_value)
+                child = path + piece if path and (piece := _PIECES.get(key)) else _child(path, key)
+                if kind is type(new_value) and (kind is dict or kind is list):
+                    _walk(old_value, new_value, [*segments, key], child, found)
+                else:  # a leaf: what _walk would find for it
+                    found.append(([*segments, key], _change((child, "change", old_value, new_value))))
+        if removed or len(new) != len(old):
+            for key, new_value in new.items():
+                if key not in old:
+                    found.append(([*segments, key], _change((_child(path, key), "add", None, new_value))))
         return
-    found.append((segments, Change(path, "change", old, new)))
+    found.append((segments, _change((path, "change", old, new))))
 
 
 def _child(path: str, key: Any) -> str:
@@ -226,9 +250,16 @@ def _child(path: str, key: Any) -> str:
     return piece[1:] if piece.startswith(".") else piece
 
 
-def diff_segments(old: Mapping[str, Any], new: Mapping[str, Any]) -> Found:
-    """Every change from ``old`` to ``new`` with its path segments, sorted by rendered path."""
+def diff_segments(old: Mapping[str, Any], new: Mapping[str, Any], *, stripped: bool = False) -> Found:
+    """Every change from ``old`` to ``new`` with its path segments, sorted by rendered path. ``stripped``: both
+    are already without bookkeeping (:func:`strip_bookkeeping`)."""
     found: Found = []
-    _walk(strip_bookkeeping(old), strip_bookkeeping(new), [], "", found)
-    found.sort(key=lambda item: item[1].path)
+    if not stripped:
+        old, new = strip_bookkeeping(old), strip_bookkeeping(new)
+    _walk(old, new, [], "", found)
+    found.sort(key=_by_path)
     return found
+
+
+def _by_path(item: tuple[list[Any], Change]) -> str:
+    return item[1].path

@@ -63,6 +63,7 @@ class KubeWatching:
             claim_wait_seconds=kube.diff_wait_seconds,
             hold_seconds=kube.diff_hold_seconds,
             max_pending_bytes=kube.diff_pending_max_bytes,
+            hot_state_bytes=kube.diff_hot_state_max_bytes,
             state=self.differ_state,
             learn=pipeline.learn,
         )

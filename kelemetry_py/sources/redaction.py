@@ -97,8 +97,9 @@ class Redactor:
         """Env entries (``{"name", "value"}``) of every container of every pod spec in ``obj`` whose name matches."""
         if self._env_name is None:
             return
-        # Objects come from JSON, so they are dicts: checked with the cheap ``type(...) is dict`` first (this
-        # runs on every object the webhook keeps), with the Mapping check behind it for callers' own mappings.
+        # Objects come from JSON, so they are dicts: checked with the cheap ``type(...) is dict`` first (this runs
+        # on every audit body and watched object; the Mapping ABC check costs several times more), with the
+        # Mapping check behind it for callers' own mappings.
         for path in _POD_SPEC_PATHS:
             spec: Any = obj
             for part in path:
@@ -109,16 +110,16 @@ class Redactor:
                 continue
             for list_name in _CONTAINER_LISTS:
                 containers = spec.get(list_name)
-                if type(containers) is not list:
+                if not isinstance(containers, list):
                     continue
                 for container in containers:
                     env = container.get("env") if type(container) is dict or isinstance(container, Mapping) else None
-                    if type(env) is not list:
+                    if not isinstance(env, list):
                         continue
                     for entry in env:
                         if (
-                            type(entry) is dict
-                            and type(entry.get("name")) is str
+                            isinstance(entry, dict)
+                            and isinstance(entry.get("name"), str)
                             and entry.get("value") not in (None, "", REDACTED)
                             and self._env_name.search(entry["name"])
                         ):

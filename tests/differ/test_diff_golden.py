@@ -1,9 +1,10 @@
 """The differ's output on every recorded watch stream, pinned: a faster diff must not change what users see.
 
-Two goldens in ``golden/``: the records the ObjectDiffer makes of each stream, event by event (kind, changes,
-rendered lines, attribution), and ``compute_diff`` between every object version and the versions two and
-five changes later, which reaches list shapes (added and removed items, reordered lists) that consecutive
-versions rarely do. Regenerate only for an intended format change: ``python -m tests.differ.test_diff_golden``.
+Three goldens in ``golden/``: the records the ObjectDiffer makes of each stream, event by event (kind, changes,
+rendered lines, attribution); the same for the benchmark's synthetic Pod and Node status churn (``bench/differ.py``,
+scaled down); and ``compute_diff`` between every object version and the versions two and five changes later,
+which reaches list shapes (added and removed items, reordered lists) that consecutive versions rarely do.
+Regenerate only for an intended format change: ``python -m tests.differ.test_diff_golden``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.differ import churn_streams
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation
@@ -24,6 +26,7 @@ from kelemetry_py.sources.differ import ObjectDiffer, compute_diff
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 LATER = (2, 5)
+CHURN_OBJECTS, CHURN_UPDATES = 20, 6
 
 
 class _Sink:
@@ -58,25 +61,45 @@ def _changes(changes: Sequence[Any]) -> list[dict[str, Any]]:
     return [change.to_dict() for change in changes]
 
 
+def recording_differ(**options: Any) -> ObjectDiffer:
+    return ObjectDiffer(_Sink(), Metrics(), _Recording(), wall_clock_ns=lambda: 0, clock=lambda: 0.0, **options)
+
+
+async def _records(
+    rtype: ResourceType, lines: Sequence[tuple[str, dict[str, Any]]], **options: Any
+) -> list[dict[str, Any]]:
+    differ = recording_differ(**options)
+    cache = differ._cache
+    assert isinstance(cache, _Recording)
+    for event_type, obj in lines:
+        await differ.on_event("fixture", rtype, event_type, obj, relisted=False)
+    return [
+        {
+            "key": record.ref.key,
+            "rv": record.resource_version,
+            "kind": record.kind,
+            "manager": [record.field_manager, record.operation],
+            "changes": _changes(record.changes),
+            "lines": list(record.lines),
+        }
+        for record in cache.records
+    ]
+
+
 async def differ_records() -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for name, rtype, lines in _streams():
-        cache = _Recording()
-        differ = ObjectDiffer(_Sink(), Metrics(), cache, wall_clock_ns=lambda: 0, clock=lambda: 0.0)
-        for event_type, obj in lines:
-            await differ.on_event("fixture", rtype, event_type, obj, relisted=False)
-        out[name] = [
-            {
-                "key": record.ref.key,
-                "rv": record.resource_version,
-                "kind": record.kind,
-                "manager": [record.field_manager, record.operation],
-                "changes": _changes(record.changes),
-                "lines": list(record.lines),
-            }
-            for record in cache.records
-        ]
-    return out
+    return {name: await _records(rtype, lines) for name, rtype, lines in _streams()}
+
+
+def churn_events() -> list[tuple[ResourceType, list[tuple[str, dict[str, Any]]]]]:
+    streams = []
+    for rtype, raw in churn_streams(CHURN_OBJECTS, CHURN_UPDATES):
+        events = [json.loads(line) for line in raw]
+        streams.append((rtype, [(e["type"], e["object"]) for e in events]))
+    return streams
+
+
+async def churn_records() -> dict[str, list[dict[str, Any]]]:
+    return {rtype.resource: await _records(rtype, events) for rtype, events in churn_events()}
 
 
 def pairwise_diffs() -> dict[str, list[dict[str, Any]]]:
@@ -109,6 +132,14 @@ async def test_differ_records_on_recorded_streams_are_unchanged() -> None:
         assert current[stream] == records, stream
 
 
+async def test_differ_records_on_status_churn_are_unchanged() -> None:
+    golden = _load("churn_records.json")
+    current = await churn_records()
+    assert current.keys() == golden.keys()
+    for resource, records in golden.items():
+        assert current[resource] == records, resource
+
+
 def test_diffs_between_distant_versions_are_unchanged() -> None:
     golden = _load("pairwise_diffs.json")
     current = pairwise_diffs()
@@ -120,4 +151,5 @@ def test_diffs_between_distant_versions_are_unchanged() -> None:
 if __name__ == "__main__":
     GOLDEN.mkdir(exist_ok=True)
     (GOLDEN / "differ_records.json").write_text(json.dumps(asyncio.run(differ_records()), indent=1) + "\n")
+    (GOLDEN / "churn_records.json").write_text(json.dumps(asyncio.run(churn_records()), indent=1) + "\n")
     (GOLDEN / "pairwise_diffs.json").write_text(json.dumps(pairwise_diffs(), indent=1) + "\n")

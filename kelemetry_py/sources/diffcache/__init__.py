@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
@@ -26,9 +26,9 @@ Claimant = Literal["audit", "differ"]
 EMITTED = "emitted"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One changed field. ``old``/``new`` are None for an add/remove respectively."""
+class Change(NamedTuple):
+    """One changed field. ``old``/``new`` are None for an add/remove respectively. (A tuple: the differ makes
+    one per changed field, and a frozen dataclass costs many times more to build.)"""
 
     path: str
     op: ChangeOp
@@ -103,7 +103,7 @@ class DiffRecord:
     def size_bytes(self) -> int:
         """A cheap estimate of what holding this record costs, for byte bounds."""
         snapshot = len(orjson.dumps(self.snapshot)) if self.snapshot else 0
-        return 300 + snapshot + sum(len(line) for line in self.lines) * 2
+        return 300 + snapshot + sum(map(len, self.lines)) * 2
 
 
 @runtime_checkable
