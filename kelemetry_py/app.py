@@ -127,7 +127,6 @@ class App:
             http=self.config.http,
             ingest=self.config.ingest,
             clusters=allowed_clusters(self.config),
-            priority=self.components.pipeline.priority,
         ).add_routes(ingest)
         if self.config.frontend.enabled:
             await self._start_frontend(main)

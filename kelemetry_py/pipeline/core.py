@@ -46,12 +46,10 @@ from kelemetry_py.model import (
 from kelemetry_py.pipeline import ObservationHook, Overloaded
 from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
-from kelemetry_py.pipeline.priority import Priority
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # observations a partition worker takes from its queue at once
-_SLICE = 64  # observations turned into spans (one writer call) between two looks at waiting requests
+_BATCH = 256  # observations a partition worker turns into one writer call
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
 _RETRY_MAX_SECONDS = 5.0
 _ID_CACHE = 50_000  # (object, window) -> ids; cleared when full, since recomputing one is cheap
@@ -94,7 +92,6 @@ class Pipeline:
         graph: ObjectGraph | None = None,
         decorators: Sequence[Decorator] = (),
         linker_timeout_seconds: float = LINKER_TIMEOUT_SECONDS,
-        priority: Priority | None = None,
     ) -> None:
         self._config = config or PipelineConfig()
         self._writer = writer
@@ -121,7 +118,6 @@ class Pipeline:
         self._known: OrderedDict[str, None] = OrderedDict()
         self._id_cache: dict[tuple[str, int], tuple[int, int]] = {}
         self._closing = False
-        self.priority = priority if priority is not None else Priority()
 
     @property
     def pending(self) -> int:
@@ -218,16 +214,13 @@ class Pipeline:
                 task = asyncio.create_task(waiting)
                 self._parked.add(task)
                 task.add_done_callback(self._parked.discard)
-        for start in range(0, len(ready), _SLICE):
-            chunk = ready[start : start + _SLICE]
-            try:
-                async with self.priority.background():
-                    await self._write_observations(chunk)
-            except Exception:
-                # Writers retry and count their own failures; anything reaching here is a bug worth a traceback,
-                # but one bad batch must not stop the partition.
-                log.exception("pipeline: failed to turn %d observations into spans", len(chunk))
-            await self._done(chunk)
+        try:
+            await self._write_observations(ready)
+        except Exception:
+            # Writers retry and count their own failures; anything reaching here is a bug worth a traceback, but
+            # one bad batch must not stop the partition.
+            log.exception("pipeline: failed to turn %d observations into spans", len(ready))
+        await self._done(ready)
 
     def _run_hooks(self, item: _Item, start: int) -> Coroutine[Any, Any, None] | None:
         observation = item[0]

@@ -21,7 +21,6 @@ from kelemetry_py.config import AuditConfig, HttpConfig, IngestConfig, is_cluste
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import KIND_RECORD
 from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
-from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ class AuditWebhook:
         http: HttpConfig,
         ingest: IngestConfig | None = None,
         clusters: frozenset[str] | None = None,
-        priority: Priority | None = None,
     ) -> None:
         self._sink = sink
         self._converter = converter
@@ -54,7 +52,6 @@ class AuditWebhook:
         tokens = [*(ingest.tokens if ingest is not None else []), *http.webhook_tokens]
         self._tokens = [token.encode() for token in tokens]
         self._clusters = clusters  # None: any well-formed name
-        self._priority = priority if priority is not None else Priority()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/audit", self.handle)
@@ -64,8 +61,7 @@ class AuditWebhook:
         started = time.perf_counter()
         code = 500  # unless an answer comes back
         try:
-            with self._priority.foreground():  # the apiserver waits for this answer; spans can wait
-                response = await self._handle(request)
+            response = await self._handle(request)
             code = response.status
             return response
         finally:
