@@ -60,7 +60,7 @@ class Redactor:
         items = obj.get("items")
         if isinstance(items, list):
             return any(isinstance(item, Mapping) and self.needs(item, resource) for item in items)
-        return self._env_name is not None and any(True for _ in self._secret_env(obj))
+        return self._env_name is not None and next(self._secret_env(obj), None) is not None
 
     def redact_in_place(self, obj: dict[str, Any], resource: str) -> None:
         """Redact ``obj`` (an object, or a list of them) in place; ``resource`` is the plural it was read or written
