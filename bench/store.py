@@ -79,7 +79,9 @@ async def recorded_spans() -> list[Span]:
 
 
 def copies(spans: list[Span], total: int) -> list[Span]:
-    """``total`` spans: the recorded ones again and again, each copy under new trace ids and object names."""
+    """``total`` spans: the recorded ones again and again, each copy under new trace ids and object names, and
+    with the audit ID and resource version that each real request has afresh (repeating them would make the tag
+    index see far fewer distinct values than a cluster sends)."""
     out: list[Span] = []
     copy_number = 0
     while len(out) < total:
@@ -87,6 +89,12 @@ def copies(spans: list[Span], total: int) -> list[Span]:
             attributes = dict(span.attributes)
             if isinstance(attributes.get("name"), str):
                 attributes["name"] = f"{attributes['name']}-{copy_number}"
+            audit_id = attributes.get("auditID")
+            if isinstance(audit_id, str) and copy_number:  # same length: the copy number in place of the first part
+                attributes["auditID"] = f"{copy_number:08x}{audit_id[8:]}"
+            version = attributes.get("resourceVersion")
+            if isinstance(version, str) and version.isdigit():
+                attributes["resourceVersion"] = str(int(version) + copy_number * 1_000_000)
             out.append(dataclasses.replace(span, trace_id=span.trace_id ^ (copy_number << 96), attributes=attributes))
             if len(out) == total:
                 break
