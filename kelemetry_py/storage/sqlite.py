@@ -1,9 +1,8 @@
 """The embedded trace store: one SQLite file in WAL mode, written on one thread and read on others.
 
 Tables: ``traces`` (one row per raw trace: a small integer id, its time range and the object it belongs to),
-``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's own attributes and
-logs as one MessagePack body), ``tag_sets`` (the object tags, cluster to uid, that every span of an object
-repeats, stored once and referred to by id), ``trace_tags`` (the object tags once per trace, so that finding an
+``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's attributes and
+logs as one MessagePack body), ``trace_tags`` (the object tags, cluster to uid, once per trace, so that finding an
 object is an index lookup) and ``span_terms``, an FTS5 inverted index with one document per span: each of the
 span's other attributes as one term (key and value, hex-encoded so that any text is one exact token) plus its
 service. FTS5 collects a transaction's terms in memory and writes them as one compressed segment at commit,
@@ -82,10 +81,6 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_end ON traces (end_ns);
-CREATE TABLE IF NOT EXISTS tag_sets (
-    id INTEGER PRIMARY KEY,
-    body BLOB NOT NULL UNIQUE
-);
 CREATE TABLE IF NOT EXISTS spans (
     tid INTEGER NOT NULL,
     span_id INTEGER NOT NULL,
@@ -98,7 +93,6 @@ CREATE TABLE IF NOT EXISTS spans (
     end_ns INTEGER NOT NULL,
     error INTEGER NOT NULL,
     status_message TEXT NOT NULL,
-    tag_set INTEGER NOT NULL,
     body BLOB NOT NULL,
     -- a rowid table: rows of about a kilobyte fill its pages, where a WITHOUT ROWID tree would leave them half empty
     UNIQUE (tid, span_id)
@@ -123,16 +117,13 @@ _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
     " namespace = ?, name = ?, uid = ? WHERE tid = ?"
 )
-_SPAN_COLUMNS = (
-    "(tid, span_id, seq, parent_id, service, name, start_ns, end_ns, error, status_message, tag_set, body)"
-)
-_INSERT_SPAN = f"INSERT OR IGNORE INTO spans {_SPAN_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SPAN_COLUMNS = "(tid, span_id, seq, parent_id, service, name, start_ns, end_ns, error, status_message, body)"
+_INSERT_SPAN = f"INSERT OR IGNORE INTO spans {_SPAN_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
 _DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_body = msgspec.msgpack.Decoder(tuple[dict[str, Any], list[tuple[int, str, dict[str, Any]]]]).decode
-_decode_tag_set = msgspec.msgpack.Decoder(dict[str, str]).decode
 
 
 class _Unrepresentable(ValueError):
@@ -177,44 +168,34 @@ _OBJECT_TAG_TYPES = frozenset((str, type(None)))
 _TERM_CACHE = 100_000
 _LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
 # (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up, not built.
-_text_terms: dict[tuple[str, str], str] = {}
+_text_terms: dict[tuple[str, AttrValue], str] = {}
 
 
-def span_terms(service: str, own: dict[str, Any]) -> str:
-    """The document a span is indexed by: its service and each of its own (non-object) attributes; empty when
-    it has none (a query with span tags cannot match it, one with only a service checks the spans table)."""
-    if not own:
-        return ""
+def span_terms(service: str, attributes: Attributes) -> str:
+    """The document a span is indexed by: its service and each of its attributes but the object tags (those are
+    in ``trace_tags``); empty when there are none (a query with span tags cannot match the span, one with only
+    a service checks the spans table)."""
     terms = [service_term(service)]
     cache = _text_terms
-    for item in own.items():
-        if type(item[1]) is str:
+    for item in attributes.items():
+        key, value = item
+        if isinstance(value, str):
+            if key in _OBJECT_KEY_SET:
+                continue
             term = cache.get(item)
             if term is None:
                 if len(cache) >= _TERM_CACHE:
                     cache.clear()
-                term = cache[item] = tag_term(*item)
+                term = cache[item] = tag_term(key, value)
             terms.append(term)
         else:  # not cached: True, 1 and 1.0 are equal keys with different texts
-            terms.extend(tag_term(item[0], text) for text in tag_texts(item[1]))
-    return " ".join(terms)
+            terms.extend(tag_term(key, text) for text in tag_texts(value))
+    return " ".join(terms) if len(terms) > 1 else ""
 
 
 def match_expression(terms: Iterable[str]) -> str:
     """An FTS5 query for documents holding every term (each quoted, so none reads as an operator)."""
     return " ".join(f'"{term}"' for term in terms)
-
-
-def _split(attributes: Attributes) -> tuple[dict[str, str], dict[str, AttrValue]]:
-    """(object tags, the span's other attributes); an object tag that is not text stays with the others."""
-    shared: dict[str, str] = {}
-    own: dict[str, AttrValue] = {}
-    for key, value in attributes.items():
-        if key in _OBJECT_KEY_SET and isinstance(value, str):
-            shared[key] = value
-        else:
-            own[key] = value
-    return shared, own
 
 
 def find_traces_sql(
@@ -285,8 +266,6 @@ class _Encoded:
 
     __slots__ = ("object_tags", "row", "span", "terms", "trace_key")
 
-    object_tags: tuple[str | None, ...]
-
     def __init__(self, span: Span) -> None:
         for value in (span.start_ns, span.end_ns):
             if not _I64_MIN <= value <= _I64_MAX:
@@ -297,18 +276,10 @@ class _Encoded:
             raise _Unrepresentable("parent id out of range")
         self.span = span
         self.trace_key = span.trace_id.to_bytes(16, "big")
-        attributes = span.attributes
-        # The object tags (None where absent), which name the span's tag set; the rest is the span's own.
-        found = tuple(map(attributes.get, OBJECT_KEYS))
-        if _OBJECT_TAG_TYPES.issuperset(map(type, found)):
-            own = {key: value for key, value in attributes.items() if key not in _OBJECT_KEY_SET}
-            self.object_tags = cast("tuple[str | None, ...]", found)  # all text or absent: checked just above
-        else:  # an object tag that is not text is one of the span's own attributes
-            shared, own = _split(attributes)
-            self.object_tags = tuple(map(shared.get, OBJECT_KEYS))
+        self.object_tags = object_tags(span.attributes)
         try:
-            body = _encode((own, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
-            self.terms = span_terms(span.service, own)
+            body = _encode((span.attributes, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
+            self.terms = span_terms(span.service, span.attributes)
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
             raise _Unrepresentable(f"attributes or logs: {exc}") from exc
         self.row: list[Any] = [
@@ -322,13 +293,17 @@ class _Encoded:
             span.end_ns,
             1 if span.error else 0,
             span.status_message,
-            0,  # the tag set's id, filled in at commit
             body,
         ]
 
 
-def _object_tags(values: tuple[str | None, ...]) -> dict[str, str]:
-    return {key: value for key, value in zip(OBJECT_KEYS, values, strict=True) if value is not None}
+def object_tags(attributes: Attributes) -> tuple[str | None, ...]:
+    """The span's object tags in ``OBJECT_KEYS`` order, None where absent; one that is not text is not an object
+    tag but one of the span's own attributes."""
+    found = tuple(map(attributes.get, OBJECT_KEYS))
+    if _OBJECT_TAG_TYPES.issuperset(map(type, found)):
+        return cast("tuple[str | None, ...]", found)
+    return tuple(value if isinstance(value, str) else None for value in found)
 
 
 class _Trace:
@@ -376,11 +351,10 @@ class SqliteStore:
         self._local = threading.local()  # each read thread's own connection
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
-        self._tag_set_ids: dict[tuple[str | None, ...], int] = {}  # by object tags; writer thread only
-        self._indexed: dict[tuple[int, int], None] = {}  # (trace, tag set) in trace_tags; writer thread only
+        # (trace, object tags) whose rows are in trace_tags; writer thread only
+        self._indexed: dict[tuple[int, tuple[str | None, ...]], None] = {}
         self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
         self._next_tid = 1  # writer thread only; set at open
-        self._tag_sets: dict[int, dict[str, str]] = {}  # read threads; a lost race only repeats a lookup
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -586,36 +560,8 @@ class SqliteStore:
 
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
-        self._tag_set_ids.clear()
         self._indexed.clear()
         self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
-
-    def _tag_set_ids_for(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
-        """Give each span its tag set's id: remembered, else read, else a new set written under the next id."""
-        known = self._tag_set_ids
-        unknown = list({item.object_tags: None for item in encoded if item.object_tags not in known})
-        if unknown:
-            if len(known) + len(unknown) > _TAG_SET_CACHE:
-                known.clear()
-                unknown = list({item.object_tags: None for item in encoded})
-            bodies = {_encode(_object_tags(object_tags)): object_tags for object_tags in unknown}
-            listed = list(bodies)
-            for start in range(0, len(listed), 500):
-                chunk = listed[start : start + 500]
-                known.update(
-                    (bodies[body], tag_set)
-                    for tag_set, body in conn.execute(
-                        f"SELECT id, body FROM tag_sets WHERE body IN ({','.join('?' * len(chunk))})", chunk
-                    )
-                )
-            new = [body for body, object_tags in bodies.items() if object_tags not in known]
-            if new:
-                next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM tag_sets").fetchone()[0]
-                rows = [(next_id + i, body) for i, body in enumerate(new)]
-                conn.executemany("INSERT INTO tag_sets (id, body) VALUES (?, ?)", rows)
-                known.update((bodies[body], tag_set) for tag_set, body in rows)
-        for item in encoded:
-            item.row[10] = known[item.object_tags]
 
     def _known_traces(self, conn: sqlite3.Connection, trace_keys: list[bytes]) -> None:
         """Read the stored state of traces the writer does not remember (after a restart or a cache reset)."""
@@ -642,7 +588,6 @@ class SqliteStore:
         unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
         if unknown:
             self._known_traces(conn, unknown)
-        self._tag_set_ids_for(conn, encoded)
         new_traces: list[tuple[Any, ...]] = []
         changed_traces: list[tuple[Any, ...]] = []
         span_rows: list[list[Any]] = []
@@ -669,10 +614,9 @@ class SqliteStore:
                 row[0] = tid
                 row[2] = trace.next_seq
                 trace.next_seq += 1
-                tag_set = row[10]
                 span_rows.append(row)
-                if (tid, tag_set) not in self._indexed:  # a trace's spans share their object tags
-                    self._indexed[tid, tag_set] = None
+                if (tid, item.object_tags) not in self._indexed:  # a trace's spans share their object tags
+                    self._indexed[tid, item.object_tags] = None
                     tags = zip(OBJECT_KEYS, item.object_tags, strict=True)
                     trace_tag_rows.update((key, value, tid) for key, value in tags if value is not None)
         if len(self._indexed) > _TAG_SET_CACHE:
@@ -701,7 +645,7 @@ class SqliteStore:
         for item in encoded:
             tid, span_id, seq = item.row[0], item.row[1], item.row[2]
             stored = conn.execute(
-                "SELECT seq, parent_id, service, name, start_ns, end_ns, error, status_message, tag_set, body"
+                "SELECT seq, parent_id, service, name, start_ns, end_ns, error, status_message, body"
                 " FROM spans WHERE tid = ? AND span_id = ?",
                 (tid, span_id),
             ).fetchone()
@@ -710,14 +654,14 @@ class SqliteStore:
                 continue
             if list(stored[1:]) == item.row[3:]:
                 continue
-            old_seq, old_service, old_body = stored[0], stored[2], stored[9]
+            old_seq, old_service, old_body = stored[0], stored[2], stored[8]
             doc = (tid << SEQ_BITS) | old_seq
             old_terms = span_terms(old_service, _decode_body(old_body)[0])
             if old_terms:
                 conn.execute(_DELETE_TERMS, (doc, old_terms))
             conn.execute(
                 "UPDATE spans SET parent_id = ?, service = ?, name = ?, start_ns = ?, end_ns = ?, error = ?,"
-                " status_message = ?, tag_set = ?, body = ? WHERE tid = ? AND span_id = ?",
+                " status_message = ?, body = ? WHERE tid = ? AND span_id = ?",
                 (*item.row[3:], tid, span_id),
             )
             if item.terms:
@@ -805,16 +749,6 @@ class SqliteStore:
             return []
         return await self._read(self._get_trace_sync, trace_id)
 
-    def _tag_set(self, conn: sqlite3.Connection, tag_set: int) -> dict[str, str]:
-        found = self._tag_sets.get(tag_set)
-        if found is None:
-            row = conn.execute("SELECT body FROM tag_sets WHERE id = ?", (tag_set,)).fetchone()
-            found = _decode_tag_set(row[0]) if row else {}
-            if len(self._tag_sets) >= _TAG_SET_CACHE:
-                self._tag_sets.clear()
-            self._tag_sets[tag_set] = found
-        return found
-
     def _get_trace_sync(self, conn: sqlite3.Connection, trace_id: int) -> list[Span]:
         return self._get_traces_sync(conn, [trace_id]).get(trace_id, [])
 
@@ -824,24 +758,18 @@ class SqliteStore:
             chunk = trace_ids[start : start + 500]
             rows = conn.execute(
                 "SELECT t.trace_id, s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error,"
-                " s.status_message, s.tag_set, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
+                " s.status_message, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
                 f" WHERE t.trace_id IN ({','.join('?' * len(chunk))}) ORDER BY t.tid, s.start_ns, s.span_id",
                 [trace_id.to_bytes(16, "big") for trace_id in chunk],
             ).fetchall()
             trace_key = b""
             spans: list[Span] = []
             trace_id = 0
-            tag_sets: dict[int, dict[str, str]] = {}
-            for key, span_id, parent_id, service, name, start, end, error, message, tag_set, body in rows:
+            for key, span_id, parent_id, service, name, start, end, error, message, body in rows:
                 if key != trace_key:
                     trace_key, trace_id = key, int.from_bytes(key, "big")
                     spans = found[trace_id] = []
-                shared = tag_sets.get(tag_set)
-                if shared is None:
-                    shared = tag_sets[tag_set] = self._tag_set(conn, tag_set)
-                own, logs = _decode_body(body)
-                attributes: Attributes = dict(shared)
-                attributes.update(own)
+                attributes, logs = _decode_body(body)
                 spans.append(
                     Span(
                         trace_id=trace_id,
@@ -926,18 +854,18 @@ class SqliteStore:
         try:
             expired = [row[0] for row in conn.execute("SELECT tid FROM traces WHERE end_ns < ?", (cutoff_ns,))]
             for tid in expired:
-                # The span index is contentless: each document's terms are rebuilt from its span to delete it.
+                # The span index is contentless and tag rows are keyed by value first: what to delete is rebuilt
+                # from the trace's spans rather than found by scanning.
                 documents: list[tuple[int, str]] = []
-                tag_sets: set[int] = set()
-                for seq, service, tag_set, body in conn.execute(
-                    "SELECT seq, service, tag_set, body FROM spans WHERE tid = ?", (tid,)
-                ):
-                    terms = span_terms(service, _decode_body(body)[0])
+                trace_tags: set[tuple[str, str, int]] = set()
+                for seq, service, body in conn.execute("SELECT seq, service, body FROM spans WHERE tid = ?", (tid,)):
+                    attributes = _decode_body(body)[0]
+                    terms = span_terms(service, attributes)
                     if terms:
                         documents.append(((tid << SEQ_BITS) | seq, terms))
-                    tag_sets.add(tag_set)
+                    tags = zip(OBJECT_KEYS, object_tags(attributes), strict=True)
+                    trace_tags.update((key, value, tid) for key, value in tags if value is not None)
                 conn.executemany(_DELETE_TERMS, documents)
-                trace_tags = {(k, v, tid) for ts in tag_sets for k, v in self._tag_set(conn, ts).items()}
                 conn.executemany("DELETE FROM trace_tags WHERE key = ? AND value = ? AND tid = ?", trace_tags)
                 conn.execute("DELETE FROM spans WHERE tid = ?", (tid,))
                 conn.execute("DELETE FROM traces WHERE tid = ?", (tid,))
