@@ -340,8 +340,10 @@ class SqliteStore:
         retention_hours: float = 0,
         metrics: Metrics | None = None,
         retention_check_seconds: float = 300.0,
+        durable_commits: bool = True,
     ) -> None:
         self.path = path
+        self.durable_commits = durable_commits
         self.retention_ns = int(retention_hours * 3600 * 1_000_000_000)
         self._metrics = metrics
         self._retention_check_seconds = retention_check_seconds
@@ -427,8 +429,12 @@ class SqliteStore:
             # Before the first table exists: 16 KiB pages hold whole spans with little slack at the end of a page.
             conn.execute("PRAGMA page_size=16384")
             conn.execute("PRAGMA journal_mode=WAL")
-            # With WAL, NORMAL loses at most the last commits on power loss, never consistency.
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # The span log moves this writer's cursor past spans once ``write`` returns, and later deletes them:
+            # with durable commits (spool.fsync "always") each commit reaches the disk first (FULL fsyncs the
+            # WAL), so a power loss cannot take spans the log no longer has. NORMAL, for the policies that accept
+            # losing the last moments on power loss, never fsyncs a commit and loses at most those, never
+            # consistency.
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable_commits else 'NORMAL'}")
             conn.execute("PRAGMA cache_size=-16384")  # 16 MiB: tag rows go in sorted, so few index pages are hot
             # Checkpoint every 64 MiB of WAL rather than 4: hot index pages are copied back once, not sixteen times.
             conn.execute("PRAGMA wal_autocheckpoint=4096")

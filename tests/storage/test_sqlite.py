@@ -537,3 +537,15 @@ async def test_a_trace_beyond_its_span_numbers_drops_only_the_extra_spans(
         dropped = metrics.registry.get_sample_value("kelemetry_spans_dropped_total", {"writer": "sqlite"})
         assert dropped == 1
         assert len(await store.find_traces(whole_range(tags={"verb": "patch"}))) == 1
+
+
+@pytest.mark.parametrize(("durable_commits", "synchronous"), [(True, 2), (False, 1)])
+async def test_commits_are_fsynced_when_the_span_log_relies_on_it(
+    tmp_path: Path, durable_commits: bool, synchronous: int
+) -> None:
+    # The span log moves past spans once write returns: durable commits fsync the WAL at each commit (FULL = 2);
+    # otherwise (spool.fsync interval or never) NORMAL (1) leaves it to checkpoints.
+    async with SqliteStore(str(tmp_path / "t.db"), durable_commits=durable_commits) as store:
+        await store.write([object_span(POD, W0)])
+        mode = await store._run(lambda: store._connection().execute("PRAGMA synchronous").fetchone()[0])
+        assert mode == synchronous
