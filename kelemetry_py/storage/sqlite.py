@@ -585,12 +585,21 @@ class SqliteStore:
                 self._traces[trace_key] = _Trace(tid, next_seq, start_ns, end_ns, has_root)
 
     def _insert(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
-        latest = {(item.trace_key, item.row[1]): item for item in encoded}
-        if len(latest) != len(encoded):  # one span twice in a batch: the later copy wins, as in two batches
-            encoded = list(latest.values())
         by_trace: dict[bytes, list[_Encoded]] = {}
         for item in encoded:
-            by_trace.setdefault(item.trace_key, []).append(item)
+            group = by_trace.get(item.trace_key)
+            if group is None:
+                by_trace[item.trace_key] = [item]
+            else:
+                group.append(item)
+        repeated = False
+        for trace_key, items in by_trace.items():
+            if len(items) > 1 and len({item.row[1] for item in items}) < len(items):
+                # One span twice in a batch: the later copy wins, as it would in two batches.
+                by_trace[trace_key] = list({item.row[1]: item for item in items}.values())
+                repeated = True
+        if repeated:
+            encoded = [item for items in by_trace.values() for item in items]
         unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
         if unknown:
             self._known_traces(conn, unknown)
@@ -612,19 +621,23 @@ class SqliteStore:
                     changed_traces.append((trace.start_ns, trace.end_ns, has_root, *ref, trace.tid))
                 else:
                     changed_traces.append((trace.start_ns, trace.end_ns, trace.tid))
-            tid = trace.tid
-            if trace.next_seq + len(items) > _SEQ_LIMIT:
+            tid, seq = trace.tid, trace.next_seq
+            if seq + len(items) > _SEQ_LIMIT:
                 raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
+            trace.next_seq = seq + len(items)
+            indexed: tuple[str | None, ...] | None = None
             for item in items:
                 row = item.row
                 row[0] = tid
-                row[2] = trace.next_seq
-                trace.next_seq += 1
+                row[2] = seq
+                seq += 1
                 span_rows.append(row)
-                if (tid, item.object_tags) not in self._indexed:  # a trace's spans share their object tags
+                if item.object_tags != indexed and (tid, item.object_tags) not in self._indexed:
+                    # A trace's spans share their object tags: their rows go in once.
                     self._indexed[tid, item.object_tags] = None
                     tags = zip(OBJECT_KEYS, item.object_tags, strict=True)
                     trace_tag_rows.update((key, value, tid) for key, value in tags if value is not None)
+                indexed = item.object_tags
         if len(self._indexed) > _TAG_SET_CACHE:
             self._indexed.clear()
         conn.executemany(_INSERT_TRACE, new_traces)
@@ -642,7 +655,8 @@ class SqliteStore:
         conn.executemany(
             _INSERT_TERMS, [((item.row[0] << SEQ_BITS) | item.row[2], item.terms) for item in inserted if item.terms]
         )
-        conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", trace_tag_rows)
+        # In index order: each B-tree page is visited once per batch, not once per row.
+        conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
 
     def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[_Encoded]:
         """Replace spans stored with other content than this batch gives them (and their index terms); returns
