@@ -97,6 +97,8 @@ CREATE TABLE IF NOT EXISTS spans (
     -- a rowid table: rows of about a kilobyte fill its pages, where a WITHOUT ROWID tree would leave them half empty
     UNIQUE (tid, span_id)
 );
+-- every service with a span in span_terms, so that a search without a service knows which terms to look for
+CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trace_tags (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -148,35 +150,33 @@ def tag_texts(value: AttrValue) -> list[str]:
     return [str(value)]
 
 
-def tag_term(key: str, text: str) -> str:
-    """One attribute as one index term. Hex keeps any text one token that the ``ascii`` tokenizer leaves as it is
-    (no case folding, no splitting); ``x`` cannot occur in hex, so key and value cannot run into each other. A
-    long value is named by its 128-bit BLAKE2 digest after ``z`` (not a hex digit either): FTS5 cuts tokens at
-    32 KiB, and a digest keeps the index small."""
+def tag_term(service: str, key: str, text: str) -> str:
+    """One attribute of a span of ``service`` as one index term, so that a search with a service intersects
+    only that service's postings. Hex keeps any text one token that the ``ascii`` tokenizer leaves as it is (no
+    case folding, no splitting); ``y`` and ``x`` cannot occur in hex, so service, key and value cannot run into
+    each other. A long value is named by its 128-bit BLAKE2 digest after ``z`` (not a hex digit either): FTS5
+    cuts tokens at 32 KiB, and a digest keeps the index small."""
     value = text.encode()
     if len(value) > _LONG_VALUE:
-        return f"{key.encode().hex()}xz{hashlib.blake2b(value, digest_size=16).hexdigest()}"
-    return f"{key.encode().hex()}x{value.hex()}"
-
-
-def service_term(service: str) -> str:
-    """The service as a term; ``s`` is not a hex digit, so it never equals an attribute's term."""
-    return f"s{service.encode().hex()}"
+        return f"{service.encode().hex()}y{key.encode().hex()}xz{hashlib.blake2b(value, digest_size=16).hexdigest()}"
+    return f"{service.encode().hex()}y{key.encode().hex()}x{value.hex()}"
 
 
 _OBJECT_TAG_TYPES = frozenset((str, type(None)))
 _TERM_CACHE = 100_000
 _LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
-# (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up, not built.
-_text_terms: dict[tuple[str, AttrValue], str] = {}
+# service → (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up.
+_text_terms: dict[str, dict[tuple[str, AttrValue], str]] = {}
 
 
 def span_terms(service: str, attributes: Attributes) -> str:
-    """The document a span is indexed by: its service and each of its attributes but the object tags (those are
-    in ``trace_tags``); empty when there are none (a query with span tags cannot match the span, one with only
-    a service checks the spans table)."""
-    terms = [service_term(service)]
-    cache = _text_terms
+    """The document a span is indexed by: each of its attributes but the object tags (those are in
+    ``trace_tags``); empty when there are none (a query with span tags cannot match the span, one with only a
+    service checks the spans table)."""
+    terms: list[str] = []
+    cache = _text_terms.get(service)
+    if cache is None:
+        cache = _text_terms[service] = {}
     for item in attributes.items():
         key, value = item
         if isinstance(value, str):
@@ -186,16 +186,19 @@ def span_terms(service: str, attributes: Attributes) -> str:
             if term is None:
                 if len(cache) >= _TERM_CACHE:
                     cache.clear()
-                term = cache[item] = tag_term(key, value)
+                term = cache[item] = tag_term(service, key, value)
             terms.append(term)
         else:  # not cached: True, 1 and 1.0 are equal keys with different texts
-            terms.extend(tag_term(key, text) for text in tag_texts(value))
-    return " ".join(terms) if len(terms) > 1 else ""
+            terms.extend(tag_term(service, key, text) for text in tag_texts(value))
+    return " ".join(terms)
 
 
-def match_expression(terms: Iterable[str]) -> str:
-    """An FTS5 query for documents holding every term (each quoted, so none reads as an operator)."""
-    return " ".join(f'"{term}"' for term in terms)
+def match_expression(tags: Sequence[tuple[str, str]], services: Iterable[str]) -> str:
+    """An FTS5 query for documents of a span of one of ``services`` holding every tag (each term quoted, so none
+    reads as an operator)."""
+    return " OR ".join(
+        "(" + " AND ".join(f'"{tag_term(service, key, text)}"' for key, text in tags) + ")" for service in services
+    )
 
 
 def find_traces_sql(
@@ -356,6 +359,7 @@ class SqliteStore:
         # (trace, object tags) whose rows are in trace_tags; writer thread only
         self._indexed: dict[tuple[int, tuple[str | None, ...]], None] = {}
         self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
+        self._services: set[str] | None = None  # in the services table; writer thread only, None: to be read
         self._next_tid = 1  # writer thread only; set at open
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
@@ -567,6 +571,7 @@ class SqliteStore:
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
         self._indexed.clear()
+        self._services = None
         self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
 
     def _known_traces(self, conn: sqlite3.Connection, trace_keys: list[bytes]) -> None:
@@ -652,9 +657,9 @@ class SqliteStore:
             # Some spans were there already (a re-delivery, or a span rewritten with other tags).
             inserted = self._rewrite_existing(conn, encoded)
         # A span without attributes of its own is found by its trace's object tags; no document needed.
-        conn.executemany(
-            _INSERT_TERMS, [((item.row[0] << SEQ_BITS) | item.row[2], item.terms) for item in inserted if item.terms]
-        )
+        documents = [item for item in inserted if item.terms]
+        conn.executemany(_INSERT_TERMS, [((item.row[0] << SEQ_BITS) | item.row[2], item.terms) for item in documents])
+        self._note_services(conn, {item.row[4] for item in documents})
         # In index order: each B-tree page is visited once per batch, not once per row.
         conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
 
@@ -686,7 +691,16 @@ class SqliteStore:
             )
             if item.terms:
                 conn.execute(_INSERT_TERMS, (doc, item.terms))
+                self._note_services(conn, {item.row[4]})
         return new
+
+    def _note_services(self, conn: sqlite3.Connection, services: set[str]) -> None:
+        if self._services is None:
+            self._services = {row[0] for row in conn.execute("SELECT name FROM services")}
+        new = services - self._services
+        if new:
+            conn.executemany("INSERT OR IGNORE INTO services VALUES (?)", [(name,) for name in new])
+            self._services |= new
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -702,9 +716,7 @@ class SqliteStore:
 
     @staticmethod
     def _find_sync(conn: sqlite3.Connection, query: TraceQuery) -> list[TraceHit]:
-        terms = [tag_term(key, str(value)) for key, value in query.tags.items() if key not in _OBJECT_KEY_SET]
-        if terms and query.service:
-            terms.append(service_term(query.service))
+        span_tags = [(key, str(value)) for key, value in query.tags.items() if key not in _OBJECT_KEY_SET]
         # The object tag matching fewest traces drives (counted up to a cap); when every one is common, traces
         # are walked newest first.
         driver: tuple[str, str] | None = None
@@ -723,17 +735,20 @@ class SqliteStore:
                 if matches < fewest:
                     driver, fewest = (key, value), matches
             dense = driver is None
-        if not terms:
+        if not span_tags:
             return [_hit(row) for row in conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense))]
-        expression = match_expression(terms)
+        services = [query.service] if query.service else [row[0] for row in conn.execute("SELECT name FROM services")]
+        if not services:
+            return []
+        expression = match_expression(span_tags, services)
         if selective and conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
             (*selective[0], _FEW_TRACES),
         ).fetchone()[0] < _FEW_TRACES:
             return SqliteStore._check_each(conn, query, driver, expression)
         # The traces of every matching span, gathered in one pass over the posting lists (in C, about 0.1 µs a
-        # span), then walked newest first with the object tags checked on each.
-        sql, params = find_traces_sql(query, driver=driver, newest_first_scan=True, expression=expression)
+        # span), then joined with the object tags' traces.
+        sql, params = find_traces_sql(query, driver=driver, newest_first_scan=dense, expression=expression)
         return [_hit(row) for row in conn.execute(sql, params)]
 
     @staticmethod
@@ -826,28 +841,31 @@ class SqliteStore:
                     (key, *within),
                 )
             return [row[0] for row in rows]
-        # Span tags are terms of the span index: those that begin with the key's prefix, decoded.
-        prefix = tag_term(key, "")
-        after = prefix[:-1] + "y"  # the first string past every term with this prefix
-        if start_ns is None and end_ns is None:
-            rows = conn.execute("SELECT term FROM span_term_list WHERE term >= ? AND term < ?", (prefix, after))
-        else:
-            rows = conn.execute(
-                "SELECT DISTINCT d.term FROM span_term_docs d WHERE d.term >= ? AND d.term < ?"
-                f" AND d.doc >> {SEQ_BITS} IN (SELECT tid FROM traces WHERE end_ns >= ? AND start_ns <= ?)",
-                (prefix, after, *within),
-            )
-        values: list[str] = []
-        for (term,) in rows:
-            encoded = term[len(prefix) :]
-            if encoded.startswith("z"):
-                values += SqliteStore._long_values(conn, key, term)
+        # Span tags are terms of the span index: per service, those that begin with the key's prefix, decoded.
+        values: set[str] = set()
+        for (service,) in conn.execute("SELECT name FROM services").fetchall():
+            prefix = tag_term(service, key, "")
+            after = prefix[:-1] + "y"  # the first string past every term with this prefix
+            if start_ns is None and end_ns is None:
+                terms = conn.execute(
+                    "SELECT term FROM span_term_list WHERE term >= ? AND term < ?", (prefix, after)
+                ).fetchall()
             else:
-                values.append(bytes.fromhex(encoded).decode())
+                terms = conn.execute(
+                    "SELECT DISTINCT d.term FROM span_term_docs d WHERE d.term >= ? AND d.term < ?"
+                    f" AND d.doc >> {SEQ_BITS} IN (SELECT tid FROM traces WHERE end_ns >= ? AND start_ns <= ?)",
+                    (prefix, after, *within),
+                ).fetchall()
+            for (term,) in terms:
+                encoded = term[len(prefix) :]
+                if encoded.startswith("z"):
+                    values.update(SqliteStore._long_values(conn, service, key, term))
+                else:
+                    values.add(bytes.fromhex(encoded).decode())
         return sorted(values)
 
     @staticmethod
-    def _long_values(conn: sqlite3.Connection, key: str, term: str) -> list[str]:
+    def _long_values(conn: sqlite3.Connection, service: str, key: str, term: str) -> list[str]:
         """The text behind a digest term, read from the attributes of one span that holds it."""
         row = conn.execute("SELECT doc FROM span_term_docs WHERE term = ? LIMIT 1", (term,)).fetchone()
         if row is None:
@@ -855,9 +873,9 @@ class SqliteStore:
         body = conn.execute(
             "SELECT body FROM spans WHERE tid = ? AND seq = ?", (row[0] >> SEQ_BITS, row[0] & ((1 << SEQ_BITS) - 1))
         ).fetchone()
-        own = _decode_body(body[0])[0] if body else {}
-        texts = tag_texts(own[key]) if key in own else []
-        return [text for text in dict.fromkeys(texts) if tag_term(key, text) == term]
+        attributes = _decode_body(body[0])[0] if body else {}
+        texts = tag_texts(attributes[key]) if key in attributes else []
+        return [text for text in texts if tag_term(service, key, text) == term]
 
     # -- retention -------------------------------------------------------------------------------------------
 
