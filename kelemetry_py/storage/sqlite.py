@@ -179,16 +179,21 @@ def span_terms(service: str, attributes: Attributes) -> str:
         cache = _text_terms[service] = {}
     for item in attributes.items():
         key, value = item
-        if isinstance(value, str):
-            if key in _OBJECT_KEY_SET:
+        kind = type(value)
+        # Only text and plain integers are cached: True, 1 and 1.0 are equal keys with different texts.
+        if kind is str or kind is int:
+            if kind is str and key in _OBJECT_KEY_SET:
                 continue
             term = cache.get(item)
             if term is None:
                 if len(cache) >= _TERM_CACHE:
                     cache.clear()
-                term = cache[item] = tag_term(service, key, value)
+                term = cache[item] = tag_term(service, key, str(value))
             terms.append(term)
-        else:  # not cached: True, 1 and 1.0 are equal keys with different texts
+        elif isinstance(value, str):  # a subclass of str
+            if key not in _OBJECT_KEY_SET:
+                terms.append(tag_term(service, key, value))
+        else:
             terms.extend(tag_term(service, key, text) for text in tag_texts(value))
     return " ".join(terms)
 
@@ -597,14 +602,6 @@ class SqliteStore:
                 by_trace[item.trace_key] = [item]
             else:
                 group.append(item)
-        repeated = False
-        for trace_key, items in by_trace.items():
-            if len(items) > 1 and len({item.row[1] for item in items}) < len(items):
-                # One span twice in a batch: the later copy wins, as it would in two batches.
-                by_trace[trace_key] = list({item.row[1]: item for item in items}.values())
-                repeated = True
-        if repeated:
-            encoded = [item for items in by_trace.values() for item in items]
         unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
         if unknown:
             self._known_traces(conn, unknown)
@@ -652,21 +649,21 @@ class SqliteStore:
         )
         before = conn.total_changes
         conn.executemany(_INSERT_SPAN, span_rows)
-        inserted = encoded
-        if conn.total_changes - before != len(span_rows):
-            # Some spans were there already (a re-delivery, or a span rewritten with other tags).
-            inserted = self._rewrite_existing(conn, encoded)
-        # A span without attributes of its own is found by its trace's object tags; no document needed.
-        documents = [item for item in inserted if item.terms]
-        conn.executemany(_INSERT_TERMS, [((item.row[0] << SEQ_BITS) | item.row[2], item.terms) for item in documents])
-        self._note_services(conn, {item.row[4] for item in documents})
+        if conn.total_changes - before == len(span_rows):
+            # A span without attributes of its own is found by its trace's object tags; no document needed.
+            documents = [((item.row[0] << SEQ_BITS) | item.row[2], item.terms, item.row[4]) for item in encoded]
+        else:  # some spans were there already (a re-delivery, or a span rewritten with other tags)
+            documents = self._rewrite_existing(conn, encoded)
+        documents = [document for document in documents if document[1]]
+        conn.executemany(_INSERT_TERMS, [document[:2] for document in documents])
+        self._note_services(conn, {document[2] for document in documents})
         # In index order: each B-tree page is visited once per batch, not once per row.
         conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
 
-    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[_Encoded]:
-        """Replace spans stored with other content than this batch gives them (and their index terms); returns
-        the spans that were new, whose terms are still to be indexed."""
-        new: list[_Encoded] = []
+    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[tuple[int, str, str]]:
+        """Replace spans stored with other content than this batch gives them, with their index terms; returns
+        the documents (id, terms, service) still to be indexed: those of the spans this batch added."""
+        documents: dict[int, tuple[int, str, str]] = {}  # by span row (tid, seq), in the batch's order
         for item in encoded:
             tid, span_id, seq = item.row[0], item.row[1], item.row[2]
             stored = conn.execute(
@@ -674,25 +671,27 @@ class SqliteStore:
                 " FROM spans WHERE tid = ? AND span_id = ?",
                 (tid, span_id),
             ).fetchone()
-            if stored[0] == seq:
-                new.append(item)
+            doc = (tid << SEQ_BITS) | stored[0]
+            if stored[0] == seq:  # added by this item
+                documents[doc] = (doc, item.terms, item.row[4])
                 continue
             if list(stored[1:]) == item.row[3:]:
                 continue
-            old_seq, old_service, old_body = stored[0], stored[2], stored[8]
-            doc = (tid << SEQ_BITS) | old_seq
-            old_terms = span_terms(old_service, _decode_body(old_body)[0])
-            if old_terms:
-                conn.execute(_DELETE_TERMS, (doc, old_terms))
             conn.execute(
                 "UPDATE spans SET parent_id = ?, service = ?, name = ?, start_ns = ?, end_ns = ?, error = ?,"
                 " status_message = ?, body = ? WHERE tid = ? AND span_id = ?",
                 (*item.row[3:], tid, span_id),
             )
+            if doc in documents:  # added earlier in this batch and not indexed yet: the later copy wins
+                documents[doc] = (doc, item.terms, item.row[4])
+                continue
+            old_terms = span_terms(stored[2], _decode_body(stored[8])[0])
+            if old_terms:
+                conn.execute(_DELETE_TERMS, (doc, old_terms))
             if item.terms:
                 conn.execute(_INSERT_TERMS, (doc, item.terms))
                 self._note_services(conn, {item.row[4]})
-        return new
+        return list(documents.values())
 
     def _note_services(self, conn: sqlite3.Connection, services: set[str]) -> None:
         if self._services is None:

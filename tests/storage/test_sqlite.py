@@ -543,3 +543,20 @@ async def test_commits_are_fsynced_when_the_span_log_relies_on_it(
         await store.write([object_span(POD, W0)])
         mode = await store._run(lambda: store._connection().execute("PRAGMA synchronous").fetchone()[0])
         assert mode == synchronous
+
+
+async def test_a_stored_span_given_twice_in_one_batch_ends_as_the_later_copy(store: SqliteStore) -> None:
+    await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update", code=1)])
+    await store.write([child(POD, W0, "a1", verb="patch", code=2), child(POD, W0, "a1", verb="delete", code=3)])
+    (audit,) = [span for span in await store.get_trace(object_trace_id(POD.key, W0)) if span.service == "audit"]
+    assert (audit.attributes["verb"], audit.attributes["code"]) == ("delete", 3)
+    assert await store.tag_values("verb") == ["delete"]
+    assert await store.tag_values("code") == ["3"]
+    assert len(await store.find_traces(whole_range(tags={"verb": "delete", "code": "3"}, service="audit"))) == 1
+    for tags in ({"verb": "update"}, {"verb": "patch"}, {"code": "2"}):
+        assert await store.find_traces(whole_range(tags=tags)) == [], tags
+
+    def check() -> None:
+        store._connection().execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
+
+    await store._run(check)
