@@ -4,11 +4,12 @@ Tables: ``traces`` (one row per raw trace: a small integer id, its time range an
 ``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's attributes and
 logs as one MessagePack body), ``trace_tags`` (the object tags, cluster to uid, once per trace, so that finding an
 object is an index lookup) and ``span_terms``, an FTS5 inverted index with one document per span: each of the
-span's other attributes as one term (key and value, hex-encoded so that any text is one exact token) plus its
-service. FTS5 collects a transaction's terms in memory and writes them as one compressed segment at commit,
-so indexing a span costs a fraction of one B-tree row per attribute; a search intersects posting lists, which
-is Jaeger's rule (every tag on one span) for free. A document's id is the trace's id shifted left by
-``SEQ_BITS`` plus the span's number within its trace, so a match names its trace without reading the span.
+span's other attributes as one term (service, key and value, hex-encoded so that any text is one exact token;
+``services`` lists the services that have documents). FTS5 collects a transaction's terms in memory and writes
+them as one compressed segment at commit, so indexing a span costs a fraction of what one B-tree row per
+attribute did, in a tenth of the space; a search intersects posting lists, which is Jaeger's rule (every tag on
+one span) for free. A document's id is the trace's id shifted left by ``SEQ_BITS`` plus the span's number within
+its trace, so a match names its trace without reading the span.
 
 Concurrent ``write`` calls are coalesced: spans that arrive while a transaction is committing go together into
 the next one, and each ``write`` returns once its spans are committed, or raises if they were not. A span that
@@ -47,12 +48,12 @@ _T = TypeVar("_T")
 _U64 = 1 << 64
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
-# Tags every span of one object carries: indexed once per trace, stored once per distinct set.
+# Tags every span of one object carries: indexed once per trace (trace_tags), not per span.
 OBJECT_KEYS = (*OBJECT_TAGS, "uid")
 _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 # Among object tags, those that narrow a search most go first.
 _SELECTIVE_OBJECT_KEYS = ("uid", "name")
-_TAG_SET_CACHE = 100_000
+# Entries the writer remembers of traces it wrote (ids, span numbers, object tags indexed) before starting afresh.
 _TRACE_CACHE = 100_000
 # Object tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest
 # first.
@@ -640,7 +641,7 @@ class SqliteStore:
                     tags = zip(OBJECT_KEYS, item.object_tags, strict=True)
                     trace_tag_rows.update((key, value, tid) for key, value in tags if value is not None)
                 indexed = item.object_tags
-        if len(self._indexed) > _TAG_SET_CACHE:
+        if len(self._indexed) > _TRACE_CACHE:
             self._indexed.clear()
         conn.executemany(_INSERT_TRACE, new_traces)
         conn.executemany(_UPDATE_TRACE, [row for row in changed_traces if len(row) > 3])
@@ -650,10 +651,10 @@ class SqliteStore:
         before = conn.total_changes
         conn.executemany(_INSERT_SPAN, span_rows)
         if conn.total_changes - before == len(span_rows):
-            # A span without attributes of its own is found by its trace's object tags; no document needed.
             documents = [((item.row[0] << SEQ_BITS) | item.row[2], item.terms, item.row[4]) for item in encoded]
         else:  # some spans were there already (a re-delivery, or a span rewritten with other tags)
             documents = self._rewrite_existing(conn, encoded)
+        # A span without attributes of its own is found by its trace's object tags; no document needed.
         documents = [document for document in documents if document[1]]
         conn.executemany(_INSERT_TERMS, [document[:2] for document in documents])
         self._note_services(conn, {document[2] for document in documents})
@@ -663,7 +664,7 @@ class SqliteStore:
     def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[tuple[int, str, str]]:
         """Replace spans stored with other content than this batch gives them, with their index terms; returns
         the documents (id, terms, service) still to be indexed: those of the spans this batch added."""
-        documents: dict[int, tuple[int, str, str]] = {}  # by span row (tid, seq), in the batch's order
+        documents: dict[int, tuple[int, str, str]] = {}  # by document id, in the batch's order
         for item in encoded:
             tid, span_id, seq = item.row[0], item.row[1], item.row[2]
             stored = conn.execute(
