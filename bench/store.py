@@ -2,7 +2,8 @@
 speed, and bytes on disk per span against the span's own encoded size.
 
 The spans are real: the recorded audit events of every fixture scenario turned into spans by the real pipeline
-(object, audit and link spans), then copied under fresh trace ids and object names until ``--spans`` are written,
+(object, audit and link spans), then copied under fresh trace ids, object names, audit IDs and resource versions
+(each real request has its own) until ``--spans`` are written,
 in batches of 256 (a pipeline partition's batch) from ``--writers`` concurrent writers, as the pipeline does.
 The CPU figure is from the first two thirds, written alone; during the last third one reader runs the frontend's
 queries (tag search by name, by verb, a whole trace) back to back, for the latency figures. The
