@@ -164,7 +164,7 @@ def tag_term(service: str, key: str, text: str) -> str:
 
 
 _OBJECT_TAG_TYPES = frozenset((str, type(None)))
-_TERM_CACHE = 100_000
+_TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
 _LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
 # service → (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up.
 _text_terms: dict[str, dict[tuple[str, AttrValue], str]] = {}
