@@ -2,7 +2,8 @@
 speed, and bytes on disk per span against the span's own encoded size.
 
 The spans are real: the recorded audit events of every fixture scenario turned into spans by the real pipeline
-(object, audit and link spans), then copied under fresh trace ids and object names until ``--spans`` are written,
+(object, audit and link spans), then copied under fresh trace ids, object names, audit IDs and resource versions
+(each real request has its own) until ``--spans`` are written,
 in batches of 256 (a pipeline partition's batch) from ``--writers`` concurrent writers, as the pipeline does.
 The CPU figure is from the first two thirds, written alone; during the last third one reader runs the frontend's
 queries (tag search by name, by verb, a whole trace) back to back, for the latency figures. The
@@ -79,7 +80,9 @@ async def recorded_spans() -> list[Span]:
 
 
 def copies(spans: list[Span], total: int) -> list[Span]:
-    """``total`` spans: the recorded ones again and again, each copy under new trace ids and object names."""
+    """``total`` spans: the recorded ones again and again, each copy under new trace ids and object names, and
+    with the audit ID and resource version that each real request has afresh (repeating them would make the tag
+    index see far fewer distinct values than a cluster sends)."""
     out: list[Span] = []
     copy_number = 0
     while len(out) < total:
@@ -87,6 +90,12 @@ def copies(spans: list[Span], total: int) -> list[Span]:
             attributes = dict(span.attributes)
             if isinstance(attributes.get("name"), str):
                 attributes["name"] = f"{attributes['name']}-{copy_number}"
+            audit_id = attributes.get("auditID")
+            if isinstance(audit_id, str) and copy_number:  # same length: the copy number in place of the first part
+                attributes["auditID"] = f"{copy_number:08x}{audit_id[8:]}"
+            version = attributes.get("resourceVersion")
+            if isinstance(version, str) and version.isdigit():
+                attributes["resourceVersion"] = str(int(version) + copy_number * 1_000_000)
             out.append(dataclasses.replace(span, trace_id=span.trace_id ^ (copy_number << 96), attributes=attributes))
             if len(out) == total:
                 break

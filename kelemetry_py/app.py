@@ -318,7 +318,10 @@ async def build_components(config: Config) -> Components:
 
         Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
         store = await SqliteStore(
-            config.store.path, retention_hours=config.store.retention_hours, metrics=metrics
+            config.store.path,
+            retention_hours=config.store.retention_hours,
+            metrics=metrics,
+            durable_commits=config.spool.fsync == "always",  # as durable as what the span log acknowledges
         ).open()
         writers["sqlite"] = store
         closers.append(store.close)

@@ -1,10 +1,15 @@
 """The embedded trace store: one SQLite file in WAL mode, written on one thread and read on others.
 
 Tables: ``traces`` (one row per raw trace: a small integer id, its time range and the object it belongs to),
-``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's own attributes and
-logs as one MessagePack body), ``tag_sets`` (the object tags, cluster to uid, that every span of an object
-repeats, stored once and referred to by id), and two tag indexes so that tag search is an index lookup:
-``trace_tags`` holds the object tags once per trace, ``span_tags`` every other attribute per span.
+``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's attributes and
+logs as one MessagePack body), ``trace_tags`` (the object tags, cluster to uid, once per trace, so that finding an
+object is an index lookup) and ``span_terms``, an FTS5 inverted index with one document per span: each of the
+span's other attributes as one term (service, key and value, hex-encoded so that any text is one exact token;
+``services`` lists the services that have documents). FTS5 collects a transaction's terms in memory and writes
+them as one compressed segment at commit, so indexing a span costs a fraction of what one B-tree row per
+attribute did, in a tenth of the space; a search intersects posting lists, which is Jaeger's rule (every tag on
+one span) for free. A document's id is the trace's id shifted left by ``SEQ_BITS`` plus the span's number within
+its trace, so a match names its trace without reading the span.
 
 Concurrent ``write`` calls are coalesced: spans that arrive while a transaction is committing go together into
 the next one, and each ``write`` returns once its spans are committed, or raises if they were not. A span that
@@ -16,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -35,20 +42,27 @@ from kelemetry_py.storage import TraceHit, TraceQuery
 log = logging.getLogger(__name__)
 
 WRITER_LABEL = "sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READ_THREADS = 2
 _T = TypeVar("_T")
 _U64 = 1 << 64
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
-# Tags every span of one object carries: indexed once per trace, stored once per distinct set.
+# Tags every span of one object carries: indexed once per trace (trace_tags), not per span.
 OBJECT_KEYS = (*OBJECT_TAGS, "uid")
 _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 # Among object tags, those that narrow a search most go first.
 _SELECTIVE_OBJECT_KEYS = ("uid", "name")
-_TAG_SET_CACHE = 100_000
-# Tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest first.
+# Entries the writer remembers of traces it wrote (ids, span numbers, object tags indexed) before starting afresh.
+_TRACE_CACHE = 100_000
+# Object tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest
+# first.
 _DENSE_MATCHES = 5000
+# An object with fewer traces than this has each checked for its span terms rather than every matching span read.
+_FEW_TRACES = 64
+# A span's document id: its trace's id above, its number within the trace below.
+SEQ_BITS = 24
+_SEQ_LIMIT = 1 << SEQ_BITS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -68,13 +82,11 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_end ON traces (end_ns);
-CREATE TABLE IF NOT EXISTS tag_sets (
-    id INTEGER PRIMARY KEY,
-    body BLOB NOT NULL UNIQUE
-);
 CREATE TABLE IF NOT EXISTS spans (
     tid INTEGER NOT NULL,
     span_id INTEGER NOT NULL,
+    -- the span's number within its trace: its span_terms document is tid << SEQ_BITS | seq
+    seq INTEGER NOT NULL,
     parent_id INTEGER,
     service TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -82,51 +94,39 @@ CREATE TABLE IF NOT EXISTS spans (
     end_ns INTEGER NOT NULL,
     error INTEGER NOT NULL,
     status_message TEXT NOT NULL,
-    tag_set INTEGER NOT NULL,
     body BLOB NOT NULL,
     -- a rowid table: rows of about a kilobyte fill its pages, where a WITHOUT ROWID tree would leave them half empty
     UNIQUE (tid, span_id)
 );
+-- every service with a span in span_terms, so that a search without a service knows which terms to look for
+CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trace_tags (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
     tid INTEGER NOT NULL,
     PRIMARY KEY (key, value, tid)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS span_tags (
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    tid INTEGER NOT NULL,
-    span_id INTEGER NOT NULL,
-    PRIMARY KEY (key, value, tid, span_id)
-) WITHOUT ROWID;
+-- contentless and without document sizes (nothing ranks): the terms are rebuilt from a span's row to delete it
+CREATE VIRTUAL TABLE IF NOT EXISTS span_terms USING fts5 (
+    terms, content='', detail=none, columnsize=0, tokenize='ascii'
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS span_term_list USING fts5vocab (span_terms, 'row');
+CREATE VIRTUAL TABLE IF NOT EXISTS span_term_docs USING fts5vocab (span_terms, 'instance');
 """
 
-_UPSERT_TRACE = """
-INSERT INTO traces
-    (trace_id, start_ns, end_ns, has_root, cluster, grp, version, resource, namespace, name, uid)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (trace_id) DO UPDATE SET
-    start_ns = min(traces.start_ns, excluded.start_ns),
-    end_ns = max(traces.end_ns, excluded.end_ns),
-    cluster = iif(excluded.has_root > traces.has_root, excluded.cluster, traces.cluster),
-    grp = iif(excluded.has_root > traces.has_root, excluded.grp, traces.grp),
-    version = iif(excluded.has_root > traces.has_root, excluded.version, traces.version),
-    resource = iif(excluded.has_root > traces.has_root, excluded.resource, traces.resource),
-    namespace = iif(excluded.has_root > traces.has_root, excluded.namespace, traces.namespace),
-    name = iif(excluded.has_root > traces.has_root, excluded.name, traces.name),
-    uid = iif(excluded.has_root > traces.has_root, excluded.uid, traces.uid),
-    has_root = max(traces.has_root, excluded.has_root)
-RETURNING tid
-"""
-_SPAN_COLUMNS = "(tid, span_id, parent_id, service, name, start_ns, end_ns, error, status_message, tag_set, body)"
+_TRACE_COLUMNS = "tid, trace_id, start_ns, end_ns, has_root, cluster, grp, version, resource, namespace, name, uid"
+_INSERT_TRACE = f"INSERT INTO traces ({_TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_TRACE = (
+    "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
+    " namespace = ?, name = ?, uid = ? WHERE tid = ?"
+)
+_SPAN_COLUMNS = "(tid, span_id, seq, parent_id, service, name, start_ns, end_ns, error, status_message, body)"
 _INSERT_SPAN = f"INSERT OR IGNORE INTO spans {_SPAN_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_REPLACE_SPAN = f"INSERT OR REPLACE INTO spans {_SPAN_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_SPAN_TAG = "INSERT OR IGNORE INTO span_tags VALUES (?, ?, ?, ?)"
+_INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
+_DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_body = msgspec.msgpack.Decoder(tuple[dict[str, Any], list[tuple[int, str, dict[str, Any]]]]).decode
-_decode_tag_set = msgspec.msgpack.Decoder(dict[str, str]).decode
 
 
 class _Unrepresentable(ValueError):
@@ -151,114 +151,129 @@ def tag_texts(value: AttrValue) -> list[str]:
     return [str(value)]
 
 
-def _split(attributes: Attributes) -> tuple[dict[str, str], dict[str, AttrValue]]:
-    """(object tags, the span's other attributes); an object tag that is not text stays with the others."""
-    shared: dict[str, str] = {}
-    own: dict[str, AttrValue] = {}
-    for key, value in attributes.items():
-        if key in _OBJECT_KEY_SET and isinstance(value, str):
-            shared[key] = value
-        else:
-            own[key] = value
-    return shared, own
+def tag_term(service: str, key: str, text: str) -> str:
+    """One attribute of a span of ``service`` as one index term, so that a search with a service intersects
+    only that service's postings. Hex keeps any text one token that the ``ascii`` tokenizer leaves as it is (no
+    case folding, no splitting); ``y`` and ``x`` cannot occur in hex, so service, key and value cannot run into
+    each other. A long value is named by its 128-bit BLAKE2 digest after ``z`` (not a hex digit either): FTS5
+    cuts tokens at 32 KiB, and a digest keeps the index small."""
+    value = text.encode()
+    if len(value) > _LONG_VALUE:
+        return f"{service.encode().hex()}y{key.encode().hex()}xz{hashlib.blake2b(value, digest_size=16).hexdigest()}"
+    return f"{service.encode().hex()}y{key.encode().hex()}x{value.hex()}"
 
 
-def _span_tag_rows(own: dict[str, Any], tid: int, span_id: int) -> list[tuple[str, str, int, int]]:
-    rows = []
-    for key, value in own.items():
-        if type(value) is str:
-            rows.append((key, value, tid, span_id))
+_OBJECT_TAG_TYPES = frozenset((str, type(None)))
+_TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
+_LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
+# service → (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up.
+_text_terms: dict[str, dict[tuple[str, AttrValue], str]] = {}
+
+
+def span_terms(service: str, attributes: Attributes) -> str:
+    """The document a span is indexed by: each of its attributes but the object tags (those are in
+    ``trace_tags``); empty when there are none (a query with span tags cannot match the span, one with only a
+    service checks the spans table)."""
+    terms: list[str] = []
+    cache = _text_terms.get(service)
+    if cache is None:
+        cache = _text_terms[service] = {}
+    for item in attributes.items():
+        key, value = item
+        kind = type(value)
+        # Only text and plain integers are cached: True, 1 and 1.0 are equal keys with different texts.
+        if kind is str or kind is int:
+            if kind is str and key in _OBJECT_KEY_SET:
+                continue
+            term = cache.get(item)
+            if term is None:
+                if len(cache) >= _TERM_CACHE:
+                    cache.clear()
+                term = cache[item] = tag_term(service, key, str(value))
+            terms.append(term)
+        elif isinstance(value, str):  # a subclass of str
+            if key not in _OBJECT_KEY_SET:
+                terms.append(tag_term(service, key, value))
         else:
-            rows.extend((key, text, tid, span_id) for text in tag_texts(value))
-    return rows
+            terms.extend(tag_term(service, key, text) for text in tag_texts(value))
+    return " ".join(terms)
+
+
+def match_expression(tags: Sequence[tuple[str, str]], services: Iterable[str]) -> str:
+    """An FTS5 query for documents of a span of one of ``services`` holding every tag (each term quoted, so none
+    reads as an operator)."""
+    return " OR ".join(
+        "(" + " AND ".join(f'"{tag_term(service, key, text)}"' for key, text in tags) + ")" for service in services
+    )
 
 
 def find_traces_sql(
-    query: TraceQuery, *, driver: tuple[str, str] | None = None, newest_first_scan: bool = False
+    query: TraceQuery,
+    *,
+    driver: tuple[str, str] | None = None,
+    newest_first_scan: bool = False,
+    expression: str | None = None,
+    limited: bool = True,
 ) -> tuple[str, list[Any]]:
-    """The statement behind find_traces: tag matches come from the tag indexes, never a table scan.
+    """The statement behind find_traces: tag matches come from the indexes, never a table scan.
 
-    Object tags are the same on every span of a trace and are matched per trace; other tags must all be on one
-    span (Jaeger's rule), as must ``service``. The ``driver`` tag (by default the first span tag, else the most
-    selective object tag) is looked up first and the rest checked against it; ``newest_first_scan`` walks
-    traces newest first instead and checks each, which stops after ``limit`` hits: the better plan when every
-    tag matches most traces (verb=update).
+    Object tags are the same on every span of a trace and are matched per trace in ``trace_tags``. The
+    ``driver`` tag (by default the most selective object tag) is looked up first and the rest checked against
+    it; ``newest_first_scan`` walks traces newest first instead and checks each, which stops after ``limit``
+    hits: the better plan when every tag matches most traces. ``expression`` (an FTS5 query of span terms, see
+    ``span_terms``) keeps traces with a span holding all of them; the other span tags and the service are
+    expected in it. Without an expression, a service is checked on the spans table. Without ``limited`` every
+    matching trace comes back, newest first, for the caller to walk.
     """
     sql = [
         "SELECT t.trace_id, t.start_ns, t.end_ns, t.cluster, t.grp, t.version, t.resource, t.namespace,",
-        "t.name, t.uid FROM traces t WHERE t.end_ns >= ? AND t.start_ns <= ?",
+        "t.name, t.uid, t.tid FROM traces t WHERE t.end_ns >= ? AND t.start_ns <= ?",
     ]
     params: list[Any] = [query.start_ns, query.end_ns]
-    items = [(key, str(value)) for key, value in query.tags.items()]
-    span_level = [item for item in items if item[0] not in _OBJECT_KEY_SET]
     object_level = sorted(
-        (item for item in items if item[0] in _OBJECT_KEY_SET),
+        ((key, str(value)) for key, value in query.tags.items() if key in _OBJECT_KEY_SET),
         key=lambda item: item[0] not in _SELECTIVE_OBJECT_KEYS,
     )
-    if driver is None or driver not in items:
-        driver = span_level[0] if span_level else object_level[0] if object_level else None
-    inner: list[str] = []
-    inner_params: list[Any] = []
-    if driver in span_level:
-        inner.append(_span_match("a", span_level, driver, query.service, inner_params))
-        for key, value in object_level:
-            inner.append("AND EXISTS (SELECT 1 FROM trace_tags o WHERE o.key = ? AND o.value = ? AND o.tid = a.tid)")
-            inner_params += [key, value]
-    elif driver is not None:
-        inner.append("SELECT a.tid FROM trace_tags a")
-        others = [item for item in object_level if item != driver]
-        for i, (key, value) in enumerate(others):
+    if driver is None or driver not in object_level:
+        driver = object_level[0] if object_level else None
+    if driver is not None:
+        inner = ["SELECT a.tid FROM trace_tags a"]
+        for i, (key, value) in enumerate(item for item in object_level if item != driver):
             alias = f"o{i}"
             inner.append(f"JOIN trace_tags {alias} ON {alias}.key = ? AND {alias}.value = ? AND {alias}.tid = a.tid")
-            inner_params += [key, value]
+            params += [key, value]
         inner.append("WHERE a.key = ? AND a.value = ?")
-        inner_params += list(driver)
-        if span_level:
-            inner.append("AND EXISTS (")
-            inner.append(_span_match("s", span_level, span_level[0], query.service, inner_params))
-            inner.append("AND s.tid = a.tid)")
-        elif query.service:
-            inner.append("AND EXISTS (SELECT 1 FROM spans sp WHERE sp.tid = a.tid AND sp.service = ?)")
-            inner_params.append(query.service)
-    if inner and newest_first_scan:
-        sql.append(f"AND EXISTS ({' '.join(inner)} AND a.tid = t.tid)")
-        params += inner_params
-    elif inner:
-        sql.append(f"AND t.tid IN ({' '.join(inner)})")
-        params += inner_params
+        params += list(driver)
+        if newest_first_scan:
+            sql.append(f"AND EXISTS ({' '.join(inner)} AND a.tid = t.tid)")
+        else:
+            sql.append(f"AND t.tid IN ({' '.join(inner)})")
+    if expression is not None:
+        sql.append(f"AND t.tid IN (SELECT rowid >> {SEQ_BITS} FROM span_terms WHERE span_terms MATCH ?)")
+        params.append(expression)
     elif query.service:
         sql.append("AND EXISTS (SELECT 1 FROM spans sp WHERE sp.tid = t.tid AND sp.service = ?)")
         params.append(query.service)
-    sql.append("ORDER BY t.start_ns DESC, t.end_ns DESC LIMIT ?")
-    params.append(query.limit)
+    sql.append("ORDER BY t.start_ns DESC, t.end_ns DESC")
+    if limited:
+        sql.append("LIMIT ?")
+        params.append(query.limit)
     return " ".join(sql), params
 
 
-def _span_match(
-    alias: str, tags: list[tuple[str, str]], first: tuple[str, str], service: str | None, params: list[Any]
-) -> str:
-    """``SELECT <alias>.tid`` of spans carrying every tag (and the service), looked up from ``first``."""
-    sql = [f"SELECT {alias}.tid FROM span_tags {alias}"]
-    for i, (key, value) in enumerate(item for item in tags if item != first):
-        other = f"{alias}{i}"
-        sql.append(
-            f"JOIN span_tags {other} ON {other}.key = ? AND {other}.value = ?"
-            f" AND {other}.tid = {alias}.tid AND {other}.span_id = {alias}.span_id"
-        )
-        params += [key, value]
-    if service:
-        sql.append(f"JOIN spans {alias}p ON {alias}p.tid = {alias}.tid AND {alias}p.span_id = {alias}.span_id")
-        sql.append(f"AND {alias}p.service = ?")
-        params.append(service)
-    sql.append(f"WHERE {alias}.key = ? AND {alias}.value = ?")
-    params += list(first)
-    return " ".join(sql)
+def _hit(row: Sequence[Any]) -> TraceHit:
+    return TraceHit(
+        trace_id=int.from_bytes(row[0], "big"),
+        ref=ObjectRef(row[3], row[4], row[5], row[6], row[7], row[8], uid=row[9]),
+        start_ns=row[1],
+        end_ns=row[2],
+    )
 
 
 class _Encoded:
-    """One span as rows, made on the writer thread; the trace's integer id is filled in at commit."""
+    """One span as rows, made on the writer thread; its trace's id and its number are filled in at commit."""
 
-    __slots__ = ("own", "row", "shared", "shared_body", "span", "trace_key")
+    __slots__ = ("object_tags", "row", "span", "terms", "trace_key")
 
     def __init__(self, span: Span) -> None:
         for value in (span.start_ns, span.end_ns):
@@ -270,15 +285,16 @@ class _Encoded:
             raise _Unrepresentable("parent id out of range")
         self.span = span
         self.trace_key = span.trace_id.to_bytes(16, "big")
-        self.shared, self.own = _split(span.attributes)
-        self.shared_body = _encode(self.shared)
+        self.object_tags = object_tags(span.attributes)
         try:
-            body = _encode((self.own, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
+            body = _encode((span.attributes, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
+            self.terms = span_terms(span.service, span.attributes)
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
             raise _Unrepresentable(f"attributes or logs: {exc}") from exc
         self.row: list[Any] = [
-            0,
+            0,  # the trace's id, filled in at commit
             _signed(span.span_id),
+            0,  # the span's number within its trace, filled in at commit
             None if span.parent_id is None else _signed(span.parent_id),
             span.service,
             span.name,
@@ -286,23 +302,39 @@ class _Encoded:
             span.end_ns,
             1 if span.error else 0,
             span.status_message,
-            0,  # the tag set's id, filled in at commit
             body,
         ]
 
 
-def _trace_row(trace_key: bytes, spans: list[Span]) -> tuple[Any, ...]:
-    """The traces row a batch of one trace's spans implies; the object span's tags name the object."""
+def object_tags(attributes: Attributes) -> tuple[str | None, ...]:
+    """The span's object tags in ``OBJECT_KEYS`` order, None where absent; one that is not text is not an object
+    tag but one of the span's own attributes."""
+    found = tuple(map(attributes.get, OBJECT_KEYS))
+    if _OBJECT_TAG_TYPES.issuperset(map(type, found)):
+        return cast("tuple[str | None, ...]", found)
+    return tuple(value if isinstance(value, str) else None for value in found)
+
+
+class _Trace:
+    """What the writer remembers of a stored trace, so that most batches need no read of the traces table."""
+
+    __slots__ = ("end_ns", "has_root", "next_seq", "start_ns", "tid")
+
+    def __init__(self, tid: int, next_seq: int, start_ns: int, end_ns: int, has_root: int) -> None:
+        self.tid, self.next_seq, self.start_ns, self.end_ns, self.has_root = tid, next_seq, start_ns, end_ns, has_root
+
+
+def _trace_row(spans: list[Span]) -> tuple[Any, ...]:
+    """(start, end, has_root, *object columns) that a batch of one trace's spans implies; the object span's tags
+    name the object."""
     root = next((span for span in spans if span.service == SERVICE_OBJECT and span.parent_id is None), None)
     named_by = root or spans[0]
     tags = named_by.attributes
-    ref = [str(tags.get(key, "")) for key in OBJECT_TAGS]
     return (
-        trace_key,
         min(span.start_ns for span in spans),
         max(span.end_ns for span in spans),
         1 if root is not None else 0,
-        *ref,
+        *(str(tags.get(key, "")) for key in OBJECT_TAGS),
         str(tags.get("uid", "")),
     )
 
@@ -317,8 +349,10 @@ class SqliteStore:
         retention_hours: float = 0,
         metrics: Metrics | None = None,
         retention_check_seconds: float = 300.0,
+        durable_commits: bool = True,
     ) -> None:
         self.path = path
+        self.durable_commits = durable_commits
         self.retention_ns = int(retention_hours * 3600 * 1_000_000_000)
         self._metrics = metrics
         self._retention_check_seconds = retention_check_seconds
@@ -328,9 +362,11 @@ class SqliteStore:
         self._local = threading.local()  # each read thread's own connection
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
-        self._tag_set_ids: dict[bytes, int] = {}  # writer thread only
-        self._indexed: dict[tuple[int, int], None] = {}  # (trace, tag set) in trace_tags; writer thread only
-        self._tag_sets: dict[int, dict[str, str]] = {}  # read threads; a lost race only repeats a lookup
+        # (trace, object tags) whose rows are in trace_tags; writer thread only
+        self._indexed: dict[tuple[int, tuple[str | None, ...]], None] = {}
+        self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
+        self._services: set[str] | None = None  # in the services table; writer thread only, None: to be read
+        self._next_tid = 1  # writer thread only; set at open
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -392,22 +428,30 @@ class SqliteStore:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            old = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'span_tags'").fetchone()
-            if version != SCHEMA_VERSION and (version or old):
+            tables = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'traces'").fetchone()
+            if version != SCHEMA_VERSION and (version or tables):
+                # Converting would rebuild every index of a file that may hold days of traces; the span log has
+                # only what the store has not acknowledged, so nothing can be replayed into a fresh file either.
                 raise RuntimeError(
-                    f"{self.path} holds traces in an older store format ({version}); move it aside to start afresh"
+                    f"{self.path} holds traces in store format {version}, this version reads format"
+                    f" {SCHEMA_VERSION}; move the file aside to start afresh"
                 )
             # Before the first table exists: 16 KiB pages hold whole spans with little slack at the end of a page.
             conn.execute("PRAGMA page_size=16384")
             conn.execute("PRAGMA journal_mode=WAL")
-            # With WAL, NORMAL loses at most the last commits on power loss, never consistency.
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # The span log moves this writer's cursor past spans once ``write`` returns, and later deletes them:
+            # with durable commits (spool.fsync "always") each commit reaches the disk first (FULL fsyncs the
+            # WAL), so a power loss cannot take spans the log no longer has. NORMAL, for the policies that accept
+            # losing the last moments on power loss, never fsyncs a commit and loses at most those, never
+            # consistency.
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable_commits else 'NORMAL'}")
             conn.execute("PRAGMA cache_size=-16384")  # 16 MiB: tag rows go in sorted, so few index pages are hot
             # Checkpoint every 64 MiB of WAL rather than 4: hot index pages are copied back once, not sixteen times.
             conn.execute("PRAGMA wal_autocheckpoint=4096")
             conn.execute("PRAGMA journal_size_limit=67108864")
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._next_tid = conn.execute("SELECT coalesce(max(tid), 0) + 1 FROM traces").fetchone()[0]
         except BaseException:
             conn.close()
             raise
@@ -532,70 +576,131 @@ class SqliteStore:
 
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
-        self._tag_set_ids.clear()
         self._indexed.clear()
+        self._services = None
+        self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
 
-    def _tag_set_id(self, conn: sqlite3.Connection, body: bytes) -> int:
-        found = self._tag_set_ids.get(body)
-        if found is None:
-            row = conn.execute(
-                "INSERT INTO tag_sets (body) VALUES (?) ON CONFLICT (body) DO UPDATE SET body = body RETURNING id",
-                (body,),
-            ).fetchone()
-            found = int(row[0])
-            if len(self._tag_set_ids) >= _TAG_SET_CACHE:
-                self._tag_set_ids.clear()
-            self._tag_set_ids[body] = found
-        return found
+    def _known_traces(self, conn: sqlite3.Connection, trace_keys: list[bytes]) -> None:
+        """Read the stored state of traces the writer does not remember (after a restart or a cache reset)."""
+        if len(self._traces) + len(trace_keys) > _TRACE_CACHE:
+            self._traces.clear()
+        for start in range(0, len(trace_keys), 500):
+            chunk = trace_keys[start : start + 500]
+            rows = conn.execute(
+                "SELECT t.trace_id, t.tid, t.start_ns, t.end_ns, t.has_root,"
+                " (SELECT coalesce(max(s.seq), -1) + 1 FROM spans s WHERE s.tid = t.tid)"
+                f" FROM traces t WHERE t.trace_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for trace_key, tid, start_ns, end_ns, has_root, next_seq in rows:
+                self._traces[trace_key] = _Trace(tid, next_seq, start_ns, end_ns, has_root)
 
     def _insert(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
         by_trace: dict[bytes, list[_Encoded]] = {}
         for item in encoded:
-            by_trace.setdefault(item.trace_key, []).append(item)
+            group = by_trace.get(item.trace_key)
+            if group is None:
+                by_trace[item.trace_key] = [item]
+            else:
+                group.append(item)
+        unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
+        if unknown:
+            self._known_traces(conn, unknown)
+        new_traces: list[tuple[Any, ...]] = []
+        changed_traces: list[tuple[Any, ...]] = []
         span_rows: list[list[Any]] = []
         trace_tag_rows: set[tuple[str, str, int]] = set()
         for trace_key, items in by_trace.items():
-            tid = int(conn.execute(_UPSERT_TRACE, _trace_row(trace_key, [item.span for item in items])).fetchone()[0])
+            start_ns, end_ns, has_root, *ref = _trace_row([item.span for item in items])
+            trace = self._traces.get(trace_key)
+            if trace is None:
+                trace = self._traces[trace_key] = _Trace(self._next_tid, 0, start_ns, end_ns, has_root)
+                self._next_tid += 1
+                new_traces.append((trace.tid, trace_key, start_ns, end_ns, has_root, *ref))
+            elif start_ns < trace.start_ns or end_ns > trace.end_ns or has_root > trace.has_root:
+                trace.start_ns, trace.end_ns = min(trace.start_ns, start_ns), max(trace.end_ns, end_ns)
+                if has_root > trace.has_root:  # the object span names the object from now on
+                    trace.has_root = has_root
+                    changed_traces.append((trace.start_ns, trace.end_ns, has_root, *ref, trace.tid))
+                else:
+                    changed_traces.append((trace.start_ns, trace.end_ns, trace.tid))
+            tid, seq = trace.tid, trace.next_seq
+            if seq + len(items) > _SEQ_LIMIT:
+                raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
+            trace.next_seq = seq + len(items)
+            indexed: tuple[str | None, ...] | None = None
             for item in items:
                 row = item.row
                 row[0] = tid
-                row[9] = tag_set = self._tag_set_id(conn, item.shared_body)
+                row[2] = seq
+                seq += 1
                 span_rows.append(row)
-                if (tid, tag_set) not in self._indexed:  # a trace's spans share their object tags
-                    self._indexed[tid, tag_set] = None
-                    trace_tag_rows.update((key, value, tid) for key, value in item.shared.items())
-        if len(self._indexed) > _TAG_SET_CACHE:
+                if item.object_tags != indexed and (tid, item.object_tags) not in self._indexed:
+                    # A trace's spans share their object tags: their rows go in once.
+                    self._indexed[tid, item.object_tags] = None
+                    tags = zip(OBJECT_KEYS, item.object_tags, strict=True)
+                    trace_tag_rows.update((key, value, tid) for key, value in tags if value is not None)
+                indexed = item.object_tags
+        if len(self._indexed) > _TRACE_CACHE:
             self._indexed.clear()
+        conn.executemany(_INSERT_TRACE, new_traces)
+        conn.executemany(_UPDATE_TRACE, [row for row in changed_traces if len(row) > 3])
+        conn.executemany(
+            "UPDATE traces SET start_ns = ?, end_ns = ? WHERE tid = ?", [row for row in changed_traces if len(row) == 3]
+        )
         before = conn.total_changes
         conn.executemany(_INSERT_SPAN, span_rows)
-        if conn.total_changes - before != len(span_rows):
-            # Some spans were there already (a re-delivery, or a span rewritten with other tags).
-            self._rewrite_existing(conn, encoded)
-        tag_rows: list[tuple[str, str, int, int]] = []
-        for item in encoded:
-            tag_rows += _span_tag_rows(item.own, item.row[0], item.row[1])
-        tag_rows.sort()  # in index order: each B-tree page is visited once per batch, not once per row
-        conn.executemany(_INSERT_SPAN_TAG, tag_rows)
-        conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", trace_tag_rows)
+        if conn.total_changes - before == len(span_rows):
+            documents = [((item.row[0] << SEQ_BITS) | item.row[2], item.terms, item.row[4]) for item in encoded]
+        else:  # some spans were there already (a re-delivery, or a span rewritten with other tags)
+            documents = self._rewrite_existing(conn, encoded)
+        # A span without attributes of its own is found by its trace's object tags; no document needed.
+        documents = [document for document in documents if document[1]]
+        conn.executemany(_INSERT_TERMS, [document[:2] for document in documents])
+        self._note_services(conn, {document[2] for document in documents})
+        # In index order: each B-tree page is visited once per batch, not once per row.
+        conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
 
-    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
-        """Spans stored with other content than this batch gives them: replace them, and unindex tags they lost."""
+    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[tuple[int, str, str]]:
+        """Replace spans stored with other content than this batch gives them, with their index terms; returns
+        the documents (id, terms, service) still to be indexed: those of the spans this batch added."""
+        documents: dict[int, tuple[int, str, str]] = {}  # by document id, in the batch's order
         for item in encoded:
-            tid, span_id = item.row[0], item.row[1]
+            tid, span_id, seq = item.row[0], item.row[1], item.row[2]
             stored = conn.execute(
-                "SELECT parent_id, service, name, start_ns, end_ns, error, status_message, tag_set, body FROM spans"
-                " WHERE tid = ? AND span_id = ?",
+                "SELECT seq, parent_id, service, name, start_ns, end_ns, error, status_message, body"
+                " FROM spans WHERE tid = ? AND span_id = ?",
                 (tid, span_id),
             ).fetchone()
-            if stored is None or list(stored) == item.row[2:]:
+            doc = (tid << SEQ_BITS) | stored[0]
+            if stored[0] == seq:  # added by this item
+                documents[doc] = (doc, item.terms, item.row[4])
                 continue
-            old_own, _ = _decode_body(stored[8])
-            kept = set(_span_tag_rows(item.own, tid, span_id))
-            conn.executemany(
-                "DELETE FROM span_tags WHERE key = ? AND value = ? AND tid = ? AND span_id = ?",
-                [tag for tag in _span_tag_rows(old_own, tid, span_id) if tag not in kept],
+            if list(stored[1:]) == item.row[3:]:
+                continue
+            conn.execute(
+                "UPDATE spans SET parent_id = ?, service = ?, name = ?, start_ns = ?, end_ns = ?, error = ?,"
+                " status_message = ?, body = ? WHERE tid = ? AND span_id = ?",
+                (*item.row[3:], tid, span_id),
             )
-            conn.execute(_REPLACE_SPAN, item.row)
+            if doc in documents:  # added earlier in this batch and not indexed yet: the later copy wins
+                documents[doc] = (doc, item.terms, item.row[4])
+                continue
+            old_terms = span_terms(stored[2], _decode_body(stored[8])[0])
+            if old_terms:
+                conn.execute(_DELETE_TERMS, (doc, old_terms))
+            if item.terms:
+                conn.execute(_INSERT_TERMS, (doc, item.terms))
+                self._note_services(conn, {item.row[4]})
+        return list(documents.values())
+
+    def _note_services(self, conn: sqlite3.Connection, services: set[str]) -> None:
+        if self._services is None:
+            self._services = {row[0] for row in conn.execute("SELECT name FROM services")}
+        new = services - self._services
+        if new:
+            conn.executemany("INSERT OR IGNORE INTO services VALUES (?)", [(name,) for name in new])
+            self._services |= new
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -611,33 +716,58 @@ class SqliteStore:
 
     @staticmethod
     def _find_sync(conn: sqlite3.Connection, query: TraceQuery) -> list[TraceHit]:
-        # The tag matching fewest rows drives (counted up to a cap); when every tag is common, walk newest first.
+        span_tags = [(key, str(value)) for key, value in query.tags.items() if key not in _OBJECT_KEY_SET]
+        # The object tag matching fewest traces drives (counted up to a cap); when every one is common, traces
+        # are walked newest first.
         driver: tuple[str, str] | None = None
         dense = False
-        selective = [(key, str(value)) for key, value in query.tags.items() if key in _SELECTIVE_OBJECT_KEYS]
+        object_level = [(key, str(value)) for key, value in query.tags.items() if key in _OBJECT_KEY_SET]
+        selective = [item for item in object_level if item[0] in _SELECTIVE_OBJECT_KEYS]
         if selective:
             driver = selective[0]  # one object's name: no need to count
-        elif query.tags:
+        elif object_level:
             fewest = _DENSE_MATCHES
-            for key, value in ((key, str(value)) for key, value in query.tags.items()):
-                table = "trace_tags" if key in _OBJECT_KEY_SET else "span_tags"
+            for key, value in object_level:
                 matches = conn.execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE key = ? AND value = ? LIMIT ?)",
+                    "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
                     (key, value, fewest),
                 ).fetchone()[0]
                 if matches < fewest:
                     driver, fewest = (key, value), matches
             dense = driver is None
-        rows = conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense)).fetchall()
-        return [
-            TraceHit(
-                trace_id=int.from_bytes(row[0], "big"),
-                ref=ObjectRef(row[3], row[4], row[5], row[6], row[7], row[8], uid=row[9]),
-                start_ns=row[1],
-                end_ns=row[2],
-            )
-            for row in rows
-        ]
+        if not span_tags:
+            return [_hit(row) for row in conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense))]
+        services = [query.service] if query.service else [row[0] for row in conn.execute("SELECT name FROM services")]
+        if not services:
+            return []
+        expression = match_expression(span_tags, services)
+        if selective and conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
+            (*selective[0], _FEW_TRACES),
+        ).fetchone()[0] < _FEW_TRACES:
+            return SqliteStore._check_each(conn, query, driver, expression)
+        # The traces of every matching span, gathered in one pass over the posting lists (in C, about 0.1 µs a
+        # span), then joined with the object tags' traces.
+        sql, params = find_traces_sql(query, driver=driver, newest_first_scan=dense, expression=expression)
+        return [_hit(row) for row in conn.execute(sql, params)]
+
+    @staticmethod
+    def _check_each(
+        conn: sqlite3.Connection, query: TraceQuery, driver: tuple[str, str] | None, expression: str
+    ) -> list[TraceHit]:
+        """The few traces of one object, newest first, each checked for a span holding every term."""
+        sql, params = find_traces_sql(dataclasses.replace(query, service=None), driver=driver, limited=False)
+        hits: list[TraceHit] = []
+        for row in conn.execute(sql, params).fetchall():
+            tid = row[10]
+            if conn.execute(
+                "SELECT 1 FROM span_terms WHERE span_terms MATCH ? AND rowid >= ? AND rowid < ? LIMIT 1",
+                (expression, tid << SEQ_BITS, (tid + 1) << SEQ_BITS),
+            ).fetchone():
+                hits.append(_hit(row))
+                if len(hits) == query.limit:
+                    break
+        return hits
 
     async def find_traces_many(self, queries: Sequence[TraceQuery]) -> list[list[TraceHit]]:
         def find_all(conn: sqlite3.Connection) -> list[list[TraceHit]]:
@@ -654,16 +784,6 @@ class SqliteStore:
             return []
         return await self._read(self._get_trace_sync, trace_id)
 
-    def _tag_set(self, conn: sqlite3.Connection, tag_set: int) -> dict[str, str]:
-        found = self._tag_sets.get(tag_set)
-        if found is None:
-            row = conn.execute("SELECT body FROM tag_sets WHERE id = ?", (tag_set,)).fetchone()
-            found = _decode_tag_set(row[0]) if row else {}
-            if len(self._tag_sets) >= _TAG_SET_CACHE:
-                self._tag_sets.clear()
-            self._tag_sets[tag_set] = found
-        return found
-
     def _get_trace_sync(self, conn: sqlite3.Connection, trace_id: int) -> list[Span]:
         return self._get_traces_sync(conn, [trace_id]).get(trace_id, [])
 
@@ -673,24 +793,18 @@ class SqliteStore:
             chunk = trace_ids[start : start + 500]
             rows = conn.execute(
                 "SELECT t.trace_id, s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error,"
-                " s.status_message, s.tag_set, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
+                " s.status_message, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
                 f" WHERE t.trace_id IN ({','.join('?' * len(chunk))}) ORDER BY t.tid, s.start_ns, s.span_id",
                 [trace_id.to_bytes(16, "big") for trace_id in chunk],
             ).fetchall()
             trace_key = b""
             spans: list[Span] = []
             trace_id = 0
-            tag_sets: dict[int, dict[str, str]] = {}
-            for key, span_id, parent_id, service, name, start, end, error, message, tag_set, body in rows:
+            for key, span_id, parent_id, service, name, start, end, error, message, body in rows:
                 if key != trace_key:
                     trace_key, trace_id = key, int.from_bytes(key, "big")
                     spans = found[trace_id] = []
-                shared = tag_sets.get(tag_set)
-                if shared is None:
-                    shared = tag_sets[tag_set] = self._tag_set(conn, tag_set)
-                own, logs = _decode_body(body)
-                attributes: Attributes = dict(shared)
-                attributes.update(own)
+                attributes, logs = _decode_body(body)
                 spans.append(
                     Span(
                         trace_id=trace_id,
@@ -716,16 +830,52 @@ class SqliteStore:
 
     @staticmethod
     def _tag_values_sync(conn: sqlite3.Connection, key: str, start_ns: int | None, end_ns: int | None) -> list[str]:
-        table = "trace_tags" if key in _OBJECT_KEY_SET else "span_tags"
-        if start_ns is None and end_ns is None:
-            rows = conn.execute(f"SELECT DISTINCT value FROM {table} WHERE key = ? ORDER BY value", (key,))
-        else:
-            rows = conn.execute(
-                f"SELECT DISTINCT x.value FROM {table} x JOIN traces t ON t.tid = x.tid"
-                " WHERE x.key = ? AND t.end_ns >= ? AND t.start_ns <= ? ORDER BY x.value",
-                (key, start_ns if start_ns is not None else _I64_MIN, end_ns if end_ns is not None else _I64_MAX),
-            )
-        return [row[0] for row in rows]
+        within = (start_ns if start_ns is not None else _I64_MIN, end_ns if end_ns is not None else _I64_MAX)
+        if key in _OBJECT_KEY_SET:
+            if start_ns is None and end_ns is None:
+                rows = conn.execute("SELECT DISTINCT value FROM trace_tags WHERE key = ? ORDER BY value", (key,))
+            else:
+                rows = conn.execute(
+                    "SELECT DISTINCT x.value FROM trace_tags x JOIN traces t ON t.tid = x.tid"
+                    " WHERE x.key = ? AND t.end_ns >= ? AND t.start_ns <= ? ORDER BY x.value",
+                    (key, *within),
+                )
+            return [row[0] for row in rows]
+        # Span tags are terms of the span index: per service, those that begin with the key's prefix, decoded.
+        values: set[str] = set()
+        for (service,) in conn.execute("SELECT name FROM services").fetchall():
+            prefix = tag_term(service, key, "")
+            after = prefix[:-1] + "y"  # the first string past every term with this prefix
+            if start_ns is None and end_ns is None:
+                terms = conn.execute(
+                    "SELECT term FROM span_term_list WHERE term >= ? AND term < ?", (prefix, after)
+                ).fetchall()
+            else:
+                terms = conn.execute(
+                    "SELECT DISTINCT d.term FROM span_term_docs d WHERE d.term >= ? AND d.term < ?"
+                    f" AND d.doc >> {SEQ_BITS} IN (SELECT tid FROM traces WHERE end_ns >= ? AND start_ns <= ?)",
+                    (prefix, after, *within),
+                ).fetchall()
+            for (term,) in terms:
+                encoded = term[len(prefix) :]
+                if encoded.startswith("z"):
+                    values.update(SqliteStore._long_values(conn, service, key, term))
+                else:
+                    values.add(bytes.fromhex(encoded).decode())
+        return sorted(values)
+
+    @staticmethod
+    def _long_values(conn: sqlite3.Connection, service: str, key: str, term: str) -> list[str]:
+        """The text behind a digest term, read from the attributes of one span that holds it."""
+        row = conn.execute("SELECT doc FROM span_term_docs WHERE term = ? LIMIT 1", (term,)).fetchone()
+        if row is None:
+            return []
+        body = conn.execute(
+            "SELECT body FROM spans WHERE tid = ? AND seq = ?", (row[0] >> SEQ_BITS, row[0] & ((1 << SEQ_BITS) - 1))
+        ).fetchone()
+        attributes = _decode_body(body[0])[0] if body else {}
+        texts = tag_texts(attributes[key]) if key in attributes else []
+        return [text for text in texts if tag_term(service, key, text) == term]
 
     # -- retention -------------------------------------------------------------------------------------------
 
@@ -742,18 +892,18 @@ class SqliteStore:
         try:
             expired = [row[0] for row in conn.execute("SELECT tid FROM traces WHERE end_ns < ?", (cutoff_ns,))]
             for tid in expired:
-                # Tag rows are keyed by value first: find them from the spans rather than scanning the index.
-                span_tags: list[tuple[str, str, int, int]] = []
-                tag_sets: set[int] = set()
-                for span_id, tag_set, body in conn.execute(
-                    "SELECT span_id, tag_set, body FROM spans WHERE tid = ?", (tid,)
-                ):
-                    span_tags.extend(_span_tag_rows(_decode_body(body)[0], tid, span_id))
-                    tag_sets.add(tag_set)
-                conn.executemany(
-                    "DELETE FROM span_tags WHERE key = ? AND value = ? AND tid = ? AND span_id = ?", span_tags
-                )
-                trace_tags = {(k, v, tid) for ts in tag_sets for k, v in self._tag_set(conn, ts).items()}
+                # The span index is contentless and tag rows are keyed by value first: what to delete is rebuilt
+                # from the trace's spans rather than found by scanning.
+                documents: list[tuple[int, str]] = []
+                trace_tags: set[tuple[str, str, int]] = set()
+                for seq, service, body in conn.execute("SELECT seq, service, body FROM spans WHERE tid = ?", (tid,)):
+                    attributes = _decode_body(body)[0]
+                    terms = span_terms(service, attributes)
+                    if terms:
+                        documents.append(((tid << SEQ_BITS) | seq, terms))
+                    tags = zip(OBJECT_KEYS, object_tags(attributes), strict=True)
+                    trace_tags.update((key, value, tid) for key, value in tags if value is not None)
+                conn.executemany(_DELETE_TERMS, documents)
                 conn.executemany("DELETE FROM trace_tags WHERE key = ? AND value = ? AND tid = ?", trace_tags)
                 conn.execute("DELETE FROM spans WHERE tid = ?", (tid,))
                 conn.execute("DELETE FROM traces WHERE tid = ?", (tid,))
@@ -761,6 +911,8 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._forget_uncommitted()  # purged traces must not be remembered as stored
         return len(expired)
 
     async def _retention_loop(self) -> None:

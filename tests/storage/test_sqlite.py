@@ -193,11 +193,12 @@ async def test_retention_deletes_old_traces(tmp_path: Path) -> None:
         assert [hit.trace_id for hit in hits] == [recent[0].trace_id]
         assert await store.purge_expired(now_ns=now) == 0
     conn = sqlite3.connect(tmp_path / "t.db")
-    # No tag row outlives its trace; the recent trace's are all there.
-    for table in ("span_tags", "trace_tags"):
-        orphans = conn.execute(f"SELECT count(*) FROM {table} WHERE tid NOT IN (SELECT tid FROM traces)")
-        assert orphans.fetchone()[0] == 0, table
-        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0, table
+    # No tag row or span document outlives its trace; the recent trace's are all there.
+    orphans = conn.execute("SELECT count(*) FROM trace_tags WHERE tid NOT IN (SELECT tid FROM traces)")
+    assert orphans.fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM trace_tags").fetchone()[0] > 0
+    documents = conn.execute(f"SELECT DISTINCT doc >> {sqlite_store.SEQ_BITS} FROM span_term_docs").fetchall()
+    assert documents == [(conn.execute("SELECT tid FROM traces").fetchone()[0],)]
     conn.close()
 
 
@@ -248,16 +249,19 @@ async def test_use_outside_open_is_refused(tmp_path: Path) -> None:
 
 async def test_tag_search_uses_the_index(store: SqliteStore) -> None:
     await store.write([object_span(POD, W0)])
-    query = whole_range(tags={"verb": "update", "username": "alice"}, service="audit")
-    sql, params = find_traces_sql(query)
+    query = whole_range(tags={"verb": "update", "username": "alice", "resource": "pods"}, service="audit")
+    expression = sqlite_store.match_expression([("verb", "update"), ("username", "alice")], ["audit"])
+    sql, params = find_traces_sql(query, newest_first_scan=True, expression=expression)
 
     def plan() -> list[str]:
         return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
     steps = await store._run(plan)
-    # Aliases name the tables in the plan: every table access is an index search, none a scan.
-    assert any(step.startswith("SEARCH a USING PRIMARY KEY (key=? AND value=?)") for step in steps), steps
-    assert not any(step.startswith("SCAN") for step in steps), steps
+    # Aliases name the tables in the plan: span terms are a full-text index lookup (MATCH), the object tag an
+    # index search, and no table is scanned.
+    assert "SCAN span_terms VIRTUAL TABLE INDEX 0:M1" in steps, steps
+    assert any(step.startswith("SEARCH a USING PRIMARY KEY (key=? AND value=? AND tid=?)") for step in steps), steps
+    assert not any(step.startswith("SCAN") and "VIRTUAL TABLE INDEX 0:M" not in step for step in steps), steps
 
 
 YEAR_2300_NS = 10_413_792_000 * 1_000_000_000  # beyond a signed 64-bit integer
@@ -332,7 +336,7 @@ async def test_reads_are_served_while_a_write_waits(tmp_path: Path) -> None:
 async def test_a_tag_matching_most_traces_is_searched_newest_first(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every tag matches more than the store's density threshold: the search walks traces newest first instead.
+    # Every object tag matches more than the store's density threshold: the search walks traces newest first.
     monkeypatch.setattr(sqlite_store, "_DENSE_MATCHES", 100)
     pods = [ObjectRef("prod", "", "v1", "pods", "default", f"web-{i}") for i in range(1100)]
     spans = [
@@ -340,11 +344,14 @@ async def test_a_tag_matching_most_traces_is_searched_newest_first(
         for i, ref in enumerate(pods)
     ]
     await store.write(spans)
-    hits = await store.find_traces(whole_range(tags={"verb": "update", "username": "bob"}, service="audit", limit=5))
     bob = sorted((span for span in spans if span.attributes["username"] == "bob"), key=lambda s: -s.start_ns)
-    assert {hit.trace_id for hit in hits} <= {span.trace_id for span in bob}
-    assert [hit.start_ns for hit in hits] == [span.start_ns for span in bob[:5]]
-    sql, params = find_traces_sql(whole_range(tags={"verb": "update"}, service="audit"), newest_first_scan=True)
+    for tags in ({"verb": "update", "username": "bob"}, {"cluster": "prod", "username": "bob", "resource": "pods"}):
+        hits = await store.find_traces(whole_range(tags=tags, service="audit", limit=5))
+        assert {hit.trace_id for hit in hits} <= {span.trace_id for span in bob}
+        assert [hit.start_ns for hit in hits] == [span.start_ns for span in bob[:5]]
+    newest = await store.find_traces(whole_range(tags={"cluster": "prod"}, service="audit", limit=5))
+    assert [hit.start_ns for hit in newest] == sorted((span.start_ns for span in spans), reverse=True)[:5]
+    sql, params = find_traces_sql(whole_range(tags={"cluster": "prod"}, service="audit"), newest_first_scan=True)
 
     def plan() -> list[str]:
         return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", params)]
@@ -382,3 +389,174 @@ async def test_the_rarest_tag_drives_the_search(store: SqliteStore, monkeypatch:
     steps = await store._run(plan)
     assert any(step.startswith("SEARCH a USING PRIMARY KEY (key=? AND value=?)") for step in steps), steps
     assert not any(step.startswith("SCAN") for step in steps), steps
+
+
+async def test_tag_values_of_every_type_are_found_by_their_text(store: SqliteStore) -> None:
+    audit = child(POD, W0, "a1", verb="update", responseCode=200)
+    audit.attributes.update({"sourceIPs": ["10.0.0.1", "10.0.0.2"], "dryRun": False, "ratio": 0.5, "note": ""})
+    other = child(DEPLOY, W0, "a2", verb="Update", responseCode=2000)
+    other.attributes.update({"sourceIPs": ["10.0.0.3"], "dryRun": True, "odd key": 'say "hi" \u00e9\u4e2d'})
+    await store.write([object_span(POD, W0), audit, object_span(DEPLOY, W0), other])
+
+    async def found(**tags: str) -> set[ObjectRef]:
+        return {hit.ref for hit in await store.find_traces(whole_range(tags=tags))}
+
+    assert await found(sourceIPs="10.0.0.2") == {POD}  # any item of a list
+    assert await found(sourceIPs="10.0.0.1", verb="update") == {POD}
+    assert await found(dryRun="false") == {POD} and await found(dryRun="true") == {DEPLOY}
+    assert await found(ratio="0.5") == {POD} and await found(responseCode="200") == {POD}
+    assert await found(note="") == {POD}
+    assert await found(**{"odd key": 'say "hi" \u00e9\u4e2d'}) == {DEPLOY}
+    # Exact text only: no case folding, no prefix, no list written as one string, no bool as a number.
+    for tags in (
+        {"verb": "UPDATE"},
+        {"responseCode": "20"},
+        {"sourceIPs": "10.0.0.1 10.0.0.2"},
+        {"dryRun": "0"},
+        {"dryRun": "False"},
+        {"odd key": "say"},
+        {"note": "x"},
+    ):
+        assert await found(**tags) == set(), tags
+    assert await found(verb="Update") == {DEPLOY}
+    assert await store.tag_values("sourceIPs") == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert await store.tag_values("dryRun") == ["false", "true"]
+    assert await store.tag_values("verb", W0 * WINDOW_NS, (W0 + 1) * WINDOW_NS) == ["Update", "update"]
+    assert await store.tag_values("verb", (W0 + 2) * WINDOW_NS, (W0 + 3) * WINDOW_NS) == []
+
+
+async def test_key_and_value_never_run_into_each_other(store: SqliteStore) -> None:
+    # "ab"="c" and "a"="bc" must stay different tags; so must a key ending in the separator's letter.
+    await store.write(
+        [child(POD, W0, "a1", ab="c"), child(DEPLOY, W0, "a2", a="bc"), child(STAGING_POD, W0, "a3", x="x")]
+    )
+    assert [hit.ref for hit in await store.find_traces(whole_range(tags={"ab": "c"}))] == [POD]
+    assert [hit.ref for hit in await store.find_traces(whole_range(tags={"a": "bc"}))] == [DEPLOY]
+    assert [hit.ref for hit in await store.find_traces(whole_range(tags={"x": "x"}))] == [STAGING_POD]
+    assert await store.find_traces(whole_range(tags={"a": "b"})) == []
+    assert await store.tag_values("a") == ["bc"]
+
+
+async def test_a_long_value_is_one_exact_tag(store: SqliteStore) -> None:
+    long_value = "spec.template " * 5000  # far beyond one index page
+    await store.write([child(POD, W0, "a1", change=long_value), child(DEPLOY, W0, "a2", change=long_value[:-1])])
+    assert [hit.ref for hit in await store.find_traces(whole_range(tags={"change": long_value}))] == [POD]
+    assert await store.tag_values("change") == sorted([long_value, long_value[:-1]])
+
+
+async def test_one_object_with_span_tags_on_different_spans(store: SqliteStore) -> None:
+    # The name narrows to a few traces, each checked for one span with every tag (Jaeger's rule).
+    spans = []
+    for window in range(W0, W0 + 3):
+        spans += [
+            object_span(POD, window),
+            child(POD, window, f"a{window}", verb="update", username="bob"),
+            child(POD, window, f"b{window}", verb="patch", username="alice"),
+        ]
+    spans.append(child(POD, W0 + 2, "c", verb="update", username="alice"))
+    await store.write(spans)
+
+    async def windows(service: str | None = None, **tags: str) -> list[int]:
+        hits = await store.find_traces(whole_range(tags={"name": "web-1", **tags}, service=service))
+        return [hit.start_ns // WINDOW_NS for hit in hits]
+
+    assert await windows(verb="update", username="alice") == [W0 + 2]
+    assert await windows(verb="update", username="bob") == [W0 + 2, W0 + 1, W0]
+    assert await windows(verb="update", username="alice", service="event") == []
+    assert await windows(verb="delete") == []
+    assert await windows(service="audit") == [W0 + 2, W0 + 1, W0]
+
+
+async def test_redelivered_and_repeated_spans_are_indexed_once(store: SqliteStore) -> None:
+    first = child(POD, W0, "a1", verb="update")
+    changed = child(POD, W0, "a1", verb="patch")
+    # The same span twice in one batch, with different tags: the later copy wins, as it would in two batches.
+    await store.write([object_span(POD, W0), first, changed])
+    await store.write([object_span(POD, W0), changed])  # a re-delivery of what is stored
+    assert await store.find_traces(whole_range(tags={"verb": "update"})) == []
+    assert len(await store.find_traces(whole_range(tags={"verb": "patch"}))) == 1
+    assert await store.tag_values("verb") == ["patch"]
+    assert len(await store.get_trace(first.trace_id)) == 2
+
+    def documents() -> int:
+        conn = store._connection()
+        conn.execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
+        return int(conn.execute("SELECT count(*) FROM span_term_docs").fetchone()[0])
+
+    # One document, with one term, for the one span with attributes of its own: its verb, as an audit span's.
+    assert await store._run(documents) == 1
+
+
+async def test_a_reopened_store_goes_on_numbering_a_trace_s_spans(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    async with SqliteStore(path) as store:
+        await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update", username="bob")])
+    async with SqliteStore(path) as store:
+        await store.write([child(POD, W0, "a2", verb="patch", username="alice")])
+        await store.write([child(POD, W0, "a3", verb="create", username="carol")])
+        assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 4
+        # Each span kept its own document: none replaced another's.
+        for verb, username in (("update", "bob"), ("patch", "alice"), ("create", "carol")):
+            hits = await store.find_traces(whole_range(tags={"verb": verb, "username": username}))
+            assert [hit.ref for hit in hits] == [POD], verb
+        assert await store.find_traces(whole_range(tags={"verb": "update", "username": "alice"})) == []
+
+
+async def test_a_file_in_another_store_format_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE traces (tid INTEGER PRIMARY KEY)")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="store format 2, this version reads format 3; move the file aside"):
+        await SqliteStore(str(path)).open()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'spans'").fetchone()[0] == 0
+    conn.close()
+
+
+async def test_a_trace_beyond_its_span_numbers_drops_only_the_extra_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_SEQ_LIMIT", 3)
+    metrics = Metrics()
+    async with SqliteStore(str(tmp_path / "t.db"), metrics=metrics) as store:
+        await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update")])
+        await store.write([child(POD, W0, "a2", verb="patch"), child(POD, W0, "a3", verb="create")])
+        await store.write([object_span(DEPLOY, W0)])
+        assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 3
+        assert len(await store.get_trace(object_trace_id(DEPLOY.key, W0))) == 1
+        dropped = metrics.registry.get_sample_value("kelemetry_spans_dropped_total", {"writer": "sqlite"})
+        assert dropped == 1
+        assert len(await store.find_traces(whole_range(tags={"verb": "patch"}))) == 1
+
+
+@pytest.mark.parametrize(("durable_commits", "synchronous"), [(True, 2), (False, 1)])
+async def test_commits_are_fsynced_when_the_span_log_relies_on_it(
+    tmp_path: Path, durable_commits: bool, synchronous: int
+) -> None:
+    # The span log moves past spans once write returns: durable commits fsync the WAL at each commit (FULL = 2);
+    # otherwise (spool.fsync interval or never) NORMAL (1) leaves it to checkpoints.
+    async with SqliteStore(str(tmp_path / "t.db"), durable_commits=durable_commits) as store:
+        await store.write([object_span(POD, W0)])
+        mode = await store._run(lambda: store._connection().execute("PRAGMA synchronous").fetchone()[0])
+        assert mode == synchronous
+
+
+async def test_a_stored_span_given_twice_in_one_batch_ends_as_the_later_copy(store: SqliteStore) -> None:
+    await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update", code=1)])
+    await store.write([child(POD, W0, "a1", verb="patch", code=2), child(POD, W0, "a1", verb="delete", code=3)])
+    (audit,) = [span for span in await store.get_trace(object_trace_id(POD.key, W0)) if span.service == "audit"]
+    assert (audit.attributes["verb"], audit.attributes["code"]) == ("delete", 3)
+    assert await store.tag_values("verb") == ["delete"]
+    assert await store.tag_values("code") == ["3"]
+    assert len(await store.find_traces(whole_range(tags={"verb": "delete", "code": "3"}, service="audit"))) == 1
+    for tags in ({"verb": "update"}, {"verb": "patch"}, {"code": "2"}):
+        assert await store.find_traces(whole_range(tags=tags)) == [], tags
+
+    def check() -> None:
+        store._connection().execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
+
+    await store._run(check)
