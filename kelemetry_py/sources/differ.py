@@ -555,9 +555,10 @@ class ObjectDiffer:
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
-        # Hot: a watched change or creation (more are likely to follow). A listed object stays compressed.
+        # Hot: anything the watch (not a list) shows, since more changes are likely to follow, including the first
+        # change seen of an object this differ had not listed. A listed object stays compressed.
         sections: Sections | None = None
-        if not relisted and (previous is not None or event_type == "ADDED"):
+        if not relisted:
             sections = encode_sections(clean, None if previous is None else previous.sections)
             state = _State(uid, rv, b"", managers, sections)
             self._hot.admit(key, state)

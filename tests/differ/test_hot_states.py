@@ -154,3 +154,16 @@ def test_the_attribution_memo_stays_within_its_bytes_and_answers_as_computing_af
         # Over by at most what was added since the last check: the paths' entry and one field set.
         assert memo.bytes <= 4096 + 100 * (1 + sum(map(len, changed))) + len(key) + 100
     assert len(entries) > 100
+
+
+async def test_what_the_watch_shows_is_kept_hot_and_what_a_list_shows_compressed() -> None:
+    [(rtype, events)] = [stream for stream in golden.churn_events() if stream[0].resource == "pods"]
+    modified = [(event_type, obj) for event_type, obj in events if event_type == "MODIFIED"]
+    watched, listed = golden.recording_differ(), golden.recording_differ()
+    first_type, first = modified[0]
+    await watched.on_event("fixture", rtype, first_type, first, relisted=False)  # a change of an object never listed
+    await listed.on_event("fixture", rtype, "ADDED", first, relisted=True)
+    [watched_state] = watched._states.values()
+    [listed_state] = listed._states.values()
+    assert watched_state.sections is not None and watched.hot_state_bytes > 0
+    assert listed_state.sections is None and listed_state.blob and listed.hot_state_bytes == 0
