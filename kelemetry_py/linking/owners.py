@@ -12,6 +12,7 @@ from kelemetry_py.model import Link, ObjectRef
 logger = logging.getLogger(__name__)
 
 LINK_CLASS = "owner"
+_MEMO_SIZE = 50_000  # ownerReferences remembered; cleared when full
 
 
 class OwnerReferenceLinker:
@@ -26,6 +27,7 @@ class OwnerReferenceLinker:
     def __init__(self, catalog: CatalogSource | None = None, *, controller_only: bool = False) -> None:
         self._catalogs: CatalogSource = catalog if catalog is not None else ResourceCatalog.builtin()
         self._controller_only = controller_only
+        self._memo: dict[tuple[Any, ...], tuple[ResourceCatalog, Link | None]] = {}
 
     async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
         return self.owner_links(ref, body)
@@ -43,12 +45,43 @@ class OwnerReferenceLinker:
         links: list[Link] = []
         seen: set[str] = set()
         for owner in owners:
-            target = self._resolve(ref, owner, catalog)
-            if target is None or target.key in seen or target.key == ref.key:
+            link = self._link(ref, owner, catalog)
+            if link is None:
                 continue
-            seen.add(target.key)
-            links.append(Link(target=target, role="parent", link_class=LINK_CLASS))
+            key = link.target.key
+            if key in seen or key == ref.key:
+                continue
+            seen.add(key)
+            links.append(link)
         return links
+
+    def _link(self, ref: ObjectRef, owner: Any, catalog: ResourceCatalog) -> Link | None:
+        """The link an ownerReference makes, remembered: the Pods of one ReplicaSet, and every status update of
+        each, name the same owner, and resolving it builds two frozen objects and asks the catalog."""
+        memo_key: tuple[Any, ...] | None = None
+        if type(owner) is dict:
+            memo_key = (
+                ref.cluster,
+                ref.namespace,
+                owner.get("apiVersion"),
+                owner.get("kind"),
+                owner.get("name"),
+                owner.get("uid"),
+                owner.get("controller") is True,
+            )
+            try:
+                cached = self._memo.get(memo_key)
+            except TypeError:  # a value no apiserver sends (a list for a name): resolved, and refused, below
+                memo_key, cached = None, None
+            if cached is not None and cached[0] is catalog:  # a refreshed catalog may resolve it otherwise
+                return cached[1]
+        target = self._resolve(ref, owner, catalog)
+        link = None if target is None else Link(target=target, role="parent", link_class=LINK_CLASS)
+        if memo_key is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo_key] = (catalog, link)
+        return link
 
     def _resolve(self, ref: ObjectRef, owner: Any, catalog: ResourceCatalog) -> ObjectRef | None:
         if not isinstance(owner, Mapping):

@@ -179,3 +179,22 @@ async def test_controller_only_keeps_the_controller() -> None:
     controllers = await OwnerReferenceLinker(controller_only=True).links(_child(), body)
     assert [link.target.resource for link in every] == ["replicasets", "clusterroles"]
     assert [link.target.resource for link in controllers] == ["replicasets"]
+
+
+async def test_an_owner_resolved_before_discovery_is_resolved_again_after_it() -> None:
+    catalogs = ClusterCatalogs()
+    linker = OwnerReferenceLinker(catalogs)
+    body = _owned_by({"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "u1"})
+    child = ObjectRef("east", "", "v1", "configmaps", "shop", "c")
+    (guessed,) = await linker.links(child, body)
+    (again,) = await linker.links(child, body)  # remembered: the same answer
+    assert again == guessed and again.target.uid == "u1"
+    assert guessed.target.key == "east/example.com/widgets/shop/w"  # not discovered yet: guessed namespaced
+    catalogs.set(
+        "east", ResourceCatalog.from_discovery({"groupVersion": "v1", "resources": []}, [WIDGET_DISCOVERY])
+    )
+    (discovered,) = await linker.links(child, body)
+    assert discovered.target.key == "east/example.com/widgets//w"  # what discovery says wins over the memo
+    renamed = _owned_by({"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "u2"})
+    (recreated,) = await linker.links(child, renamed)
+    assert recreated.target.uid == "u2"
