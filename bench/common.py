@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -98,8 +99,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def arguments(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of ``python -m bench NAME``, with its ``--json``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    return parser
+
+
 def report(result: dict[str, Any], as_json: bool) -> None:
-    """One JSON object per run on one line, or the same fields aligned for a person."""
+    """One JSON object per run on one line, or the same fields aligned for a person; the machine is added."""
+    result.setdefault("machine", machine())
     if as_json:
         print(json.dumps(result, sort_keys=False), flush=True)
         return

@@ -16,7 +16,6 @@ stay compressed; objects that change are kept uncompressed within a fixed byte b
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import gc
@@ -28,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import FIXTURES, machine, parse_limit, peak_rss_mib, ratio, report
+from bench.common import FIXTURES, arguments, parse_limit, peak_rss_mib, ratio, report
 from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
@@ -190,16 +189,12 @@ async def run(rounds: int, churn_objects: int, churn_updates: int, objects: int)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench differ", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments("differ", __doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--churn-objects", type=int, default=400)
     parser.add_argument("--churn-updates", type=int, default=15)
     parser.add_argument("--objects", type=int, default=20_000, help="synthetic Pods for the memory figure")
-    parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.rounds, args.churn_objects, args.churn_updates, args.objects))
-    result["machine"] = machine()
     report(result, args.json)
     return 0

@@ -10,7 +10,6 @@ view is built from, the least any reader of a remote backend (Tempo, Jaeger) mus
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import machine, peak_rss_mib, percentile, report
+from bench.common import arguments, peak_rss_mib, percentile, report
 from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.modes import mode_by_name
@@ -128,13 +127,9 @@ async def run(runs: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench frontend", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments("frontend", __doc__)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.runs))
-    result["machine"] = machine()
     report(result, args.json)
     return 0

@@ -11,13 +11,12 @@ graph stays bounded by what the live objects and the last two windows need, not 
 
 from __future__ import annotations
 
-import argparse
 import gc
 import time
 import tracemalloc
 from typing import Any
 
-from bench.common import machine, peak_rss_mib, report
+from bench.common import arguments, peak_rss_mib, report
 from kelemetry_py.linking.graph import ObjectGraph
 from kelemetry_py.model import Link, ObjectRef
 
@@ -98,15 +97,11 @@ def _run(deployments: int, pods: int, minutes: int, *, measure: bool) -> dict[st
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench graph", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments("graph", __doc__)
     parser.add_argument("--deployments", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=5, help="Pods per ReplicaSet")
     parser.add_argument("--minutes", type=int, default=10, help="minutes of Pod replacement churn")
-    parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     result = run(args.deployments, args.pods, args.minutes)
-    result["machine"] = machine()
     report(result, args.json)
     return 0

@@ -14,7 +14,6 @@ parse-only limit is msgspec decoding the same spans from MessagePack, what a dur
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import statistics
@@ -30,8 +29,8 @@ import orjson
 from bench.common import (
     FIXTURES,
     SCENARIOS,
+    arguments,
     dir_bytes,
-    machine,
     parse_limit,
     peak_rss_mib,
     percentile,
@@ -208,14 +207,10 @@ async def run(total: int, writers: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments("store", __doc__)
     parser.add_argument("--spans", type=int, default=60_000)
     parser.add_argument("--writers", type=int, default=4)
-    parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.spans, args.writers))
-    result["machine"] = machine()
     report(result, args.json)
     return 0

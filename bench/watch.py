@@ -7,7 +7,6 @@ per-resource state), divided by the number of objects. Run: ``python -m bench wa
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import orjson
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from bench.common import machine, report
+from bench.common import arguments, report
 from kelemetry_py.kube.client import KubeClient
 from kelemetry_py.kube.watch import ResourceType, ResourceWatch
 from kelemetry_py.metrics import Metrics
@@ -78,11 +77,9 @@ async def run(count: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench watch", description=__doc__)
+    parser = arguments("watch", __doc__)
     parser.add_argument("--objects", type=int, default=100_000)
-    parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.objects))
-    result["machine"] = machine()
     report(result, args.json)
     return 0

@@ -13,7 +13,6 @@ batch bodies in the same process.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -31,9 +30,9 @@ import orjson
 from bench.common import (
     FIXTURES,
     SCENARIOS,
+    arguments,
     current_rss_mib,
     dir_bytes,
-    machine,
     other_installed_plugins,
     parse_limit,
     peak_rss_mib,
@@ -122,24 +121,28 @@ def _client_process(url: str, target_events: int, concurrency: int, conn: Connec
 async def _post_paced(url: str, bodies: Iterator[bytes], rate: float, count: int) -> list[float]:
     """``count`` batches at ``rate`` per second, each sent on schedule whether or not the last was answered (an
     apiserver's throttled batch sender), and the latency of each."""
-    latencies: list[float] = []
-
-    async def send(session: aiohttp.ClientSession, body: bytes) -> None:
-        started = time.perf_counter()
-        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-            await resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"webhook answered {resp.status}")
-        latencies.append(time.perf_counter() - started)
-
     async with aiohttp.ClientSession() as session:
         start = time.perf_counter()
         sending = []
         for index, body in zip(range(count), bodies, strict=False):
             await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
-            sending.append(asyncio.create_task(send(session, body)))
-        await asyncio.gather(*sending)
-    return latencies
+            sending.append(asyncio.create_task(_post(session, url, body)))
+        answers = await asyncio.gather(*sending)
+    if any(seconds is None for seconds, _ in answers):
+        raise RuntimeError("webhook answered 429 at an apiserver's pace")
+    return [seconds for seconds, _ in answers if seconds is not None]
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float | None, float]:
+    """(seconds to the 200, or None for a 429; the Retry-After of a 429); any other answer is an error."""
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+        await resp.read()
+    if resp.status == 429:
+        return None, float(resp.headers.get("Retry-After", "1"))
+    if resp.status != 200:
+        raise RuntimeError(f"webhook answered {resp.status}")
+    return time.perf_counter() - started, 0.0
 
 
 async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tuple[list[float], int]:
@@ -149,18 +152,10 @@ async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tupl
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal throttled
         while (body := next(bodies, None)) is not None:
-            while True:
-                started = time.perf_counter()
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
-                if resp.status == 429:
-                    throttled += 1
-                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
-                    continue
-                if resp.status != 200:
-                    raise RuntimeError(f"webhook answered {resp.status}")
-                latencies.append(time.perf_counter() - started)
-                break
+            while (answer := await _post(session, url, body))[0] is None:
+                throttled += 1
+                await asyncio.sleep(answer[1])
+            latencies.append(answer[0])
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
@@ -276,9 +271,7 @@ def _paced_figures(latencies: list[float], rate: float) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench webhook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments("webhook", __doc__)
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--otlp-only", action="store_true", help="store and frontend off, export over OTLP/gRPC")
@@ -291,11 +284,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--paced-rate", type=float, default=10.0, help="batches per second (the apiserver's default throttle: 10)"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     result = asyncio.run(
         run(args.events, args.concurrency, args.otlp_only, args.paced_rate, args.paced_batches)
     )
-    result["machine"] = machine()
     report(result, args.json)
     return 0

@@ -193,7 +193,7 @@ def _demo(args: Any) -> int:
 
 
 def _replay(args: Any) -> int:
-    from kelemetry_py.sources.replay import replay
+    from kelemetry_py.sources.replay import read_batches, replay
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     missing = [str(path) for path in args.paths if not path.is_file()]
@@ -202,7 +202,7 @@ def _replay(args: Any) -> int:
         return 2
     result = asyncio.run(
         replay(
-            args.paths,
+            read_batches(args.paths),
             target=args.target,
             cluster=args.cluster,
             use_gzip=args.gzip,

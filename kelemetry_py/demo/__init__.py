@@ -28,7 +28,7 @@ import orjson
 from kelemetry_py.config import Config
 from kelemetry_py.kube.catalog import ResourceCatalog
 from kelemetry_py.kube.discovery import ResourceSelector, resource_type_of
-from kelemetry_py.sources.replay import ReplayResult, replay_bodies
+from kelemetry_py.sources.replay import ReplayResult, replay
 from kelemetry_py.sources.watchers import EVENT_RESOURCES
 
 CLUSTER = "demo"
@@ -244,7 +244,7 @@ async def run(config: Config, *, data_dir: str, fast: bool, out: TextIO) -> Repl
         recording = await asyncio.to_thread(load_recordings)
         out.write(banner(app.base_url, data_dir, recording, fast))
         out.flush()
-        replaying = asyncio.create_task(replay_bodies(audit_batches(), target=app.base_url, cluster=CLUSTER))
+        replaying = asyncio.create_task(replay(audit_batches(), target=app.base_url, cluster=CLUSTER))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({replaying, stopping}, return_when=asyncio.FIRST_COMPLETED)
         result = ReplayResult()

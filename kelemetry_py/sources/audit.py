@@ -314,10 +314,9 @@ class AuditConverter:
         self._redactor = Redactor(redaction)
         self._metrics = metrics
 
-    def convert(self, cluster: str, events: list[AuditEvent], first_index: int = 0) -> list[Observation]:
-        """``first_index``: the index of ``events[0]`` in its batch, for the messages about dropped events."""
+    def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
         observations: list[Observation] = []
-        for index, event in enumerate(events, first_index):
+        for index, event in enumerate(events):
             found: list[Observation] = []
             try:
                 if event.objectRef is not None:

@@ -8,18 +8,16 @@ changed in between comes out as one diff, marked as observed late.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import orjson
 
 from kelemetry_py.sources.diffcache import DiffRecord
 from kelemetry_py.storage.sqlite_file import SqliteFile
 
-_T = TypeVar("_T")
 # (uid, resourceVersion, zlib(orjson(state)), managedFields summary)
 SavedState = tuple[str, str, bytes, tuple[tuple[str, str, str, str], ...]]
 # (cluster, wall-clock deadline, record)
@@ -71,17 +69,11 @@ class SqliteDifferState:
         await self._db.open()
         return self
 
-    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await self._db.run(func, *args)
-
-    def _connection(self) -> sqlite3.Connection:
-        return self._db.connection
-
     async def load(self) -> tuple[dict[str, SavedState], list[SavedHeld]]:
-        return await self._run(self._load_sync)
+        return await self._db.run(self._load_sync)
 
     def _load_sync(self) -> tuple[dict[str, SavedState], list[SavedHeld]]:
-        conn = self._connection()
+        conn = self._db.connection
         states: dict[str, SavedState] = {}
         for key, uid, rv, blob, managers in conn.execute(
             "SELECT object_key, uid, resource_version, blob, managers FROM differ_state"
@@ -105,7 +97,7 @@ class SqliteDifferState:
         held_added: Sequence[SavedHeld],
         held_removed: Sequence[tuple[str, str]],
     ) -> None:
-        await self._run(self._save_sync, dict(states), list(held_added), list(held_removed))
+        await self._db.run(self._save_sync, dict(states), list(held_added), list(held_removed))
 
     def _save_sync(
         self,
@@ -113,7 +105,7 @@ class SqliteDifferState:
         held_added: list[SavedHeld],
         held_removed: list[tuple[str, str]],
     ) -> None:
-        conn = self._connection()
+        conn = self._db.connection
         upserts = [
             (key, state[0], state[1], state[2], orjson.dumps(state[3]))
             for key, state in states.items()

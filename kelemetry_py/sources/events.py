@@ -16,13 +16,12 @@ each (uid, occurrence) once, remembered in an :class:`EventCursor`:
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
@@ -35,7 +34,6 @@ from kelemetry_py.storage.sqlite_file import SqliteFile
 from kelemetry_py.times import kube_time_ns
 
 EVENTS_GROUP = "events.k8s.io"
-_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------------------------------------ the cursor
@@ -165,18 +163,12 @@ class SqliteEventCursor:
         await self._db.open()
         return self
 
-    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await self._db.run(func, *args)
-
-    def _connection(self) -> sqlite3.Connection:
-        return self._db.connection
-
     async def emitted(self, cluster: str, uid: str) -> int:
-        return await self._run(self._emitted_sync, cluster, uid)
+        return await self._db.run(self._emitted_sync, cluster, uid)
 
     def _emitted_sync(self, cluster: str, uid: str) -> int:
         row = (
-            self._connection()
+            self._db.connection
             .execute(
                 "SELECT occurrence FROM event_cursor WHERE cluster = ? AND uid = ? AND expires > ?",
                 (cluster, uid, self._clock()),
@@ -186,10 +178,10 @@ class SqliteEventCursor:
         return int(row[0]) if row is not None else 0
 
     async def mark(self, cluster: str, uid: str, occurrence: int) -> None:
-        await self._run(self._mark_sync, cluster, uid, occurrence)
+        await self._db.run(self._mark_sync, cluster, uid, occurrence)
 
     def _mark_sync(self, cluster: str, uid: str, occurrence: int) -> None:
-        conn = self._connection()
+        conn = self._db.connection
         now = self._clock()
         values = {"cluster": cluster, "uid": uid, "occurrence": occurrence, "expires": now + self._ttl, "now": now}
         conn.execute(_CURSOR_MARK, values)

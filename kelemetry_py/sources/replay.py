@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ class ReplayResult:
     failed: int = 0  # batches given up on
 
 
-def read_batches(paths: list[Path]) -> Iterator[bytes]:
+async def read_batches(paths: list[Path]) -> AsyncIterator[bytes]:
     """One webhook body per line of each ``audit.jsonl``, byte for byte."""
     for path in paths:
         with path.open("rb") as handle:
@@ -40,31 +40,6 @@ def webhook_url(target: str, cluster: str) -> str:
 
 
 async def replay(
-    paths: list[Path],
-    *,
-    target: str,
-    cluster: str,
-    use_gzip: bool = False,
-    token: str = "",
-    max_attempts: int = 20,
-    concurrency: int = 1,
-) -> ReplayResult:
-    async def bodies() -> AsyncIterator[bytes]:
-        for body in read_batches(paths):
-            yield body
-
-    return await replay_bodies(
-        bodies(),
-        target=target,
-        cluster=cluster,
-        use_gzip=use_gzip,
-        token=token,
-        max_attempts=max_attempts,
-        concurrency=concurrency,
-    )
-
-
-async def replay_bodies(
     bodies: AsyncIterator[bytes],
     *,
     target: str,
@@ -74,7 +49,8 @@ async def replay_bodies(
     max_attempts: int = 20,
     concurrency: int = 1,
 ) -> ReplayResult:
-    """Post each webhook body as it comes (the caller sets the pace), retrying on 429 and connection errors."""
+    """Post each webhook body as it comes (the caller sets the pace, e.g. ``read_batches(paths)`` as fast as the
+    webhook takes them), retrying on 429 and connection errors."""
     url = webhook_url(target, cluster)
     result = ReplayResult()
     headers = {"Content-Type": "application/json", "User-Agent": "kelemetry-py-replay"}

@@ -9,7 +9,6 @@ events of its batch down with it.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -24,8 +23,6 @@ from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
 from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
 
 log = logging.getLogger(__name__)
-
-_CONVERT_SLICE = 100  # audit events converted between two turns of the event loop
 
 
 class AuditWebhook:
@@ -96,13 +93,7 @@ class AuditWebhook:
             reason = "bad_encoding" if isinstance(exc, zlib.error) else "malformed"
             text = f"gzip body could not be decoded: {exc}" if isinstance(exc, zlib.error) else str(exc)
             return self._reject(400, reason, text)
-        observations = []
-        for start in range(0, len(events), _CONVERT_SLICE):
-            if start:
-                # A turn for the other requests in between: one that only has its answer left to write is not
-                # held up by a whole batch of this one's work.
-                await asyncio.sleep(0)
-            observations.extend(self._converter.convert(cluster, events[start : start + _CONVERT_SLICE], start))
+        observations = self._converter.convert(cluster, events)
         try:
             await self._sink.submit(observations)
         except Overloaded as exc:

@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -140,6 +140,13 @@ def _signed(unsigned: int) -> int:
 
 def _unsigned(signed: int) -> int:
     return signed + _U64 if signed < 0 else signed
+
+
+def _in_chunks(values: list[bytes], size: int = 500) -> Iterator[tuple[list[bytes], str]]:
+    """``values`` in chunks for ``IN (...)``, each with its placeholders (SQLite bounds a statement's parameters)."""
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def tag_texts(value: AttrValue) -> list[str]:
@@ -584,12 +591,11 @@ class SqliteStore:
         """Read the stored state of traces the writer does not remember (after a restart or a cache reset)."""
         if len(self._traces) + len(trace_keys) > _TRACE_CACHE:
             self._traces.clear()
-        for start in range(0, len(trace_keys), 500):
-            chunk = trace_keys[start : start + 500]
+        for chunk, marks in _in_chunks(trace_keys):
             rows = conn.execute(
                 "SELECT t.trace_id, t.tid, t.start_ns, t.end_ns, t.has_root,"
                 " (SELECT coalesce(max(s.seq), -1) + 1 FROM spans s WHERE s.tid = t.tid)"
-                f" FROM traces t WHERE t.trace_id IN ({','.join('?' * len(chunk))})",
+                f" FROM traces t WHERE t.trace_id IN ({marks})",
                 chunk,
             )
             for trace_key, tid, start_ns, end_ns, has_root, next_seq in rows:
@@ -789,13 +795,12 @@ class SqliteStore:
 
     def _get_traces_sync(self, conn: sqlite3.Connection, trace_ids: list[int]) -> dict[int, list[Span]]:
         found: dict[int, list[Span]] = {}
-        for start in range(0, len(trace_ids), 500):
-            chunk = trace_ids[start : start + 500]
+        for chunk, marks in _in_chunks([trace_id.to_bytes(16, "big") for trace_id in trace_ids]):
             rows = conn.execute(
                 "SELECT t.trace_id, s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error,"
                 " s.status_message, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
-                f" WHERE t.trace_id IN ({','.join('?' * len(chunk))}) ORDER BY t.tid, s.start_ns, s.span_id",
-                [trace_id.to_bytes(16, "big") for trace_id in chunk],
+                f" WHERE t.trace_id IN ({marks}) ORDER BY t.tid, s.start_ns, s.span_id",
+                chunk,
             ).fetchall()
             trace_key = b""
             spans: list[Span] = []
@@ -808,8 +813,8 @@ class SqliteStore:
                 spans.append(
                     Span(
                         trace_id=trace_id,
-                        span_id=span_id + _U64 if span_id < 0 else span_id,
-                        parent_id=None if parent_id is None else parent_id + _U64 if parent_id < 0 else parent_id,
+                        span_id=_unsigned(span_id),
+                        parent_id=None if parent_id is None else _unsigned(parent_id),
                         service=service,
                         name=name,
                         start_ns=start,

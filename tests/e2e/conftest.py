@@ -8,7 +8,7 @@ import pytest
 
 from kelemetry_py.app import App
 from kelemetry_py.config import load_config
-from kelemetry_py.sources.replay import replay
+from kelemetry_py.sources.replay import read_batches, replay
 from tests.support.otlp_receiver import GrpcOtlpReceiver
 
 AppFactory = Callable[..., Awaitable[App]]
@@ -46,9 +46,8 @@ async def make_app(tmp_path: Path) -> AsyncIterator[AppFactory]:
 
 
 async def replay_scenario(app: App, fixtures_dir: Path, scenario: str, *, use_gzip: bool = False) -> None:
-    result = await replay(
-        [fixtures_dir / scenario / "audit.jsonl"], target=app.base_url, cluster="fixture", use_gzip=use_gzip
-    )
+    batches = read_batches([fixtures_dir / scenario / "audit.jsonl"])
+    result = await replay(batches, target=app.base_url, cluster="fixture", use_gzip=use_gzip)
     assert result.failed == 0 and result.batches > 0
     assert app.components is not None
     await app.settle()

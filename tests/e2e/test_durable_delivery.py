@@ -98,9 +98,9 @@ async def test_an_otlp_outage_holds_up_only_the_otlp_writer(
 
 
 async def replay_scenario_without_settling(app: App, path: Path) -> None:
-    from kelemetry_py.sources.replay import replay
+    from kelemetry_py.sources.replay import read_batches, replay
 
-    result = await replay([path], target=app.base_url, cluster="fixture")
+    result = await replay(read_batches([path]), target=app.base_url, cluster="fixture")
     assert result.failed == 0
 
 

@@ -17,7 +17,7 @@ from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.plugins import SOURCES_GROUP, load_linkers
 from kelemetry_py.plugins.sources import SourceRunner
 from kelemetry_py.sources.audit import AuditConverter, parse_time_ns
-from kelemetry_py.sources.replay import replay
+from kelemetry_py.sources.replay import read_batches, replay
 from kelemetry_py.sources.webhook import AuditWebhook
 from tests.conftest import SCENARIOS
 from tests.plugins.support import ONLY_BUILTINS, running_app, signatures
@@ -58,9 +58,8 @@ async def through_webhook(fixtures_dir: Path, scenario: str) -> list[Span]:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        result = await replay(
-            [fixtures_dir / scenario / "audit.jsonl"], target=f"http://127.0.0.1:{port}", cluster="fixture"
-        )
+        batches = read_batches([fixtures_dir / scenario / "audit.jsonl"])
+        result = await replay(batches, target=f"http://127.0.0.1:{port}", cluster="fixture")
         assert result.failed == 0 and result.batches > 0
     finally:
         await runner.cleanup()

@@ -17,7 +17,7 @@ from kelemetry_py.config import PluginsConfig
 from kelemetry_py.model import Span, object_trace_id, window_of
 from kelemetry_py.plugins import load_linkers
 from kelemetry_py.sources.audit import parse_time_ns
-from kelemetry_py.sources.replay import replay
+from kelemetry_py.sources.replay import read_batches, replay
 from tests.plugins.support import running_app
 
 NODE_KEY = "fixture//nodes//node-1"
@@ -62,9 +62,8 @@ async def test_recorded_pods_are_linked_to_node_1(fixtures_dir: Path, tmp_path: 
     assert len(scheduled) == 8
     times = {parse_time_ns(event["stageTimestamp"]) for event in events}
     async with running_app(tmp_path) as app:
-        result = await replay(
-            [fixtures_dir / "deployment-lifecycle" / "audit.jsonl"], target=app.base_url, cluster="fixture"
-        )
+        batches = read_batches([fixtures_dir / "deployment-lifecycle" / "audit.jsonl"])
+        result = await replay(batches, target=app.base_url, cluster="fixture")
         assert result.failed == 0
         assert app.components is not None
         await app.settle()

@@ -8,7 +8,7 @@ import yaml
 
 from kelemetry_py import __version__
 from kelemetry_py.cli import main
-from kelemetry_py.sources.replay import replay, webhook_url
+from kelemetry_py.sources.replay import read_batches, replay, webhook_url
 from tests.sources.test_webhook import make_harness
 
 
@@ -18,7 +18,7 @@ async def test_replay_honours_429_and_delivers_every_batch(fixtures_dir: Path) -
     try:
         audit = fixtures_dir / "deployment-lifecycle" / "audit.jsonl"
         target = str(h.client.make_url("/")).rstrip("/")
-        replaying = asyncio.create_task(replay([audit], target=target, cluster="fixture"))
+        replaying = asyncio.create_task(replay(read_batches([audit]), target=target, cluster="fixture"))
         await asyncio.wait_for(h.throttled.wait(), 30)
         h.writer.gate.set()
         result = await replaying
