@@ -8,6 +8,11 @@ and the client's work never queues on the tracer's event loop. ``--otlp-only`` t
 and exports over OTLP/gRPC to a receiver in this process instead. The parse-only limit is orjson parsing the same
 batch bodies in the same process.
 
+Then, on the same App, open-loop phases (each batch sent on schedule whether or not the last was answered): 50
+batches at 10 per second, an apiserver's default pace (``paced_*``), and 6 seconds at 80 % of the batches per second
+the saturating run sustained end to end (``load_*``), the latency near capacity. ``rss_after_load_mib`` is taken
+after every phase is delivered and the App has been idle for a few seconds.
+
     python -m bench webhook [--events 60000] [--concurrency 4] [--otlp-only] [--json]
 """
 
@@ -42,6 +47,7 @@ from bench.common import (
 )
 
 BATCH = 400
+_IDLE_SECONDS = 5.0  # after the last phase, before the RSS "after the load": an idle replica's first seconds
 
 
 class Batches:
@@ -112,9 +118,9 @@ def _client_process(url: str, target_events: int, concurrency: int, conn: Connec
     conn.send("ready")
     conn.recv()
     conn.send(asyncio.run(_post_all(url, batches.bodies(), concurrency)))
-    rate, count = conn.recv()
-    if count:
-        conn.send(asyncio.run(_post_paced(url, Batches(count * BATCH).bodies("paced"), rate, count)))
+    while (phase := conn.recv()) is not None:
+        tag, rate, count = phase
+        conn.send(asyncio.run(_post_paced(url, Batches(count * BATCH).bodies(tag), rate, count)))
     conn.close()
 
 
@@ -129,7 +135,7 @@ async def _post_paced(url: str, bodies: Iterator[bytes], rate: float, count: int
             sending.append(asyncio.create_task(_post(session, url, body)))
         answers = await asyncio.gather(*sending)
     if any(seconds is None for seconds, _ in answers):
-        raise RuntimeError("webhook answered 429 at an apiserver's pace")
+        raise RuntimeError(f"webhook answered 429 at {rate:g} batches per second")
     return [seconds for seconds, _ in answers if seconds is not None]
 
 
@@ -163,7 +169,13 @@ async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tupl
 
 
 async def run(
-    target_events: int, concurrency: int, otlp_only: bool, paced_rate: float = 10.0, paced_batches: int = 0
+    target_events: int,
+    concurrency: int,
+    otlp_only: bool,
+    paced_rate: float = 10.0,
+    paced_batches: int = 0,
+    load_fraction: float = 0.0,
+    load_seconds: float = 6.0,
 ) -> dict[str, Any]:
     from kelemetry_py.app import App
     from kelemetry_py.config import load_config
@@ -217,9 +229,19 @@ async def run(
                 wall = time.perf_counter() - wall_before
                 cpu = time.process_time() - cpu_before
                 store_bytes = dir_bytes(tmp)
-                ours.send((paced_rate, paced_batches))
-                paced = await loop.run_in_executor(None, ours.recv) if paced_batches else []
-                await app.settle()
+                paced: list[float] = []
+                if paced_batches:
+                    ours.send(("paced", paced_rate, paced_batches))
+                    paced = await loop.run_in_executor(None, ours.recv)
+                    await app.settle()
+                loaded: list[float] = []
+                load_rate = load_fraction * (batches.count / wall)  # of the batches per second just sustained
+                if load_fraction:
+                    ours.send(("load", load_rate, max(1, round(load_rate * load_seconds))))
+                    loaded = await loop.run_in_executor(None, ours.recv)
+                    await app.settle()
+                ours.send(None)
+                await asyncio.sleep(_IDLE_SECONDS)
                 settled_rss = current_rss_mib()
             finally:
                 client.join(timeout=10)
@@ -248,25 +270,27 @@ async def run(
         "throttled": throttled,
         "peak_rss_mib": round(peak_rss_mib()),
         "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
-        "rss_after_load_mib": round(settled_rss),  # everything delivered, nothing forced
+        "rss_after_load_mib": round(settled_rss),  # every phase delivered, then idle for _IDLE_SECONDS
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
         "note": "CPU is the tracer process's, all threads (and the OTLP receiver in it); the client runs apart",
-        **_paced_figures(paced, paced_rate),
+        **_open_loop_figures("paced", paced, paced_rate),
+        **_open_loop_figures("load", loaded, load_rate),
     }
 
 
-def _paced_figures(latencies: list[float], rate: float) -> dict[str, Any]:
-    """Latency at an apiserver's own pace, measured after the saturating run on the same App."""
+def _open_loop_figures(name: str, latencies: list[float], rate: float) -> dict[str, Any]:
+    """Latency of batches sent on schedule at ``rate`` per second, measured after the saturating run on the
+    same App: ``paced`` at an apiserver's own pace, ``load`` at a fraction of the throughput just sustained."""
     if not latencies:
         return {}
     ms = [x * 1000 for x in latencies]
     return {
-        "paced_batches_per_second": rate,
-        "paced_batches": len(ms),
-        "paced_p50_ms": round(statistics.median(ms), 1),
-        "paced_p99_ms": round(percentile(ms, 0.99), 1),
+        f"{name}_batches_per_second": round(rate, 1),
+        f"{name}_batches": len(ms),
+        f"{name}_p50_ms": round(statistics.median(ms), 1),
+        f"{name}_p99_ms": round(percentile(ms, 0.99), 1),
     }
 
 
@@ -284,9 +308,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--paced-rate", type=float, default=10.0, help="batches per second (the apiserver's default throttle: 10)"
     )
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.8,
+        help="last, batches on schedule at this fraction of the batches per second the saturating run sustained "
+        "(its end-to-end rate, every span written), for the latency near capacity; 0 skips it",
+    )
+    parser.add_argument("--load-seconds", type=float, default=6.0, help="how long the near-capacity phase lasts")
     args = parser.parse_args(argv)
     result = asyncio.run(
-        run(args.events, args.concurrency, args.otlp_only, args.paced_rate, args.paced_batches)
+        run(
+            args.events,
+            args.concurrency,
+            args.otlp_only,
+            args.paced_rate,
+            args.paced_batches,
+            args.load_fraction,
+            args.load_seconds,
+        )
     )
     report(result, args.json)
     return 0

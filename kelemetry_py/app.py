@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import gc
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +27,7 @@ from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
+from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.spool import DurableLog
@@ -44,6 +48,10 @@ if TYPE_CHECKING:  # imported where used: a process that never serves the fronte
 
 Closer = Callable[[], Awaitable[None]]
 
+# After this many observations, the next moment the pipeline is found idle gives freed memory back to the system.
+_RELEASE_AFTER_OBSERVATIONS = 20_000
+_RELEASE_CHECK_SECONDS = 2.0
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +71,7 @@ class Components:
     sources: SourceRunner | None = None  # the enabled source plugins, started and stopped by App
     search: SearchIndex | None = None  # when search.enabled
     alerts: AlertEvaluator | None = None  # when alerts.rules_file is set
+    priority: Priority = field(default_factory=Priority)  # the webhook's requests before the pipeline's slices
 
 
 class App:
@@ -76,6 +85,7 @@ class App:
         self.watching: KubeWatching | None = None  # when kube.clusters are configured
         self._ready = False
         self._stopping = False
+        self._releaser: asyncio.Task[None] | None = None
         self.authenticator: Authenticator | None = None  # who may read (auth.mode); None when everyone may
 
     @property
@@ -127,14 +137,27 @@ class App:
             http=self.config.http,
             ingest=self.config.ingest,
             clusters=allowed_clusters(self.config),
+            priority=self.components.priority,
         ).add_routes(ingest)
         if self.config.frontend.enabled:
             await self._start_frontend(main)
         self.ports["http"] = await self._serve(main, self.config.http.port)
         if ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
+        self._releaser = asyncio.get_running_loop().create_task(self._release_memory_when_idle())
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
+
+    async def _release_memory_when_idle(self) -> None:
+        """A burst leaves the C allocator holding the pages of everything it parsed and queued; once the pipeline
+        has caught up they go back to the system, so that memory returns towards its idle level."""
+        released_at = 0
+        while self.components is not None:
+            await asyncio.sleep(_RELEASE_CHECK_SECONDS)
+            pipeline = self.components.pipeline
+            if pipeline.pending == 0 and pipeline.handled - released_at >= _RELEASE_AFTER_OBSERVATIONS:
+                released_at = pipeline.handled
+                await asyncio.to_thread(release_free_memory)
 
     async def _start_frontend(self, main: web.Application) -> None:
         from kelemetry_py.analysis.http import add_analysis_routes
@@ -190,6 +213,10 @@ class App:
         self._ready = False
         self._stopping = True
         drained = True
+        if self._releaser is not None:
+            self._releaser.cancel()
+            await asyncio.gather(self._releaser, return_exceptions=True)
+            self._releaser = None
         if self.components is not None:
             if self.components.sources is not None:
                 await self.components.sources.stop()  # they submit into the spool: stop them first
@@ -344,7 +371,9 @@ async def build_components(config: Config) -> Components:
     catalogs = ClusterCatalogs()
     linkers = load_linkers(config.plugins, catalog=catalogs, graph=graph)  # plugins may read the graph
     observation_log, span_log = open_spool(config)
+    priority = Priority(config.pipeline.background_share)
     pipeline = Pipeline(
+        priority=priority,
         writer=SpanLogWriter(span_log),
         emission=emission,
         metrics=metrics,
@@ -378,6 +407,7 @@ async def build_components(config: Config) -> Components:
         # Redis Streams: an observation stays pending until every writer has its spans, so that another replica
         # can finish it if this one dies; a local spool survives on this disk anyway.
         ack_after_writers=config.spool.backend == "redis",
+        priority=priority,
     )
     return Components(
         metrics=metrics,
@@ -392,6 +422,7 @@ async def build_components(config: Config) -> Components:
         sources=SourceRunner(sources, delivery.intake, config, metrics) if sources else None,
         search=search,
         alerts=alerts,
+        priority=priority,
     )
 
 
@@ -436,6 +467,29 @@ async def open_reader(config: Config, components: Components) -> TraceReader:
         return components.store  # closed with the store
     components.closers.append(reader.close)
     return reader
+
+
+def release_free_memory() -> None:
+    """Return the C allocator's free pages to the system (glibc's malloc_trim; elsewhere nothing to do)."""
+    trim = getattr(_process_symbols(), "malloc_trim", None)
+    if trim is None:
+        return
+    before = _rss_mib()
+    trim(0)
+    log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, _rss_mib())
+
+
+def _rss_mib() -> float:
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+@functools.cache
+def _process_symbols() -> ctypes.CDLL:
+    return ctypes.CDLL(None)  # the C library this interpreter runs on, among others
 
 
 def tune_garbage_collector() -> None:

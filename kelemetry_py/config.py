@@ -143,6 +143,9 @@ class PipelineConfig:
     window_seconds: int = 1800
     # Objects the object graph (the linkers' memory) keeps; past it the least recently seen are forgotten.
     graph_max_nodes: int = 200_000
+    # While audit batches wait for their answer, the pipeline's share of the event loop (the rest of its backlog
+    # waits in the spool); with none waiting it takes all it needs.
+    background_share: float = 0.1
 
 
 @dataclass
@@ -526,6 +529,8 @@ def validate(config: Config) -> None:
     positive("pipeline.partitions", config.pipeline.partitions)
     positive("pipeline.queue_capacity", config.pipeline.queue_capacity)
     positive("pipeline.window_seconds", config.pipeline.window_seconds)
+    if not 0 < config.pipeline.background_share <= 1:
+        raise ConfigError("pipeline.background_share: must be more than 0 and at most 1")
     if config.pipeline.graph_max_nodes < 2:
         raise ConfigError("pipeline.graph_max_nodes: must be at least 2 (a link has two ends)")
     positive("otlp.batch_size", config.otlp.batch_size)

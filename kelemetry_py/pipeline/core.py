@@ -46,6 +46,7 @@ from kelemetry_py.model import (
 from kelemetry_py.pipeline import ObservationHook, Overloaded
 from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
+from kelemetry_py.pipeline.priority import Priority
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ class Pipeline:
         graph: ObjectGraph | None = None,
         decorators: Sequence[Decorator] = (),
         linker_timeout_seconds: float = LINKER_TIMEOUT_SECONDS,
+        priority: Priority | None = None,
     ) -> None:
+        self._priority = priority or Priority()
         self._config = config or PipelineConfig()
         self._writer = writer
         self._emission = emission
@@ -112,6 +115,7 @@ class Pipeline:
         self._workers: list[asyncio.Task[None]] = []
         self._parked: set[asyncio.Task[None]] = set()
         self._pending = 0
+        self.handled = 0  # observations done since start (written, or dropped alone)
         self._room = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -188,6 +192,7 @@ class Pipeline:
                 ticket.done(1)
         count = len(items)
         self._pending -= count
+        self.handled += count
         self._metrics.queue_depth.set(self._pending)
         if self._pending == 0:
             self._idle.set()
@@ -256,18 +261,19 @@ class Pipeline:
             return
         spans: list[Span] = []
         claims: list[str] = []
-        for observation, ticket in items:
-            force = ticket is not None and ticket.replayed
-            span_mark, claim_mark = len(spans), len(claims)
-            try:
-                await self._spans_for(observation, spans, claims, force)
-            except Exception:
-                # One observation that cannot become spans is dropped alone, never with its neighbours.
-                del spans[span_mark:]
-                await self._release(claims[claim_mark:])
-                del claims[claim_mark:]
-                self._metrics.observations_failed.labels(observation.kind).inc()
-                log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
+        async with self._priority.background():
+            for observation, ticket in items:
+                force = ticket is not None and ticket.replayed
+                span_mark, claim_mark = len(spans), len(claims)
+                try:
+                    await self._spans_for(observation, spans, claims, force)
+                except Exception:
+                    # One observation that cannot become spans is dropped alone, never with its neighbours.
+                    del spans[span_mark:]
+                    await self._release(claims[claim_mark:])
+                    del claims[claim_mark:]
+                    self._metrics.observations_failed.labels(observation.kind).inc()
+                    log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
         if not spans:
             return
         delay = 0.05

@@ -25,6 +25,7 @@ from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import KIND_RECORD, Observation, Span
 from kelemetry_py.pipeline import Overloaded, TooLarge
 from kelemetry_py.pipeline.core import Pipeline, Ticket
+from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.spool import DurableLog, LogConsumer, Record, RecordTooLarge, SpoolFull
 from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_observations, encode_spans
 from kelemetry_py.spool.local import LocalConsumer, LocalLog
@@ -194,7 +195,9 @@ class Delivery:
         metrics: Metrics,
         consumers: Mapping[str, ObservationConsumer] | None = None,
         ack_after_writers: bool = False,
+        priority: Priority | None = None,
     ) -> None:
+        self._priority = priority or Priority()
         self.observations = observations
         self.spans = spans
         self.pipeline = pipeline
@@ -251,7 +254,11 @@ class Delivery:
             return False
         for record in records:
             try:
-                batch = record.value if record.value is not None else decode_observations(record.payload)
+                if record.value is not None:
+                    batch = record.value
+                else:  # read back from disk: a slice of background work of its own
+                    async with self._priority.background():
+                        batch = decode_observations(record.payload)
             except Exception:
                 log.exception("observation log: record %s cannot be decoded; dropped and counted", record.id)
                 self.metrics.observations_failed.labels("undecodable").inc()

@@ -20,6 +20,7 @@ from kelemetry_py.config import AuditConfig, HttpConfig, IngestConfig, is_cluste
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import KIND_RECORD
 from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
+from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ class AuditWebhook:
         http: HttpConfig,
         ingest: IngestConfig | None = None,
         clusters: frozenset[str] | None = None,
+        priority: Priority | None = None,
     ) -> None:
+        self._priority = priority or Priority()  # shared with the pipeline, so that a batch's answer goes first
         self._sink = sink
         self._converter = converter
         self._metrics = metrics
@@ -58,7 +61,8 @@ class AuditWebhook:
         started = time.perf_counter()
         code = 500  # unless an answer comes back
         try:
-            response = await self._handle(request)
+            with self._priority.serving():
+                response = await self._handle(request)
             code = response.status
             return response
         finally:
