@@ -5,7 +5,7 @@ The default configuration (embedded store and frontend on, everything else as sh
 only) runs in a fresh directory, so relative default paths (store, spool) land there. The client runs in a
 process of its own, as the apiserver does: the CPU figure is the tracer's alone (every thread of this process),
 and the client's work never queues on the tracer's event loop. ``--otlp-only`` turns store and frontend off
-and exports over OTLP/gRPC to a receiver in this process instead. The parse-only limit is orjson parsing the same
+and exports over OTLP/gRPC to a receiver in a third process instead. The parse-only limit is orjson parsing the same
 batch bodies in the same process.
 
 Then, on the same App, open-loop phases (each batch sent on schedule whether or not the last was answered): 50
@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yaml
 
 from bench.common import (
     FIXTURES,
@@ -84,9 +85,9 @@ def _free_port() -> int:
 
 
 class _Receiver:
-    """An OTLP/gRPC collector in this process that decodes every request (as a collector must) and counts spans."""
+    """An OTLP/gRPC collector that decodes every request (as a collector must) and counts spans."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
         self.spans = 0
@@ -103,12 +104,30 @@ class _Receiver:
 
         self.server = grpc.aio.server()
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)  # type: ignore[no-untyped-call]
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{_free_port()}")
+        self.server.add_insecure_port(f"127.0.0.1:{port}")
 
     async def wait_for(self, spans: int) -> None:
         while self.spans < spans:
             self.changed.clear()
             await self.changed.wait()
+
+
+def _receiver_process(port: int, conn: Connection) -> None:
+    """The OTLP back end's part, in its own process (as Tempo or Jaeger would be): answers each span count it is
+    sent once it has received that many spans."""
+
+    async def serve() -> None:
+        receiver = _Receiver(port)
+        await receiver.server.start()
+        conn.send("ready")
+        loop = asyncio.get_running_loop()
+        while (spans := await loop.run_in_executor(None, conn.recv)) is not None:
+            await receiver.wait_for(spans)
+            conn.send(receiver.spans)
+        await receiver.server.stop(None)
+
+    asyncio.run(serve())
+    conn.close()
 
 
 def _client_process(url: str, target_events: int, concurrency: int, conn: Connection) -> None:
@@ -176,6 +195,7 @@ async def run(
     paced_batches: int = 0,
     load_fraction: float = 0.0,
     load_seconds: float = 6.0,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from kelemetry_py.app import App
     from kelemetry_py.config import load_config
@@ -188,13 +208,19 @@ async def run(
         "http.port": 0,
         "log_level": "warning",
         "plugins.disabled": other_installed_plugins(),  # as installed: the built-in linkers only
+        **(settings or {}),
     }
-    receiver = None
+    spawn = multiprocessing.get_context("spawn")
+    receiver: Connection | None = None
+    receiver_process = None
     if otlp_only:
-        receiver = _Receiver()
-        await receiver.server.start()
+        receiver, their_end = spawn.Pipe()
+        port = _free_port()
+        receiver_process = spawn.Process(target=_receiver_process, args=(port, their_end))
+        receiver_process.start()
+        await asyncio.get_running_loop().run_in_executor(None, receiver.recv)
         overrides |= {
-            "otlp.endpoint": f"grpc://127.0.0.1:{receiver.port}",
+            "otlp.endpoint": f"grpc://127.0.0.1:{port}",
             "otlp.compression": "none",
             "store.enabled": False,
             "frontend.enabled": False,
@@ -205,7 +231,6 @@ async def run(
         try:
             app = App(load_config(env={}, overrides=overrides))
             await app.start()
-            spawn = multiprocessing.get_context("spawn")
             ours, theirs = spawn.Pipe()
             client = spawn.Process(
                 target=_client_process, args=(f"{app.base_url}/audit/bench", target_events, concurrency, theirs)
@@ -225,7 +250,8 @@ async def run(
                 if receiver is not None:
                     from kelemetry_py.export.otlp import WRITER_LABEL
 
-                    await receiver.wait_for(int(components.metrics.spans_exported.labels(WRITER_LABEL)._value.get()))
+                    receiver.send(int(components.metrics.spans_exported.labels(WRITER_LABEL)._value.get()))
+                    await loop.run_in_executor(None, receiver.recv)
                 wall = time.perf_counter() - wall_before
                 cpu = time.process_time() - cpu_before
                 store_bytes = dir_bytes(tmp)
@@ -250,8 +276,9 @@ async def run(
                 await app.stop()
         finally:
             os.chdir(here)
-    if receiver is not None:
-        await receiver.server.stop(None)
+    if receiver is not None and receiver_process is not None:
+        receiver.send(None)
+        receiver_process.join(timeout=10)
     # Measured again right after, and averaged: the machine's load drifts while a benchmark runs.
     limit = (limit + parse_limit(templates, lambda parsed: len(parsed["items"]), orjson.loads)) / 2
     ms = [x * 1000 for x in latencies]
@@ -260,6 +287,7 @@ async def run(
     return {
         "bench": "webhook",
         "configuration": "otlp-only (store and frontend off)" if otlp_only else "default (embedded store, frontend)",
+        **({"settings": settings} if settings else {}),
         "events": total_events,
         "batches": batches.count,
         "concurrency": concurrency,
@@ -274,7 +302,7 @@ async def run(
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
-        "note": "CPU is the tracer process's, all threads (and the OTLP receiver in it); the client runs apart",
+        "note": "CPU is the tracer process's, all threads; the client and the OTLP receiver run apart",
         **_open_loop_figures("paced", paced, paced_rate),
         **_open_loop_figures("load", loaded, load_rate),
     }
@@ -292,6 +320,16 @@ def _open_loop_figures(name: str, latencies: list[float], rate: float) -> dict[s
         f"{name}_p50_ms": round(statistics.median(ms), 1),
         f"{name}_p99_ms": round(percentile(ms, 0.99), 1),
     }
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator:
+            raise SystemExit(f"--set {pair}: expected KEY=VALUE")
+        settings[key] = yaml.safe_load(value)
+    return settings
 
 
 def main(argv: list[str]) -> int:
@@ -316,6 +354,13 @@ def main(argv: list[str]) -> int:
         "(its end-to-end rate, every span written), for the latency near capacity; 0 skips it",
     )
     parser.add_argument("--load-seconds", type=float, default=6.0, help="how long the near-capacity phase lasts")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting over the default configuration, the value in YAML (e.g. spool.memory_bytes=4194304)",
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(
         run(
@@ -326,6 +371,7 @@ def main(argv: list[str]) -> int:
             args.paced_batches,
             args.load_fraction,
             args.load_seconds,
+            parse_settings(args.set),
         )
     )
     report(result, args.json)
