@@ -254,17 +254,14 @@ class Delivery:
             return False
         for record in records:
             try:
-                if record.value is not None:
-                    batch = record.value
-                else:  # read back from disk: a slice of background work of its own
-                    async with self._priority.background():
-                        batch = decode_observations(record.payload)
+                async with self._priority.background():  # one record at a time: 400 observations to queue
+                    batch = record.value if record.value is not None else decode_observations(record.payload)
+                    batch = [observation for observation in batch if observation.kind != KIND_RECORD]
             except Exception:
                 log.exception("observation log: record %s cannot be decoded; dropped and counted", record.id)
                 self.metrics.observations_failed.labels("undecodable").inc()
                 acker.done(record)
                 continue
-            batch = [observation for observation in batch if observation.kind != KIND_RECORD]
             if not batch:  # search records only: nothing to trace
                 acker.done(record)
                 continue

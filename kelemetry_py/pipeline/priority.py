@@ -44,6 +44,7 @@ class Priority:
     @contextlib.asynccontextmanager
     async def background(self) -> AsyncIterator[None]:
         """Around one slice of background work (a few milliseconds of CPU, no waiting on other background work)."""
+        await asyncio.sleep(0)  # a turn of the loop first: requests that arrived meanwhile are read before it
         async with self._slice:
             while self._serving and (pause := self._resume_at - time.monotonic()) > 0:
                 with contextlib.suppress(TimeoutError):
