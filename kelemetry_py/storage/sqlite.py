@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -42,10 +42,11 @@ from kelemetry_py.storage import TraceHit, TraceQuery
 log = logging.getLogger(__name__)
 
 WRITER_LABEL = "sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READ_THREADS = 2
 _T = TypeVar("_T")
 _U64 = 1 << 64
+_U128 = 1 << 128
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 # Tags every span of one object carries: indexed once per trace (trace_tags), not per span.
@@ -55,6 +56,8 @@ _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 _SELECTIVE_OBJECT_KEYS = ("uid", "name")
 # Entries the writer remembers of traces it wrote (ids, span numbers, object tags indexed) before starting afresh.
 _TRACE_CACHE = 100_000
+# Span ids (with their numbers) the writer remembers of those traces, about 100 bytes each, before starting afresh.
+_SPAN_CACHE = 300_000
 # Object tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest
 # first.
 _DENSE_MATCHES = 5000
@@ -82,11 +85,11 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_end ON traces (end_ns);
+-- keyed by the span's document: its trace's tid << SEQ_BITS | its number within the trace, so a trace's spans
+-- are one range and its new spans go in at the end; the writer knows which span ids a trace has (no second index)
 CREATE TABLE IF NOT EXISTS spans (
-    tid INTEGER NOT NULL,
+    doc INTEGER PRIMARY KEY,
     span_id INTEGER NOT NULL,
-    -- the span's number within its trace: its span_terms document is tid << SEQ_BITS | seq
-    seq INTEGER NOT NULL,
     parent_id INTEGER,
     service TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -94,9 +97,7 @@ CREATE TABLE IF NOT EXISTS spans (
     end_ns INTEGER NOT NULL,
     error INTEGER NOT NULL,
     status_message TEXT NOT NULL,
-    body BLOB NOT NULL,
-    -- a rowid table: rows of about a kilobyte fill its pages, where a WITHOUT ROWID tree would leave them half empty
-    UNIQUE (tid, span_id)
+    body BLOB NOT NULL
 );
 -- every service with a span in span_terms, so that a search without a service knows which terms to look for
 CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -120,8 +121,11 @@ _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
     " namespace = ?, name = ?, uid = ? WHERE tid = ?"
 )
-_SPAN_COLUMNS = "(tid, span_id, seq, parent_id, service, name, start_ns, end_ns, error, status_message, body)"
-_INSERT_SPAN = f"INSERT OR IGNORE INTO spans {_SPAN_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SPAN = (
+    "INSERT INTO spans (doc, span_id, parent_id, service, name, start_ns, end_ns, error, status_message, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SPAN_CONTENT = "parent_id, service, name, start_ns, end_ns, error, status_message, body"
 _INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
 _DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
@@ -170,18 +174,19 @@ def tag_term(service: str, key: str, text: str) -> str:
     return f"{service.encode().hex()}y{key.encode().hex()}x{value.hex()}"
 
 
-_OBJECT_TAG_TYPES = frozenset((str, type(None)))
 _TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
 _LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
 # service → (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up.
 _text_terms: dict[str, dict[tuple[str, AttrValue], str]] = {}
 
 
-def span_terms(service: str, attributes: Attributes) -> str:
-    """The document a span is indexed by: each of its attributes but the object tags (those are in
-    ``trace_tags``); empty when there are none (a query with span tags cannot match the span, one with only a
-    service checks the spans table)."""
+def index_terms(service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """How a span is indexed, in one pass over its attributes: the document of its span tags (each attribute but
+    the object tags; empty when there are none: a query with span tags cannot match the span, one with only a
+    service checks the spans table) and its object tags as (key, text) pairs, indexed per trace in ``trace_tags``
+    (an object tag that is not text is one of the span's own attributes)."""
     terms: list[str] = []
+    found: list[tuple[str, str]] = []
     cache = _text_terms.get(service)
     if cache is None:
         cache = _text_terms[service] = {}
@@ -191,6 +196,7 @@ def span_terms(service: str, attributes: Attributes) -> str:
         # Only text and plain integers are cached: True, 1 and 1.0 are equal keys with different texts.
         if kind is str or kind is int:
             if kind is str and key in _OBJECT_KEY_SET:
+                found.append(item)  # type: ignore[arg-type]  # a str value
                 continue
             term = cache.get(item)
             if term is None:
@@ -199,11 +205,18 @@ def span_terms(service: str, attributes: Attributes) -> str:
                 term = cache[item] = tag_term(service, key, str(value))
             terms.append(term)
         elif isinstance(value, str):  # a subclass of str
-            if key not in _OBJECT_KEY_SET:
+            if key in _OBJECT_KEY_SET:
+                found.append((key, value))
+            else:
                 terms.append(tag_term(service, key, value))
         else:
             terms.extend(tag_term(service, key, text) for text in tag_texts(value))
-    return " ".join(terms)
+    return " ".join(terms), tuple(found)
+
+
+def span_terms(service: str, attributes: Attributes) -> str:
+    """The document of a span's span tags (see ``index_terms``)."""
+    return index_terms(service, attributes)[0]
 
 
 def match_expression(tags: Sequence[tuple[str, str]], services: Iterable[str]) -> str:
@@ -259,7 +272,10 @@ def find_traces_sql(
         sql.append(f"AND t.tid IN (SELECT rowid >> {SEQ_BITS} FROM span_terms WHERE span_terms MATCH ?)")
         params.append(expression)
     elif query.service:
-        sql.append("AND EXISTS (SELECT 1 FROM spans sp WHERE sp.tid = t.tid AND sp.service = ?)")
+        sql.append(
+            f"AND EXISTS (SELECT 1 FROM spans sp WHERE sp.doc >= t.tid << {SEQ_BITS}"
+            f" AND sp.doc < (t.tid + 1) << {SEQ_BITS} AND sp.service = ?)"
+        )
         params.append(query.service)
     sql.append("ORDER BY t.start_ns DESC, t.end_ns DESC")
     if limited:
@@ -278,57 +294,53 @@ def _hit(row: Sequence[Any]) -> TraceHit:
 
 
 class _Encoded:
-    """One span as rows, made on the writer thread; its trace's id and its number are filled in at commit."""
+    """One span as a row, made on the writer thread; its document id is filled in at commit."""
 
     __slots__ = ("object_tags", "row", "span", "terms", "trace_key")
 
     def __init__(self, span: Span) -> None:
-        for value in (span.start_ns, span.end_ns):
+        start_ns, end_ns, parent_id = span.start_ns, span.end_ns, span.parent_id
+        for value in (start_ns, end_ns):
             if not _I64_MIN <= value <= _I64_MAX:
                 raise _Unrepresentable(f"time {value} ns is beyond 64 bits")
-        if not 0 <= span.trace_id < 1 << 128 or not 0 <= span.span_id < _U64:
+        if not (0 <= span.trace_id < _U128 and 0 <= span.span_id < _U64):
             raise _Unrepresentable("trace or span id out of range")
-        if span.parent_id is not None and not 0 <= span.parent_id < _U64:
-            raise _Unrepresentable("parent id out of range")
+        if parent_id is not None:
+            if not 0 <= parent_id < _U64:
+                raise _Unrepresentable("parent id out of range")
+            parent_id = _signed(parent_id)
         self.span = span
         self.trace_key = span.trace_id.to_bytes(16, "big")
-        self.object_tags = object_tags(span.attributes)
         try:
-            body = _encode((span.attributes, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
-            self.terms = span_terms(span.service, span.attributes)
+            self.terms, self.object_tags = index_terms(span.service, span.attributes)
+            logs = [(entry.time_ns, entry.name, entry.fields) for entry in span.logs] if span.logs else ()
+            body = _encode((span.attributes, logs))
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
             raise _Unrepresentable(f"attributes or logs: {exc}") from exc
+        # The span's row from its document id (filled in at commit) on; row[2:] is what a rewrite compares.
         self.row: list[Any] = [
-            0,  # the trace's id, filled in at commit
+            0,
             _signed(span.span_id),
-            0,  # the span's number within its trace, filled in at commit
-            None if span.parent_id is None else _signed(span.parent_id),
+            parent_id,
             span.service,
             span.name,
-            span.start_ns,
-            span.end_ns,
+            start_ns,
+            end_ns,
             1 if span.error else 0,
             span.status_message,
             body,
         ]
 
 
-def object_tags(attributes: Attributes) -> tuple[str | None, ...]:
-    """The span's object tags in ``OBJECT_KEYS`` order, None where absent; one that is not text is not an object
-    tag but one of the span's own attributes."""
-    found = tuple(map(attributes.get, OBJECT_KEYS))
-    if _OBJECT_TAG_TYPES.issuperset(map(type, found)):
-        return cast("tuple[str | None, ...]", found)
-    return tuple(value if isinstance(value, str) else None for value in found)
-
-
 class _Trace:
     """What the writer remembers of a stored trace, so that most batches need no read of the traces table."""
 
-    __slots__ = ("end_ns", "has_root", "next_seq", "start_ns", "tid")
+    __slots__ = ("end_ns", "has_root", "next_seq", "seqs", "start_ns", "tid")
 
-    def __init__(self, tid: int, next_seq: int, start_ns: int, end_ns: int, has_root: int) -> None:
-        self.tid, self.next_seq, self.start_ns, self.end_ns, self.has_root = tid, next_seq, start_ns, end_ns, has_root
+    def __init__(self, tid: int, seqs: dict[int, int], start_ns: int, end_ns: int, has_root: int) -> None:
+        self.tid, self.start_ns, self.end_ns, self.has_root = tid, start_ns, end_ns, has_root
+        self.seqs = seqs  # each stored span's number by its (signed) span id: a span written again keeps its row
+        self.next_seq = max(seqs.values(), default=-1) + 1
 
 
 def _trace_row(spans: list[Span]) -> tuple[Any, ...]:
@@ -370,8 +382,9 @@ class SqliteStore:
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         # (trace, object tags) whose rows are in trace_tags; writer thread only
-        self._indexed: dict[tuple[int, tuple[str | None, ...]], None] = {}
+        self._indexed: dict[tuple[int, tuple[tuple[str, str], ...]], None] = {}
         self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
+        self._remembered_spans = 0  # span ids in self._traces, about
         self._services: set[str] | None = None  # in the services table; writer thread only, None: to be read
         self._next_tid = 1  # writer thread only; set at open
         self._pending: list[Span] = []
@@ -586,20 +599,23 @@ class SqliteStore:
         self._indexed.clear()
         self._services = None
         self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
+        self._remembered_spans = 0
 
     def _known_traces(self, conn: sqlite3.Connection, trace_keys: list[bytes]) -> None:
         """Read the stored state of traces the writer does not remember (after a restart or a cache reset)."""
-        if len(self._traces) + len(trace_keys) > _TRACE_CACHE:
-            self._traces.clear()
         for chunk, marks in _in_chunks(trace_keys):
             rows = conn.execute(
-                "SELECT t.trace_id, t.tid, t.start_ns, t.end_ns, t.has_root,"
-                " (SELECT coalesce(max(s.seq), -1) + 1 FROM spans s WHERE s.tid = t.tid)"
-                f" FROM traces t WHERE t.trace_id IN ({marks})",
-                chunk,
-            )
-            for trace_key, tid, start_ns, end_ns, has_root, next_seq in rows:
-                self._traces[trace_key] = _Trace(tid, next_seq, start_ns, end_ns, has_root)
+                f"SELECT trace_id, tid, start_ns, end_ns, has_root FROM traces WHERE trace_id IN ({marks})", chunk
+            ).fetchall()
+            for trace_key, tid, start_ns, end_ns, has_root in rows:
+                seqs: dict[int, int] = dict(
+                    conn.execute(
+                        f"SELECT span_id, doc & {(1 << SEQ_BITS) - 1} FROM spans WHERE doc >= ? AND doc < ?",
+                        (tid << SEQ_BITS, (tid + 1) << SEQ_BITS),
+                    )
+                )
+                self._traces[trace_key] = _Trace(tid, seqs, start_ns, end_ns, has_root)
+                self._remembered_spans += len(seqs)
 
     def _insert(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
         by_trace: dict[bytes, list[_Encoded]] = {}
@@ -610,17 +626,23 @@ class SqliteStore:
             else:
                 group.append(item)
         unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
+        if len(self._traces) + len(unknown) > _TRACE_CACHE or self._remembered_spans + len(encoded) > _SPAN_CACHE:
+            self._traces.clear()
+            self._remembered_spans = 0
+            unknown = list(by_trace)
         if unknown:
             self._known_traces(conn, unknown)
+        self._remembered_spans += len(encoded)
         new_traces: list[tuple[Any, ...]] = []
         changed_traces: list[tuple[Any, ...]] = []
-        span_rows: list[list[Any]] = []
+        added: dict[int, _Encoded] = {}  # spans new to the store, by document, in the batch's order
+        again: list[_Encoded] = []  # spans the store has already: rewritten if their content changed
         trace_tag_rows: set[tuple[str, str, int]] = set()
         for trace_key, items in by_trace.items():
             start_ns, end_ns, has_root, *ref = _trace_row([item.span for item in items])
             trace = self._traces.get(trace_key)
             if trace is None:
-                trace = self._traces[trace_key] = _Trace(self._next_tid, 0, start_ns, end_ns, has_root)
+                trace = self._traces[trace_key] = _Trace(self._next_tid, {}, start_ns, end_ns, has_root)
                 self._next_tid += 1
                 new_traces.append((trace.tid, trace_key, start_ns, end_ns, has_root, *ref))
             elif start_ns < trace.start_ns or end_ns > trace.end_ns or has_root > trace.has_root:
@@ -630,23 +652,30 @@ class SqliteStore:
                     changed_traces.append((trace.start_ns, trace.end_ns, has_root, *ref, trace.tid))
                 else:
                     changed_traces.append((trace.start_ns, trace.end_ns, trace.tid))
-            tid, seq = trace.tid, trace.next_seq
-            if seq + len(items) > _SEQ_LIMIT:
-                raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
-            trace.next_seq = seq + len(items)
-            indexed: tuple[str | None, ...] | None = None
+            tid, seqs = trace.tid, trace.seqs
+            first_doc = tid << SEQ_BITS
+            indexed: tuple[tuple[str, str], ...] | None = None
             for item in items:
                 row = item.row
-                row[0] = tid
-                row[2] = seq
-                seq += 1
-                span_rows.append(row)
+                seq = seqs.get(row[1])
+                if seq is None:
+                    seq = seqs[row[1]] = trace.next_seq
+                    trace.next_seq += 1
+                    row[0] = first_doc | seq
+                    added[row[0]] = item
+                else:
+                    row[0] = first_doc | seq
+                    if row[0] in added:  # twice in this batch: the later copy wins
+                        added[row[0]] = item
+                    else:
+                        again.append(item)
                 if item.object_tags != indexed and (tid, item.object_tags) not in self._indexed:
                     # A trace's spans share their object tags: their rows go in once.
                     self._indexed[tid, item.object_tags] = None
-                    tags = zip(OBJECT_KEYS, item.object_tags, strict=True)
-                    trace_tag_rows.update((key, value, tid) for key, value in tags if value is not None)
+                    trace_tag_rows.update((key, value, tid) for key, value in item.object_tags)
                 indexed = item.object_tags
+            if trace.next_seq > _SEQ_LIMIT:
+                raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
         if len(self._indexed) > _TRACE_CACHE:
             self._indexed.clear()
         conn.executemany(_INSERT_TRACE, new_traces)
@@ -654,51 +683,34 @@ class SqliteStore:
         conn.executemany(
             "UPDATE traces SET start_ns = ?, end_ns = ? WHERE tid = ?", [row for row in changed_traces if len(row) == 3]
         )
-        before = conn.total_changes
-        conn.executemany(_INSERT_SPAN, span_rows)
-        if conn.total_changes - before == len(span_rows):
-            documents = [((item.row[0] << SEQ_BITS) | item.row[2], item.terms, item.row[4]) for item in encoded]
-        else:  # some spans were there already (a re-delivery, or a span rewritten with other tags)
-            documents = self._rewrite_existing(conn, encoded)
+        conn.executemany(_INSERT_SPAN, [item.row for item in added.values()])
         # A span without attributes of its own is found by its trace's object tags; no document needed.
-        documents = [document for document in documents if document[1]]
-        conn.executemany(_INSERT_TERMS, [document[:2] for document in documents])
-        self._note_services(conn, {document[2] for document in documents})
+        documents = [(doc, item.terms) for doc, item in added.items() if item.terms]
+        conn.executemany(_INSERT_TERMS, documents)
+        self._note_services(conn, {item.row[3] for item in added.values() if item.terms})
+        if again:
+            self._rewrite_existing(conn, again)
         # In index order: each B-tree page is visited once per batch, not once per row.
         conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
 
-    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[tuple[int, str, str]]:
-        """Replace spans stored with other content than this batch gives them, with their index terms; returns
-        the documents (id, terms, service) still to be indexed: those of the spans this batch added."""
-        documents: dict[int, tuple[int, str, str]] = {}  # by document id, in the batch's order
+    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
+        """Replace spans stored with other content than this batch gives them, with their index terms."""
         for item in encoded:
-            tid, span_id, seq = item.row[0], item.row[1], item.row[2]
-            stored = conn.execute(
-                "SELECT seq, parent_id, service, name, start_ns, end_ns, error, status_message, body"
-                " FROM spans WHERE tid = ? AND span_id = ?",
-                (tid, span_id),
-            ).fetchone()
-            doc = (tid << SEQ_BITS) | stored[0]
-            if stored[0] == seq:  # added by this item
-                documents[doc] = (doc, item.terms, item.row[4])
-                continue
-            if list(stored[1:]) == item.row[3:]:
+            doc = item.row[0]
+            stored = conn.execute(f"SELECT {_SPAN_CONTENT} FROM spans WHERE doc = ?", (doc,)).fetchone()
+            if list(stored) == item.row[2:]:
                 continue
             conn.execute(
                 "UPDATE spans SET parent_id = ?, service = ?, name = ?, start_ns = ?, end_ns = ?, error = ?,"
-                " status_message = ?, body = ? WHERE tid = ? AND span_id = ?",
-                (*item.row[3:], tid, span_id),
+                " status_message = ?, body = ? WHERE doc = ?",
+                (*item.row[2:], doc),
             )
-            if doc in documents:  # added earlier in this batch and not indexed yet: the later copy wins
-                documents[doc] = (doc, item.terms, item.row[4])
-                continue
-            old_terms = span_terms(stored[2], _decode_body(stored[8])[0])
+            old_terms = span_terms(stored[1], _decode_body(stored[7])[0])
             if old_terms:
                 conn.execute(_DELETE_TERMS, (doc, old_terms))
             if item.terms:
                 conn.execute(_INSERT_TERMS, (doc, item.terms))
-                self._note_services(conn, {item.row[4]})
-        return list(documents.values())
+                self._note_services(conn, {item.row[3]})
 
     def _note_services(self, conn: sqlite3.Connection, services: set[str]) -> None:
         if self._services is None:
@@ -798,7 +810,8 @@ class SqliteStore:
         for chunk, marks in _in_chunks([trace_id.to_bytes(16, "big") for trace_id in trace_ids]):
             rows = conn.execute(
                 "SELECT t.trace_id, s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error,"
-                " s.status_message, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
+                " s.status_message, s.body FROM traces t"
+                f" JOIN spans s ON s.doc >= t.tid << {SEQ_BITS} AND s.doc < (t.tid + 1) << {SEQ_BITS}"
                 f" WHERE t.trace_id IN ({marks}) ORDER BY t.tid, s.start_ns, s.span_id",
                 chunk,
             ).fetchall()
@@ -875,9 +888,7 @@ class SqliteStore:
         row = conn.execute("SELECT doc FROM span_term_docs WHERE term = ? LIMIT 1", (term,)).fetchone()
         if row is None:
             return []
-        body = conn.execute(
-            "SELECT body FROM spans WHERE tid = ? AND seq = ?", (row[0] >> SEQ_BITS, row[0] & ((1 << SEQ_BITS) - 1))
-        ).fetchone()
+        body = conn.execute("SELECT body FROM spans WHERE doc = ?", (row[0],)).fetchone()
         attributes = _decode_body(body[0])[0] if body else {}
         texts = tag_texts(attributes[key]) if key in attributes else []
         return [text for text in texts if tag_term(service, key, text) == term]
@@ -901,16 +912,17 @@ class SqliteStore:
                 # from the trace's spans rather than found by scanning.
                 documents: list[tuple[int, str]] = []
                 trace_tags: set[tuple[str, str, int]] = set()
-                for seq, service, body in conn.execute("SELECT seq, service, body FROM spans WHERE tid = ?", (tid,)):
-                    attributes = _decode_body(body)[0]
-                    terms = span_terms(service, attributes)
+                docs = (tid << SEQ_BITS, (tid + 1) << SEQ_BITS)
+                for doc, service, body in conn.execute(
+                    "SELECT doc, service, body FROM spans WHERE doc >= ? AND doc < ?", docs
+                ):
+                    terms, tags = index_terms(service, _decode_body(body)[0])
                     if terms:
-                        documents.append(((tid << SEQ_BITS) | seq, terms))
-                    tags = zip(OBJECT_KEYS, object_tags(attributes), strict=True)
-                    trace_tags.update((key, value, tid) for key, value in tags if value is not None)
+                        documents.append((doc, terms))
+                    trace_tags.update((key, value, tid) for key, value in tags)
                 conn.executemany(_DELETE_TERMS, documents)
                 conn.executemany("DELETE FROM trace_tags WHERE key = ? AND value = ? AND tid = ?", trace_tags)
-                conn.execute("DELETE FROM spans WHERE tid = ?", (tid,))
+                conn.execute("DELETE FROM spans WHERE doc >= ? AND doc < ?", docs)
                 conn.execute("DELETE FROM traces WHERE tid = ?", (tid,))
             conn.execute("COMMIT")
         except BaseException:

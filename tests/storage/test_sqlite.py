@@ -509,7 +509,7 @@ async def test_a_file_in_another_store_format_is_refused_untouched(tmp_path: Pat
     conn.execute("PRAGMA user_version=2")
     conn.commit()
     conn.close()
-    with pytest.raises(RuntimeError, match="store format 2, this version reads format 3; move the file aside"):
+    with pytest.raises(RuntimeError, match="store format 2, this version reads format 4; move the file aside"):
         await SqliteStore(str(path)).open()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
