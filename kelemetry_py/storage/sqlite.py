@@ -100,7 +100,14 @@ CREATE TABLE IF NOT EXISTS spans (
     body BLOB NOT NULL
 );
 -- every service with a span in span_terms, so that a search without a service knows which terms to look for
-CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY) WITHOUT ROWID;
+-- every service and key of a span tag has a number, the start of its terms (see tag_term); a search without a
+-- service looks for the tags of each service that has them
+CREATE TABLE IF NOT EXISTS term_keys (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    key TEXT NOT NULL,
+    UNIQUE (key, service)
+);
 CREATE TABLE IF NOT EXISTS trace_tags (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -162,34 +169,43 @@ def tag_texts(value: AttrValue) -> list[str]:
     return [str(value)]
 
 
-def tag_term(service: str, key: str, text: str) -> str:
-    """One attribute of a span of ``service`` as one index term, so that a search with a service intersects
-    only that service's postings. Hex keeps any text one token that the ``ascii`` tokenizer leaves as it is (no
-    case folding, no splitting); ``y`` and ``x`` cannot occur in hex, so service, key and value cannot run into
-    each other. A long value is named by its 128-bit BLAKE2 digest after ``z`` (not a hex digit either): FTS5
-    cuts tokens at 32 KiB, and a digest keeps the index small."""
+def key_prefix(key_id: int) -> str:
+    """The start of every term of one service's key: its number in hex, then ``x`` (not a hex digit)."""
+    return f"{key_id:x}x"
+
+
+def tag_term(prefix: str, text: str) -> str:
+    """One attribute of a span as one index term: its service and key's ``key_prefix``, so that a search with a
+    service intersects only that service's postings, then the value in hex. Hex keeps any text one token that
+    the ``ascii`` tokenizer leaves as it is (no case folding, no splitting). A value longer than ``_LONG_VALUE``
+    bytes (an audit ID, a user agent) is named by its 96-bit BLAKE2 digest after ``z`` (not a hex digit
+    either): the index holds far fewer bytes per term, and ``tag_values`` reads such a value back from a span
+    that has it."""
     value = text.encode()
     if len(value) > _LONG_VALUE:
-        return f"{service.encode().hex()}y{key.encode().hex()}xz{hashlib.blake2b(value, digest_size=16).hexdigest()}"
-    return f"{service.encode().hex()}y{key.encode().hex()}x{value.hex()}"
+        return f"{prefix}z{hashlib.blake2b(value, digest_size=12).hexdigest()}"
+    return prefix + value.hex()
 
 
 _TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
-_LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
-# service → (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up.
-_text_terms: dict[str, dict[tuple[str, AttrValue], str]] = {}
+_LONG_VALUE = 16  # bytes of text beyond which a value's term is its digest
+# (key, value) → its term, per service: most values repeat (verbs, users, agents), so most terms are looked up.
+_TermCache = dict[tuple[str, AttrValue], str]
+# The prefix of a service's key (see key_prefix), or None where it has none.
+_PrefixOf = Callable[[str, str], "str | None"]
+# A span's document and object tags, from its service and attributes (see index_terms).
+_TermsOf = Callable[[str, Attributes], tuple[str, tuple[tuple[str, str], ...]]]
 
 
-def index_terms(service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
+def index_terms(
+    service: str, attributes: Attributes, cache: _TermCache, prefix_of: _PrefixOf
+) -> tuple[str, tuple[tuple[str, str], ...]]:
     """How a span is indexed, in one pass over its attributes: the document of its span tags (each attribute but
     the object tags; empty when there are none: a query with span tags cannot match the span, one with only a
     service checks the spans table) and its object tags as (key, text) pairs, indexed per trace in ``trace_tags``
-    (an object tag that is not text is one of the span's own attributes)."""
+    (an object tag that is not text is one of the span's own attributes). A key without a prefix has no terms."""
     terms: list[str] = []
     found: list[tuple[str, str]] = []
-    cache = _text_terms.get(service)
-    if cache is None:
-        cache = _text_terms[service] = {}
     for item in attributes.items():
         key, value = item
         kind = type(value)
@@ -200,30 +216,27 @@ def index_terms(service: str, attributes: Attributes) -> tuple[str, tuple[tuple[
                 continue
             term = cache.get(item)
             if term is None:
+                prefix = prefix_of(service, key)
+                if prefix is None:
+                    continue
                 if len(cache) >= _TERM_CACHE:
                     cache.clear()
-                term = cache[item] = tag_term(service, key, str(value))
+                term = cache[item] = tag_term(prefix, str(value))
             terms.append(term)
-        elif isinstance(value, str):  # a subclass of str
-            if key in _OBJECT_KEY_SET:
-                found.append((key, value))
-            else:
-                terms.append(tag_term(service, key, value))
+        elif isinstance(value, str) and key in _OBJECT_KEY_SET:  # a subclass of str
+            found.append((key, value))
         else:
-            terms.extend(tag_term(service, key, text) for text in tag_texts(value))
+            prefix = prefix_of(service, key)
+            if prefix is not None:
+                terms.extend(tag_term(prefix, text) for text in tag_texts(value))
     return " ".join(terms), tuple(found)
 
 
-def span_terms(service: str, attributes: Attributes) -> str:
-    """The document of a span's span tags (see ``index_terms``)."""
-    return index_terms(service, attributes)[0]
-
-
-def match_expression(tags: Sequence[tuple[str, str]], services: Iterable[str]) -> str:
-    """An FTS5 query for documents of a span of one of ``services`` holding every tag (each term quoted, so none
-    reads as an operator)."""
+def match_expression(tags: Sequence[tuple[str, str]], prefixes: Iterable[dict[str, str]]) -> str:
+    """An FTS5 query for documents holding every tag, of one of the services whose key prefixes are given (each
+    term quoted, so none reads as an operator)."""
     return " OR ".join(
-        "(" + " AND ".join(f'"{tag_term(service, key, text)}"' for key, text in tags) + ")" for service in services
+        "(" + " AND ".join(f'"{tag_term(prefix[key], text)}"' for key, text in tags) + ")" for prefix in prefixes
     )
 
 
@@ -298,7 +311,7 @@ class _Encoded:
 
     __slots__ = ("object_tags", "row", "span", "terms", "trace_key")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, terms_of: _TermsOf) -> None:
         start_ns, end_ns, parent_id = span.start_ns, span.end_ns, span.parent_id
         for value in (start_ns, end_ns):
             if not _I64_MIN <= value <= _I64_MAX:
@@ -312,7 +325,7 @@ class _Encoded:
         self.span = span
         self.trace_key = span.trace_id.to_bytes(16, "big")
         try:
-            self.terms, self.object_tags = index_terms(span.service, span.attributes)
+            self.terms, self.object_tags = terms_of(span.service, span.attributes)
             logs = [(entry.time_ns, entry.name, entry.fields) for entry in span.logs] if span.logs else ()
             body = _encode((span.attributes, logs))
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
@@ -385,7 +398,11 @@ class SqliteStore:
         self._indexed: dict[tuple[int, tuple[tuple[str, str], ...]], None] = {}
         self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
         self._remembered_spans = 0  # span ids in self._traces, about
-        self._services: set[str] | None = None  # in the services table; writer thread only, None: to be read
+        # Writer thread only: each service and key's term prefix (None: to be read), new ones not stored yet, and
+        # each service's terms of recent values.
+        self._prefixes: dict[tuple[str, str], str] | None = None
+        self._new_keys: list[tuple[int, str, str]] = []
+        self._term_caches: dict[str, _TermCache] = {}
         self._next_tid = 1  # writer thread only; set at open
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
@@ -553,15 +570,18 @@ class SqliteStore:
         """Commit ``spans`` in one transaction; returns how many were dropped as unrepresentable."""
         encoded: list[_Encoded] = []
         dropped = 0
+        terms_of = self._index_terms
         for span in spans:
             try:
-                encoded.append(_Encoded(span))
+                encoded.append(_Encoded(span, terms_of))
             except _Unrepresentable as exc:
                 dropped += 1
                 log.warning("dropping span %016x of trace %032x: %s", span.span_id, span.trace_id, exc)
+        conn = self._connection()
+        if self._new_keys:
+            self._store_new_keys(conn)
         if not encoded:
             return dropped
-        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
@@ -597,7 +617,6 @@ class SqliteStore:
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
         self._indexed.clear()
-        self._services = None
         self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
         self._remembered_spans = 0
 
@@ -687,7 +706,6 @@ class SqliteStore:
         # A span without attributes of its own is found by its trace's object tags; no document needed.
         documents = [(doc, item.terms) for doc, item in added.items() if item.terms]
         conn.executemany(_INSERT_TERMS, documents)
-        self._note_services(conn, {item.row[3] for item in added.values() if item.terms})
         if again:
             self._rewrite_existing(conn, again)
         # In index order: each B-tree page is visited once per batch, not once per row.
@@ -705,20 +723,56 @@ class SqliteStore:
                 " status_message = ?, body = ? WHERE doc = ?",
                 (*item.row[2:], doc),
             )
-            old_terms = span_terms(stored[1], _decode_body(stored[7])[0])
+            old_terms = self._stored_terms(stored[1], _decode_body(stored[7])[0])[0]
             if old_terms:
                 conn.execute(_DELETE_TERMS, (doc, old_terms))
             if item.terms:
                 conn.execute(_INSERT_TERMS, (doc, item.terms))
-                self._note_services(conn, {item.row[3]})
 
-    def _note_services(self, conn: sqlite3.Connection, services: set[str]) -> None:
-        if self._services is None:
-            self._services = {row[0] for row in conn.execute("SELECT name FROM services")}
-        new = services - self._services
-        if new:
-            conn.executemany("INSERT OR IGNORE INTO services VALUES (?)", [(name,) for name in new])
-            self._services |= new
+    def _index_terms(self, service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """A span's terms and object tags (``index_terms``), numbering keys not seen before."""
+        cache = self._term_caches.get(service)
+        if cache is None:
+            cache = self._term_caches[service] = {}
+        return index_terms(service, attributes, cache, self._prefix)
+
+    def _stored_terms(self, service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The terms and object tags a stored span was indexed with (its keys are numbered already)."""
+        return index_terms(service, attributes, {}, self._stored_prefix)
+
+    def _prefix(self, service: str, key: str) -> str:
+        prefixes = self._key_prefixes()
+        prefix = prefixes.get((key, service))
+        if prefix is None:
+            key_id = len(prefixes) + 1
+            prefix = prefixes[key, service] = key_prefix(key_id)
+            self._new_keys.append((key_id, service, key))
+        return prefix
+
+    def _stored_prefix(self, service: str, key: str) -> str | None:
+        return self._key_prefixes().get((key, service))
+
+    def _key_prefixes(self) -> dict[tuple[str, str], str]:
+        if self._prefixes is None:
+            rows = self._connection().execute("SELECT key, service, id FROM term_keys")
+            self._prefixes = {(key, service): key_prefix(key_id) for key, service, key_id in rows}
+        return self._prefixes
+
+    def _store_new_keys(self, conn: sqlite3.Connection) -> None:
+        """Number the keys this batch brought, in a transaction of their own: a number, once used in a term, is
+        never given to another key, even when the batch's own transaction fails."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO term_keys (id, service, key) VALUES (?, ?, ?)", self._new_keys)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._prefixes = None  # the numbers handed out are void: read again, and forget terms made with them
+            self._term_caches.clear()
+            raise
+        finally:
+            self._new_keys = []
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -755,10 +809,10 @@ class SqliteStore:
             dense = driver is None
         if not span_tags:
             return [_hit(row) for row in conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense))]
-        services = [query.service] if query.service else [row[0] for row in conn.execute("SELECT name FROM services")]
-        if not services:
+        prefixes = SqliteStore._prefixes_of(conn, [key for key, _ in span_tags], query.service)
+        if not prefixes:
             return []
-        expression = match_expression(span_tags, services)
+        expression = match_expression(span_tags, prefixes)
         if selective and conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
             (*selective[0], _FEW_TRACES),
@@ -768,6 +822,18 @@ class SqliteStore:
         # span), then joined with the object tags' traces.
         sql, params = find_traces_sql(query, driver=driver, newest_first_scan=dense, expression=expression)
         return [_hit(row) for row in conn.execute(sql, params)]
+
+    @staticmethod
+    def _prefixes_of(conn: sqlite3.Connection, keys: list[str], service: str | None) -> list[dict[str, str]]:
+        """Per service (one, or every one) that has every key: each key's term prefix."""
+        by_service: dict[str, dict[str, str]] = {}
+        wanted = sorted(set(keys))
+        sql = f"SELECT service, key, id FROM term_keys WHERE key IN ({','.join('?' * len(wanted))})"
+        if service is not None:
+            sql += " AND service = ?"
+        for found_service, key, key_id in conn.execute(sql, [*wanted, *([service] if service is not None else [])]):
+            by_service.setdefault(found_service, {})[key] = key_prefix(key_id)
+        return [prefixes for _, prefixes in sorted(by_service.items()) if len(prefixes) == len(wanted)]
 
     @staticmethod
     def _check_each(
@@ -861,8 +927,8 @@ class SqliteStore:
             return [row[0] for row in rows]
         # Span tags are terms of the span index: per service, those that begin with the key's prefix, decoded.
         values: set[str] = set()
-        for (service,) in conn.execute("SELECT name FROM services").fetchall():
-            prefix = tag_term(service, key, "")
+        for (key_id,) in conn.execute("SELECT id FROM term_keys WHERE key = ?", (key,)).fetchall():
+            prefix = key_prefix(key_id)
             after = prefix[:-1] + "y"  # the first string past every term with this prefix
             if start_ns is None and end_ns is None:
                 terms = conn.execute(
@@ -877,13 +943,13 @@ class SqliteStore:
             for (term,) in terms:
                 encoded = term[len(prefix) :]
                 if encoded.startswith("z"):
-                    values.update(SqliteStore._long_values(conn, service, key, term))
+                    values.update(SqliteStore._long_values(conn, prefix, key, term))
                 else:
                     values.add(bytes.fromhex(encoded).decode())
         return sorted(values)
 
     @staticmethod
-    def _long_values(conn: sqlite3.Connection, service: str, key: str, term: str) -> list[str]:
+    def _long_values(conn: sqlite3.Connection, prefix: str, key: str, term: str) -> list[str]:
         """The text behind a digest term, read from the attributes of one span that holds it."""
         row = conn.execute("SELECT doc FROM span_term_docs WHERE term = ? LIMIT 1", (term,)).fetchone()
         if row is None:
@@ -891,7 +957,7 @@ class SqliteStore:
         body = conn.execute("SELECT body FROM spans WHERE doc = ?", (row[0],)).fetchone()
         attributes = _decode_body(body[0])[0] if body else {}
         texts = tag_texts(attributes[key]) if key in attributes else []
-        return [text for text in texts if tag_term(service, key, text) == term]
+        return [text for text in texts if tag_term(prefix, text) == term]
 
     # -- retention -------------------------------------------------------------------------------------------
 
@@ -916,7 +982,7 @@ class SqliteStore:
                 for doc, service, body in conn.execute(
                     "SELECT doc, service, body FROM spans WHERE doc >= ? AND doc < ?", docs
                 ):
-                    terms, tags = index_terms(service, _decode_body(body)[0])
+                    terms, tags = self._stored_terms(service, _decode_body(body)[0])
                     if terms:
                         documents.append((doc, terms))
                     trace_tags.update((key, value, tid) for key, value in tags)

@@ -250,7 +250,8 @@ async def test_use_outside_open_is_refused(tmp_path: Path) -> None:
 async def test_tag_search_uses_the_index(store: SqliteStore) -> None:
     await store.write([object_span(POD, W0)])
     query = whole_range(tags={"verb": "update", "username": "alice", "resource": "pods"}, service="audit")
-    expression = sqlite_store.match_expression([("verb", "update"), ("username", "alice")], ["audit"])
+    prefixes = {"verb": sqlite_store.key_prefix(1), "username": sqlite_store.key_prefix(2)}
+    expression = sqlite_store.match_expression([("verb", "update"), ("username", "alice")], [prefixes])
     sql, params = find_traces_sql(query, newest_first_scan=True, expression=expression)
 
     def plan() -> list[str]:
