@@ -176,9 +176,9 @@ def tag_term(prefix: str, text: str) -> str:
     """One attribute of a span as one index term: its service and key's ``key_prefix``, so that a search with a
     service intersects only that service's postings, then the value in hex. Hex keeps any text one token that
     the ``ascii`` tokenizer leaves as it is (no case folding, no splitting). A value longer than ``_LONG_VALUE``
-    bytes (an audit ID, a user agent) is named by its 96-bit BLAKE2 digest after ``z`` (not a hex digit
-    either): the index holds far fewer bytes per term, and ``tag_values`` reads such a value back from a span
-    that has it."""
+    bytes (a user agent) is named by its 96-bit BLAKE2 digest after ``z`` (not a hex digit either): the index
+    holds far fewer bytes per term, and ``tag_values`` reads such a value back from a span that has it. (An
+    audit ID, unique to its span, costs less in hex than its digest costs to compute.)"""
     value = text.encode()
     if len(value) > _LONG_VALUE:
         return f"{prefix}z{hashlib.blake2b(value, digest_size=12).hexdigest()}"
@@ -186,7 +186,7 @@ def tag_term(prefix: str, text: str) -> str:
 
 
 _TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
-_LONG_VALUE = 16  # bytes of text beyond which a value's term is its digest
+_LONG_VALUE = 40  # bytes of text beyond which a value's term is its digest (an audit ID, 36, is not)
 # (key, value) → its term, per service: most values repeat (verbs, users, agents), so most terms are looked up.
 _TermCache = dict[tuple[str, AttrValue], str]
 # The prefix of a service's key (see key_prefix), or None where it has none.
