@@ -1,15 +1,16 @@
 """The embedded trace store: one SQLite file in WAL mode, written on one thread and read on others.
 
 Tables: ``traces`` (one row per raw trace: a small integer id, its time range and the object it belongs to),
-``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's attributes and
-logs as one MessagePack body), ``trace_tags`` (the object tags, cluster to uid, once per trace, so that finding an
-object is an index lookup) and ``span_terms``, an FTS5 inverted index with one document per span: each of the
-span's other attributes as one term (service, key and value, hex-encoded so that any text is one exact token;
-``services`` lists the services that have documents). FTS5 collects a transaction's terms in memory and writes
-them as one compressed segment at commit, so indexing a span costs a fraction of what one B-tree row per
-attribute did, in a tenth of the space; a search intersects posting lists, which is Jaeger's rule (every tag on
-one span) for free. A document's id is the trace's id shifted left by ``SEQ_BITS`` plus the span's number within
-its trace, so a match names its trace without reading the span.
+``spans`` (one row per span, keyed by its document id: the trace's id shifted left by ``SEQ_BITS`` plus the
+span's number within its trace, so a trace's spans are one range and a match in the index names its trace
+without reading the span; the span id, the service, and the rest as one MessagePack body; the writer remembers
+which span ids a trace has, so a re-delivered span replaces itself), ``trace_tags`` (the object tags, cluster
+to uid, once per trace, so that finding an object is an index lookup) and ``span_terms``, an FTS5 inverted
+index with one document per span: each of the span's other attributes as one term (its service and key's number
+from ``term_keys``, then the value in hex, so that any text is one exact token). FTS5 collects a transaction's
+terms in memory and writes them as one compressed segment at commit, so indexing a span costs a fraction of
+what one B-tree row per attribute did, in a tenth of the space; a search intersects posting lists, which is
+Jaeger's rule (every tag on one span) for free.
 
 Concurrent ``write`` calls are coalesced: spans that arrive while a transaction is committing go together into
 the next one, and each ``write`` returns once its spans are committed, or raises if they were not. A span that
