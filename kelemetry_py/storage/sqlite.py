@@ -87,16 +87,15 @@ CREATE TABLE IF NOT EXISTS traces (
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_end ON traces (end_ns);
 -- keyed by the span's document: its trace's tid << SEQ_BITS | its number within the trace, so a trace's spans
--- are one range and its new spans go in at the end; the writer knows which span ids a trace has (no second index)
--- the rest of the span is one MessagePack body (parent id, name, start, end, error, status message, attributes,
--- logs): nothing searches those, and a row of four columns costs a third less to write than one of ten
+-- are one range and its new spans go in at the end; the writer knows which span ids a trace has (no second
+-- index). The rest of the span is one MessagePack body (parent id, name, start, end, error, status message,
+-- attributes, logs): nothing searches those, and a row of four columns costs a third less to write than one of ten.
 CREATE TABLE IF NOT EXISTS spans (
     doc INTEGER PRIMARY KEY,
     span_id INTEGER NOT NULL,
     service TEXT NOT NULL,
     body BLOB NOT NULL
 );
--- every service with a span in span_terms, so that a search without a service knows which terms to look for
 -- every service and key of a span tag has a number, the start of its terms (see tag_term); a search without a
 -- service looks for the tags of each service that has them
 CREATE TABLE IF NOT EXISTS term_keys (
