@@ -5,6 +5,8 @@ The spans are real: the recorded audit events of every fixture scenario turned i
 (object, audit and link spans), then copied under fresh trace ids, object names, audit IDs and resource versions
 (each real request has its own) until ``--spans`` are written,
 in batches of 256 (a pipeline partition's batch) from ``--writers`` concurrent writers, as the pipeline does.
+The store is given the pipeline's Span objects, as the span log's writer pump hands them while a record is
+still in memory (a record read back from disk after a restart is decoded first, which is not in this figure).
 The CPU figure is from the first two thirds, written alone; during the last third one reader runs the frontend's
 queries (tag search by name, by verb, a whole trace) back to back, for the latency figures. The
 parse-only limit is msgspec decoding the same spans from MessagePack, what a durable span log hands a writer.

@@ -1,15 +1,16 @@
 """The embedded trace store: one SQLite file in WAL mode, written on one thread and read on others.
 
 Tables: ``traces`` (one row per raw trace: a small integer id, its time range and the object it belongs to),
-``spans`` (keyed by trace id and span id, so a re-delivered span replaces itself; the span's attributes and
-logs as one MessagePack body), ``trace_tags`` (the object tags, cluster to uid, once per trace, so that finding an
-object is an index lookup) and ``span_terms``, an FTS5 inverted index with one document per span: each of the
-span's other attributes as one term (service, key and value, hex-encoded so that any text is one exact token;
-``services`` lists the services that have documents). FTS5 collects a transaction's terms in memory and writes
-them as one compressed segment at commit, so indexing a span costs a fraction of what one B-tree row per
-attribute did, in a tenth of the space; a search intersects posting lists, which is Jaeger's rule (every tag on
-one span) for free. A document's id is the trace's id shifted left by ``SEQ_BITS`` plus the span's number within
-its trace, so a match names its trace without reading the span.
+``spans`` (one row per span, keyed by its document id: the trace's id shifted left by ``SEQ_BITS`` plus the
+span's number within its trace, so a trace's spans are one range and a match in the index names its trace
+without reading the span; the span id, the service, and the rest as one MessagePack body; the writer remembers
+which span ids a trace has, so a re-delivered span replaces itself), ``trace_tags`` (the object tags, cluster
+to uid, once per trace, so that finding an object is an index lookup) and ``span_terms``, an FTS5 inverted
+index with one document per span: each of the span's other attributes as one term (its service and key's number
+from ``term_keys``, then the value in hex, so that any text is one exact token). FTS5 collects a transaction's
+terms in memory and writes them as one compressed segment at commit, so indexing a span costs a fraction of
+what one B-tree row per attribute did, in a tenth of the space; a search intersects posting lists, which is
+Jaeger's rule (every tag on one span) for free.
 
 Concurrent ``write`` calls are coalesced: spans that arrive while a transaction is committing go together into
 the next one, and each ``write`` returns once its spans are committed, or raises if they were not. A span that
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -42,10 +43,11 @@ from kelemetry_py.storage import TraceHit, TraceQuery
 log = logging.getLogger(__name__)
 
 WRITER_LABEL = "sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READ_THREADS = 2
 _T = TypeVar("_T")
 _U64 = 1 << 64
+_U128 = 1 << 128
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 # Tags every span of one object carries: indexed once per trace (trace_tags), not per span.
@@ -55,6 +57,8 @@ _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 _SELECTIVE_OBJECT_KEYS = ("uid", "name")
 # Entries the writer remembers of traces it wrote (ids, span numbers, object tags indexed) before starting afresh.
 _TRACE_CACHE = 100_000
+# Span ids (with their numbers) the writer remembers of those traces, about 100 bytes each, before starting afresh.
+_SPAN_CACHE = 300_000
 # Object tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest
 # first.
 _DENSE_MATCHES = 5000
@@ -82,24 +86,24 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_end ON traces (end_ns);
+-- keyed by the span's document: its trace's tid << SEQ_BITS | its number within the trace, so a trace's spans
+-- are one range and its new spans go in at the end; the writer knows which span ids a trace has (no second
+-- index). The rest of the span is one MessagePack body (parent id, name, start, end, error, status message,
+-- attributes, logs): nothing searches those, and a row of four columns costs a third less to write than one of ten.
 CREATE TABLE IF NOT EXISTS spans (
-    tid INTEGER NOT NULL,
+    doc INTEGER PRIMARY KEY,
     span_id INTEGER NOT NULL,
-    -- the span's number within its trace: its span_terms document is tid << SEQ_BITS | seq
-    seq INTEGER NOT NULL,
-    parent_id INTEGER,
     service TEXT NOT NULL,
-    name TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    error INTEGER NOT NULL,
-    status_message TEXT NOT NULL,
-    body BLOB NOT NULL,
-    -- a rowid table: rows of about a kilobyte fill its pages, where a WITHOUT ROWID tree would leave them half empty
-    UNIQUE (tid, span_id)
+    body BLOB NOT NULL
 );
--- every service with a span in span_terms, so that a search without a service knows which terms to look for
-CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY) WITHOUT ROWID;
+-- every service and key of a span tag has a number, the start of its terms (see tag_term); a search without a
+-- service looks for the tags of each service that has them
+CREATE TABLE IF NOT EXISTS term_keys (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    key TEXT NOT NULL,
+    UNIQUE (key, service)
+);
 CREATE TABLE IF NOT EXISTS trace_tags (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -120,13 +124,18 @@ _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
     " namespace = ?, name = ?, uid = ? WHERE tid = ?"
 )
-_SPAN_COLUMNS = "(tid, span_id, seq, parent_id, service, name, start_ns, end_ns, error, status_message, body)"
-_INSERT_SPAN = f"INSERT OR IGNORE INTO spans {_SPAN_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SPAN = "INSERT INTO spans (doc, span_id, service, body) VALUES (?, ?, ?, ?)"
 _INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
 _DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_body = msgspec.msgpack.Decoder(tuple[dict[str, Any], list[tuple[int, str, dict[str, Any]]]]).decode
+# (parent id, name, start, end, error, status message, attributes, logs)
+_Body = tuple[int | None, str, int, int, bool, str, dict[str, Any], list[tuple[int, str, dict[str, Any]]]]
+_decode_body = msgspec.msgpack.Decoder(_Body).decode
+
+
+def _attributes_of(body: bytes) -> dict[str, Any]:
+    return _decode_body(body)[6]
 
 
 class _Unrepresentable(ValueError):
@@ -158,59 +167,74 @@ def tag_texts(value: AttrValue) -> list[str]:
     return [str(value)]
 
 
-def tag_term(service: str, key: str, text: str) -> str:
-    """One attribute of a span of ``service`` as one index term, so that a search with a service intersects
-    only that service's postings. Hex keeps any text one token that the ``ascii`` tokenizer leaves as it is (no
-    case folding, no splitting); ``y`` and ``x`` cannot occur in hex, so service, key and value cannot run into
-    each other. A long value is named by its 128-bit BLAKE2 digest after ``z`` (not a hex digit either): FTS5
-    cuts tokens at 32 KiB, and a digest keeps the index small."""
+def key_prefix(key_id: int) -> str:
+    """The start of every term of one service's key: its number in hex, then ``x`` (not a hex digit)."""
+    return f"{key_id:x}x"
+
+
+def tag_term(prefix: str, text: str) -> str:
+    """One attribute of a span as one index term: its service and key's ``key_prefix``, so that a search with a
+    service intersects only that service's postings, then the value in hex. Hex keeps any text one token that
+    the ``ascii`` tokenizer leaves as it is (no case folding, no splitting). A value longer than ``_LONG_VALUE``
+    bytes (a user agent) is named by its 96-bit BLAKE2 digest after ``z`` (not a hex digit either): the index
+    holds far fewer bytes per term, and ``tag_values`` reads such a value back from a span that has it. (An
+    audit ID, unique to its span, costs less in hex than its digest costs to compute.)"""
     value = text.encode()
     if len(value) > _LONG_VALUE:
-        return f"{service.encode().hex()}y{key.encode().hex()}xz{hashlib.blake2b(value, digest_size=16).hexdigest()}"
-    return f"{service.encode().hex()}y{key.encode().hex()}x{value.hex()}"
+        return f"{prefix}z{hashlib.blake2b(value, digest_size=12).hexdigest()}"
+    return prefix + value.hex()
 
 
-_OBJECT_TAG_TYPES = frozenset((str, type(None)))
 _TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
-_LONG_VALUE = 256  # bytes of text beyond which a value's term is its digest
-# service → (key, text value) → its term: most values repeat (verbs, users, agents), so most terms are looked up.
-_text_terms: dict[str, dict[tuple[str, AttrValue], str]] = {}
+_LONG_VALUE = 40  # bytes of text beyond which a value's term is its digest (an audit ID, 36, is not)
+# (key, value) → its term, per service: most values repeat (verbs, users, agents), so most terms are looked up.
+_TermCache = dict[tuple[str, AttrValue], str]
+# The prefix of a service's key (see key_prefix), or None where it has none.
+_PrefixOf = Callable[[str, str], "str | None"]
+# A span's document and object tags, from its service and attributes (see index_terms).
+_TermsOf = Callable[[str, Attributes], tuple[str, tuple[tuple[str, str], ...]]]
 
 
-def span_terms(service: str, attributes: Attributes) -> str:
-    """The document a span is indexed by: each of its attributes but the object tags (those are in
-    ``trace_tags``); empty when there are none (a query with span tags cannot match the span, one with only a
-    service checks the spans table)."""
+def index_terms(
+    service: str, attributes: Attributes, cache: _TermCache, prefix_of: _PrefixOf
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """How a span is indexed, in one pass over its attributes: the document of its span tags (each attribute but
+    the object tags; empty when there are none: a query with span tags cannot match the span, one with only a
+    service checks the spans table) and its object tags as (key, text) pairs, indexed per trace in ``trace_tags``
+    (an object tag that is not text is one of the span's own attributes). A key without a prefix has no terms."""
     terms: list[str] = []
-    cache = _text_terms.get(service)
-    if cache is None:
-        cache = _text_terms[service] = {}
+    found: list[tuple[str, str]] = []
     for item in attributes.items():
         key, value = item
         kind = type(value)
         # Only text and plain integers are cached: True, 1 and 1.0 are equal keys with different texts.
         if kind is str or kind is int:
             if kind is str and key in _OBJECT_KEY_SET:
+                found.append(item)  # type: ignore[arg-type]  # a str value
                 continue
             term = cache.get(item)
             if term is None:
+                prefix = prefix_of(service, key)
+                if prefix is None:
+                    continue
                 if len(cache) >= _TERM_CACHE:
                     cache.clear()
-                term = cache[item] = tag_term(service, key, str(value))
+                term = cache[item] = tag_term(prefix, str(value))
             terms.append(term)
-        elif isinstance(value, str):  # a subclass of str
-            if key not in _OBJECT_KEY_SET:
-                terms.append(tag_term(service, key, value))
+        elif isinstance(value, str) and key in _OBJECT_KEY_SET:  # a subclass of str
+            found.append((key, value))
         else:
-            terms.extend(tag_term(service, key, text) for text in tag_texts(value))
-    return " ".join(terms)
+            prefix = prefix_of(service, key)
+            if prefix is not None:
+                terms.extend(tag_term(prefix, text) for text in tag_texts(value))
+    return " ".join(terms), tuple(found)
 
 
-def match_expression(tags: Sequence[tuple[str, str]], services: Iterable[str]) -> str:
-    """An FTS5 query for documents of a span of one of ``services`` holding every tag (each term quoted, so none
-    reads as an operator)."""
+def match_expression(tags: Sequence[tuple[str, str]], prefixes: Iterable[dict[str, str]]) -> str:
+    """An FTS5 query for documents holding every tag, of one of the services whose key prefixes are given (each
+    term quoted, so none reads as an operator)."""
     return " OR ".join(
-        "(" + " AND ".join(f'"{tag_term(service, key, text)}"' for key, text in tags) + ")" for service in services
+        "(" + " AND ".join(f'"{tag_term(prefix[key], text)}"' for key, text in tags) + ")" for prefix in prefixes
     )
 
 
@@ -259,13 +283,20 @@ def find_traces_sql(
         sql.append(f"AND t.tid IN (SELECT rowid >> {SEQ_BITS} FROM span_terms WHERE span_terms MATCH ?)")
         params.append(expression)
     elif query.service:
-        sql.append("AND EXISTS (SELECT 1 FROM spans sp WHERE sp.tid = t.tid AND sp.service = ?)")
+        sql.append(
+            f"AND EXISTS (SELECT 1 FROM spans sp WHERE sp.doc >= t.tid << {SEQ_BITS}"
+            f" AND sp.doc < (t.tid + 1) << {SEQ_BITS} AND sp.service = ?)"
+        )
         params.append(query.service)
     sql.append("ORDER BY t.start_ns DESC, t.end_ns DESC")
     if limited:
         sql.append("LIMIT ?")
         params.append(query.limit)
     return " ".join(sql), params
+
+
+def _first_two(item: tuple[int, int, Span]) -> tuple[int, int]:
+    return item[0], item[1]
 
 
 def _hit(row: Sequence[Any]) -> TraceHit:
@@ -278,57 +309,42 @@ def _hit(row: Sequence[Any]) -> TraceHit:
 
 
 class _Encoded:
-    """One span as rows, made on the writer thread; its trace's id and its number are filled in at commit."""
+    """One span as a row, made on the writer thread; its document id is filled in at commit."""
 
     __slots__ = ("object_tags", "row", "span", "terms", "trace_key")
 
-    def __init__(self, span: Span) -> None:
-        for value in (span.start_ns, span.end_ns):
+    def __init__(self, span: Span, terms_of: _TermsOf) -> None:
+        start_ns, end_ns, parent_id = span.start_ns, span.end_ns, span.parent_id
+        for value in (start_ns, end_ns):
             if not _I64_MIN <= value <= _I64_MAX:
                 raise _Unrepresentable(f"time {value} ns is beyond 64 bits")
-        if not 0 <= span.trace_id < 1 << 128 or not 0 <= span.span_id < _U64:
+        if not (0 <= span.trace_id < _U128 and 0 <= span.span_id < _U64):
             raise _Unrepresentable("trace or span id out of range")
-        if span.parent_id is not None and not 0 <= span.parent_id < _U64:
+        if parent_id is not None and not 0 <= parent_id < _U64:
             raise _Unrepresentable("parent id out of range")
         self.span = span
         self.trace_key = span.trace_id.to_bytes(16, "big")
-        self.object_tags = object_tags(span.attributes)
         try:
-            body = _encode((span.attributes, [(entry.time_ns, entry.name, entry.fields) for entry in span.logs]))
-            self.terms = span_terms(span.service, span.attributes)
+            self.terms, self.object_tags = terms_of(span.service, span.attributes)
+            logs = [(entry.time_ns, entry.name, entry.fields) for entry in span.logs] if span.logs else ()
+            body = _encode(
+                (parent_id, span.name, start_ns, end_ns, span.error, span.status_message, span.attributes, logs)
+            )
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
             raise _Unrepresentable(f"attributes or logs: {exc}") from exc
-        self.row: list[Any] = [
-            0,  # the trace's id, filled in at commit
-            _signed(span.span_id),
-            0,  # the span's number within its trace, filled in at commit
-            None if span.parent_id is None else _signed(span.parent_id),
-            span.service,
-            span.name,
-            span.start_ns,
-            span.end_ns,
-            1 if span.error else 0,
-            span.status_message,
-            body,
-        ]
-
-
-def object_tags(attributes: Attributes) -> tuple[str | None, ...]:
-    """The span's object tags in ``OBJECT_KEYS`` order, None where absent; one that is not text is not an object
-    tag but one of the span's own attributes."""
-    found = tuple(map(attributes.get, OBJECT_KEYS))
-    if _OBJECT_TAG_TYPES.issuperset(map(type, found)):
-        return cast("tuple[str | None, ...]", found)
-    return tuple(value if isinstance(value, str) else None for value in found)
+        # The span's row from its document id (filled in at commit) on; row[2:] is what a rewrite compares.
+        self.row: list[Any] = [0, _signed(span.span_id), span.service, body]
 
 
 class _Trace:
     """What the writer remembers of a stored trace, so that most batches need no read of the traces table."""
 
-    __slots__ = ("end_ns", "has_root", "next_seq", "start_ns", "tid")
+    __slots__ = ("end_ns", "has_root", "next_seq", "seqs", "start_ns", "tid")
 
-    def __init__(self, tid: int, next_seq: int, start_ns: int, end_ns: int, has_root: int) -> None:
-        self.tid, self.next_seq, self.start_ns, self.end_ns, self.has_root = tid, next_seq, start_ns, end_ns, has_root
+    def __init__(self, tid: int, seqs: dict[int, int], start_ns: int, end_ns: int, has_root: int) -> None:
+        self.tid, self.start_ns, self.end_ns, self.has_root = tid, start_ns, end_ns, has_root
+        self.seqs = seqs  # each stored span's number by its (signed) span id: a span written again keeps its row
+        self.next_seq = max(seqs.values(), default=-1) + 1
 
 
 def _trace_row(spans: list[Span]) -> tuple[Any, ...]:
@@ -370,9 +386,14 @@ class SqliteStore:
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         # (trace, object tags) whose rows are in trace_tags; writer thread only
-        self._indexed: dict[tuple[int, tuple[str | None, ...]], None] = {}
+        self._indexed: dict[tuple[int, tuple[tuple[str, str], ...]], None] = {}
         self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
-        self._services: set[str] | None = None  # in the services table; writer thread only, None: to be read
+        self._remembered_spans = 0  # span ids in self._traces, about
+        # Writer thread only: each service and key's term prefix (None: to be read), new ones not stored yet, and
+        # each service's terms of recent values.
+        self._prefixes: dict[tuple[str, str], str] | None = None
+        self._new_keys: list[tuple[int, str, str]] = []
+        self._term_caches: dict[str, _TermCache] = {}
         self._next_tid = 1  # writer thread only; set at open
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
@@ -540,15 +561,18 @@ class SqliteStore:
         """Commit ``spans`` in one transaction; returns how many were dropped as unrepresentable."""
         encoded: list[_Encoded] = []
         dropped = 0
+        terms_of = self._index_terms
         for span in spans:
             try:
-                encoded.append(_Encoded(span))
+                encoded.append(_Encoded(span, terms_of))
             except _Unrepresentable as exc:
                 dropped += 1
                 log.warning("dropping span %016x of trace %032x: %s", span.span_id, span.trace_id, exc)
+        conn = self._connection()
+        if self._new_keys:
+            self._store_new_keys(conn)
         if not encoded:
             return dropped
-        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
@@ -584,22 +608,24 @@ class SqliteStore:
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
         self._indexed.clear()
-        self._services = None
         self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
+        self._remembered_spans = 0
 
     def _known_traces(self, conn: sqlite3.Connection, trace_keys: list[bytes]) -> None:
         """Read the stored state of traces the writer does not remember (after a restart or a cache reset)."""
-        if len(self._traces) + len(trace_keys) > _TRACE_CACHE:
-            self._traces.clear()
         for chunk, marks in _in_chunks(trace_keys):
             rows = conn.execute(
-                "SELECT t.trace_id, t.tid, t.start_ns, t.end_ns, t.has_root,"
-                " (SELECT coalesce(max(s.seq), -1) + 1 FROM spans s WHERE s.tid = t.tid)"
-                f" FROM traces t WHERE t.trace_id IN ({marks})",
-                chunk,
-            )
-            for trace_key, tid, start_ns, end_ns, has_root, next_seq in rows:
-                self._traces[trace_key] = _Trace(tid, next_seq, start_ns, end_ns, has_root)
+                f"SELECT trace_id, tid, start_ns, end_ns, has_root FROM traces WHERE trace_id IN ({marks})", chunk
+            ).fetchall()
+            for trace_key, tid, start_ns, end_ns, has_root in rows:
+                seqs: dict[int, int] = dict(
+                    conn.execute(
+                        f"SELECT span_id, doc & {(1 << SEQ_BITS) - 1} FROM spans WHERE doc >= ? AND doc < ?",
+                        (tid << SEQ_BITS, (tid + 1) << SEQ_BITS),
+                    )
+                )
+                self._traces[trace_key] = _Trace(tid, seqs, start_ns, end_ns, has_root)
+                self._remembered_spans += len(seqs)
 
     def _insert(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
         by_trace: dict[bytes, list[_Encoded]] = {}
@@ -610,17 +636,23 @@ class SqliteStore:
             else:
                 group.append(item)
         unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
+        if len(self._traces) + len(unknown) > _TRACE_CACHE or self._remembered_spans + len(encoded) > _SPAN_CACHE:
+            self._traces.clear()
+            self._remembered_spans = 0
+            unknown = list(by_trace)
         if unknown:
             self._known_traces(conn, unknown)
+        self._remembered_spans += len(encoded)
         new_traces: list[tuple[Any, ...]] = []
         changed_traces: list[tuple[Any, ...]] = []
-        span_rows: list[list[Any]] = []
+        added: dict[int, _Encoded] = {}  # spans new to the store, by document, in the batch's order
+        again: list[_Encoded] = []  # spans the store has already: rewritten if their content changed
         trace_tag_rows: set[tuple[str, str, int]] = set()
         for trace_key, items in by_trace.items():
             start_ns, end_ns, has_root, *ref = _trace_row([item.span for item in items])
             trace = self._traces.get(trace_key)
             if trace is None:
-                trace = self._traces[trace_key] = _Trace(self._next_tid, 0, start_ns, end_ns, has_root)
+                trace = self._traces[trace_key] = _Trace(self._next_tid, {}, start_ns, end_ns, has_root)
                 self._next_tid += 1
                 new_traces.append((trace.tid, trace_key, start_ns, end_ns, has_root, *ref))
             elif start_ns < trace.start_ns or end_ns > trace.end_ns or has_root > trace.has_root:
@@ -630,23 +662,30 @@ class SqliteStore:
                     changed_traces.append((trace.start_ns, trace.end_ns, has_root, *ref, trace.tid))
                 else:
                     changed_traces.append((trace.start_ns, trace.end_ns, trace.tid))
-            tid, seq = trace.tid, trace.next_seq
-            if seq + len(items) > _SEQ_LIMIT:
-                raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
-            trace.next_seq = seq + len(items)
-            indexed: tuple[str | None, ...] | None = None
+            tid, seqs = trace.tid, trace.seqs
+            first_doc = tid << SEQ_BITS
+            indexed: tuple[tuple[str, str], ...] | None = None
             for item in items:
                 row = item.row
-                row[0] = tid
-                row[2] = seq
-                seq += 1
-                span_rows.append(row)
+                seq = seqs.get(row[1])
+                if seq is None:
+                    seq = seqs[row[1]] = trace.next_seq
+                    trace.next_seq += 1
+                    row[0] = first_doc | seq
+                    added[row[0]] = item
+                else:
+                    row[0] = first_doc | seq
+                    if row[0] in added:  # twice in this batch: the later copy wins
+                        added[row[0]] = item
+                    else:
+                        again.append(item)
                 if item.object_tags != indexed and (tid, item.object_tags) not in self._indexed:
                     # A trace's spans share their object tags: their rows go in once.
                     self._indexed[tid, item.object_tags] = None
-                    tags = zip(OBJECT_KEYS, item.object_tags, strict=True)
-                    trace_tag_rows.update((key, value, tid) for key, value in tags if value is not None)
+                    trace_tag_rows.update((key, value, tid) for key, value in item.object_tags)
                 indexed = item.object_tags
+            if trace.next_seq > _SEQ_LIMIT:
+                raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
         if len(self._indexed) > _TRACE_CACHE:
             self._indexed.clear()
         conn.executemany(_INSERT_TRACE, new_traces)
@@ -654,59 +693,73 @@ class SqliteStore:
         conn.executemany(
             "UPDATE traces SET start_ns = ?, end_ns = ? WHERE tid = ?", [row for row in changed_traces if len(row) == 3]
         )
-        before = conn.total_changes
-        conn.executemany(_INSERT_SPAN, span_rows)
-        if conn.total_changes - before == len(span_rows):
-            documents = [((item.row[0] << SEQ_BITS) | item.row[2], item.terms, item.row[4]) for item in encoded]
-        else:  # some spans were there already (a re-delivery, or a span rewritten with other tags)
-            documents = self._rewrite_existing(conn, encoded)
+        conn.executemany(_INSERT_SPAN, [item.row for item in added.values()])
         # A span without attributes of its own is found by its trace's object tags; no document needed.
-        documents = [document for document in documents if document[1]]
-        conn.executemany(_INSERT_TERMS, [document[:2] for document in documents])
-        self._note_services(conn, {document[2] for document in documents})
+        documents = [(doc, item.terms) for doc, item in added.items() if item.terms]
+        conn.executemany(_INSERT_TERMS, documents)
+        if again:
+            self._rewrite_existing(conn, again)
         # In index order: each B-tree page is visited once per batch, not once per row.
         conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
 
-    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> list[tuple[int, str, str]]:
-        """Replace spans stored with other content than this batch gives them, with their index terms; returns
-        the documents (id, terms, service) still to be indexed: those of the spans this batch added."""
-        documents: dict[int, tuple[int, str, str]] = {}  # by document id, in the batch's order
+    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
+        """Replace spans stored with other content than this batch gives them, with their index terms."""
         for item in encoded:
-            tid, span_id, seq = item.row[0], item.row[1], item.row[2]
-            stored = conn.execute(
-                "SELECT seq, parent_id, service, name, start_ns, end_ns, error, status_message, body"
-                " FROM spans WHERE tid = ? AND span_id = ?",
-                (tid, span_id),
-            ).fetchone()
-            doc = (tid << SEQ_BITS) | stored[0]
-            if stored[0] == seq:  # added by this item
-                documents[doc] = (doc, item.terms, item.row[4])
+            doc = item.row[0]
+            stored = conn.execute("SELECT service, body FROM spans WHERE doc = ?", (doc,)).fetchone()
+            if list(stored) == item.row[2:]:
                 continue
-            if list(stored[1:]) == item.row[3:]:
-                continue
-            conn.execute(
-                "UPDATE spans SET parent_id = ?, service = ?, name = ?, start_ns = ?, end_ns = ?, error = ?,"
-                " status_message = ?, body = ? WHERE tid = ? AND span_id = ?",
-                (*item.row[3:], tid, span_id),
-            )
-            if doc in documents:  # added earlier in this batch and not indexed yet: the later copy wins
-                documents[doc] = (doc, item.terms, item.row[4])
-                continue
-            old_terms = span_terms(stored[2], _decode_body(stored[8])[0])
+            conn.execute("UPDATE spans SET service = ?, body = ? WHERE doc = ?", (*item.row[2:], doc))
+            old_terms = self._stored_terms(stored[0], _attributes_of(stored[1]))[0]
             if old_terms:
                 conn.execute(_DELETE_TERMS, (doc, old_terms))
             if item.terms:
                 conn.execute(_INSERT_TERMS, (doc, item.terms))
-                self._note_services(conn, {item.row[4]})
-        return list(documents.values())
 
-    def _note_services(self, conn: sqlite3.Connection, services: set[str]) -> None:
-        if self._services is None:
-            self._services = {row[0] for row in conn.execute("SELECT name FROM services")}
-        new = services - self._services
-        if new:
-            conn.executemany("INSERT OR IGNORE INTO services VALUES (?)", [(name,) for name in new])
-            self._services |= new
+    def _index_terms(self, service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """A span's terms and object tags (``index_terms``), numbering keys not seen before."""
+        cache = self._term_caches.get(service)
+        if cache is None:
+            cache = self._term_caches[service] = {}
+        return index_terms(service, attributes, cache, self._prefix)
+
+    def _stored_terms(self, service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The terms and object tags a stored span was indexed with (its keys are numbered already)."""
+        return index_terms(service, attributes, {}, self._stored_prefix)
+
+    def _prefix(self, service: str, key: str) -> str:
+        prefixes = self._key_prefixes()
+        prefix = prefixes.get((key, service))
+        if prefix is None:
+            key_id = len(prefixes) + 1
+            prefix = prefixes[key, service] = key_prefix(key_id)
+            self._new_keys.append((key_id, service, key))
+        return prefix
+
+    def _stored_prefix(self, service: str, key: str) -> str | None:
+        return self._key_prefixes().get((key, service))
+
+    def _key_prefixes(self) -> dict[tuple[str, str], str]:
+        if self._prefixes is None:
+            rows = self._connection().execute("SELECT key, service, id FROM term_keys")
+            self._prefixes = {(key, service): key_prefix(key_id) for key, service, key_id in rows}
+        return self._prefixes
+
+    def _store_new_keys(self, conn: sqlite3.Connection) -> None:
+        """Number the keys this batch brought, in a transaction of their own: a number, once used in a term, is
+        never given to another key, even when the batch's own transaction fails."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO term_keys (id, service, key) VALUES (?, ?, ?)", self._new_keys)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._prefixes = None  # the numbers handed out are void: read again, and forget terms made with them
+            self._term_caches.clear()
+            raise
+        finally:
+            self._new_keys = []
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -743,10 +796,10 @@ class SqliteStore:
             dense = driver is None
         if not span_tags:
             return [_hit(row) for row in conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense))]
-        services = [query.service] if query.service else [row[0] for row in conn.execute("SELECT name FROM services")]
-        if not services:
+        prefixes = SqliteStore._prefixes_of(conn, [key for key, _ in span_tags], query.service)
+        if not prefixes:
             return []
-        expression = match_expression(span_tags, services)
+        expression = match_expression(span_tags, prefixes)
         if selective and conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
             (*selective[0], _FEW_TRACES),
@@ -756,6 +809,18 @@ class SqliteStore:
         # span), then joined with the object tags' traces.
         sql, params = find_traces_sql(query, driver=driver, newest_first_scan=dense, expression=expression)
         return [_hit(row) for row in conn.execute(sql, params)]
+
+    @staticmethod
+    def _prefixes_of(conn: sqlite3.Connection, keys: list[str], service: str | None) -> list[dict[str, str]]:
+        """Per service (one, or every one) that has every key: each key's term prefix."""
+        by_service: dict[str, dict[str, str]] = {}
+        wanted = sorted(set(keys))
+        sql = f"SELECT service, key, id FROM term_keys WHERE key IN ({','.join('?' * len(wanted))})"
+        if service is not None:
+            sql += " AND service = ?"
+        for found_service, key, key_id in conn.execute(sql, [*wanted, *([service] if service is not None else [])]):
+            by_service.setdefault(found_service, {})[key] = key_prefix(key_id)
+        return [prefixes for _, prefixes in sorted(by_service.items()) if len(prefixes) == len(wanted)]
 
     @staticmethod
     def _check_each(
@@ -794,40 +859,38 @@ class SqliteStore:
         return self._get_traces_sync(conn, [trace_id]).get(trace_id, [])
 
     def _get_traces_sync(self, conn: sqlite3.Connection, trace_ids: list[int]) -> dict[int, list[Span]]:
-        found: dict[int, list[Span]] = {}
+        keyed: dict[int, list[tuple[int, int, Span]]] = {}  # each span with its start and stored span id
         for chunk, marks in _in_chunks([trace_id.to_bytes(16, "big") for trace_id in trace_ids]):
             rows = conn.execute(
-                "SELECT t.trace_id, s.span_id, s.parent_id, s.service, s.name, s.start_ns, s.end_ns, s.error,"
-                " s.status_message, s.body FROM traces t JOIN spans s ON s.tid = t.tid"
-                f" WHERE t.trace_id IN ({marks}) ORDER BY t.tid, s.start_ns, s.span_id",
+                "SELECT t.trace_id, s.span_id, s.service, s.body FROM traces t"
+                f" JOIN spans s ON s.doc >= t.tid << {SEQ_BITS} AND s.doc < (t.tid + 1) << {SEQ_BITS}"
+                f" WHERE t.trace_id IN ({marks}) ORDER BY t.tid",
                 chunk,
             ).fetchall()
             trace_key = b""
-            spans: list[Span] = []
+            spans: list[tuple[int, int, Span]] = []
             trace_id = 0
-            for key, span_id, parent_id, service, name, start, end, error, message, body in rows:
+            for key, span_id, service, body in rows:
                 if key != trace_key:
                     trace_key, trace_id = key, int.from_bytes(key, "big")
-                    spans = found[trace_id] = []
-                attributes, logs = _decode_body(body)
-                spans.append(
-                    Span(
-                        trace_id=trace_id,
-                        span_id=_unsigned(span_id),
-                        parent_id=None if parent_id is None else _unsigned(parent_id),
-                        service=service,
-                        name=name,
-                        start_ns=start,
-                        end_ns=end,
-                        error=bool(error),
-                        status_message=message,
-                        attributes=attributes,
-                        logs=[LogEntry(time_ns, log_name, fields) for time_ns, log_name, fields in logs]
-                        if logs
-                        else [],
-                    )
+                    spans = keyed[trace_id] = []
+                parent_id, name, start, end, error, message, attributes, logs = _decode_body(body)
+                span = Span(
+                    trace_id=trace_id,
+                    span_id=_unsigned(span_id),
+                    parent_id=parent_id,
+                    service=service,
+                    name=name,
+                    start_ns=start,
+                    end_ns=end,
+                    error=error,
+                    status_message=message,
+                    attributes=attributes,
+                    logs=[LogEntry(time_ns, log_name, fields) for time_ns, log_name, fields in logs] if logs else [],
                 )
-        return found
+                spans.append((start, span_id, span))
+        # Each trace's spans by start, then by stored (signed) span id, as ever.
+        return {trace_id: [item[2] for item in sorted(spans, key=_first_two)] for trace_id, spans in keyed.items()}
 
     async def tag_values(self, key: str, start_ns: int | None = None, end_ns: int | None = None) -> list[str]:
         """Distinct values of one tag, sorted; with a time range, only from traces overlapping it."""
@@ -848,8 +911,8 @@ class SqliteStore:
             return [row[0] for row in rows]
         # Span tags are terms of the span index: per service, those that begin with the key's prefix, decoded.
         values: set[str] = set()
-        for (service,) in conn.execute("SELECT name FROM services").fetchall():
-            prefix = tag_term(service, key, "")
+        for (key_id,) in conn.execute("SELECT id FROM term_keys WHERE key = ?", (key,)).fetchall():
+            prefix = key_prefix(key_id)
             after = prefix[:-1] + "y"  # the first string past every term with this prefix
             if start_ns is None and end_ns is None:
                 terms = conn.execute(
@@ -864,23 +927,21 @@ class SqliteStore:
             for (term,) in terms:
                 encoded = term[len(prefix) :]
                 if encoded.startswith("z"):
-                    values.update(SqliteStore._long_values(conn, service, key, term))
+                    values.update(SqliteStore._long_values(conn, prefix, key, term))
                 else:
                     values.add(bytes.fromhex(encoded).decode())
         return sorted(values)
 
     @staticmethod
-    def _long_values(conn: sqlite3.Connection, service: str, key: str, term: str) -> list[str]:
+    def _long_values(conn: sqlite3.Connection, prefix: str, key: str, term: str) -> list[str]:
         """The text behind a digest term, read from the attributes of one span that holds it."""
         row = conn.execute("SELECT doc FROM span_term_docs WHERE term = ? LIMIT 1", (term,)).fetchone()
         if row is None:
             return []
-        body = conn.execute(
-            "SELECT body FROM spans WHERE tid = ? AND seq = ?", (row[0] >> SEQ_BITS, row[0] & ((1 << SEQ_BITS) - 1))
-        ).fetchone()
-        attributes = _decode_body(body[0])[0] if body else {}
+        body = conn.execute("SELECT body FROM spans WHERE doc = ?", (row[0],)).fetchone()
+        attributes = _attributes_of(body[0]) if body else {}
         texts = tag_texts(attributes[key]) if key in attributes else []
-        return [text for text in texts if tag_term(service, key, text) == term]
+        return [text for text in texts if tag_term(prefix, text) == term]
 
     # -- retention -------------------------------------------------------------------------------------------
 
@@ -901,16 +962,17 @@ class SqliteStore:
                 # from the trace's spans rather than found by scanning.
                 documents: list[tuple[int, str]] = []
                 trace_tags: set[tuple[str, str, int]] = set()
-                for seq, service, body in conn.execute("SELECT seq, service, body FROM spans WHERE tid = ?", (tid,)):
-                    attributes = _decode_body(body)[0]
-                    terms = span_terms(service, attributes)
+                docs = (tid << SEQ_BITS, (tid + 1) << SEQ_BITS)
+                for doc, service, body in conn.execute(
+                    "SELECT doc, service, body FROM spans WHERE doc >= ? AND doc < ?", docs
+                ):
+                    terms, tags = self._stored_terms(service, _attributes_of(body))
                     if terms:
-                        documents.append(((tid << SEQ_BITS) | seq, terms))
-                    tags = zip(OBJECT_KEYS, object_tags(attributes), strict=True)
-                    trace_tags.update((key, value, tid) for key, value in tags if value is not None)
+                        documents.append((doc, terms))
+                    trace_tags.update((key, value, tid) for key, value in tags)
                 conn.executemany(_DELETE_TERMS, documents)
                 conn.executemany("DELETE FROM trace_tags WHERE key = ? AND value = ? AND tid = ?", trace_tags)
-                conn.execute("DELETE FROM spans WHERE tid = ?", (tid,))
+                conn.execute("DELETE FROM spans WHERE doc >= ? AND doc < ?", docs)
                 conn.execute("DELETE FROM traces WHERE tid = ?", (tid,))
             conn.execute("COMMIT")
         except BaseException:

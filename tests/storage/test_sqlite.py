@@ -250,7 +250,8 @@ async def test_use_outside_open_is_refused(tmp_path: Path) -> None:
 async def test_tag_search_uses_the_index(store: SqliteStore) -> None:
     await store.write([object_span(POD, W0)])
     query = whole_range(tags={"verb": "update", "username": "alice", "resource": "pods"}, service="audit")
-    expression = sqlite_store.match_expression([("verb", "update"), ("username", "alice")], ["audit"])
+    prefixes = {"verb": sqlite_store.key_prefix(1), "username": sqlite_store.key_prefix(2)}
+    expression = sqlite_store.match_expression([("verb", "update"), ("username", "alice")], [prefixes])
     sql, params = find_traces_sql(query, newest_first_scan=True, expression=expression)
 
     def plan() -> list[str]:
@@ -502,6 +503,33 @@ async def test_a_reopened_store_goes_on_numbering_a_trace_s_spans(tmp_path: Path
         assert await store.find_traces(whole_range(tags={"verb": "update", "username": "alice"})) == []
 
 
+async def test_a_span_written_again_after_the_writer_forgot_its_trace_replaces_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer knows a trace's span ids from memory; after a reopen, or once it has remembered too many, it
+    # reads them back from the trace's rows, so a re-delivered span still finds its own row and document.
+    monkeypatch.setattr(sqlite_store, "_SPAN_CACHE", 3)
+    path = str(tmp_path / "t.db")
+    async with SqliteStore(path) as store:
+        await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update", username="bob")])
+    async with SqliteStore(path) as store:
+        await store.write([child(POD, W0, "a1", verb="patch", username="bob")])  # read back after the reopen
+        await store.write([object_span(DEPLOY, W0), child(DEPLOY, W0, "d1", verb="create")])  # forgets POD's
+        await store.write([child(POD, W0, "a1", verb="delete", username="bob"), child(POD, W0, "a2", verb="get")])
+        spans = await store.get_trace(object_trace_id(POD.key, W0))
+        assert sorted(str(span.attributes.get("verb")) for span in spans) == ["None", "delete", "get"]
+        for verb in ("update", "patch"):
+            assert await store.find_traces(whole_range(tags={"verb": verb})) == [], verb
+        hits = await store.find_traces(whole_range(tags={"verb": "delete", "username": "bob"}))
+        assert [hit.ref for hit in hits] == [POD]
+        assert await store.tag_values("verb") == ["create", "delete", "get"]
+
+        def integrity() -> None:
+            store._connection().execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
+
+        await store._run(integrity)
+
+
 async def test_a_file_in_another_store_format_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     conn = sqlite3.connect(path)
@@ -509,7 +537,7 @@ async def test_a_file_in_another_store_format_is_refused_untouched(tmp_path: Pat
     conn.execute("PRAGMA user_version=2")
     conn.commit()
     conn.close()
-    with pytest.raises(RuntimeError, match="store format 2, this version reads format 3; move the file aside"):
+    with pytest.raises(RuntimeError, match="store format 2, this version reads format 4; move the file aside"):
         await SqliteStore(str(path)).open()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
