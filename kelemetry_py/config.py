@@ -143,9 +143,9 @@ class PipelineConfig:
     window_seconds: int = 1800
     # Objects the object graph (the linkers' memory) keeps; past it the least recently seen are forgotten.
     graph_max_nodes: int = 200_000
-    # While audit batches wait for their answer, the pipeline's share of the event loop (the rest of its backlog
-    # waits in the spool); with none waiting it takes all it needs.
-    background_share: float = 0.1
+    # While audit batches wait for their answer, the most of the event loop's time the pipeline may take (the rest
+    # of its backlog waits in the spool); with none waiting it takes all it needs. 1: no limit (see operations.md).
+    background_share: float = 1.0
 
 
 @dataclass

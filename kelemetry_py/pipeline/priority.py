@@ -2,8 +2,8 @@
 
 An audit batch waits for its 200 while the pipeline turns earlier batches into spans on the same loop. Background
 work runs in slices, one slice per turn of the loop, so that a request never waits behind a pile of them; while
-any request is being served the slices also take at most a share of the time. The backlog then waits in the durable
-log, which is what it is for, and the apiserver is answered at the speed of acceptance.
+any request is being served the slices can be held to a share of the time (``pipeline.background_share``): the
+backlog then waits in the durable log and the apiserver is answered at the speed of acceptance.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 
 class Priority:
-    def __init__(self, background_share: float = 0.1) -> None:
+    def __init__(self, background_share: float = 1.0) -> None:
         if not 0 < background_share <= 1:
             raise ValueError("background_share must be in (0, 1]")
         self._pause_factor = (1 - background_share) / background_share

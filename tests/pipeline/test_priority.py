@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from kelemetry_py.config import ConfigError, load_config
 from kelemetry_py.pipeline.priority import Priority
 
 
@@ -76,3 +77,11 @@ def test_the_share_must_be_a_fraction() -> None:
     for share in (0, -0.1, 1.5):
         with pytest.raises(ValueError):
             Priority(background_share=share)
+
+
+def test_the_share_is_configured_and_checked() -> None:
+    assert load_config(env={}, overrides={}).pipeline.background_share == 1.0
+    assert load_config(env={}, overrides={"pipeline.background_share": 0.2}).pipeline.background_share == 0.2
+    for share in (0, 1.5):
+        with pytest.raises(ConfigError, match=r"pipeline\.background_share"):
+            load_config(env={}, overrides={"pipeline.background_share": share})
