@@ -32,6 +32,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -86,15 +87,26 @@ def summarize_managers(obj: Mapping[str, Any]) -> ManagerSummary:
     return tuple([_summary(e) for e in entries if isinstance(e, dict)])
 
 
+_SUMMARIES: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+_MAX_SUMMARIES = 4096  # bounded; forgotten at once when full
+
+
 def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    # Interned: a few managers and timestamps repeat across every watched object.
+    # One shared tuple of interned strings per distinct entry: a few managers and timestamps repeat across every
+    # watched object and every update of it, so the tuple is looked up rather than built from four str/intern calls.
     get = entry.get
-    return (
-        sys.intern(str(get("manager", ""))),
-        sys.intern(str(get("operation", ""))),
-        sys.intern(str(get("subresource", ""))),
-        sys.intern(str(get("time", ""))),
-    )
+    raw = (get("manager", ""), get("operation", ""), get("subresource", ""), get("time", ""))
+    try:
+        found = _SUMMARIES.get(raw)
+    except TypeError:  # an unhashable value: not from the apiserver, but summarised all the same
+        found = None
+    if found is None:
+        found = (sys.intern(str(raw[0])), sys.intern(str(raw[1])), sys.intern(str(raw[2])), sys.intern(str(raw[3])))
+        if type(raw[0]) is str and type(raw[1]) is str and type(raw[2]) is str and type(raw[3]) is str:
+            if len(_SUMMARIES) >= _MAX_SUMMARIES:
+                _SUMMARIES.clear()
+            _SUMMARIES[found] = found
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
@@ -222,8 +234,9 @@ def attribute(
     known = _OWNED.for_paths(tuple(map(tuple, changed)))
     # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
     # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
-    plain = all(segments and type(segments[0]) is str and not segments[0].startswith(_ITEM) for segments in changed)
-    roots = {f"f:{segments[0]}" for segments in changed} if plain else None
+    firsts = set(map(itemgetter(0), changed)) if all(changed) else None  # a few, however many changes
+    plain = firsts is not None and all(type(first) is str and not first.startswith(_ITEM) for first in firsts)
+    roots = {f"f:{first}" for first in firsts} if firsts is not None and plain else None
     paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
