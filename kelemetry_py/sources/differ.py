@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -230,7 +230,6 @@ def attribute(
         return "", ""
     if managers is None:
         managers = tuple(_summary(entry) for entry in entries)
-    before = set(previous)
     known = _OWNED.for_paths(tuple(map(tuple, changed)))
     # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
     # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
@@ -258,7 +257,7 @@ def attribute(
             if fields_json is not None:
                 _OWNED.put(known, memoryview(fields_json).tobytes(), owned)
         covered, nearby = owned
-        score = (covered, nearby, int(summary not in before), summary[3])
+        score = (covered, nearby, int(summary not in previous), summary[3])
         if best is None or score > best[0]:
             best = (score, entry)
     assert best is not None
@@ -395,8 +394,8 @@ class HotStates:
     """
 
     # Beyond the JSON: per section its bytes object and dict slot; per entry this tier's slot and the dict.
-    SECTION_OVERHEAD = 100
-    ENTRY_OVERHEAD = 200
+    SECTION_OVERHEAD: ClassVar[int] = 100
+    ENTRY_OVERHEAD: ClassVar[int] = 200
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -636,8 +635,8 @@ class ObjectDiffer:
             for segments, _ in found
         ):
             await self._learn(ref, clean)
-        manager, operation = attribute(previous_managers, obj, [segments for segments, _ in found], managers)
-        changes = tuple([change for _, change in found])
+        changed, changes = zip(*found, strict=True)  # the paths, and the changes
+        manager, operation = attribute(previous_managers, obj, changed, managers)
         record = DiffRecord(
             ref=ref,
             resource_version=rv,
@@ -646,7 +645,7 @@ class ObjectDiffer:
             field_manager=manager,
             operation=operation,
             changes=changes,
-            lines=tuple([render_change(change) for change in changes]),
+            lines=tuple(map(render_change, changes)),
             late=late,
         )
         await self._store(record)
