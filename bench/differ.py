@@ -4,7 +4,8 @@ Two inputs: every recorded watch stream of every fixture scenario (``--rounds`` 
 cluster name so every round diffs rather than dedups), and a synthetic churn of Pod and Node status updates (the
 kubelet's patches: conditions, container statuses, heartbeats) on objects shaped like the recorded ones. The timed
 loop parses each watch line with orjson and hands the object to one ``ObjectDiffer`` with a memory diff cache,
-exactly what the watch engine does; the parse-only limit is orjson alone on the same lines.
+exactly what the watch engine does; the parse-only limit is orjson alone on the same lines, measured slice by
+slice in alternation with the timed loop (before one slice, after the next) so that both see the same load.
 
 Memory: ``--objects`` synthetic Pods listed into a differ, measured with tracemalloc, minus the compressed state
 (zlib'd JSON of the object without bookkeeping) that any differ must keep to diff the next change. Listed objects
@@ -27,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import FIXTURES, arguments, parse_limit, peak_rss_mib, ratio, report
+from bench.common import FIXTURES, arguments, peak_rss_mib, ratio, report
 from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
@@ -40,6 +41,8 @@ SKIPPED = ("events", "leases")  # the differ does not watch these by default
 PODS = ResourceType("", "v1", "pods", "Pod", True)
 NODES = ResourceType("", "v1", "nodes", "Node", False)
 Stream = tuple[ResourceType, list[bytes]]
+SLICE = 200  # lines handled between two measurements of the parse-only limit
+PARSE_REPEATS = 2  # each slice parsed alone this many times, for enough CPU time to measure
 
 
 class NullSink:
@@ -115,22 +118,47 @@ def churn_streams(objects: int, updates: int) -> list[Stream]:
     return [(PODS, added_pods + pod_lines), (NODES, node_lines)]
 
 
-async def _drive(streams: list[Stream], rounds: int) -> tuple[int, float, int, int]:
+async def _drive(streams: list[Stream], rounds: int) -> tuple[int, float, float, int, int]:
+    """Events, the differ's CPU seconds (parse included), orjson's CPU seconds per parse of the same lines alone,
+    observations emitted and the hot tier's bytes.
+
+    The parse-only limit is measured slice by slice beside the differ, alternately just before and just after it
+    handles the same slice: the machine's load drifts while a benchmark runs, and a limit measured minutes apart
+    from the figure it divides moved the ratio by a fifth between two runs of the same code.
+    """
     sink = NullSink()
     differ = ObjectDiffer(sink, Metrics(), MemoryDiffCache(max_records=1_000_000))
     total = 0
-    started = time.process_time()
+    cpu = parse_cpu = 0.0
+    parse_only = 0
     for round_number in range(rounds):
         cluster = f"bench-{round_number}"
         for rtype, lines in streams:
-            for line in lines:
-                event = orjson.loads(line)
-                await differ.on_event(cluster, rtype, event["type"], event["object"], relisted=False)
+            for start in range(0, len(lines), SLICE):
+                chunk = lines[start : start + SLICE]
+                parse_first = parse_only % 2 == 0
+                parse_only += 1
+                if parse_first:
+                    parse_cpu += _parse_only(chunk)
+                started = time.process_time()
+                for line in chunk:
+                    event = orjson.loads(line)
+                    await differ.on_event(cluster, rtype, event["type"], event["object"], relisted=False)
+                cpu += time.process_time() - started
+                if not parse_first:
+                    parse_cpu += _parse_only(chunk)
             total += len(lines)
-    cpu = time.process_time() - started
     hot_bytes = differ.hot_state_bytes
     await differ.flush_unclaimed(now=float("inf"))
-    return total, cpu, sink.count, hot_bytes
+    return total, cpu, parse_cpu / PARSE_REPEATS, sink.count, hot_bytes
+
+
+def _parse_only(lines: list[bytes]) -> float:
+    started = time.process_time()
+    for _ in range(PARSE_REPEATS):
+        for line in lines:
+            orjson.loads(line)
+    return time.process_time() - started
 
 
 async def _bytes_per_object(count: int) -> tuple[float, float]:
@@ -155,15 +183,10 @@ async def run(rounds: int, churn_objects: int, churn_updates: int, objects: int)
     recorded = recorded_streams()
     tune_garbage_collector()  # as the App does at start: this part runs inside it
     churn = churn_streams(churn_objects, churn_updates)
-    recorded_lines = [line for _, lines in recorded for line in lines]
-    churn_lines = [line for _, lines in churn for line in lines]
-    recorded_limit = parse_limit(recorded_lines, lambda _: 1, orjson.loads)
-    churn_limit = parse_limit(churn_lines, lambda _: 1, orjson.loads)
-    recorded_events, recorded_cpu, recorded_out, _ = await _drive(recorded, rounds)
-    # Measured again right after, and averaged: the machine's load drifts while a benchmark runs.
-    recorded_limit = (recorded_limit + parse_limit(recorded_lines, lambda _: 1, orjson.loads)) / 2
-    churn_events, churn_cpu, churn_out, churn_hot_bytes = await _drive(churn, 1)
-    churn_limit = (churn_limit + parse_limit(churn_lines, lambda _: 1, orjson.loads)) / 2
+    recorded_events, recorded_cpu, recorded_parse_cpu, recorded_out, _ = await _drive(recorded, rounds)
+    churn_events, churn_cpu, churn_parse_cpu, churn_out, churn_hot_bytes = await _drive(churn, 1)
+    recorded_limit = recorded_events / recorded_parse_cpu
+    churn_limit = churn_events / churn_parse_cpu
     beyond, state = await _bytes_per_object(objects)
     recorded_rate = recorded_events / recorded_cpu
     churn_rate = churn_events / churn_cpu

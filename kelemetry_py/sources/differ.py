@@ -32,7 +32,8 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, ClassVar
 
 import orjson
 
@@ -86,15 +87,26 @@ def summarize_managers(obj: Mapping[str, Any]) -> ManagerSummary:
     return tuple([_summary(e) for e in entries if isinstance(e, dict)])
 
 
+_SUMMARIES: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+_MAX_SUMMARIES = 4096  # bounded; forgotten at once when full
+
+
 def _summary(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    # Interned: a few managers and timestamps repeat across every watched object.
+    # One shared tuple of interned strings per distinct entry: a few managers and timestamps repeat across every
+    # watched object and every update of it, so the tuple is looked up rather than built from four str/intern calls.
     get = entry.get
-    return (
-        sys.intern(str(get("manager", ""))),
-        sys.intern(str(get("operation", ""))),
-        sys.intern(str(get("subresource", ""))),
-        sys.intern(str(get("time", ""))),
-    )
+    raw = (get("manager", ""), get("operation", ""), get("subresource", ""), get("time", ""))
+    try:
+        found = _SUMMARIES.get(raw)
+    except TypeError:  # an unhashable value: not from the apiserver, but summarised all the same
+        found = None
+    if found is None:
+        found = (sys.intern(str(raw[0])), sys.intern(str(raw[1])), sys.intern(str(raw[2])), sys.intern(str(raw[3])))
+        if type(raw[0]) is str and type(raw[1]) is str and type(raw[2]) is str and type(raw[3]) is str:
+            if len(_SUMMARIES) >= _MAX_SUMMARIES:
+                _SUMMARIES.clear()
+            _SUMMARIES[found] = found
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
@@ -218,12 +230,12 @@ def attribute(
         return "", ""
     if managers is None:
         managers = tuple(_summary(entry) for entry in entries)
-    before = set(previous)
     known = _OWNED.for_paths(tuple(map(tuple, changed)))
     # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
     # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
-    plain = all(segments and type(segments[0]) is str and not segments[0].startswith(_ITEM) for segments in changed)
-    roots = {f"f:{segments[0]}" for segments in changed} if plain else None
+    firsts = set(map(itemgetter(0), changed)) if all(changed) else None  # a few, however many changes
+    plain = firsts is not None and all(type(first) is str and not first.startswith(_ITEM) for first in firsts)
+    roots = {f"f:{first}" for first in firsts} if firsts is not None and plain else None
     paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
@@ -245,7 +257,7 @@ def attribute(
             if fields_json is not None:
                 _OWNED.put(known, memoryview(fields_json).tobytes(), owned)
         covered, nearby = owned
-        score = (covered, nearby, int(summary not in before), summary[3])
+        score = (covered, nearby, int(summary not in previous), summary[3])
         if best is None or score > best[0]:
             best = (score, entry)
     assert best is not None
@@ -382,8 +394,8 @@ class HotStates:
     """
 
     # Beyond the JSON: per section its bytes object and dict slot; per entry this tier's slot and the dict.
-    SECTION_OVERHEAD = 100
-    ENTRY_OVERHEAD = 200
+    SECTION_OVERHEAD: ClassVar[int] = 100
+    ENTRY_OVERHEAD: ClassVar[int] = 200
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -623,8 +635,8 @@ class ObjectDiffer:
             for segments, _ in found
         ):
             await self._learn(ref, clean)
-        manager, operation = attribute(previous_managers, obj, [segments for segments, _ in found], managers)
-        changes = tuple([change for _, change in found])
+        changed, changes = zip(*found, strict=True)  # the paths, and the changes
+        manager, operation = attribute(previous_managers, obj, changed, managers)
         record = DiffRecord(
             ref=ref,
             resource_version=rv,
@@ -633,7 +645,7 @@ class ObjectDiffer:
             field_manager=manager,
             operation=operation,
             changes=changes,
-            lines=tuple([render_change(change) for change in changes]),
+            lines=tuple(map(render_change, changes)),
             late=late,
         )
         await self._store(record)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import copy
 
 from kelemetry_py.sources.diffcache import Change
-from kelemetry_py.sources.differ import attribute, compute_diff, render_change
+from kelemetry_py.sources.differ import attribute, compute_diff, render_change, summarize_managers
 
 
 def _deployment() -> dict[str, object]:
@@ -106,3 +106,16 @@ def test_attribution_prefers_the_owner_of_the_changed_field() -> None:
     obj = {"metadata": {"managedFields": [spec_owner, status_owner]}}
     assert attribute((), obj, [["spec", "replicas"]]) == ("kubectl-client-side-apply", "Update")
     assert attribute((), obj, [["status", "replicas"]]) == ("kube-controller-manager", "Update")
+
+
+def test_equal_manager_entries_share_one_summary_and_odd_values_are_summarised_as_text() -> None:
+    def pod(manager: object, time: object) -> dict[str, object]:
+        entry = {"manager": manager, "operation": "Update", "time": time, "fieldsV1": {"f:status": {}}}
+        return {"metadata": {"managedFields": [entry, "not an entry"]}}
+
+    first = summarize_managers(pod("kubelet", "2026-12-01T10:00:00Z"))
+    second = summarize_managers(pod("kube" + "let", "2026-12-01T10:00:00Z"))
+    assert first == (("kubelet", "Update", "", "2026-12-01T10:00:00Z"),)
+    assert first[0] is second[0]  # one tuple for every object whose entry reads the same
+    assert summarize_managers(pod(["a"], 7)) == (("['a']", "Update", "", "7"),)
+    assert summarize_managers(pod(["a"], 7)) == summarize_managers(pod(["a"], 7))
