@@ -51,8 +51,6 @@ Closer = Callable[[], Awaitable[None]]
 # After this many observations, the next moment the pipeline is found idle gives freed memory back to the system.
 _RELEASE_AFTER_OBSERVATIONS = 20_000
 _RELEASE_CHECK_SECONDS = 2.0
-_GC_POLL_SECONDS = 0.005
-_GC_OLD_EVERY = 100  # collections of the middle generation per collection of the oldest (CPython's threshold2)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,7 @@ class App:
         self.watching: KubeWatching | None = None  # when kube.clusters are configured
         self._ready = False
         self._stopping = False
-        self._background: list[asyncio.Task[None]] = []  # memory upkeep: the collector, giving memory back
+        self._background: list[asyncio.Task[None]] = []  # memory upkeep: giving freed memory back
         self.authenticator: Authenticator | None = None  # who may read (auth.mode); None when everyone may
 
     @property
@@ -147,10 +145,7 @@ class App:
         if ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         loop = asyncio.get_running_loop()
-        self._background = [
-            loop.create_task(collect_garbage_in_slices(self.components.priority)),
-            loop.create_task(self._release_memory_when_idle()),
-        ]
+        self._background = [loop.create_task(self._release_memory_when_idle())]
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
 
@@ -473,26 +468,6 @@ async def open_reader(config: Config, components: Components) -> TraceReader:
         return components.store  # closed with the store
     components.closers.append(reader.close)
     return reader
-
-
-async def collect_garbage_in_slices(priority: Priority) -> None:
-    """Run the cyclic garbage collector as a slice of background work instead of inside whichever allocation
-    crosses its threshold, which is most often an audit batch being parsed (a third of the CPU of the slowest
-    requests' handling was the collector's). Same thresholds and generations as CPython's own policy."""
-    young, middle, _ = gc.get_threshold()
-    collections = 0
-    gc.disable()
-    try:
-        while True:
-            await asyncio.sleep(_GC_POLL_SECONDS)
-            if gc.get_count()[0] < young:
-                continue
-            collections += 1
-            generation = 2 if collections % (middle * _GC_OLD_EVERY) == 0 else 1 if collections % middle == 0 else 0
-            async with priority.background():
-                gc.collect(generation)
-    finally:
-        gc.enable()
 
 
 def release_free_memory() -> None:

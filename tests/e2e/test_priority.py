@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,7 +12,6 @@ import aiohttp
 import pytest
 
 import kelemetry_py.app as app_module
-from kelemetry_py.pipeline.priority import Priority
 from tests.e2e.conftest import AppFactory, replay_scenario
 
 BATCH_HEAD = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
@@ -60,28 +57,3 @@ async def test_memory_is_given_back_once_the_pipeline_has_caught_up(
     await replay_scenario(app, fixtures_dir, "deployment-lifecycle")
     await _until(lambda: any("gave freed memory back" in record.getMessage() for record in caplog.records))
 
-
-class _Cycle:
-    def __init__(self) -> None:
-        self.me = self
-
-
-async def test_the_cyclic_collector_runs_as_background_slices() -> None:
-    thresholds = gc.get_threshold()
-    gc.set_threshold(100, 10, 10)  # a collection soon, without allocating 30,000 objects
-    collecting = asyncio.create_task(app_module.collect_garbage_in_slices(Priority()))
-    try:
-        await asyncio.sleep(0)
-        assert not gc.isenabled()  # no collection inside whatever allocation crosses the threshold
-        freed = asyncio.Event()
-        cycle = _Cycle()
-        weakref.finalize(cycle, freed.set)
-        del cycle  # unreachable, but only the collector can free a cycle
-        allocated = [[] for _ in range(1000)]  # past the threshold (what is freed again does not count)
-        await asyncio.wait_for(freed.wait(), timeout=10)
-        assert len(allocated) == 1000
-    finally:
-        collecting.cancel()
-        await asyncio.gather(collecting, return_exceptions=True)
-        gc.set_threshold(*thresholds)
-    assert gc.isenabled()
