@@ -265,6 +265,27 @@ async def test_tag_search_uses_the_index(store: SqliteStore) -> None:
     assert not any(step.startswith("SCAN") and "VIRTUAL TABLE INDEX 0:M" not in step for step in steps), steps
 
 
+async def test_reading_traces_searches_by_trace_and_span_range_and_scans_nothing(store: SqliteStore) -> None:
+    # The frontend's shape: many traces of a few spans each, of which a view reads a hundred.
+    pods = [ObjectRef("prod", "", "v1", "pods", "default", f"web-{i}", uid=f"uid-{i}") for i in range(200)]
+    spans = [span for pod in pods for span in (object_span(pod, W0), *(child(pod, W0, f"{n}") for n in range(5)))]
+    await store.write(spans)
+    ids = sorted({span.trace_id for span in spans})[:100]
+    keys = [trace_id.to_bytes(16, "big") for trace_id in ids]
+    sql = sqlite_store.spans_of_traces_sql(",".join("?" * len(keys)))
+
+    def plan() -> list[str]:
+        return [str(row[-1]) for row in store._connection().execute(f"EXPLAIN QUERY PLAN {sql}", keys)]
+
+    steps = await store._run(plan)
+    # Small tables tempt the planner to scan every span and look each one's trace up: never.
+    assert any(step.startswith("SEARCH t USING") and "(trace_id=?)" in step for step in steps), steps
+    assert any(step.startswith("SEARCH s USING INTEGER PRIMARY KEY") for step in steps), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps
+    read = await store.get_traces(ids)
+    assert sorted(read) == ids and {len(trace) for trace in read.values()} == {6}
+
+
 YEAR_2300_NS = 10_413_792_000 * 1_000_000_000  # beyond a signed 64-bit integer
 
 
