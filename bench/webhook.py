@@ -31,7 +31,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 
 from bench.common import (
     FIXTURES,
@@ -195,10 +194,10 @@ async def run(
     paced_batches: int = 0,
     load_fraction: float = 0.0,
     load_seconds: float = 6.0,
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from kelemetry_py.app import App
-    from kelemetry_py.config import load_config
+    from kelemetry_py.config import ENV_PREFIX, load_config
 
     batches = Batches(target_events)
     templates = [body for body, _ in batches.templates]
@@ -208,8 +207,9 @@ async def run(
         "http.port": 0,
         "log_level": "warning",
         "plugins.disabled": other_installed_plugins(),  # as installed: the built-in linkers only
-        **(settings or {}),
     }
+    # Settings go in as the environment would give them (KELEMETRY_SPOOL__MEMORY_BYTES=...), converted the same way.
+    env = {ENV_PREFIX + key.upper().replace(".", "__"): value for key, value in (settings or {}).items()}
     spawn = multiprocessing.get_context("spawn")
     receiver: Connection | None = None
     receiver_process = None
@@ -229,7 +229,7 @@ async def run(
     with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
         os.chdir(tmp)  # the default configuration's relative paths (./kelemetry-data/...) land here
         try:
-            app = App(load_config(env={}, overrides=overrides))
+            app = App(load_config(env=env, overrides=overrides))
             await app.start()
             ours, theirs = spawn.Pipe()
             client = spawn.Process(
@@ -322,13 +322,13 @@ def _open_loop_figures(name: str, latencies: list[float], rate: float) -> dict[s
     }
 
 
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    settings: dict[str, str] = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator:
             raise SystemExit(f"--set {pair}: expected KEY=VALUE")
-        settings[key] = yaml.safe_load(value)
+        settings[key] = value
     return settings
 
 
@@ -359,7 +359,8 @@ def main(argv: list[str]) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting over the default configuration, the value in YAML (e.g. spool.memory_bytes=4194304)",
+        help="a setting over the default configuration, as its environment variable would give it "
+        "(e.g. spool.memory_bytes=4194304 for KELEMETRY_SPOOL__MEMORY_BYTES)",
     )
     args = parser.parse_args(argv)
     result = asyncio.run(

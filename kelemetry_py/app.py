@@ -66,12 +66,12 @@ class Components:
     delivery: Delivery
     graph: ObjectGraph
     catalogs: ClusterCatalogs
+    priority: Priority  # the webhook's requests before the pipeline's slices
     store: SqliteStore | None = None  # the embedded store when enabled (a SpanWriter and a TraceReader)
     closers: list[Closer] = field(default_factory=list)
     sources: SourceRunner | None = None  # the enabled source plugins, started and stopped by App
     search: SearchIndex | None = None  # when search.enabled
     alerts: AlertEvaluator | None = None  # when alerts.rules_file is set
-    priority: Priority = field(default_factory=Priority)  # the webhook's requests before the pipeline's slices
 
 
 class App:

@@ -55,22 +55,26 @@ async def test_a_slice_waits_while_a_request_is_served_and_runs_when_it_is_answe
 
 
 async def test_background_runs_freely_when_no_request_is_served() -> None:
-    priority = Priority(background_share=1e-9)
-    done = 0
-    for _ in range(3):
-        async with priority.background():
-            await asyncio.sleep(0)
-            done += 1
-    assert done == 3 and priority.serving_requests == 0
+    priority = Priority(background_share=1e-9)  # were it held back here, the slices would wait for ever
+
+    async def slices() -> None:
+        for _ in range(3):
+            async with priority.background():
+                await asyncio.sleep(0)
+
+    await asyncio.wait_for(slices(), timeout=10)
 
 
 async def test_background_still_progresses_behind_requests_that_never_stop() -> None:
     priority = Priority(background_share=0.5)
-    with priority.serving():
+
+    async def slices() -> None:
         for _ in range(3):
             async with priority.background():
                 await asyncio.sleep(0.001)  # a slice's work
-        assert priority.serving_requests == 1
+
+    with priority.serving():
+        await asyncio.wait_for(slices(), timeout=10)
 
 
 def test_the_share_must_be_a_fraction() -> None:
