@@ -31,12 +31,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def current_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
 
 def parse_limit(items: Sequence[bytes], count_of: Callable[[Any], int], parse: Callable[[bytes], Any]) -> float:
     """Units per CPU second that ``parse`` alone manages over ``items`` (repeated until the clock is trustworthy).

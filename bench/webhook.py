@@ -36,7 +36,6 @@ from bench.common import (
     FIXTURES,
     SCENARIOS,
     arguments,
-    current_rss_mib,
     dir_bytes,
     other_installed_plugins,
     parse_limit,
@@ -45,6 +44,7 @@ from bench.common import (
     ratio,
     report,
 )
+from kelemetry_py.metrics import resident_memory_mib
 
 BATCH = 400
 _IDLE_SECONDS = 5.0  # after the last phase, before the RSS "after the load": an idle replica's first seconds
@@ -239,7 +239,7 @@ async def run(
             try:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, ours.recv)  # the client has its bodies
-                started_rss = current_rss_mib()
+                started_rss = resident_memory_mib()
                 cpu_before = time.process_time()
                 wall_before = time.perf_counter()
                 ours.send("go")
@@ -268,7 +268,7 @@ async def run(
                     await app.settle()
                 ours.send(None)
                 await asyncio.sleep(_IDLE_SECONDS)
-                settled_rss = current_rss_mib()
+                settled_rss = resident_memory_mib()
             finally:
                 client.join(timeout=10)
                 if client.is_alive():

@@ -7,7 +7,6 @@ import ctypes
 import functools
 import gc
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from kelemetry_py import __version__
 from kelemetry_py.config import Config, allowed_clusters, records_wanted
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.logs import request_ids
-from kelemetry_py.metrics import Metrics, files_size_bytes
+from kelemetry_py.metrics import Metrics, files_size_bytes, resident_memory_mib
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
 from kelemetry_py.pipeline.emission import EmissionSet
@@ -475,17 +474,9 @@ def release_free_memory() -> None:
     trim = getattr(_process_symbols(), "malloc_trim", None)
     if trim is None:
         return
-    before = _rss_mib()
+    before = resident_memory_mib()
     trim(0)
-    log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, _rss_mib())
-
-
-def _rss_mib() -> float:
-    try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, resident_memory_mib())
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -208,6 +209,15 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def resident_memory_mib() -> float:
+    """This process's resident set size, in MiB (Linux; NaN elsewhere)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def files_size_bytes(path: str) -> int:
