@@ -4,9 +4,11 @@ Tables: ``traces`` (one row per raw trace: a small integer id, its time range an
 ``spans`` (one row per span, keyed by its document id: the trace's id shifted left by ``SEQ_BITS`` plus the
 span's number within its trace, so a trace's spans are one range and a match in the index names its trace
 without reading the span; the span id, the service, and the rest as one MessagePack body; the writer remembers
-which span ids a trace has, so a re-delivered span replaces itself), ``trace_tags`` (the object tags, cluster
-to uid, once per trace, so that finding an object is an index lookup) and ``span_terms``, an FTS5 inverted
-index with one document per span: each of the span's other attributes as one term (its service and key's number
+which span ids a trace has, so a re-delivered span replaces itself) and ``span_terms``, an FTS5 inverted
+index with one document per span. A trace's object tags (cluster to uid, the same on each of its spans) are its
+row's columns: the object span's, or until it comes the first span's, with empty ones filled in by later spans;
+an object is found through the indexes on its uid, its name or its resource. The document of a span holds each of
+its other attributes as one term (its service and key's number
 from ``term_keys``, then the value in hex, so that any text is one exact token). FTS5 collects a transaction's
 terms in memory and writes them as one compressed segment at commit, so indexing a span costs a fraction of
 what one B-tree row per attribute did, in a tenth of the space; a search intersects posting lists, which is
@@ -24,15 +26,17 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -43,27 +47,26 @@ from kelemetry_py.storage import TraceHit, TraceQuery
 log = logging.getLogger(__name__)
 
 WRITER_LABEL = "sqlite"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 READ_THREADS = 2
 _T = TypeVar("_T")
 _U64 = 1 << 64
 _U128 = 1 << 128
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
-# Tags every span of one object carries: indexed once per trace (trace_tags), not per span.
+# Tags every span of one object carries: its trace's columns (traces), not terms of each span.
 OBJECT_KEYS = (*OBJECT_TAGS, "uid")
 _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
-# Among object tags, those that narrow a search most go first.
-_SELECTIVE_OBJECT_KEYS = ("uid", "name")
-# Entries the writer remembers of traces it wrote (ids, span numbers, object tags indexed) before starting afresh.
+_COLUMN_OF = {key: "grp" if key == "group" else key for key in OBJECT_KEYS}
+# The index that finds traces by their object tags, by the first of these keys a search has; by time without one.
+_OBJECT_INDEXES = (("uid", "traces_by_uid"), ("name", "traces_by_name"), ("resource", "traces_by_resource"))
+# Entries the writer remembers of traces it wrote (ids, span numbers, time range) before starting afresh.
 _TRACE_CACHE = 100_000
 # Span ids (with their numbers) the writer remembers of those traces, about 100 bytes each, before starting afresh.
 _SPAN_CACHE = 300_000
-# Object tags are counted up to this many matches to pick the rarest; when all reach it, traces are walked newest
-# first.
-_DENSE_MATCHES = 5000
 # An object with fewer traces than this has each checked for its span terms rather than every matching span read.
 _FEW_TRACES = 64
+_AUTOMERGE = 8  # FTS5's default is 4
 # A span's document id: its trace's id above, its number within the trace below.
 SEQ_BITS = 24
 _SEQ_LIMIT = 1 << SEQ_BITS
@@ -86,6 +89,11 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_end ON traces (end_ns);
+-- finding an object: by its uid or its name (the rest checked on the row), or every object of a resource, newest
+-- first; a trace's row goes into each once (unlike a row per tag, which cost more than the span's own row)
+CREATE INDEX IF NOT EXISTS traces_by_uid ON traces (uid);
+CREATE INDEX IF NOT EXISTS traces_by_name ON traces (name);
+CREATE INDEX IF NOT EXISTS traces_by_resource ON traces (resource, start_ns);
 -- keyed by the span's document: its trace's tid << SEQ_BITS | its number within the trace, so a trace's spans
 -- are one range and its new spans go in at the end; the writer knows which span ids a trace has (no second
 -- index). The rest of the span is one MessagePack body (parent id, name, start, end, error, status message,
@@ -104,12 +112,6 @@ CREATE TABLE IF NOT EXISTS term_keys (
     key TEXT NOT NULL,
     UNIQUE (key, service)
 );
-CREATE TABLE IF NOT EXISTS trace_tags (
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    tid INTEGER NOT NULL,
-    PRIMARY KEY (key, value, tid)
-) WITHOUT ROWID;
 -- contentless and without document sizes (nothing ranks): the terms are rebuilt from a span's row to delete it
 CREATE VIRTUAL TABLE IF NOT EXISTS span_terms USING fts5 (
     terms, content='', detail=none, columnsize=0, tokenize='ascii'
@@ -140,11 +142,6 @@ def _attributes_of(body: bytes) -> dict[str, Any]:
 
 class _Unrepresentable(ValueError):
     """A span the store cannot hold as it is (a time or an id outside 64 bits)."""
-
-
-def _signed(unsigned: int) -> int:
-    """SQLite integers are signed 64-bit; span ids use all 64 bits."""
-    return unsigned - _U64 if unsigned > _I64_MAX else unsigned
 
 
 def _unsigned(signed: int) -> int:
@@ -185,49 +182,103 @@ def tag_term(prefix: str, text: str) -> str:
     return prefix + value.hex()
 
 
-_TERM_CACHE = 20_000  # per service: unique values (audit IDs) churn through it, repeated ones come back at once
+_TERM_CACHE = 20_000  # per service and key: the terms of values recent batches had
 _LONG_VALUE = 40  # bytes of text beyond which a value's term is its digest (an audit ID, 36, is not)
-# (key, value) → its term, per service: most values repeat (verbs, users, agents), so most terms are looked up.
-_TermCache = dict[tuple[str, AttrValue], str]
 # The prefix of a service's key (see key_prefix), or None where it has none.
 _PrefixOf = Callable[[str, str], "str | None"]
-# A span's document and object tags, from its service and attributes (see index_terms).
-_TermsOf = Callable[[str, Attributes], tuple[str, tuple[tuple[str, str], ...]]]
+_ABSENT: Any = object()  # not None: a None value, though no AttrValue, is indexed as its text like any other
 
 
-def index_terms(
-    service: str, attributes: Attributes, cache: _TermCache, prefix_of: _PrefixOf
-) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """How a span is indexed, in one pass over its attributes: the document of its span tags (each attribute but
-    the object tags; empty when there are none: a query with span tags cannot match the span, one with only a
-    service checks the spans table) and its object tags as (key, text) pairs, indexed per trace in ``trace_tags``
-    (an object tag that is not text is one of the span's own attributes). A key without a prefix has no terms."""
+def value_terms(prefix: str, value: Any) -> list[str]:
+    """The terms of one attribute's value (see tag_term)."""
+    kind = type(value)
+    if kind is str or kind is int:
+        return [tag_term(prefix, str(value))]
+    return [tag_term(prefix, text) for text in tag_texts(value)]
+
+
+def index_terms(service: str, attributes: Attributes, prefix_of: _PrefixOf) -> str:
+    """The document of one span's tags: each attribute but the object tags (its trace's columns), empty when there
+    are none (a query with span tags cannot match the span, one with only a service checks the spans table). A
+    key without a prefix has no terms. ``batch_index`` gives the same, for many spans at once."""
     terms: list[str] = []
-    found: list[tuple[str, str]] = []
-    for item in attributes.items():
-        key, value = item
-        kind = type(value)
-        # Only text and plain integers are cached: True, 1 and 1.0 are equal keys with different texts.
-        if kind is str or kind is int:
-            if kind is str and key in _OBJECT_KEY_SET:
-                found.append(item)  # type: ignore[arg-type]  # a str value
-                continue
-            term = cache.get(item)
-            if term is None:
-                prefix = prefix_of(service, key)
-                if prefix is None:
-                    continue
-                if len(cache) >= _TERM_CACHE:
-                    cache.clear()
-                term = cache[item] = tag_term(prefix, str(value))
-            terms.append(term)
-        elif isinstance(value, str) and key in _OBJECT_KEY_SET:  # a subclass of str
-            found.append((key, value))
+    for key, value in attributes.items():
+        if key in _OBJECT_KEY_SET:
+            continue
+        prefix = prefix_of(service, key)
+        if prefix is not None:
+            terms.extend(value_terms(prefix, value))
+    return " ".join(terms)
+
+
+def _terms_by_value(prefix: str, values: Iterable[Any]) -> dict[Any, str]:
+    """``tag_term`` of each value (text or int), inline: most are short, and unique values (audit IDs) are many."""
+    terms: dict[Any, str] = {}
+    for value in values:
+        encoded = str(value).encode()
+        terms[value] = prefix + encoded.hex() if len(encoded) <= _LONG_VALUE else tag_term(prefix, str(value))
+    return terms
+
+
+def _distinct_values(values: list[Any]) -> set[Any] | None:
+    """A column's distinct values (but _ABSENT) where its terms can be made value by value: text, or int alone (in a
+    set, True, 1 and 1.0 are one value with three texts); else None."""
+    try:
+        distinct = set(values)
+    except TypeError:  # a list
+        return None
+    distinct.discard(_ABSENT)
+    kinds = set(map(type, distinct))
+    if kinds == {str}:  # no value of another type equals a str: none was merged away
+        return distinct
+    kinds = set(map(type, values))
+    kinds.discard(object)
+    return distinct if kinds == {int} else None
+
+
+def batch_index(
+    service: str, attributes: Sequence[Attributes], prefix_of: _PrefixOf, caches: dict[str, dict[Any, str]]
+) -> list[str]:
+    """``index_terms`` of many spans of one service, key by key rather than span by span: each distinct value of a
+    key becomes its term once (or is found in ``caches``, by key, when values repeat), and each span's document
+    is one join of its terms. The terms are the same as ``index_terms`` gives, in key order."""
+    count = len(attributes)
+    full_columns: list[list[str]] = []  # terms of keys every span has
+    part_columns: list[list[str | None]] = []  # of the others: None where a span has none
+    for key in sorted(set().union(*attributes).difference(_OBJECT_KEY_SET)):
+        values: list[Any] = list(
+            map(dict.get, attributes, itertools.repeat(key, count), itertools.repeat(_ABSENT, count))
+        )
+        distinct = _distinct_values(values)
+        prefix = prefix_of(service, key)
+        if prefix is None:
+            continue
+        terms: list[str | None]
+        if distinct is not None:
+            if len(distinct) * 2 > count:  # mostly unique (audit IDs): a cache would only churn
+                by_value: dict[Any, str | None] = dict(_terms_by_value(prefix, distinct))
+            else:
+                cache = caches.get(key)
+                if cache is None or len(cache) + len(distinct) > _TERM_CACHE:
+                    cache = caches[key] = {}
+                missing = distinct.difference(cache)
+                if missing:
+                    cache.update(_terms_by_value(prefix, missing))
+                by_value = {value: cache[value] for value in distinct}
+            by_value[_ABSENT] = None
+            terms = list(map(by_value.__getitem__, values))
         else:
-            prefix = prefix_of(service, key)
-            if prefix is not None:
-                terms.extend(tag_term(prefix, text) for text in tag_texts(value))
-    return " ".join(terms), tuple(found)
+            terms = [None if value is _ABSENT else (" ".join(value_terms(prefix, value)) or None) for value in values]
+        if None in terms:
+            part_columns.append(terms)
+        else:
+            full_columns.append(cast(list[str], terms))
+    documents = list(map(" ".join, zip(*full_columns, strict=True))) if full_columns else [""] * count
+    for terms in part_columns:
+        for position in itertools.compress(range(count), terms):  # the spans with terms of this key
+            document, term = documents[position], cast(str, terms[position])
+            documents[position] = f"{document} {term}" if document else term
+    return documents
 
 
 def match_expression(tags: Sequence[tuple[str, str]], prefixes: Iterable[dict[str, str]]) -> str:
@@ -238,47 +289,27 @@ def match_expression(tags: Sequence[tuple[str, str]], prefixes: Iterable[dict[st
     )
 
 
-def find_traces_sql(
-    query: TraceQuery,
-    *,
-    driver: tuple[str, str] | None = None,
-    newest_first_scan: bool = False,
-    expression: str | None = None,
-    limited: bool = True,
-) -> tuple[str, list[Any]]:
+def find_traces_sql(query: TraceQuery, *, expression: str | None = None, limited: bool = True) -> tuple[str, list[Any]]:
     """The statement behind find_traces: tag matches come from the indexes, never a table scan.
 
-    Object tags are the same on every span of a trace and are matched per trace in ``trace_tags``. The
-    ``driver`` tag (by default the most selective object tag) is looked up first and the rest checked against
-    it; ``newest_first_scan`` walks traces newest first instead and checks each, which stops after ``limit``
-    hits: the better plan when every tag matches most traces. ``expression`` (an FTS5 query of span terms, see
-    ``span_terms``) keeps traces with a span holding all of them; the other span tags and the service are
-    expected in it. Without an expression, a service is checked on the spans table. Without ``limited`` every
-    matching trace comes back, newest first, for the caller to walk.
+    Object tags are the trace's columns: the index of its uid, else its name, else its resource finds the traces
+    (newest first for a resource), and the other tags are checked on each row; with none of those, traces are
+    walked newest first and checked, which stops after ``limit`` hits. ``expression`` (an FTS5 query of span
+    terms, see ``span_terms``) keeps traces with a span holding all of them; the other span tags and the service
+    are expected in it. Without an expression, a service is checked on the spans table. Without ``limited``
+    every matching trace comes back, newest first, for the caller to walk.
     """
+    object_level = {key: str(value) for key, value in query.tags.items() if key in _OBJECT_KEY_SET}
+    index = next((index for key, index in _OBJECT_INDEXES if key in object_level), "traces_by_start")
     sql = [
         "SELECT t.trace_id, t.start_ns, t.end_ns, t.cluster, t.grp, t.version, t.resource, t.namespace,",
-        "t.name, t.uid, t.tid FROM traces t WHERE t.end_ns >= ? AND t.start_ns <= ?",
+        f"t.name, t.uid, t.tid FROM traces t INDEXED BY {index} WHERE t.end_ns >= ? AND t.start_ns <= ?",
     ]
     params: list[Any] = [query.start_ns, query.end_ns]
-    object_level = sorted(
-        ((key, str(value)) for key, value in query.tags.items() if key in _OBJECT_KEY_SET),
-        key=lambda item: item[0] not in _SELECTIVE_OBJECT_KEYS,
-    )
-    if driver is None or driver not in object_level:
-        driver = object_level[0] if object_level else None
-    if driver is not None:
-        inner = ["SELECT a.tid FROM trace_tags a"]
-        for i, (key, value) in enumerate(item for item in object_level if item != driver):
-            alias = f"o{i}"
-            inner.append(f"JOIN trace_tags {alias} ON {alias}.key = ? AND {alias}.value = ? AND {alias}.tid = a.tid")
-            params += [key, value]
-        inner.append("WHERE a.key = ? AND a.value = ?")
-        params += list(driver)
-        if newest_first_scan:
-            sql.append(f"AND EXISTS ({' '.join(inner)} AND a.tid = t.tid)")
-        else:
-            sql.append(f"AND t.tid IN ({' '.join(inner)})")
+    for key in OBJECT_KEYS:
+        if key in object_level:
+            sql.append(f"AND t.{_COLUMN_OF[key]} = ?")
+            params.append(object_level[key])
     if expression is not None:
         sql.append(f"AND t.tid IN (SELECT rowid >> {SEQ_BITS} FROM span_terms WHERE span_terms MATCH ?)")
         params.append(expression)
@@ -318,58 +349,97 @@ def _hit(row: Sequence[Any]) -> TraceHit:
     )
 
 
-class _Encoded:
-    """One span as a row, made on the writer thread; its document id is filled in at commit."""
+_TRACE_ID, _SPAN_ID, _PARENT_ID = attrgetter("trace_id"), attrgetter("span_id"), attrgetter("parent_id")
+_START, _END = attrgetter("start_ns"), attrgetter("end_ns")
 
-    __slots__ = ("object_tags", "row", "span", "terms", "trace_key")
 
-    def __init__(self, span: Span, terms_of: _TermsOf) -> None:
-        start_ns, end_ns, parent_id = span.start_ns, span.end_ns, span.parent_id
-        for value in (start_ns, end_ns):
-            if not _I64_MIN <= value <= _I64_MAX:
-                raise _Unrepresentable(f"time {value} ns is beyond 64 bits")
-        if not (0 <= span.trace_id < _U128 and 0 <= span.span_id < _U64):
+class _Batch:
+    """Spans as rows, made on the writer thread: for each span, its body, signed span id and span-term document,
+    in lists side by side (a batch costs a few lists, not an object per span)."""
+
+    __slots__ = ("bodies", "documents", "ends", "roots", "span_ids", "spans", "starts", "trace_ids")
+
+    def __init__(self, spans: list[Span], index: Callable[[list[Span]], list[str]]) -> None:
+        self.starts: list[int] = list(map(_START, spans))
+        self.ends: list[int] = list(map(_END, spans))
+        for times in (self.starts, self.ends):
+            if min(times) < _I64_MIN or max(times) > _I64_MAX:
+                raise _Unrepresentable("a time beyond 64 bits")
+        trace_ids = list(map(_TRACE_ID, spans))
+        span_ids = list(map(_SPAN_ID, spans))
+        parents = list(map(_PARENT_ID, spans))
+        parent_ids = [parent_id for parent_id in parents if parent_id is not None]
+        if min(trace_ids) < 0 or max(trace_ids) >= _U128 or min(span_ids) < 0 or max(span_ids) >= _U64:
             raise _Unrepresentable("trace or span id out of range")
-        if parent_id is not None and not 0 <= parent_id < _U64:
+        if parent_ids and (min(parent_ids) < 0 or max(parent_ids) >= _U64):
             raise _Unrepresentable("parent id out of range")
-        self.span = span
-        self.trace_key = span.trace_id.to_bytes(16, "big")
         try:
-            self.terms, self.object_tags = terms_of(span.service, span.attributes)
-            logs = [(entry.time_ns, entry.name, entry.fields) for entry in span.logs] if span.logs else ()
-            body = _encode(
-                (parent_id, span.name, start_ns, end_ns, span.error, span.status_message, span.attributes, logs)
-            )
+            self.documents = index(spans)
+            self.bodies = [
+                _encode(
+                    (
+                        span.parent_id,
+                        span.name,
+                        span.start_ns,
+                        span.end_ns,
+                        span.error,
+                        span.status_message,
+                        span.attributes,
+                        [(entry.time_ns, entry.name, entry.fields) for entry in span.logs] if span.logs else (),
+                    )
+                )
+                for span in spans
+            ]
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: bad UTF-16
             raise _Unrepresentable(f"attributes or logs: {exc}") from exc
-        # The span's row from its document id (filled in at commit) on; row[2:] is what a rewrite compares.
-        self.row: list[Any] = [0, _signed(span.span_id), span.service, body]
+        self.spans = spans
+        self.trace_ids = trace_ids
+        # SQLite integers are signed 64-bit; span ids use all 64 bits.
+        self.span_ids = [span_id - _U64 if span_id > _I64_MAX else span_id for span_id in span_ids]
+        # Object spans: their tags name their trace's object.
+        self.roots = {
+            position
+            for position, parent_id in enumerate(parents)
+            if parent_id is None and spans[position].service == SERVICE_OBJECT
+        }
+
+    @classmethod
+    def keeping_representable(
+        cls, spans: list[Span], index: Callable[[list[Span]], list[str]]
+    ) -> tuple[_Batch | None, int]:
+        """The batch of ``spans``; where one cannot be represented, of the others, and how many were dropped."""
+        try:
+            return cls(spans, index), 0
+        except _Unrepresentable:
+            pass
+        kept: list[Span] = []
+        for span in spans:
+            try:
+                cls([span], index)
+            except _Unrepresentable as exc:
+                log.warning("dropping span %016x of trace %032x: %s", span.span_id, span.trace_id, exc)
+            else:
+                kept.append(span)
+        return (cls(kept, index) if kept else None), len(spans) - len(kept)
 
 
 class _Trace:
     """What the writer remembers of a stored trace, so that most batches need no read of the traces table."""
 
-    __slots__ = ("end_ns", "has_root", "next_seq", "seqs", "start_ns", "tid")
+    __slots__ = ("end_ns", "next_seq", "ref", "seqs", "start_ns", "tid")
 
-    def __init__(self, tid: int, seqs: dict[int, int], start_ns: int, end_ns: int, has_root: int) -> None:
-        self.tid, self.start_ns, self.end_ns, self.has_root = tid, start_ns, end_ns, has_root
+    def __init__(
+        self, tid: int, seqs: dict[int, int], start_ns: int, end_ns: int, ref: tuple[str, ...] | None
+    ) -> None:
+        self.tid, self.start_ns, self.end_ns = tid, start_ns, end_ns
+        self.ref = ref  # the object columns while no object span has named the object; None once one has
         self.seqs = seqs  # each stored span's number by its (signed) span id: a span written again keeps its row
         self.next_seq = max(seqs.values(), default=-1) + 1
 
 
-def _trace_row(spans: list[Span]) -> tuple[Any, ...]:
-    """(start, end, has_root, *object columns) that a batch of one trace's spans implies; the object span's tags
-    name the object."""
-    root = next((span for span in spans if span.service == SERVICE_OBJECT and span.parent_id is None), None)
-    named_by = root or spans[0]
-    tags = named_by.attributes
-    return (
-        min(span.start_ns for span in spans),
-        max(span.end_ns for span in spans),
-        1 if root is not None else 0,
-        *(str(tags.get(key, "")) for key in OBJECT_TAGS),
-        str(tags.get("uid", "")),
-    )
+def _object_columns(attributes: Attributes) -> tuple[str, ...]:
+    """The traces table's object columns (cluster to uid) from the attributes of the span that names the object."""
+    return (*(str(attributes.get(key, "")) for key in OBJECT_TAGS), str(attributes.get("uid", "")))
 
 
 class SqliteStore:
@@ -395,15 +465,13 @@ class SqliteStore:
         self._local = threading.local()  # each read thread's own connection
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
-        # (trace, object tags) whose rows are in trace_tags; writer thread only
-        self._indexed: dict[tuple[int, tuple[tuple[str, str], ...]], None] = {}
-        self._traces: dict[bytes, _Trace] = {}  # by trace id; writer thread only
+        self._traces: dict[int, _Trace] = {}  # by trace id; writer thread only
         self._remembered_spans = 0  # span ids in self._traces, about
         # Writer thread only: each service and key's term prefix (None: to be read), new ones not stored yet, and
         # each service's terms of recent values.
         self._prefixes: dict[tuple[str, str], str] | None = None
         self._new_keys: list[tuple[int, str, str]] = []
-        self._term_caches: dict[str, _TermCache] = {}
+        self._term_caches: dict[str, dict[str, dict[Any, str]]] = {}  # by service, then key: value → term
         self._next_tid = 1  # writer thread only; set at open
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
@@ -487,7 +555,12 @@ class SqliteStore:
             # Checkpoint every 64 MiB of WAL rather than 4: hot index pages are copied back once, not sixteen times.
             conn.execute("PRAGMA wal_autocheckpoint=4096")
             conn.execute("PRAGMA journal_size_limit=67108864")
+            created = tables is None
             conn.executescript(_SCHEMA)
+            if created:
+                # Merge the span index's segments eight at a time rather than four: each posting is rewritten about
+                # half as often as the index grows, for a few more segments to look a term up in.
+                conn.execute(f"INSERT INTO span_terms (span_terms, rank) VALUES ('automerge', {_AUTOMERGE})")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._next_tid = conn.execute("SELECT coalesce(max(tid), 0) + 1 FROM traces").fetchone()[0]
         except BaseException:
@@ -569,30 +642,22 @@ class SqliteStore:
 
     def _write_sync(self, spans: list[Span]) -> int:
         """Commit ``spans`` in one transaction; returns how many were dropped as unrepresentable."""
-        encoded: list[_Encoded] = []
-        dropped = 0
-        terms_of = self._index_terms
-        for span in spans:
-            try:
-                encoded.append(_Encoded(span, terms_of))
-            except _Unrepresentable as exc:
-                dropped += 1
-                log.warning("dropping span %016x of trace %032x: %s", span.span_id, span.trace_id, exc)
+        batch, dropped = _Batch.keeping_representable(spans, self._index_batch)
         conn = self._connection()
         if self._new_keys:
             self._store_new_keys(conn)
-        if not encoded:
+        if batch is None:
             return dropped
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
-                self._insert(conn, encoded)
+                self._insert(conn, batch, range(len(batch.spans)))
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
                 # Something in one span only the database objects to: find it span by span, keep the rest.
                 conn.execute("ROLLBACK")
                 self._forget_uncommitted()  # ids handed out by the rolled-back transaction are void
                 conn.execute("BEGIN IMMEDIATE")
-                dropped += self._insert_one_by_one(conn, encoded)
+                dropped += self._insert_one_by_one(conn, batch)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -601,141 +666,169 @@ class SqliteStore:
             raise
         return dropped
 
-    def _insert_one_by_one(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> int:
+    def _insert_one_by_one(self, conn: sqlite3.Connection, batch: _Batch) -> int:
         dropped = 0
-        for item in encoded:
+        for position, span in enumerate(batch.spans):
             conn.execute("SAVEPOINT one_span")
             try:
-                self._insert(conn, [item])
+                self._insert(conn, batch, [position])
             except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
                 conn.execute("ROLLBACK TO one_span")
                 self._forget_uncommitted()
                 dropped += 1
-                log.warning("dropping span %016x of trace %032x: not storable", item.span.span_id, item.span.trace_id)
+                log.warning("dropping span %016x of trace %032x: not storable", span.span_id, span.trace_id)
             conn.execute("RELEASE one_span")
         return dropped
 
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""
-        self._indexed.clear()
         self._traces.clear()  # trace ids handed out stay unused: the next one is still higher than any stored
         self._remembered_spans = 0
 
-    def _known_traces(self, conn: sqlite3.Connection, trace_keys: list[bytes]) -> None:
+    def _known_traces(self, conn: sqlite3.Connection, trace_ids: list[int]) -> None:
         """Read the stored state of traces the writer does not remember (after a restart or a cache reset)."""
-        for chunk, marks in _in_chunks(trace_keys):
+        for chunk, marks in _in_chunks([trace_id.to_bytes(16, "big") for trace_id in trace_ids]):
             rows = conn.execute(
-                f"SELECT trace_id, tid, start_ns, end_ns, has_root FROM traces WHERE trace_id IN ({marks})", chunk
+                "SELECT trace_id, tid, start_ns, end_ns, has_root, cluster, grp, version, resource, namespace, name,"
+                f" uid FROM traces WHERE trace_id IN ({marks})",
+                chunk,
             ).fetchall()
-            for trace_key, tid, start_ns, end_ns, has_root in rows:
+            for trace_key, tid, start_ns, end_ns, has_root, *ref in rows:
                 seqs: dict[int, int] = dict(
                     conn.execute(
                         f"SELECT span_id, doc & {(1 << SEQ_BITS) - 1} FROM spans WHERE doc >= ? AND doc < ?",
                         (tid << SEQ_BITS, (tid + 1) << SEQ_BITS),
                     )
                 )
-                self._traces[trace_key] = _Trace(tid, seqs, start_ns, end_ns, has_root)
+                self._traces[int.from_bytes(trace_key, "big")] = _Trace(
+                    tid, seqs, start_ns, end_ns, None if has_root else tuple(ref)
+                )
                 self._remembered_spans += len(seqs)
 
-    def _insert(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
-        by_trace: dict[bytes, list[_Encoded]] = {}
-        for item in encoded:
-            group = by_trace.get(item.trace_key)
+    def _insert(self, conn: sqlite3.Connection, batch: _Batch, positions: Iterable[int]) -> None:
+        spans, trace_ids = batch.spans, batch.trace_ids
+        by_trace: dict[int, list[int]] = {}
+        for position in positions:
+            group = by_trace.get(trace_ids[position])
             if group is None:
-                by_trace[item.trace_key] = [item]
+                by_trace[trace_ids[position]] = [position]
             else:
-                group.append(item)
-        unknown = [trace_key for trace_key in by_trace if trace_key not in self._traces]
-        if len(self._traces) + len(unknown) > _TRACE_CACHE or self._remembered_spans + len(encoded) > _SPAN_CACHE:
-            self._traces.clear()
+                group.append(position)
+        count = sum(map(len, by_trace.values()))
+        traces = self._traces
+        unknown = [trace_id for trace_id in by_trace if trace_id not in traces]
+        if len(traces) + len(unknown) > _TRACE_CACHE or self._remembered_spans + count > _SPAN_CACHE:
+            traces.clear()
             self._remembered_spans = 0
             unknown = list(by_trace)
         if unknown:
             self._known_traces(conn, unknown)
-        self._remembered_spans += len(encoded)
+        self._remembered_spans += count
         new_traces: list[tuple[Any, ...]] = []
         changed_traces: list[tuple[Any, ...]] = []
-        added: dict[int, _Encoded] = {}  # spans new to the store, by document, in the batch's order
-        again: list[_Encoded] = []  # spans the store has already: rewritten if their content changed
-        trace_tag_rows: set[tuple[str, str, int]] = set()
-        for trace_key, items in by_trace.items():
-            start_ns, end_ns, has_root, *ref = _trace_row([item.span for item in items])
-            trace = self._traces.get(trace_key)
+        added: dict[int, int] = {}  # positions of spans new to the store, by document, in the batch's order
+        again: list[tuple[int, int]] = []  # (document, position) of spans the store has: rewritten if changed
+        span_ids, starts, ends, roots = batch.span_ids, batch.starts, batch.ends, batch.roots
+        for trace_id, group in by_trace.items():
+            start_ns, end_ns = min(map(starts.__getitem__, group)), max(map(ends.__getitem__, group))
+            found_roots = roots.intersection(group) if roots else None
+            root = min(found_roots) if found_roots else None
+            trace = traces.get(trace_id)
             if trace is None:
-                trace = self._traces[trace_key] = _Trace(self._next_tid, {}, start_ns, end_ns, has_root)
+                ref = _object_columns(spans[group[0] if root is None else root].attributes)
+                trace = traces[trace_id] = _Trace(self._next_tid, {}, start_ns, end_ns, None if root else ref)
                 self._next_tid += 1
-                new_traces.append((trace.tid, trace_key, start_ns, end_ns, has_root, *ref))
-            elif start_ns < trace.start_ns or end_ns > trace.end_ns or has_root > trace.has_root:
-                trace.start_ns, trace.end_ns = min(trace.start_ns, start_ns), max(trace.end_ns, end_ns)
-                if has_root > trace.has_root:  # the object span names the object from now on
-                    trace.has_root = has_root
-                    changed_traces.append((trace.start_ns, trace.end_ns, has_root, *ref, trace.tid))
-                else:
+                new_traces.append(
+                    (trace.tid, trace_id.to_bytes(16, "big"), start_ns, end_ns, 0 if root is None else 1, *ref)
+                )
+            else:
+                named = None  # the object columns, where this batch changes them
+                if trace.ref is not None:
+                    if root is not None:  # the object span names the object from now on
+                        named = _object_columns(spans[root].attributes)
+                        trace.ref = None
+                    else:  # until then the first span's; what it lacked, a later span may have (a uid)
+                        ref = _object_columns(spans[group[0]].attributes)
+                        if ref != trace.ref:
+                            filled = tuple(old or new for old, new in zip(trace.ref, ref, strict=True))
+                            if filled != trace.ref:
+                                named = trace.ref = filled
+                if named is not None:
+                    trace.start_ns, trace.end_ns = min(trace.start_ns, start_ns), max(trace.end_ns, end_ns)
+                    has_root = 1 if trace.ref is None else 0
+                    changed_traces.append((trace.start_ns, trace.end_ns, has_root, *named, trace.tid))
+                elif start_ns < trace.start_ns or end_ns > trace.end_ns:
+                    trace.start_ns, trace.end_ns = min(trace.start_ns, start_ns), max(trace.end_ns, end_ns)
                     changed_traces.append((trace.start_ns, trace.end_ns, trace.tid))
             tid, seqs = trace.tid, trace.seqs
             first_doc = tid << SEQ_BITS
-            indexed: tuple[tuple[str, str], ...] | None = None
-            for item in items:
-                row = item.row
-                seq = seqs.get(row[1])
+            for position in group:
+                span_id = span_ids[position]
+                seq = seqs.get(span_id)
                 if seq is None:
-                    seq = seqs[row[1]] = trace.next_seq
+                    seq = seqs[span_id] = trace.next_seq
                     trace.next_seq += 1
-                    row[0] = first_doc | seq
-                    added[row[0]] = item
+                    added[first_doc | seq] = position
+                elif first_doc | seq in added:  # twice in this batch: the later copy wins
+                    added[first_doc | seq] = position
                 else:
-                    row[0] = first_doc | seq
-                    if row[0] in added:  # twice in this batch: the later copy wins
-                        added[row[0]] = item
-                    else:
-                        again.append(item)
-                if item.object_tags != indexed and (tid, item.object_tags) not in self._indexed:
-                    # A trace's spans share their object tags: their rows go in once.
-                    self._indexed[tid, item.object_tags] = None
-                    trace_tag_rows.update((key, value, tid) for key, value in item.object_tags)
-                indexed = item.object_tags
+                    again.append((first_doc | seq, position))
             if trace.next_seq > _SEQ_LIMIT:
-                raise _Unrepresentable(f"trace {trace_key.hex()} has more than {_SEQ_LIMIT} spans")
-        if len(self._indexed) > _TRACE_CACHE:
-            self._indexed.clear()
+                raise _Unrepresentable(f"trace {trace_id:032x} has more than {_SEQ_LIMIT} spans")
         conn.executemany(_INSERT_TRACE, new_traces)
         conn.executemany(_UPDATE_TRACE, [row for row in changed_traces if len(row) > 3])
         conn.executemany(
             "UPDATE traces SET start_ns = ?, end_ns = ? WHERE tid = ?", [row for row in changed_traces if len(row) == 3]
         )
-        conn.executemany(_INSERT_SPAN, [item.row for item in added.values()])
+        bodies = batch.bodies
+        conn.executemany(
+            _INSERT_SPAN,
+            [(doc, span_ids[position], spans[position].service, bodies[position]) for doc, position in added.items()],
+        )
         # A span without attributes of its own is found by its trace's object tags; no document needed.
-        documents = [(doc, item.terms) for doc, item in added.items() if item.terms]
-        conn.executemany(_INSERT_TERMS, documents)
+        documents = batch.documents
+        conn.executemany(
+            _INSERT_TERMS, [(doc, documents[position]) for doc, position in added.items() if documents[position]]
+        )
         if again:
-            self._rewrite_existing(conn, again)
-        # In index order: each B-tree page is visited once per batch, not once per row.
-        conn.executemany("INSERT OR IGNORE INTO trace_tags VALUES (?, ?, ?)", sorted(trace_tag_rows))
+            self._rewrite_existing(conn, batch, again)
 
-    def _rewrite_existing(self, conn: sqlite3.Connection, encoded: list[_Encoded]) -> None:
+    def _rewrite_existing(self, conn: sqlite3.Connection, batch: _Batch, again: list[tuple[int, int]]) -> None:
         """Replace spans stored with other content than this batch gives them, with their index terms."""
-        for item in encoded:
-            doc = item.row[0]
+        for doc, position in again:
+            service, body = batch.spans[position].service, batch.bodies[position]
             stored = conn.execute("SELECT service, body FROM spans WHERE doc = ?", (doc,)).fetchone()
-            if list(stored) == item.row[2:]:
+            if stored == (service, body):
                 continue
-            conn.execute("UPDATE spans SET service = ?, body = ? WHERE doc = ?", (*item.row[2:], doc))
-            old_terms = self._stored_terms(stored[0], _attributes_of(stored[1]))[0]
+            conn.execute("UPDATE spans SET service = ?, body = ? WHERE doc = ?", (service, body, doc))
+            old_terms = self._stored_terms(stored[0], _attributes_of(stored[1]))
             if old_terms:
                 conn.execute(_DELETE_TERMS, (doc, old_terms))
-            if item.terms:
-                conn.execute(_INSERT_TERMS, (doc, item.terms))
+            if batch.documents[position]:
+                conn.execute(_INSERT_TERMS, (doc, batch.documents[position]))
 
-    def _index_terms(self, service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """A span's terms and object tags (``index_terms``), numbering keys not seen before."""
-        cache = self._term_caches.get(service)
-        if cache is None:
-            cache = self._term_caches[service] = {}
-        return index_terms(service, attributes, cache, self._prefix)
+    def _index_batch(self, spans: list[Span]) -> list[str]:
+        """Each span's document (``batch_index``, service by service), numbering new keys."""
+        services = {span.service for span in spans}
+        if len(services) == 1:
+            return self._index_service(services.pop(), [span.attributes for span in spans])
+        documents: list[str] = [""] * len(spans)
+        for service in services:
+            positions = [position for position, span in enumerate(spans) if span.service == service]
+            service_documents = self._index_service(service, [spans[position].attributes for position in positions])
+            for position, document in zip(positions, service_documents, strict=True):
+                documents[position] = document
+        return documents
 
-    def _stored_terms(self, service: str, attributes: Attributes) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """The terms and object tags a stored span was indexed with (its keys are numbered already)."""
-        return index_terms(service, attributes, {}, self._stored_prefix)
+    def _index_service(self, service: str, attributes: list[Attributes]) -> list[str]:
+        caches = self._term_caches.get(service)
+        if caches is None:
+            caches = self._term_caches[service] = {}
+        return batch_index(service, attributes, self._prefix, caches)
+
+    def _stored_terms(self, service: str, attributes: Attributes) -> str:
+        """The document a stored span was indexed with (its keys are numbered already)."""
+        return index_terms(service, attributes, self._stored_prefix)
 
     def _prefix(self, service: str, key: str) -> str:
         prefixes = self._key_prefixes()
@@ -786,39 +879,21 @@ class SqliteStore:
     @staticmethod
     def _find_sync(conn: sqlite3.Connection, query: TraceQuery) -> list[TraceHit]:
         span_tags = [(key, str(value)) for key, value in query.tags.items() if key not in _OBJECT_KEY_SET]
-        # The object tag matching fewest traces drives (counted up to a cap); when every one is common, traces
-        # are walked newest first.
-        driver: tuple[str, str] | None = None
-        dense = False
-        object_level = [(key, str(value)) for key, value in query.tags.items() if key in _OBJECT_KEY_SET]
-        selective = [item for item in object_level if item[0] in _SELECTIVE_OBJECT_KEYS]
-        if selective:
-            driver = selective[0]  # one object's name: no need to count
-        elif object_level:
-            fewest = _DENSE_MATCHES
-            for key, value in object_level:
-                matches = conn.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
-                    (key, value, fewest),
-                ).fetchone()[0]
-                if matches < fewest:
-                    driver, fewest = (key, value), matches
-            dense = driver is None
         if not span_tags:
-            return [_hit(row) for row in conn.execute(*find_traces_sql(query, driver=driver, newest_first_scan=dense))]
+            return [_hit(row) for row in conn.execute(*find_traces_sql(query))]
         prefixes = SqliteStore._prefixes_of(conn, [key for key, _ in span_tags], query.service)
         if not prefixes:
             return []
         expression = match_expression(span_tags, prefixes)
-        if selective and conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM trace_tags WHERE key = ? AND value = ? LIMIT ?)",
-            (*selective[0], _FEW_TRACES),
+        # One object's few traces are each checked for a span with the tags; else the traces of every matching
+        # span are gathered in one pass over the posting lists (in C, about 0.1 µs a span) and joined.
+        selective = next(((key, query.tags[key]) for key in ("uid", "name") if key in query.tags), None)
+        if selective is not None and conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM traces WHERE {selective[0]} = ? LIMIT ?)",
+            (str(selective[1]), _FEW_TRACES),
         ).fetchone()[0] < _FEW_TRACES:
-            return SqliteStore._check_each(conn, query, driver, expression)
-        # The traces of every matching span, gathered in one pass over the posting lists (in C, about 0.1 µs a
-        # span), then joined with the object tags' traces.
-        sql, params = find_traces_sql(query, driver=driver, newest_first_scan=dense, expression=expression)
-        return [_hit(row) for row in conn.execute(sql, params)]
+            return SqliteStore._check_each(conn, query, expression)
+        return [_hit(row) for row in conn.execute(*find_traces_sql(query, expression=expression))]
 
     @staticmethod
     def _prefixes_of(conn: sqlite3.Connection, keys: list[str], service: str | None) -> list[dict[str, str]]:
@@ -833,11 +908,9 @@ class SqliteStore:
         return [prefixes for _, prefixes in sorted(by_service.items()) if len(prefixes) == len(wanted)]
 
     @staticmethod
-    def _check_each(
-        conn: sqlite3.Connection, query: TraceQuery, driver: tuple[str, str] | None, expression: str
-    ) -> list[TraceHit]:
+    def _check_each(conn: sqlite3.Connection, query: TraceQuery, expression: str) -> list[TraceHit]:
         """The few traces of one object, newest first, each checked for a span holding every term."""
-        sql, params = find_traces_sql(dataclasses.replace(query, service=None), driver=driver, limited=False)
+        sql, params = find_traces_sql(dataclasses.replace(query, service=None), limited=False)
         hits: list[TraceHit] = []
         for row in conn.execute(sql, params).fetchall():
             tid = row[10]
@@ -905,14 +978,13 @@ class SqliteStore:
     def _tag_values_sync(conn: sqlite3.Connection, key: str, start_ns: int | None, end_ns: int | None) -> list[str]:
         within = (start_ns if start_ns is not None else _I64_MIN, end_ns if end_ns is not None else _I64_MAX)
         if key in _OBJECT_KEY_SET:
-            if start_ns is None and end_ns is None:
-                rows = conn.execute("SELECT DISTINCT value FROM trace_tags WHERE key = ? ORDER BY value", (key,))
-            else:
-                rows = conn.execute(
-                    "SELECT DISTINCT x.value FROM trace_tags x JOIN traces t ON t.tid = x.tid"
-                    " WHERE x.key = ? AND t.end_ns >= ? AND t.start_ns <= ? ORDER BY x.value",
-                    (key, *within),
-                )
+            # Empty is no value of a tag (a cluster-scoped object's namespace, a uid not known yet).
+            column = _COLUMN_OF[key]
+            rows = conn.execute(
+                f"SELECT DISTINCT {column} FROM traces WHERE end_ns >= ? AND start_ns <= ? AND {column} != ''"
+                f" ORDER BY {column}",
+                within,
+            )
             return [row[0] for row in rows]
         # Span tags are terms of the span index: per service, those that begin with the key's prefix, decoded.
         values: set[str] = set()
@@ -966,17 +1038,14 @@ class SqliteStore:
                 # The span index is contentless and tag rows are keyed by value first: what to delete is rebuilt
                 # from the trace's spans rather than found by scanning.
                 documents: list[tuple[int, str]] = []
-                trace_tags: set[tuple[str, str, int]] = set()
                 docs = (tid << SEQ_BITS, (tid + 1) << SEQ_BITS)
                 for doc, service, body in conn.execute(
                     "SELECT doc, service, body FROM spans WHERE doc >= ? AND doc < ?", docs
                 ):
-                    terms, tags = self._stored_terms(service, _attributes_of(body))
+                    terms = self._stored_terms(service, _attributes_of(body))
                     if terms:
                         documents.append((doc, terms))
-                    trace_tags.update((key, value, tid) for key, value in tags)
                 conn.executemany(_DELETE_TERMS, documents)
-                conn.executemany("DELETE FROM trace_tags WHERE key = ? AND value = ? AND tid = ?", trace_tags)
                 conn.execute("DELETE FROM spans WHERE doc >= ? AND doc < ?", docs)
                 conn.execute("DELETE FROM traces WHERE tid = ?", (tid,))
             conn.execute("COMMIT")
