@@ -3,7 +3,8 @@
 Tables: ``traces`` (one row per raw trace: a small integer id, its time range and the object it belongs to),
 ``spans`` (one row per span, keyed by its document id: the trace's id shifted left by ``SEQ_BITS`` plus the
 span's number within its trace, so a trace's spans are one range and a match in the index names its trace
-without reading the span; the span id, the service, and the rest as one MessagePack body; the writer remembers
+without reading the span; the span id, the service, and the number of the rest's MessagePack body in ``bodies``,
+appended as spans come; the writer remembers
 which span ids a trace has, so a re-delivered span replaces itself) and ``span_terms``, an FTS5 inverted
 index with one document per span. A trace's object tags (cluster to uid, the same on each of its spans) are its
 row's columns: the object span's, or until it comes the first span's, with empty ones filled in by later spans;
@@ -95,13 +96,18 @@ CREATE INDEX IF NOT EXISTS traces_by_uid ON traces (uid);
 CREATE INDEX IF NOT EXISTS traces_by_name ON traces (name);
 CREATE INDEX IF NOT EXISTS traces_by_resource ON traces (resource, start_ns);
 -- keyed by the span's document: its trace's tid << SEQ_BITS | its number within the trace, so a trace's spans
--- are one range and its new spans go in at the end; the writer knows which span ids a trace has (no second
--- index). The rest of the span is one MessagePack body (parent id, name, start, end, error, status message,
--- attributes, logs): nothing searches those, and a row of four columns costs a third less to write than one of ten.
+-- are one range; the writer knows which span ids a trace has (no second index). A busy cluster's batches add
+-- spans to thousands of traces at once, all over this table: its rows are small (tens to a page), so a commit
+-- rewrites few pages. The rest of the span is one MessagePack body (parent id, name, start, end, error, status
+-- message, attributes, logs) in ``bodies``, numbered as they come, so bodies are only ever appended.
 CREATE TABLE IF NOT EXISTS spans (
     doc INTEGER PRIMARY KEY,
     span_id INTEGER NOT NULL,
     service TEXT NOT NULL,
+    body_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bodies (
+    id INTEGER PRIMARY KEY,
     body BLOB NOT NULL
 );
 -- every service and key of a span tag has a number, the start of its terms (see tag_term); a search without a
@@ -126,7 +132,8 @@ _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
     " namespace = ?, name = ?, uid = ? WHERE tid = ?"
 )
-_INSERT_SPAN = "INSERT INTO spans (doc, span_id, service, body) VALUES (?, ?, ?, ?)"
+_INSERT_SPAN = "INSERT INTO spans (doc, span_id, service, body_id) VALUES (?, ?, ?, ?)"
+_INSERT_BODY = "INSERT INTO bodies (id, body) VALUES (?, ?)"
 _INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
 _DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
@@ -334,8 +341,9 @@ def spans_of_traces_sql(marks: str) -> str:
     """The spans of the traces whose ids fill ``marks``. CROSS JOIN fixes the order, each trace found by its id and
     then its spans by their documents' range: left to itself the planner may scan every span instead."""
     return (
-        "SELECT t.trace_id, s.span_id, s.service, s.body FROM traces t"
+        "SELECT t.trace_id, s.span_id, s.service, b.body FROM traces t"
         f" CROSS JOIN spans s ON s.doc >= t.tid << {SEQ_BITS} AND s.doc < (t.tid + 1) << {SEQ_BITS}"
+        " CROSS JOIN bodies b ON b.id = s.body_id"
         f" WHERE t.trace_id IN ({marks})"
     )
 
@@ -473,6 +481,7 @@ class SqliteStore:
         self._new_keys: list[tuple[int, str, str]] = []
         self._term_caches: dict[str, dict[str, dict[Any, str]]] = {}  # by service, then key: value → term
         self._next_tid = 1  # writer thread only; set at open
+        self._next_body = 1  # likewise
         self._pending: list[Span] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -563,6 +572,7 @@ class SqliteStore:
                 conn.execute(f"INSERT INTO span_terms (span_terms, rank) VALUES ('automerge', {_AUTOMERGE})")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._next_tid = conn.execute("SELECT coalesce(max(tid), 0) + 1 FROM traces").fetchone()[0]
+            self._next_body = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM bodies").fetchone()[0]
         except BaseException:
             conn.close()
             raise
@@ -780,15 +790,26 @@ class SqliteStore:
         conn.executemany(
             "UPDATE traces SET start_ns = ?, end_ns = ? WHERE tid = ?", [row for row in changed_traces if len(row) == 3]
         )
-        bodies = batch.bodies
+        # In document order: FTS5 writes out what it holds whenever a document comes before the last one (a batch
+        # in the order of its traces, which a busy cluster interleaves, cost six times as much), and the spans'
+        # B-tree pages are each visited once.
+        new_spans = sorted(added.items())
+        bodies, documents = batch.bodies, batch.documents
+        first_body = self._next_body  # ids a rolled-back transaction handed out stay unused
+        self._next_body += len(new_spans)
+        conn.executemany(
+            _INSERT_BODY, [(first_body + number, bodies[position]) for number, (_, position) in enumerate(new_spans)]
+        )
         conn.executemany(
             _INSERT_SPAN,
-            [(doc, span_ids[position], spans[position].service, bodies[position]) for doc, position in added.items()],
+            [
+                (doc, span_ids[position], spans[position].service, first_body + number)
+                for number, (doc, position) in enumerate(new_spans)
+            ],
         )
         # A span without attributes of its own is found by its trace's object tags; no document needed.
-        documents = batch.documents
         conn.executemany(
-            _INSERT_TERMS, [(doc, documents[position]) for doc, position in added.items() if documents[position]]
+            _INSERT_TERMS, [(doc, documents[position]) for doc, position in new_spans if documents[position]]
         )
         if again:
             self._rewrite_existing(conn, batch, again)
@@ -797,10 +818,13 @@ class SqliteStore:
         """Replace spans stored with other content than this batch gives them, with their index terms."""
         for doc, position in again:
             service, body = batch.spans[position].service, batch.bodies[position]
-            stored = conn.execute("SELECT service, body FROM spans WHERE doc = ?", (doc,)).fetchone()
-            if stored == (service, body):
+            stored = conn.execute(
+                "SELECT s.service, b.body, b.id FROM spans s JOIN bodies b ON b.id = s.body_id WHERE s.doc = ?", (doc,)
+            ).fetchone()
+            if stored[:2] == (service, body):
                 continue
-            conn.execute("UPDATE spans SET service = ?, body = ? WHERE doc = ?", (service, body, doc))
+            conn.execute("UPDATE spans SET service = ? WHERE doc = ?", (service, doc))
+            conn.execute("UPDATE bodies SET body = ? WHERE id = ?", (body, stored[2]))
             old_terms = self._stored_terms(stored[0], _attributes_of(stored[1]))
             if old_terms:
                 conn.execute(_DELETE_TERMS, (doc, old_terms))
@@ -1015,7 +1039,9 @@ class SqliteStore:
         row = conn.execute("SELECT doc FROM span_term_docs WHERE term = ? LIMIT 1", (term,)).fetchone()
         if row is None:
             return []
-        body = conn.execute("SELECT body FROM spans WHERE doc = ?", (row[0],)).fetchone()
+        body = conn.execute(
+            "SELECT b.body FROM spans s JOIN bodies b ON b.id = s.body_id WHERE s.doc = ?", (row[0],)
+        ).fetchone()
         attributes = _attributes_of(body[0]) if body else {}
         texts = tag_texts(attributes[key]) if key in attributes else []
         return [text for text in texts if tag_term(prefix, text) == term]
@@ -1040,12 +1066,17 @@ class SqliteStore:
                 documents: list[tuple[int, str]] = []
                 docs = (tid << SEQ_BITS, (tid + 1) << SEQ_BITS)
                 for doc, service, body in conn.execute(
-                    "SELECT doc, service, body FROM spans WHERE doc >= ? AND doc < ?", docs
+                    "SELECT s.doc, s.service, b.body FROM spans s JOIN bodies b ON b.id = s.body_id"
+                    " WHERE s.doc >= ? AND s.doc < ?",
+                    docs,
                 ):
                     terms = self._stored_terms(service, _attributes_of(body))
                     if terms:
                         documents.append((doc, terms))
                 conn.executemany(_DELETE_TERMS, documents)
+                conn.execute(
+                    "DELETE FROM bodies WHERE id IN (SELECT body_id FROM spans WHERE doc >= ? AND doc < ?)", docs
+                )
                 conn.execute("DELETE FROM spans WHERE doc >= ? AND doc < ?", docs)
                 conn.execute("DELETE FROM traces WHERE tid = ?", (tid,))
             conn.execute("COMMIT")

@@ -194,7 +194,9 @@ async def test_retention_deletes_old_traces(tmp_path: Path) -> None:
         assert [hit.trace_id for hit in hits] == [recent[0].trace_id]
         assert await store.purge_expired(now_ns=now) == 0
     conn = sqlite3.connect(tmp_path / "t.db")
-    # No span document outlives its trace; the recent trace's are all there.
+    # No span body or document outlives its trace; the recent trace's are all there.
+    assert conn.execute("SELECT count(*) FROM bodies").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM bodies WHERE id NOT IN (SELECT body_id FROM spans)").fetchone()[0] == 0
     documents = conn.execute(f"SELECT DISTINCT doc >> {sqlite_store.SEQ_BITS} FROM span_term_docs").fetchall()
     assert documents == [(conn.execute("SELECT tid FROM traces").fetchone()[0],)]
     conn.close()
@@ -279,6 +281,7 @@ async def test_reading_traces_searches_by_trace_and_span_range_and_scans_nothing
     # Small tables tempt the planner to scan every span and look each one's trace up: never.
     assert any(step.startswith("SEARCH t USING") and "(trace_id=?)" in step for step in steps), steps
     assert any(step.startswith("SEARCH s USING INTEGER PRIMARY KEY") for step in steps), steps
+    assert any(step.startswith("SEARCH b USING INTEGER PRIMARY KEY (rowid=?)") for step in steps), steps
     assert not any(step.startswith("SCAN") for step in steps), steps
     read = await store.get_traces(ids)
     assert sorted(read) == ids and {len(trace) for trace in read.values()} == {6}
