@@ -152,7 +152,10 @@ def strip_bookkeeping(obj: Mapping[str, Any]) -> dict[str, Any]:
     result = dict(obj)
     metadata = result.get("metadata")
     if isinstance(metadata, dict):
-        result["metadata"] = {k: v for k, v in metadata.items() if k not in IGNORED_METADATA}
+        # A copy and two pops: at C speed, where a comprehension paid for every key it kept.
+        metadata = result["metadata"] = dict(metadata)
+        for key in IGNORED_METADATA:
+            metadata.pop(key, None)
     return result
 
 
