@@ -143,7 +143,7 @@ def _pod_specs(obj: Any) -> list[Mapping[str, Any]]:
     specs: list[Mapping[str, Any]] = []
     if not (type(obj) is dict or isinstance(obj, Mapping)):
         return specs
-    spec = obj.get("spec")
+    spec: Any = obj.get("spec")
     is_spec = type(spec) is dict or (spec is not None and isinstance(spec, Mapping))
     if is_spec:
         specs.append(spec)
@@ -165,10 +165,10 @@ def _inner_spec(node: Any) -> Mapping[str, Any] | None:
     """``node.spec`` if both are mappings."""
     if node is None or not (type(node) is dict or isinstance(node, Mapping)):
         return None
-    spec = node.get("spec")
+    spec: Mapping[str, Any] | None = node.get("spec")
     if spec is None or not (type(spec) is dict or isinstance(spec, Mapping)):
         return None
-    return spec  # type: ignore[no-any-return]
+    return spec
 
 
 def _strip_secret(obj: dict[str, Any]) -> None:
