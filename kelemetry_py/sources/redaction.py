@@ -20,13 +20,6 @@ REDACTED = "<redacted>"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _SECRET_FIELDS = ("data", "stringData", "binaryData")
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
-# Where a pod spec sits in the objects that carry one (the Pod itself, templates, a CronJob's job template).
-_POD_SPEC_PATHS = (
-    ("spec",),
-    ("spec", "template", "spec"),
-    ("template", "spec"),
-    ("spec", "jobTemplate", "spec", "template", "spec"),
-)
 _TOKEN_KINDS = {"TokenRequest": (("status", "token"),), "TokenReview": (("spec", "token"), ("status", "token"))}
 _TOKEN_RESOURCES = {"tokenreviews": "TokenReview"}
 
@@ -97,17 +90,7 @@ class Redactor:
         """Env entries (``{"name", "value"}``) of every container of every pod spec in ``obj`` whose name matches."""
         if self._env_name is None:
             return
-        # Objects come from JSON, so they are dicts: checked with the cheap ``type(...) is dict`` first (this runs
-        # on every audit body and watched object; the Mapping ABC check costs several times more), with the
-        # Mapping check behind it for callers' own mappings.
-        for path in _POD_SPEC_PATHS:
-            spec: Any = obj
-            for part in path:
-                spec = spec.get(part) if type(spec) is dict or isinstance(spec, Mapping) else None
-                if spec is None:
-                    break
-            if spec is None or not (type(spec) is dict or isinstance(spec, Mapping)):
-                continue
+        for spec in _pod_specs(obj):
             for list_name in _CONTAINER_LISTS:
                 containers = spec.get(list_name)
                 if not isinstance(containers, list):
@@ -149,6 +132,43 @@ def redact_object(obj: Mapping[str, Any], resource: str, config: RedactionConfig
     result = copy.deepcopy(dict(obj))
     redactor_for(config).redact_in_place(result, resource)
     return result
+
+
+def _pod_specs(obj: Any) -> list[Mapping[str, Any]]:
+    """Where a pod spec sits in the objects that carry one: ``spec`` (the Pod itself), ``spec.template.spec`` and
+    ``template.spec`` (templates), ``spec.jobTemplate.spec.template.spec`` (a CronJob's job template), in that order.
+    Spelled out rather than walked part by part, as most objects have none of the deeper ones. Objects come from
+    JSON, so they are dicts: checked with the cheap ``type(...) is dict`` first (this runs on every audit body and
+    watched object; the Mapping ABC check costs several times more), then as a Mapping for callers' own."""
+    specs: list[Mapping[str, Any]] = []
+    if not (type(obj) is dict or isinstance(obj, Mapping)):
+        return specs
+    spec: Any = obj.get("spec")
+    is_spec = type(spec) is dict or (spec is not None and isinstance(spec, Mapping))
+    if is_spec:
+        specs.append(spec)
+        template_spec = _inner_spec(spec.get("template"))
+        if template_spec is not None:
+            specs.append(template_spec)
+    template_spec = _inner_spec(obj.get("template"))
+    if template_spec is not None:
+        specs.append(template_spec)
+    if is_spec:
+        job_spec = _inner_spec(spec.get("jobTemplate"))
+        template_spec = None if job_spec is None else _inner_spec(job_spec.get("template"))
+        if template_spec is not None:
+            specs.append(template_spec)
+    return specs
+
+
+def _inner_spec(node: Any) -> Mapping[str, Any] | None:
+    """``node.spec`` if both are mappings."""
+    if node is None or not (type(node) is dict or isinstance(node, Mapping)):
+        return None
+    spec: Mapping[str, Any] | None = node.get("spec")
+    if spec is None or not (type(spec) is dict or isinstance(spec, Mapping)):
+        return None
+    return spec
 
 
 def _strip_secret(obj: dict[str, Any]) -> None:

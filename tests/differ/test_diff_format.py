@@ -119,3 +119,17 @@ def test_equal_manager_entries_share_one_summary_and_odd_values_are_summarised_a
     assert first[0] is second[0]  # one tuple for every object whose entry reads the same
     assert summarize_managers(pod(["a"], 7)) == (("['a']", "Update", "", "7"),)
     assert summarize_managers(pod(["a"], 7)) == summarize_managers(pod(["a"], 7))
+
+
+def test_items_keep_their_key_only_while_both_lists_are_matched_by_it() -> None:
+    old = {"spec": {"items": [{"type": "A", "v": 1}, {"type": "B", "v": 1}]}}
+    same_items = {"spec": {"items": [{"type": "A", "v": 1}, {"type": "B", "v": 2}]}}
+    assert [render_change(c) for c in compute_diff(old, same_items)] == ["spec.items[B].v 1 -> 2"]
+    # The new items gained distinct names, which match before types: the lists no longer share a key, and are
+    # compared by position, although each item kept its type.
+    named = {"spec": {"items": [{"type": "A", "name": "x", "v": 1}, {"type": "B", "name": "y", "v": 2}]}}
+    assert [render_change(c) for c in compute_diff(old, named)] == [
+        'spec.items[0].name added "x"',
+        'spec.items[1].name added "y"',
+        "spec.items[1].v 1 -> 2",
+    ]
