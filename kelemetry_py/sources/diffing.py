@@ -16,7 +16,6 @@ Entries are ``(segments, op, old, new)``, ``op`` being ``add``, ``remove`` or ``
 from __future__ import annotations
 
 import difflib
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
@@ -39,8 +38,6 @@ _PIECES: dict[str, str] = {}  # a key's rendering after a parent; field names re
 _MAX_PIECES = 50_000
 
 _PLAIN = (str, int, float, bool, type(None))
-# Builds a Change from a ready tuple, without the keyword-handling constructor: one per changed field.
-_change = functools.partial(tuple.__new__, Change)
 _MISSING: Any = object()
 
 # Report order, which decides the order of entries sharing a path (they are sorted by path afterwards).
@@ -249,20 +246,20 @@ def _walk(old: Any, new: Any, segments: list[Any], path: str, found: Found) -> N
             new_value = new_get(key, _MISSING)
             if new_value is _MISSING:
                 removed = True
-                found.append(([*segments, key], _change((_child(path, key), "remove", old_value, None))))
+                found.append(([*segments, key], Change(_child(path, key), "remove", old_value, None)))
             elif old_value is not new_value and old_value != new_value:
                 kind = type(old_value)
                 child = path + piece if path and (piece := _PIECES.get(key)) else _child(path, key)
                 if kind is type(new_value) and (kind is dict or kind is list):
                     _walk(old_value, new_value, [*segments, key], child, found)
                 else:  # a leaf: what _walk would find for it
-                    found.append(([*segments, key], _change((child, "change", old_value, new_value))))
+                    found.append(([*segments, key], Change(child, "change", old_value, new_value)))
         if removed or len(new) != len(old):
             for key, new_value in new.items():
                 if key not in old:
-                    found.append(([*segments, key], _change((_child(path, key), "add", None, new_value))))
+                    found.append(([*segments, key], Change(_child(path, key), "add", None, new_value)))
         return
-    found.append((segments, _change((path, "change", old, new))))
+    found.append((segments, Change(path, "change", old, new)))
 
 
 def _child(path: str, key: Any) -> str:

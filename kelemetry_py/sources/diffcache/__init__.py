@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
+import msgspec
 import orjson
 
 from kelemetry_py.model import ObjectRef
@@ -26,9 +27,10 @@ Claimant = Literal["audit", "differ"]
 EMITTED = "emitted"
 
 
-class Change(NamedTuple):
-    """One changed field. ``old``/``new`` are None for an add/remove respectively. (A tuple: the differ makes
-    one per changed field, and a frozen dataclass costs many times more to build.)"""
+class Change(msgspec.Struct, frozen=True, gc=False):
+    """One changed field. ``old``/``new`` are None for an add/remove respectively. (A struct the cyclic collector
+    never tracks: the differ makes one per changed field and caches them with their records, and nothing a
+    Change holds can point back to it; a frozen dataclass costs many times more to build.)"""
 
     path: str
     op: ChangeOp
