@@ -61,6 +61,8 @@ _OBJECT_KEY_SET = frozenset(OBJECT_KEYS)
 _COLUMN_OF = {key: "grp" if key == "group" else key for key in OBJECT_KEYS}
 # The index that finds traces by their object tags, by the first of these keys a search has; by time without one.
 _OBJECT_INDEXES = (("uid", "traces_by_uid"), ("name", "traces_by_name"), ("resource", "traces_by_resource"))
+# Those that name one object: its few traces are each checked for span tags (see _FEW_TRACES).
+_SELECTIVE_KEYS = ("uid", "name")
 # Entries the writer remembers of traces it wrote (ids, span numbers, time range) before starting afresh.
 _TRACE_CACHE = 100_000
 # Span ids (with their numbers) the writer remembers of those traces, about 100 bytes each, before starting afresh.
@@ -219,12 +221,8 @@ def index_terms(service: str, attributes: Attributes, prefix_of: _PrefixOf) -> s
 
 
 def _terms_by_value(prefix: str, values: Iterable[Any]) -> dict[Any, str]:
-    """``tag_term`` of each value (text or int), inline: most are short, and unique values (audit IDs) are many."""
-    terms: dict[Any, str] = {}
-    for value in values:
-        encoded = str(value).encode()
-        terms[value] = prefix + encoded.hex() if len(encoded) <= _LONG_VALUE else tag_term(prefix, str(value))
-    return terms
+    """``tag_term`` of each value (text or int)."""
+    return {value: tag_term(prefix, str(value)) for value in values}
 
 
 def _distinct_values(values: list[Any]) -> set[Any] | None:
@@ -911,9 +909,9 @@ class SqliteStore:
         expression = match_expression(span_tags, prefixes)
         # One object's few traces are each checked for a span with the tags; else the traces of every matching
         # span are gathered in one pass over the posting lists (in C, about 0.1 µs a span) and joined.
-        selective = next(((key, query.tags[key]) for key in ("uid", "name") if key in query.tags), None)
+        selective = next(((key, query.tags[key]) for key in _SELECTIVE_KEYS if key in query.tags), None)
         if selective is not None and conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM traces WHERE {selective[0]} = ? LIMIT ?)",
+            f"SELECT count(*) FROM (SELECT 1 FROM traces WHERE {_COLUMN_OF[selective[0]]} = ? LIMIT ?)",
             (str(selective[1]), _FEW_TRACES),
         ).fetchone()[0] < _FEW_TRACES:
             return SqliteStore._check_each(conn, query, expression)

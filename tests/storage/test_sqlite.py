@@ -53,6 +53,17 @@ def child(ref: ObjectRef, window: int, identity: str, service: str = "audit", **
     )
 
 
+async def checked_span_documents(store: SqliteStore) -> int:
+    """How many span documents the index holds, once FTS5's integrity check has passed on it."""
+
+    def count() -> int:
+        conn = store._connection()
+        conn.execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
+        return int(conn.execute("SELECT count(*) FROM span_term_docs").fetchone()[0])
+
+    return await store._run(count)
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     async with SqliteStore(str(tmp_path / "traces.db")) as opened:
@@ -500,13 +511,8 @@ async def test_redelivered_and_repeated_spans_are_indexed_once(store: SqliteStor
     assert await store.tag_values("verb") == ["patch"]
     assert len(await store.get_trace(first.trace_id)) == 2
 
-    def documents() -> int:
-        conn = store._connection()
-        conn.execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
-        return int(conn.execute("SELECT count(*) FROM span_term_docs").fetchone()[0])
-
     # One document, with one term, for the one span with attributes of its own: its verb, as an audit span's.
-    assert await store._run(documents) == 1
+    assert await checked_span_documents(store) == 1
 
 
 async def test_a_reopened_store_goes_on_numbering_a_trace_s_spans(tmp_path: Path) -> None:
@@ -683,14 +689,9 @@ async def test_awkward_batches_are_found_by_each_tag_and_purged_without_a_trace(
         assert len(await store.find_traces(whole_range(tags={"namespace": "default", "verb": "update"}))) == 1
         assert await store.purge_expired(now_ns=(W0 + 4) * WINDOW_NS) == 1
 
-        def remaining() -> int:
-            conn = store._connection()
-            # Fails when a deletion's terms differ from what was inserted: the documents were built batch-wise,
-            # the deletions span by span.
-            conn.execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
-            return int(conn.execute("SELECT count(*) FROM span_term_docs").fetchone()[0])
-
-        assert await store._run(remaining) == 0
+        # The integrity check fails when a deletion's terms differ from what was inserted: the documents were built
+        # batch-wise, the deletions span by span.
+        assert await checked_span_documents(store) == 0
 
 
 async def test_a_trace_is_named_by_its_first_span_filled_in_then_by_its_object_span(store: SqliteStore) -> None:
