@@ -21,15 +21,11 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.faults import scenarios  # noqa: E402
-from tests.faults.scenarios import FaultEnv  # noqa: E402
-from tests.faults.workload import Workload  # noqa: E402
-from tests.support.otlp_receiver import GrpcOtlpReceiver  # noqa: E402
-from tests.support.redis_server import running_redis  # noqa: E402
+from tests.faults import scenarios
+from tests.faults.scenarios import FaultEnv
+from tests.faults.workload import Workload
+from tests.support.otlp_receiver import GrpcOtlpReceiver
+from tests.support.redis_server import running_redis
 
 SCENARIOS = ("kill", "sigterm", "outage", "poison", "replicas")
 DEFAULT_SCENARIOS = ("kill", "sigterm", "outage")
