@@ -72,8 +72,11 @@ def dir_bytes(path: str | Path) -> int:
 
 
 def machine() -> dict[str, Any]:
-    """Enough to tell two results files apart: CPU model and count, load while running, Python and SQLite."""
+    """Enough to tell two results files apart: CPU model and count, load while running, Python, the store's SQLite
+    (apsw's build) and the stdlib's (the search index and the state files)."""
     import sqlite3
+
+    import apsw
 
     model = ""
     try:
@@ -88,7 +91,8 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        "sqlite": apsw.sqlite_lib_version(),
+        "sqlite_stdlib": sqlite3.sqlite_version,
         "system": f"{platform.system()} {platform.release()}",
     }
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 
 import kelemetry_py.storage.sqlite as sqlite_store
@@ -23,6 +27,33 @@ W0 = 1_790_000_000 // 1800  # a window in late 2026
 POD = ObjectRef("prod", "", "v1", "pods", "default", "web-1", uid="pod-uid")
 DEPLOY = ObjectRef("prod", "apps", "v1", "deployments", "default", "web", uid="deploy-uid")
 STAGING_POD = ObjectRef("staging", "", "v1", "pods", "default", "web-1")
+
+
+# Another program (Python's own sqlite3, another SQLite build) holding the file's write lock until its stdin closes.
+_HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+conn.execute("BEGIN " + sys.argv[2])
+print("held", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(path: Path, mode: str) -> Iterator[None]:
+    """A lock another process holds: SQLite's locks are the file's, per process, so only another process shows
+    what the store does when one is held (a second SQLite library in this process would not see them at all)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        yield
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
 
 
 def object_span(ref: ObjectRef, window: int) -> Span:
@@ -329,14 +360,11 @@ async def test_write_raises_when_its_spans_were_not_committed(tmp_path: Path) ->
     path = tmp_path / "t.db"
     async with SqliteStore(str(path)) as store:
         await store.write([object_span(POD, W0)])
-        blocker = sqlite3.connect(path, timeout=0)
-        blocker.execute("BEGIN EXCLUSIVE")  # another process holding the write lock past the busy timeout
-        try:
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
-                await store.write([child(POD, W0, "a1", verb="update")])
-        finally:
-            blocker.rollback()
-            blocker.close()
+        with (
+            lock_held_by_another_process(path, "EXCLUSIVE"),  # past the store's busy timeout
+            pytest.raises(apsw.BusyError, match="locked"),
+        ):
+            await store.write([child(POD, W0, "a1", verb="update")])
         assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 1
         # The same spans again (what a durable log's retry does) now land.
         await store.write([child(POD, W0, "a1", verb="update")])
@@ -347,9 +375,7 @@ async def test_reads_are_served_while_a_write_waits(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     async with SqliteStore(str(path)) as store:
         await store.write([object_span(POD, W0), child(POD, W0, "a1", verb="update")])
-        blocker = sqlite3.connect(path, timeout=0)
-        blocker.execute("BEGIN IMMEDIATE")
-        try:
+        with lock_held_by_another_process(path, "IMMEDIATE"):
             writing = asyncio.create_task(store.write([child(POD, W0, "a2", verb="patch")]))
             # Two turns of the loop (FIFO, not a delay): the write starts its committer, which hands the
             # transaction to the writer's thread; every read below is submitted after it and must not queue.
@@ -360,9 +386,6 @@ async def test_reads_are_served_while_a_write_waits(tmp_path: Path) -> None:
             spans = await store.get_trace(object_trace_id(POD.key, W0))
             assert not writing.done()
             assert [hit.ref for hit in hits] == [POD] and len(spans) == 2
-        finally:
-            blocker.rollback()
-            blocker.close()
         await writing
         assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 3
 
