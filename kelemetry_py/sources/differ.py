@@ -57,7 +57,18 @@ MAX_RENDERED_VALUE = 300
 
 
 def _render_value(value: Any) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    kind = type(value)
+    # Most changed values are leaves: these read as orjson spells them without the encoder's round trip.
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is int and -(2**63) <= value < 2**64:
+        return str(value)
+    encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if len(encoded) <= MAX_RENDERED_VALUE:  # as many characters at most: no need to count them
+        return encoded.decode()
+    text = encoded.decode()
     if len(text) > MAX_RENDERED_VALUE:
         text = text[: MAX_RENDERED_VALUE - 1] + "…"
     return text
