@@ -566,10 +566,27 @@ class ObjectDiffer:
             str(metadata["name"]),
             uid,
         )
-        clean = strip_bookkeeping(self._redact(obj, rtype.resource))
         managers = summarize_managers(obj)
         key = ref.key
         previous = self._states.get(key)
+        # Hot: anything the watch (not a list) shows, since more changes are likely to follow, including the first
+        # change seen of an object this differ had not listed. A listed object stays compressed.
+        hot = not relisted and event_type in ("ADDED", "MODIFIED")
+        known = previous.sections if hot and previous is not None else None
+        redactor = self._redactor
+        sections: Sections | None = None
+        if known is not None and not redactor.needs(obj, rtype.resource, specs_redacted=True):
+            # Encoded before redaction: a pod spec whose JSON is the previous (redacted) state's has no env value
+            # left to redact, which spares walking its containers' env on every status update.
+            clean = strip_bookkeeping(obj)
+            sections = encode_sections(clean, known)
+            same_specs = sections.get("spec") is known.get("spec") and sections.get("template") is known.get("template")
+            if not same_specs and redactor.needs(obj, rtype.resource):
+                clean = strip_bookkeeping(redactor.redact(obj, rtype.resource))
+                sections = encode_sections(clean, known)
+        else:
+            clean = strip_bookkeeping(self._redact(obj, rtype.resource))
+            sections = encode_sections(clean) if hot else None
 
         if event_type == "DELETED":
             self._forget(key)
@@ -578,11 +595,7 @@ class ObjectDiffer:
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
-        # Hot: anything the watch (not a list) shows, since more changes are likely to follow, including the first
-        # change seen of an object this differ had not listed. A listed object stays compressed.
-        sections: Sections | None = None
-        if not relisted:
-            sections = encode_sections(clean, None if previous is None else previous.sections)
+        if sections is not None:
             state = _State(uid, rv, b"", managers, sections)
             self._hot.admit(key, state)
         else:
