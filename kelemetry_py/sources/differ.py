@@ -223,6 +223,14 @@ class _OwnershipMemo:
 _OWNED = _OwnershipMemo(4 * 1024 * 1024)
 
 
+@functools.lru_cache(maxsize=1024)
+def _roots(firsts: frozenset[Any]) -> frozenset[str] | None:
+    """The ``fieldsV1`` keys of the changed top-level fields, if all are plain names; a few recur on every change."""
+    if all(type(first) is str and not first.startswith(_ITEM) for first in firsts):
+        return frozenset(f"f:{first}" for first in firsts)
+    return None
+
+
 def attribute(
     previous: ManagerSummary,
     obj: Mapping[str, Any],
@@ -244,9 +252,7 @@ def attribute(
     known = _OWNED.for_paths(tuple(map(tuple, changed)))
     # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
     # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
-    firsts = set(map(itemgetter(0), changed)) if all(changed) else None  # a few, however many changes
-    plain = firsts is not None and all(type(first) is str and not first.startswith(_ITEM) for first in firsts)
-    roots = {f"f:{first}" for first in firsts} if firsts is not None and plain else None
+    roots = _roots(frozenset(map(itemgetter(0), changed))) if all(changed) else None
     paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
