@@ -57,18 +57,7 @@ MAX_RENDERED_VALUE = 300
 
 
 def _render_value(value: Any) -> str:
-    kind = type(value)
-    # Most changed values are leaves: these read as orjson spells them without the encoder's round trip.
-    if kind is bool:
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if kind is int and -(2**63) <= value < 2**64:
-        return str(value)
-    encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    if len(encoded) <= MAX_RENDERED_VALUE:  # as many characters at most: no need to count them
-        return encoded.decode()
-    text = encoded.decode()
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     if len(text) > MAX_RENDERED_VALUE:
         text = text[: MAX_RENDERED_VALUE - 1] + "…"
     return text
@@ -76,11 +65,18 @@ def _render_value(value: Any) -> str:
 
 def render_change(change: Change) -> str:
     """``spec.replicas 2 -> 4``; ``metadata.labels.tier added "web"``; ``...removed (was "web")``."""
-    if change.op == "add":
+    op = change.op
+    if op == "change":
+        # Inline for the usual short values (no more bytes than characters allowed, so none is cut): a call per
+        # value cost more than encoding it.
+        old = orjson.dumps(change.old, option=orjson.OPT_SORT_KEYS)
+        new = orjson.dumps(change.new, option=orjson.OPT_SORT_KEYS)
+        if len(old) <= MAX_RENDERED_VALUE >= len(new):
+            return f"{change.path} {old.decode()} -> {new.decode()}"
+        return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
+    if op == "add":
         return f"{change.path} added {_render_value(change.new)}"
-    if change.op == "remove":
-        return f"{change.path} removed (was {_render_value(change.old)})"
-    return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
+    return f"{change.path} removed (was {_render_value(change.old)})"
 
 
 def compute_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
@@ -725,7 +721,10 @@ class ObjectDiffer:
 
     def _hold_record(self, cluster: str, record: DiffRecord, deadline: float) -> None:
         held = _Held(deadline, record, record.size_bytes(), resource_of(record.ref))
-        self._held.setdefault(cluster, deque()).append(held)
+        queue = self._held.get(cluster)
+        if queue is None:  # not setdefault: that builds a deque (and its first block) for every change
+            queue = self._held[cluster] = deque()
+        queue.append(held)
         self._held_bytes += held.size
         if self._persisted is not None:
             self._held_added.append((cluster, time.time() + (deadline - self._clock()), record))
@@ -733,7 +732,10 @@ class ObjectDiffer:
     def _release(self, cluster: str, held: _Held) -> None:
         """``held`` has left the queue (claimed, emitted, or handled by the leader)."""
         self._held_bytes -= held.size
-        self._handled.setdefault(cluster, {})[held.resource] = held.record.resource_version
+        handled = self._handled.get(cluster)
+        if handled is None:
+            handled = self._handled[cluster] = {}
+        handled[held.resource] = held.record.resource_version
         if self._persisted is not None:
             self._held_removed.append((held.record.object_key, held.record.resource_version))
 
