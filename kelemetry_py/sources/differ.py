@@ -65,11 +65,18 @@ def _render_value(value: Any) -> str:
 
 def render_change(change: Change) -> str:
     """``spec.replicas 2 -> 4``; ``metadata.labels.tier added "web"``; ``...removed (was "web")``."""
-    if change.op == "add":
+    op = change.op
+    if op == "change":
+        # Inline for the usual short values (no more bytes than characters allowed, so none is cut): a call per
+        # value cost more than encoding it.
+        old = orjson.dumps(change.old, option=orjson.OPT_SORT_KEYS)
+        new = orjson.dumps(change.new, option=orjson.OPT_SORT_KEYS)
+        if len(old) <= MAX_RENDERED_VALUE >= len(new):
+            return f"{change.path} {old.decode()} -> {new.decode()}"
+        return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
+    if op == "add":
         return f"{change.path} added {_render_value(change.new)}"
-    if change.op == "remove":
-        return f"{change.path} removed (was {_render_value(change.old)})"
-    return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
+    return f"{change.path} removed (was {_render_value(change.old)})"
 
 
 def compute_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
@@ -212,6 +219,14 @@ class _OwnershipMemo:
 _OWNED = _OwnershipMemo(4 * 1024 * 1024)
 
 
+@functools.lru_cache(maxsize=1024)
+def _roots(firsts: frozenset[Any]) -> frozenset[str] | None:
+    """The ``fieldsV1`` keys of the changed top-level fields, if all are plain names; a few recur on every change."""
+    if all(type(first) is str and not first.startswith(_ITEM) for first in firsts):
+        return frozenset(f"f:{first}" for first in firsts)
+    return None
+
+
 def attribute(
     previous: ManagerSummary,
     obj: Mapping[str, Any],
@@ -233,9 +248,7 @@ def attribute(
     known = _OWNED.for_paths(tuple(map(tuple, changed)))
     # The top-level fields changed: a set owning none of them owns nothing changed (unless the whole object is).
     # (Only plain field names: an empty path is the whole object, and an item key is matched differently.)
-    firsts = set(map(itemgetter(0), changed)) if all(changed) else None  # a few, however many changes
-    plain = firsts is not None and all(type(first) is str and not first.startswith(_ITEM) for first in firsts)
-    roots = {f"f:{first}" for first in firsts} if firsts is not None and plain else None
+    roots = _roots(frozenset(map(itemgetter(0), changed))) if all(changed) else None
     paths: _PathTree | None = None
     best: tuple[tuple[int, int, int, str], dict[str, Any]] | None = None
     for entry, summary in zip(entries, managers, strict=True):
@@ -555,10 +568,27 @@ class ObjectDiffer:
             str(metadata["name"]),
             uid,
         )
-        clean = strip_bookkeeping(self._redact(obj, rtype.resource))
         managers = summarize_managers(obj)
         key = ref.key
         previous = self._states.get(key)
+        # Hot: anything the watch (not a list) shows, since more changes are likely to follow, including the first
+        # change seen of an object this differ had not listed. A listed object stays compressed.
+        hot = not relisted and event_type in ("ADDED", "MODIFIED")
+        known = previous.sections if hot and previous is not None else None
+        redactor = self._redactor
+        sections: Sections | None = None
+        if known is not None and not redactor.needs(obj, rtype.resource, specs_redacted=True):
+            # Encoded before redaction: a pod spec whose JSON is the previous (redacted) state's has no env value
+            # left to redact, which spares walking its containers' env on every status update.
+            clean = strip_bookkeeping(obj)
+            sections = encode_sections(clean, known)
+            same_specs = sections.get("spec") is known.get("spec") and sections.get("template") is known.get("template")
+            if not same_specs and redactor.needs(obj, rtype.resource):
+                clean = strip_bookkeeping(redactor.redact(obj, rtype.resource))
+                sections = encode_sections(clean, known)
+        else:
+            clean = strip_bookkeeping(self._redact(obj, rtype.resource))
+            sections = encode_sections(clean) if hot else None
 
         if event_type == "DELETED":
             self._forget(key)
@@ -567,11 +597,7 @@ class ObjectDiffer:
         if event_type not in ("ADDED", "MODIFIED"):
             raise ValueError(f"unknown watch event type {event_type!r}")
 
-        # Hot: anything the watch (not a list) shows, since more changes are likely to follow, including the first
-        # change seen of an object this differ had not listed. A listed object stays compressed.
-        sections: Sections | None = None
-        if not relisted:
-            sections = encode_sections(clean, None if previous is None else previous.sections)
+        if sections is not None:
             state = _State(uid, rv, b"", managers, sections)
             self._hot.admit(key, state)
         else:
@@ -695,7 +721,10 @@ class ObjectDiffer:
 
     def _hold_record(self, cluster: str, record: DiffRecord, deadline: float) -> None:
         held = _Held(deadline, record, record.size_bytes(), resource_of(record.ref))
-        self._held.setdefault(cluster, deque()).append(held)
+        queue = self._held.get(cluster)
+        if queue is None:  # not setdefault: that builds a deque (and its first block) for every change
+            queue = self._held[cluster] = deque()
+        queue.append(held)
         self._held_bytes += held.size
         if self._persisted is not None:
             self._held_added.append((cluster, time.time() + (deadline - self._clock()), record))
@@ -703,7 +732,10 @@ class ObjectDiffer:
     def _release(self, cluster: str, held: _Held) -> None:
         """``held`` has left the queue (claimed, emitted, or handled by the leader)."""
         self._held_bytes -= held.size
-        self._handled.setdefault(cluster, {})[held.resource] = held.record.resource_version
+        handled = self._handled.get(cluster)
+        if handled is None:
+            handled = self._handled[cluster] = {}
+        handled[held.resource] = held.record.resource_version
         if self._persisted is not None:
             self._held_removed.append((held.record.object_key, held.record.resource_version))
 

@@ -44,7 +44,9 @@ class Redactor:
         self.redact_in_place(result, resource)
         return result
 
-    def needs(self, obj: Mapping[str, Any], resource: str) -> bool:
+    def needs(self, obj: Mapping[str, Any], resource: str, *, specs_redacted: bool = False) -> bool:
+        """``specs_redacted``: ``obj``'s ``spec`` and ``template`` equal those of an object already redacted by these
+        rules, so no env value in them is left to redact (the differ knows it by their JSON)."""
         if self._paths or self.is_secret_resource(resource) or resource.lower() in _TOKEN_RESOURCES:
             return True
         kind = obj.get("kind")
@@ -53,7 +55,7 @@ class Redactor:
         items = obj.get("items")
         if isinstance(items, list):
             return any(isinstance(item, Mapping) and self.needs(item, resource) for item in items)
-        return self._env_name is not None and next(self._secret_env(obj), None) is not None
+        return not specs_redacted and self._env_name is not None and next(self._secret_env(obj), None) is not None
 
     def redact_in_place(self, obj: dict[str, Any], resource: str) -> None:
         """Redact ``obj`` (an object, or a list of them) in place; ``resource`` is the plural it was read or written

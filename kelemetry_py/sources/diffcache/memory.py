@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,20 +31,26 @@ class MemoryDiffCache:
         self._records: OrderedDict[_Key, tuple[float, DiffRecord]] = OrderedDict()
         self._claims: OrderedDict[_Key, tuple[float, str]] = OrderedDict()
         self._waiters = Waiters()
+        self._due = -math.inf  # no scan for expired entries is needed before then (see _expire)
 
     def __len__(self) -> int:
         return len(self._records)
 
     def _expire(self) -> None:
         now = self._clock()
-        for table in (self._records, self._claims):
+        records, claims = self._records, self._claims
+        if now < self._due and len(records) <= self._max and len(claims) <= self._max:
+            return  # called twice per change: nothing is due before the earliest expiry seen at the last scan
+        due = now + self._ttl  # the earliest anything stored from now on can expire: the clock only moves on
+        for table in (records, claims):
             while table:
                 first = next(iter(table))
-                value = table[first]
-                expires = value[0]
+                expires = table[first][0]
                 if expires > now and len(table) <= self._max:
+                    due = min(due, expires)
                     break
                 table.popitem(last=False)
+        self._due = due
 
     async def put(self, record: DiffRecord) -> None:
         key = (record.object_key, record.resource_version)
