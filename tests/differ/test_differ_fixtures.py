@@ -273,3 +273,35 @@ async def test_run_loop_emits_when_the_claim_window_passes(lifecycle: Path) -> N
     runner.cancel()
     assert slept == [4.0]
     assert [o.tags["change"] for o in sink.observations] == ["create"]
+
+
+async def test_a_watched_pods_secret_env_is_redacted_on_every_change() -> None:
+    # A hot pod's spec is compared with its previous (redacted) JSON before redaction: an unchanged spec skips the
+    # env walk. The raw spec never equals the redacted one while it holds a secret, so each event below must still
+    # be redacted: in the diff, the records and the state the differ keeps.
+    cache = MemoryDiffCache()
+    sink = CollectingSink()
+    differ = _differ(cache, sink)
+
+    def pod(version: int, password: str, image: str, phase: str) -> dict[str, object]:
+        env = [{"name": "DB_PASSWORD", "value": password}, {"name": "LOG_LEVEL", "value": "debug"}]
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "pod-uid", "resourceVersion": str(version)},
+            "spec": {"containers": [{"name": "app", "image": image, "env": env}]},
+            "status": {"phase": phase},
+        }
+
+    secrets = [b"first-hunter2", b"second-hunter2"]
+    await differ.on_event(CLUSTER, PODS, "ADDED", pod(1, "first-hunter2", "app:1", "Pending"), relisted=False)
+    await differ.on_event(CLUSTER, PODS, "MODIFIED", pod(2, "first-hunter2", "app:1", "Running"), relisted=False)
+    await differ.on_event(CLUSTER, PODS, "MODIFIED", pod(3, "second-hunter2", "app:2", "Running"), relisted=False)
+    kept = b"".join(b"".join((state.sections or {}).values()) + state.blob for state in differ._states.values())
+    await differ.flush_unclaimed(now=FAR_FUTURE)
+    records = b"".join(record.to_json() for _, record in cache._records.values())
+    blob = repr(sink.observations).encode() + records + kept
+    assert b'"status.phase"' in records and b"app:2" in records  # the changes themselves are there
+    assert b"<redacted>" in kept
+    for secret in secrets:
+        assert secret not in blob
