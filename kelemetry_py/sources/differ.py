@@ -588,7 +588,7 @@ class ObjectDiffer:
                 sections = encode_sections(clean, known)
         else:
             clean = strip_bookkeeping(self._redact(obj, rtype.resource))
-            sections = encode_sections(clean) if hot else None
+            sections = encode_sections(clean, known) if hot else None
 
         if event_type == "DELETED":
             self._forget(key)

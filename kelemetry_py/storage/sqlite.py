@@ -449,7 +449,9 @@ class _Trace:
 
     __slots__ = ("end_ns", "next_seq", "ref", "seqs", "start_ns", "tid")
 
-    def __init__(self, tid: int, seqs: dict[int, int], start_ns: int, end_ns: int, ref: tuple[str, ...] | None) -> None:
+    def __init__(
+        self, tid: int, seqs: dict[int, int], start_ns: int, end_ns: int, ref: tuple[str, ...] | None
+    ) -> None:
         self.tid, self.start_ns, self.end_ns = tid, start_ns, end_ns
         self.ref = ref  # the object columns while no object span has named the object; None once one has
         self.seqs = seqs  # each stored span's number by its (signed) span id: a span written again keeps its row
