@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -138,13 +139,15 @@ CREATE VIRTUAL TABLE IF NOT EXISTS span_term_docs USING fts5vocab (span_terms, '
 """
 
 _TRACE_COLUMNS = "tid, trace_id, start_ns, end_ns, has_root, cluster, grp, version, resource, namespace, name, uid"
-_INSERT_TRACE = f"INSERT INTO traces ({_TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# The writer's inserts, their rows given to ``_insert_rows``.
+_INSERT_TRACES = f"INSERT INTO traces ({_TRACE_COLUMNS})"
+_INSERT_SPANS = "INSERT INTO spans (doc, span_id, service, body_id)"
+_INSERT_BODIES = "INSERT INTO bodies (id, body)"
+_INSERT_TERMS_ROWS = "INSERT INTO span_terms (rowid, terms)"
 _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
     " namespace = ?, name = ?, uid = ? WHERE tid = ?"
 )
-_INSERT_SPAN = "INSERT INTO spans (doc, span_id, service, body_id) VALUES (?, ?, ?, ?)"
-_INSERT_BODY = "INSERT INTO bodies (id, body) VALUES (?, ?)"
 _INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
 _DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
@@ -338,6 +341,32 @@ def find_traces_sql(query: TraceQuery, *, expression: str | None = None, limited
         sql.append("LIMIT ?")
         params.append(query.limit)
     return " ".join(sql), params
+
+
+# Rows one INSERT statement takes at most: apsw's executemany prepares and steps its statement anew for every
+# row, which cost more than many a row's own insert; a statement of many rows pays that once.
+_ROWS_PER_INSERT = 64
+
+
+@functools.cache
+def _values_sql(head: str, columns: int, rows: int) -> str:
+    row = "(" + ", ".join("?" * columns) + ")"
+    return f"{head} VALUES {', '.join([row] * rows)}"
+
+
+def _insert_rows(conn: apsw.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head`` (``INSERT INTO table (columns)``) with ``rows``, in order, many to a statement: up to
+    ``_ROWS_PER_INSERT``, then powers of two, so that a few statements (each prepared once) cover any count."""
+    if not rows:
+        return
+    columns = len(rows[0])
+    start, total = 0, len(rows)
+    while start < total:
+        count = min(_ROWS_PER_INSERT, 1 << ((total - start).bit_length() - 1))
+        conn.execute(
+            _values_sql(head, columns, count), list(itertools.chain.from_iterable(rows[start : start + count]))
+        )
+        start += count
 
 
 def _connect(path: str) -> apsw.Connection:
@@ -800,7 +829,7 @@ class SqliteStore:
                     again.append((first_doc | seq, position))
             if trace.next_seq > _SEQ_LIMIT:
                 raise _Unrepresentable(f"trace {trace_id:032x} has more than {_SEQ_LIMIT} spans")
-        conn.executemany(_INSERT_TRACE, new_traces)
+        _insert_rows(conn, _INSERT_TRACES, new_traces)
         conn.executemany(_UPDATE_TRACE, [row for row in changed_traces if len(row) > 3])
         conn.executemany(
             "UPDATE traces SET start_ns = ?, end_ns = ? WHERE tid = ?", [row for row in changed_traces if len(row) == 3]
@@ -812,19 +841,22 @@ class SqliteStore:
         bodies, documents = batch.bodies, batch.documents
         first_body = self._next_body  # ids a rolled-back transaction handed out stay unused
         self._next_body += len(new_spans)
-        conn.executemany(
-            _INSERT_BODY, [(first_body + number, bodies[position]) for number, (_, position) in enumerate(new_spans)]
+        _insert_rows(
+            conn,
+            _INSERT_BODIES,
+            [(first_body + number, bodies[position]) for number, (_, position) in enumerate(new_spans)],
         )
-        conn.executemany(
-            _INSERT_SPAN,
+        _insert_rows(
+            conn,
+            _INSERT_SPANS,
             [
                 (doc, span_ids[position], spans[position].service, first_body + number)
                 for number, (doc, position) in enumerate(new_spans)
             ],
         )
         # A span without attributes of its own is found by its trace's object tags; no document needed.
-        conn.executemany(
-            _INSERT_TERMS, [(doc, documents[position]) for doc, position in new_spans if documents[position]]
+        _insert_rows(
+            conn, _INSERT_TERMS_ROWS, [(doc, documents[position]) for doc, position in new_spans if documents[position]]
         )
         if again:
             self._rewrite_existing(conn, batch, again)

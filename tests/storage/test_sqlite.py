@@ -731,3 +731,15 @@ async def test_a_trace_is_named_by_its_first_span_filled_in_then_by_its_object_s
     assert await store.find_traces(whole_range(tags={"namespace": "default"})) == []
     assert [hit.ref.namespace for hit in await store.find_traces(whole_range(tags={"uid": "deploy-uid"}))] == ["other"]
     assert await store.tag_values("uid") == ["deploy-uid"]  # never the empty one
+
+
+@pytest.mark.parametrize("count", [1, 2, 63, 64, 65, 127, 200])
+def test_rows_inserted_many_to_a_statement_all_arrive_in_order(count: int) -> None:
+    conn = apsw.Connection(":memory:")
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    rows = [(number * 7, f"row {number}") for number in range(count)]
+    sqlite_store._insert_rows(conn, "INSERT INTO t (a, b)", rows)
+    assert list(conn.execute("SELECT a, b FROM t ORDER BY rowid")) == rows
+    sqlite_store._insert_rows(conn, "INSERT INTO t (a, b)", [])  # nothing to insert is no statement at all
+    with pytest.raises(apsw.ConstraintError):  # a row the table refuses fails the call, as executemany did
+        sqlite_store._insert_rows(conn, "INSERT INTO t (a, b)", [(count * 7 + 1, "new"), (0, "taken")])
