@@ -9,11 +9,13 @@ copy by copy (``--order copies``: each trace's spans together, the friendlier or
 batches of 256 (a pipeline partition's batch) from ``--writers`` concurrent writers, as the pipeline does.
 The store is given the pipeline's Span objects, as the span log's writer pump hands them while a record is
 still in memory (a record read back from disk after a restart is decoded first, which is not in this figure).
-The CPU figure is from the first two thirds, written alone; during the last third one reader runs the frontend's
-queries (tag search by name, by verb, a whole trace) back to back, for the latency figures. The
+The CPU figure is from the first two thirds, written alone, to ``--rounds`` fresh stores: the median round (one
+is about a CPU second, and this machine's speed moves by a fifth from one second to the next). The last store
+goes on: during the last third one reader runs the frontend's queries (tag search by name, by verb, a whole
+trace) back to back, for the latency figures. The
 parse-only limit is msgspec decoding the same spans from MessagePack, what a durable span log hands a writer.
 
-    python -m bench store [--spans 60000] [--writers 4] [--order time|copies] [--json]
+    python -m bench store [--spans 60000] [--writers 4] [--order time|copies] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ async def _write_all(store: Any, batches: list[list[Span]], writers: int) -> Non
     await store.flush()
 
 
-async def run(total: int, writers: int, order: str = "time") -> dict[str, Any]:
+async def run(total: int, writers: int, order: str = "time", rounds: int = 3) -> dict[str, Any]:
     from kelemetry_py.storage.sqlite import SqliteStore
 
     spans = copies(await recorded_spans(), total)
@@ -164,33 +166,38 @@ async def run(total: int, writers: int, order: str = "time") -> dict[str, Any]:
     json_bytes = sum(len(orjson.dumps(span_row(span)[1:])) + 34 for span in spans)  # + the trace id in hex
     limit = parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)
 
+    split = len(batches) * 2 // 3
+    written = sum(len(batch) for batch in batches[:split])
+    cpu_seconds: list[float] = []
+    walls: list[float] = []
     latencies: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        path = Path(tmp) / "traces.db"
-        store = await SqliteStore(str(path), metrics=Metrics()).open()
-        try:
-            # Phase 1: the writers alone, for the CPU figure. Phase 2: the rest while a reader queries.
-            split = len(batches) * 2 // 3
-            cpu_before = time.process_time()
-            wall_before = time.perf_counter()
-            await _write_all(store, batches[:split], writers)
-            cpu = time.process_time() - cpu_before
-            limit = (limit + parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)) / 2
-            wall = time.perf_counter() - wall_before
-            written = sum(len(batch) for batch in batches[:split])
-            stop = asyncio.Event()
-            sample = spans[: len(spans) // 2]
-            reader = asyncio.create_task(_query_loop(store, sample, stop, latencies))
-            busy_before = time.perf_counter()
-            await _write_all(store, batches[split:], writers)
-            busy_wall = time.perf_counter() - busy_before
-            stop.set()
-            await reader
-            idle: list[float] = []
-            await _query_loop(store, sample, asyncio.Event(), idle, count=300)
-        finally:
-            await store.close()
-        disk = dir_bytes(tmp)
+    idle: list[float] = []
+    for number in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+            store = await SqliteStore(str(Path(tmp) / "traces.db"), metrics=Metrics()).open()
+            try:
+                cpu_before, wall_before = time.process_time(), time.perf_counter()
+                await _write_all(store, batches[:split], writers)
+                cpu_seconds.append(time.process_time() - cpu_before)
+                walls.append(time.perf_counter() - wall_before)
+                if number < rounds - 1:
+                    continue
+                # The last store goes on: the rest of the spans while a reader queries.
+                limit = (limit + parse_limit(encoded_batches, len, msgspec.msgpack.Decoder().decode)) / 2
+                stop = asyncio.Event()
+                sample = spans[: len(spans) // 2]
+                reader = asyncio.create_task(_query_loop(store, sample, stop, latencies))
+                busy_before = time.perf_counter()
+                await _write_all(store, batches[split:], writers)
+                busy_wall = time.perf_counter() - busy_before
+                stop.set()
+                await reader
+                await _query_loop(store, sample, asyncio.Event(), idle, count=300)
+            finally:
+                await store.close()
+            disk = dir_bytes(tmp)
+    cpu = statistics.median(cpu_seconds)
+    wall = statistics.median(walls)
     per_cpu = written / cpu
     return {
         "bench": "store",
@@ -198,6 +205,7 @@ async def run(total: int, writers: int, order: str = "time") -> dict[str, Any]:
         "writers": writers,
         "order": order,
         "spans_per_cpu_second": round(per_cpu),
+        "spans_per_cpu_second_rounds": [round(written / seconds) for seconds in cpu_seconds],
         "spans_per_second": round(written / wall),
         "spans_per_second_while_queried": round((total - written) / busy_wall),
         "parse_limit_spans_per_cpu_second": round(limit),
@@ -220,7 +228,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--spans", type=int, default=60_000)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--order", choices=("time", "copies"), default="time", help="the order spans are written in")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="fresh stores the first two thirds are written to; the median counts"
+    )
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.spans, args.writers, args.order))
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
+    result = asyncio.run(run(args.spans, args.writers, args.order, args.rounds))
     report(result, args.json)
     return 0
