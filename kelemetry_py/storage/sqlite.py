@@ -908,6 +908,10 @@ class SqliteStore:
         prefixes = self._key_prefixes()
         prefix = prefixes.get((key, service))
         if prefix is None:
+            # A key or service with no UTF-8 form (a lone surrogate) raises here, making its span unrepresentable:
+            # numbered, it would fail the insert of the batch's new keys, and with it every span of the batch.
+            service.encode()
+            key.encode()
             key_id = len(prefixes) + 1
             prefix = prefixes[key, service] = key_prefix(key_id)
             self._new_keys.append((key_id, service, key))

@@ -341,7 +341,7 @@ async def test_unrepresentable_spans_are_dropped_alone_and_counted(tmp_path: Pat
         wide = child(POD, W0, "wide", verb="update", count=1 << 63)  # fits MessagePack's unsigned 64 bits
         bad_text = child(POD, W0, "bad-text", verb="update", note="\udc80")  # a lone surrogate: no UTF-8 for it
         bad_name = child(POD, W0, "bad-name", verb="update")
-        bad_name.name = "\udc80"  # caught by SQLite, not by the encoder: the batch is retried span by span
+        bad_name.name = "\udc80"  # caught as its body is encoded: the batch is retried span by span
         good = [object_span(POD, W0), child(POD, W0, "ok", verb="update"), wide]
         other_writer = [object_span(DEPLOY, W0), child(DEPLOY, W0, "d1", verb="patch")]
         # A poisoned batch and a clean one from another writer, committed together.
@@ -743,3 +743,20 @@ def test_rows_inserted_many_to_a_statement_all_arrive_in_order(count: int) -> No
     sqlite_store._insert_rows(conn, "INSERT INTO t (a, b)", [])  # nothing to insert is no statement at all
     with pytest.raises(apsw.ConstraintError):  # a row the table refuses fails the call, as executemany did
         sqlite_store._insert_rows(conn, "INSERT INTO t (a, b)", [(count * 7 + 1, "new"), (0, "taken")])
+
+
+async def test_a_tag_key_without_utf8_drops_its_span_alone(tmp_path: Path) -> None:
+    metrics = Metrics()
+    async with SqliteStore(str(tmp_path / "t.db"), metrics=metrics) as store:
+        good = [object_span(POD, W0), child(POD, W0, "ok", verb="update")]
+        bad_key = child(POD, W0, "bad-key", verb="update")
+        bad_key.attributes["\udc80"] = "x"  # a key no UTF-8 holds: never numbered, so never written to term_keys
+        await store.write([good[0], bad_key, good[1]])
+        assert sorted(span.span_id for span in await store.get_trace(good[0].trace_id)) == sorted(
+            span.span_id for span in good
+        )
+        assert metrics.registry.get_sample_value("kelemetry_spans_dropped_total", {"writer": "sqlite"}) == 1
+        later = child(POD, W0, "later", verb="patch")  # the next batch brings a new key of its own and lands
+        later.attributes["reason"] = "fine"
+        await store.write([later])
+        assert len(await store.find_traces(whole_range(tags={"reason": "fine"}))) == 1
