@@ -50,6 +50,8 @@ Closer = Callable[[], Awaitable[None]]
 # After this many observations, the next moment the pipeline is found idle gives freed memory back to the system.
 _RELEASE_AFTER_OBSERVATIONS = 20_000
 _RELEASE_CHECK_SECONDS = 2.0
+# At shutdown: how long a request in flight may take to finish before it is cut off (it was not answered yet).
+_IN_FLIGHT_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +300,11 @@ class App:
             app.router.add_get("/metrics", metrics)
 
     async def _serve(self, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
-        # The webhook inflates gzip bodies itself, with a bound; aiohttp's own inflation has none.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        # The webhook inflates gzip bodies itself, with a bound; aiohttp's own inflation has none. At shutdown a
+        # request in flight gets a moment to finish, then is cut off (twice that at most: a wait, then the cancel):
+        # aiohttp's own 60 s would let one stalled upload outlast the grace period the drain needs.
+        in_flight_seconds = min(_IN_FLIGHT_SECONDS, self.config.shutdown_grace_seconds / 4)
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=in_flight_seconds)
         await runner.setup()
         self._runners.append(runner)
         context = ssl_context if ssl_context is not None else self._ssl_context()

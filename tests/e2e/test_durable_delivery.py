@@ -179,3 +179,25 @@ async def test_a_restarted_app_delivers_what_an_earlier_run_accepted(
     assert stored and stored <= {span.span_id for span in otlp_receiver.spans}
     await replay_scenario(second, fixtures_dir, "errors-and-links")  # a replay overwrites, never duplicates
     assert {span.span_id for span in await _store_spans(second)} == stored
+
+
+async def test_a_request_whose_body_stalls_does_not_hold_up_shutdown(make_app: AppFactory) -> None:
+    """A client that sent headers and half a body, then went quiet, is cut off within the grace period; it was
+    never answered, so the apiserver sends the batch again (the server's own default would wait 60 s, twice)."""
+    app = await make_app(shutdown_grace_seconds=2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.ports["http"])
+    writer.write(
+        b"POST /audit/stalled HTTP/1.1\r\nHost: tracer\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")  # the handler reads the body now
+    writer.write(b'{"kind": "EventList", "items": [')
+    await writer.drain()
+    try:
+        async with asyncio.timeout(20):  # a hang detector, far above the 2 s grace
+            drained = await app.stop()
+        assert drained
+        assert await reader.read() == b""  # cut off, never answered
+    finally:
+        writer.close()
