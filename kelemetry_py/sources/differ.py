@@ -56,11 +56,12 @@ MAX_RENDERED_VALUE = 300
 # ---------------------------------------------------------------------------------------------------- diffing
 
 
+def _shortened(text: str) -> str:
+    return text[: MAX_RENDERED_VALUE - 1] + "…" if len(text) > MAX_RENDERED_VALUE else text
+
+
 def _render_value(value: Any) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    if len(text) > MAX_RENDERED_VALUE:
-        text = text[: MAX_RENDERED_VALUE - 1] + "…"
-    return text
+    return _shortened(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
 
 
 def render_change(change: Change) -> str:
@@ -73,7 +74,7 @@ def render_change(change: Change) -> str:
         new = orjson.dumps(change.new, option=orjson.OPT_SORT_KEYS)
         if len(old) <= MAX_RENDERED_VALUE >= len(new):
             return f"{change.path} {old.decode()} -> {new.decode()}"
-        return f"{change.path} {_render_value(change.old)} -> {_render_value(change.new)}"
+        return f"{change.path} {_shortened(old.decode())} -> {_shortened(new.decode())}"
     if op == "add":
         return f"{change.path} added {_render_value(change.new)}"
     return f"{change.path} removed (was {_render_value(change.old)})"

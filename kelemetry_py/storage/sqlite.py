@@ -148,7 +148,7 @@ _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, has_root = ?, cluster = ?, grp = ?, version = ?, resource = ?,"
     " namespace = ?, name = ?, uid = ? WHERE tid = ?"
 )
-_INSERT_TERMS = "INSERT INTO span_terms (rowid, terms) VALUES (?, ?)"
+_INSERT_TERMS = f"{_INSERT_TERMS_ROWS} VALUES (?, ?)"  # one span's, when a stored span is rewritten
 _DELETE_TERMS = "INSERT INTO span_terms (span_terms, rowid, terms) VALUES ('delete', ?, ?)"
 
 _encode = msgspec.msgpack.Encoder().encode

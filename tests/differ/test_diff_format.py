@@ -133,3 +133,13 @@ def test_items_keep_their_key_only_while_both_lists_are_matched_by_it() -> None:
         'spec.items[1].name added "y"',
         "spec.items[1].v 1 -> 2",
     ]
+
+
+def test_a_long_value_is_cut_to_the_rendered_limit_and_a_short_one_beside_it_is_not() -> None:
+    long_text = "x" * 400
+    rendered = render_change(Change("data.blob", "change", long_text, "short"))
+    old, new = rendered.removeprefix("data.blob ").split(" -> ")
+    assert old == '"' + "x" * 298 + "…" and len(old) == 300
+    assert new == '"short"'
+    rendered = render_change(Change("data.blob", "add", None, long_text))
+    assert rendered == "data.blob added " + old
