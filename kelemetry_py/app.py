@@ -27,7 +27,7 @@ from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.sources.audit import AuditConverter
+from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.spool import DurableLog
 from kelemetry_py.spool.local import LocalLog
@@ -84,6 +84,7 @@ class App:
         self.frontend: FrontendService | None = None  # when the frontend is enabled
         self._grpc: GrpcStorageServer | None = None
         self.watching: KubeWatching | None = None  # when kube.clusters are configured
+        self.decoder: BatchDecoder | None = None  # the webhook's, until stopped
         self._ready = False
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []  # memory upkeep: giving freed memory back
@@ -127,11 +128,17 @@ class App:
         if self.config.http.ingest_port:
             ingest = self._web_application(client_max_size=self.config.audit.max_body_bytes)
             self._add_operational_routes(ingest, with_metrics=False)
+        self.decoder = create_decoder(
+            self.config.audit,
+            self.config.redaction,
+            self.components.metrics,
+            records=records_wanted(self.config),
+            whole_bodies=self.components.pipeline.reads_whole_bodies,
+        )
+        await self.decoder.start()
         AuditWebhook(
             sink=intake,
-            converter=AuditConverter(
-                self.config.audit, self.config.redaction, self.components.metrics, records=records_wanted(self.config)
-            ),
+            decoder=self.decoder,
             metrics=self.components.metrics,
             default_cluster=self.config.cluster,
             audit=self.config.audit,
@@ -231,6 +238,9 @@ class App:
         for runner in reversed(self._runners):
             await runner.cleanup()  # stops listening; requests in flight finish first
         self._runners.clear()
+        if self.decoder is not None:
+            await self.decoder.close()
+            self.decoder = None
         if self.components is not None:
             components = self.components
             drained = await components.delivery.drain(deadline)

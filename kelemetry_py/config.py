@@ -121,6 +121,10 @@ class AuditConfig:
     exclude_users: list[str] = field(default_factory=list)
     # Requests denied by authorization (401/403) are kept whatever their verb: someone tried something.
     include_denied: bool = True
+    # Worker processes that parse, check and redact batches beside the event loop. 0: on the event loop; -1: one
+    # per CPU this process may use, at most 4, and none on one CPU. Off by default: on 2 vCPUs (one core's two
+    # hardware threads) they cost a quarter more CPU per event and did not raise throughput (docs/operations.md).
+    decode_processes: int = 0
 
 
 @dataclass
@@ -529,6 +533,8 @@ def validate(config: Config) -> None:
     positive("pipeline.partitions", config.pipeline.partitions)
     positive("pipeline.queue_capacity", config.pipeline.queue_capacity)
     positive("pipeline.window_seconds", config.pipeline.window_seconds)
+    if config.audit.decode_processes < -1:
+        raise ConfigError("audit.decode_processes: must be -1 (one per CPU), 0 (none) or a number of processes")
     if not 0 < config.pipeline.background_share <= 1:
         raise ConfigError("pipeline.background_share: must be more than 0 and at most 1")
     if config.pipeline.graph_max_nodes < 2:

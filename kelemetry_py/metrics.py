@@ -37,6 +37,11 @@ class Metrics:
             ["field"],
             registry=r,
         )
+        self.audit_decode_workers = Gauge(
+            "kelemetry_audit_decode_workers",
+            "Worker processes decoding webhook batches (0 while they start or restart, or with none configured)",
+            registry=r,
+        )
         self.auth_requests_denied = Counter(
             "kelemetry_auth_requests_denied",
             "Read requests refused by authentication or authorization",

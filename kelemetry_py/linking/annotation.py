@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kelemetry_py.kube.catalog import CatalogSource, ResourceCatalog
+from kelemetry_py.linking import METADATA_ONLY
 from kelemetry_py.model import Link, ObjectRef
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class ParentAnnotationLinker:
     """
 
     name = "parent-annotation"
+    reads = METADATA_ONLY
 
     def __init__(
         self, catalog: CatalogSource | None = None, *, annotation: str = PARENT_LINK_ANNOTATION

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kelemetry_py.kube.catalog import CatalogSource, ResourceCatalog, guess_plural, split_api_version
+from kelemetry_py.linking import METADATA_ONLY
 from kelemetry_py.model import Link, ObjectRef
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class OwnerReferenceLinker:
     """
 
     name = "owner-references"
+    reads = METADATA_ONLY
 
     def __init__(self, catalog: CatalogSource | None = None, *, controller_only: bool = False) -> None:
         self._catalogs: CatalogSource = catalog if catalog is not None else ResourceCatalog.builtin()

@@ -27,6 +27,15 @@ class ObservationSink(Protocol):
         with ``wait=True`` (watchers, file tailers) the call waits for room instead."""
 
 
+class EncodedSink(ObservationSink, Protocol):
+    async def submit_encoded(
+        self, payloads: Sequence[bytes], observations: Sequence[Sequence[Observation]] | None = None
+    ) -> None:
+        """Accept all or none of a batch already encoded for the observation log, a record per payload
+        (``spool.codec.encode_observations``), with each record's observations when the caller has them decoded
+        too; a full sink raises :class:`Overloaded`."""
+
+
 @runtime_checkable
 class ObservationHook(Protocol):
     """Runs in the pipeline before an observation becomes spans (e.g. to attach the differ's diff).

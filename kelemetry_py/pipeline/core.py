@@ -27,7 +27,7 @@ from typing import Any
 
 from kelemetry_py.config import PipelineConfig
 from kelemetry_py.export import SpanWriter
-from kelemetry_py.linking import Linker
+from kelemetry_py.linking import METADATA_ONLY, Linker
 from kelemetry_py.linking.graph import ObjectGraph
 from kelemetry_py.linking.run import LINKER_TIMEOUT_SECONDS, run_linkers
 from kelemetry_py.metrics import Metrics
@@ -47,10 +47,13 @@ from kelemetry_py.pipeline import ObservationHook, Overloaded
 from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.priority import Priority
+from kelemetry_py.spool.codec import decode_observations
 
 log = logging.getLogger(__name__)
 
 _BATCH = 256  # observations a partition worker turns into one writer call
+# Observations turned into spans in one slice of the loop's time: a request arriving meanwhile waits for one slice.
+_SLICE = 32
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
 _RETRY_MAX_SECONDS = 5.0
 _ID_CACHE = 50_000  # (object, window) -> ids; cleared when full, since recomputing one is cheap
@@ -136,8 +139,20 @@ class Pipeline:
             for i, queue in enumerate(self._queues)
         ]
 
+    @property
+    def reads_whole_bodies(self) -> bool:
+        """Whether anything here reads more of an observation's body than its metadata (see :class:`Linker`)."""
+        metadata_only = all(getattr(linker, "reads", None) == METADATA_ONLY for linker in self._linkers)
+        return bool(self._decorators) or not metadata_only
+
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
         await self.feed(observations, None, wait=wait)
+
+    async def submit_encoded(
+        self, payloads: Sequence[bytes], observations: Sequence[Sequence[Observation]] | None = None
+    ) -> None:
+        records = observations if observations is not None else [decode_observations(p) for p in payloads]
+        await self.submit([observation for record in records for observation in record])
 
     async def feed(self, observations: Sequence[Observation], ticket: Ticket | None, *, wait: bool = True) -> None:
         """Enqueue ``observations``; ``ticket.done`` is called as they are written."""
@@ -261,19 +276,9 @@ class Pipeline:
             return
         spans: list[Span] = []
         claims: list[str] = []
-        async with self._priority.background():
-            for observation, ticket in items:
-                force = ticket is not None and ticket.replayed
-                span_mark, claim_mark = len(spans), len(claims)
-                try:
-                    await self._spans_for(observation, spans, claims, force)
-                except Exception:
-                    # One observation that cannot become spans is dropped alone, never with its neighbours.
-                    del spans[span_mark:]
-                    await self._release(claims[claim_mark:])
-                    del claims[claim_mark:]
-                    self._metrics.observations_failed.labels(observation.kind).inc()
-                    log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
+        for start in range(0, len(items), _SLICE):
+            async with self._priority.background():
+                await self._spans_of(items[start : start + _SLICE], spans, claims)
         if not spans:
             return
         delay = 0.05
@@ -291,6 +296,20 @@ class Pipeline:
         except BaseException:
             await self._release(claims)
             raise
+
+    async def _spans_of(self, items: Sequence[_Item], spans: list[Span], claims: list[str]) -> None:
+        for observation, ticket in items:
+            force = ticket is not None and ticket.replayed
+            span_mark, claim_mark = len(spans), len(claims)
+            try:
+                await self._spans_for(observation, spans, claims, force)
+            except Exception:
+                # One observation that cannot become spans is dropped alone, never with its neighbours.
+                del spans[span_mark:]
+                await self._release(claims[claim_mark:])
+                del claims[claim_mark:]
+                self._metrics.observations_failed.labels(observation.kind).inc()
+                log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
 
     async def _release(self, claims: Sequence[str]) -> None:
         if claims:

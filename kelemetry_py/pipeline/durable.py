@@ -48,14 +48,21 @@ class DurableIntake:
         self._log = observations
 
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
-        if not observations:
-            return
-        batch = list(observations)
-        payload = encode_observations(batch)
+        if observations:
+            batch = list(observations)
+            await self._append([encode_observations(batch)], [batch], wait=wait)
+
+    async def submit_encoded(
+        self, payloads: Sequence[bytes], observations: Sequence[Sequence[Observation]] | None = None
+    ) -> None:
+        if payloads:
+            await self._append(payloads, observations or [None] * len(payloads), wait=False)
+
+    async def _append(self, payloads: Sequence[bytes], values: Sequence[Any], *, wait: bool) -> None:
         delay = _ROOM_POLL_SECONDS
         while True:
             try:
-                await self._log.append([payload], [batch])
+                await self._log.append(payloads, values)
                 return
             except RecordTooLarge as exc:
                 raise TooLarge(str(exc)) from None

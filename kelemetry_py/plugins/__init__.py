@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from kelemetry_py.config import Config
 from kelemetry_py.frontend.transforms import FrontendTransform, ViewInfo
-from kelemetry_py.linking import Linker
+from kelemetry_py.linking import METADATA_ONLY, Linker
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
     Attributes,
@@ -83,6 +83,7 @@ from kelemetry_py.plugins.loading import (  # noqa: E402
 __all__ = [
     "DECORATORS_GROUP",
     "LINKERS_GROUP",
+    "METADATA_ONLY",
     "SOURCES_GROUP",
     "TRANSFORMS_GROUP",
     "AttrValue",

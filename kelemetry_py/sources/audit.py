@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DENIED = (401, 403)
 _PATCH_LOG_LIMIT = 4096
+_HEAD = ("apiVersion", "kind", "metadata")  # of a body, what the built-in linkers read
 
 
 class InvalidAuditBatch(ValueError):
@@ -94,6 +95,17 @@ class _Header(msgspec.Struct):
 _decode_list = msgspec.json.Decoder(_EventList).decode
 _decode_header = msgspec.json.Decoder(_Header).decode
 _decode_event = msgspec.json.Decoder(AuditEvent).decode
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """An event dropped alone for a value Kubernetes would never have accepted, or a body of a shape no apiserver
+    sends; ``field`` names where."""
+
+    index: int
+    audit_id: str
+    field: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,9 +318,17 @@ class AuditConverter:
     """Turns audit events into Observations, applying the audit filter and redaction."""
 
     def __init__(
-        self, audit: AuditConfig, redaction: RedactionConfig, metrics: Metrics | None = None, *, records: bool = False
+        self,
+        audit: AuditConfig,
+        redaction: RedactionConfig,
+        metrics: Metrics | None = None,
+        *,
+        records: bool = False,
+        whole_bodies: bool = True,
     ) -> None:
         self._records = records
+        # False: nothing downstream reads more of a body than its metadata (Pipeline.reads_whole_bodies).
+        self._whole_bodies = whole_bodies
         self._verbs = frozenset(audit.verbs)
         self._stages = frozenset(audit.stages)
         self._excluded = frozenset(audit.exclude_resources)
@@ -318,7 +338,16 @@ class AuditConverter:
         self._metrics = metrics
 
     def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
+        observations, dropped = self.convert_reporting(cluster, events)
+        for drop in dropped:
+            report_dropped(drop, self._metrics)
+        return observations
+
+    def convert_reporting(self, cluster: str, events: list[AuditEvent]) -> tuple[list[Observation], list[Dropped]]:
+        """The observations, and the events dropped alone, for the caller to count and log (a worker process
+        has neither the metrics nor the log)."""
         observations: list[Observation] = []
+        dropped: list[Dropped] = []
         for index, event in enumerate(events):
             found: list[Observation] = []
             try:
@@ -329,21 +358,16 @@ class AuditConverter:
                     found = list(self._observations(cluster, event))
             except InvalidField as exc:
                 # A bad event must never take the good ones of its batch down: it alone is dropped, and counted.
-                self._drop(index, event, exc.field, str(exc))
+                dropped.append(Dropped(index, event.auditID, exc.field, str(exc)))
                 continue
             except (TypeError, AttributeError, KeyError, ValueError) as exc:
                 # Bodies of a shape no apiserver sends (metadata that is not an object, a number for a name...).
-                self._drop(index, event, "object", f"malformed object ({type(exc).__name__})")
+                dropped.append(Dropped(index, event.auditID, "object", f"malformed object ({type(exc).__name__})"))
                 continue
             if self._records:
                 self._attach_record(cluster, event, found)
             observations.extend(found)
-        return observations
-
-    def _drop(self, index: int, event: AuditEvent, field: str, reason: str) -> None:
-        if self._metrics is not None:
-            self._metrics.audit_events_invalid.labels(field).inc()
-        log.warning("audit: dropped items[%d] (auditID %.64s): %s", index, event.auditID, reason)
+        return observations, dropped
 
     def _attach_record(self, cluster: str, event: AuditEvent, found: list[Observation]) -> None:
         """Every audit event the policy sent is a search record, traced or not: it rides on its one object's
@@ -463,9 +487,9 @@ class AuditConverter:
             if resource_version:
                 observation.resource_version = resource_version
                 observation.tags["resourceVersion"] = resource_version
-            observation.body = body
             if not ref.subresource and (event.verb == "create" or event.verb.startswith("delete")):
                 observation.logs.append(LogEntry(observation.end_ns, "snapshot", {"snapshot": _snapshot_json(body)}))
+            observation.body = body if self._whole_bodies else {k: body[k] for k in _HEAD if k in body}
         if patch is not None:
             text = orjson.dumps(patch).decode()
             if len(text) > _PATCH_LOG_LIMIT:
@@ -518,6 +542,12 @@ class AuditConverter:
                 LogEntry(end_ns, "error", {"code": status.code, "reason": reason, "message": status.message})
             )
         return observation
+
+
+def report_dropped(drop: Dropped, metrics: Metrics | None) -> None:
+    if metrics is not None:
+        metrics.audit_events_invalid.labels(drop.field).inc()
+    log.warning("audit: dropped items[%d] (auditID %.64s): %s", drop.index, drop.audit_id, drop.reason)
 
 
 def audit_record(event: AuditEvent) -> dict[str, Any]:

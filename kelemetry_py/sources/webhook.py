@@ -18,10 +18,10 @@ from aiohttp import web
 
 from kelemetry_py.config import AuditConfig, HttpConfig, IngestConfig, is_cluster_name
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import KIND_RECORD
-from kelemetry_py.pipeline import ObservationSink, Overloaded, TooLarge
+from kelemetry_py.pipeline import EncodedSink, Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch
+from kelemetry_py.sources.audit import InvalidAuditBatch, report_dropped
+from kelemetry_py.sources.auditdecode import BatchDecoder, DecoderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class AuditWebhook:
     def __init__(
         self,
         *,
-        sink: ObservationSink,
-        converter: AuditConverter,
+        sink: EncodedSink,
+        decoder: BatchDecoder,
         metrics: Metrics,
         default_cluster: str,
         audit: AuditConfig,
@@ -44,7 +44,7 @@ class AuditWebhook:
     ) -> None:
         self._priority = priority or Priority()  # shared with the pipeline, so that a batch's answer goes first
         self._sink = sink
-        self._converter = converter
+        self._decoder = decoder
         self._metrics = metrics
         self._default_cluster = default_cluster
         self._max_body = audit.max_body_bytes
@@ -90,16 +90,22 @@ class AuditWebhook:
             )
         try:
             body = await self._read_body(request, gzip=encoding == "gzip")
-            events, poison = parse_batch(body)
+            batch = await self._decoder.decode(cluster, body)
         except _TooLarge as exc:
             return self._reject(413, "too_large", str(exc))
         except (zlib.error, InvalidAuditBatch) as exc:
             reason = "bad_encoding" if isinstance(exc, zlib.error) else "malformed"
             text = f"gzip body could not be decoded: {exc}" if isinstance(exc, zlib.error) else str(exc)
             return self._reject(400, reason, text)
-        observations = self._converter.convert(cluster, events)
+        except DecoderUnavailable:
+            self._metrics.audit_batches_rejected.labels("decoder_restarting").inc()
+            return web.json_response(
+                {"error": "the batch could not be decoded now; retry later"}, status=503, headers={"Retry-After": "1"}
+            )
+        for drop in batch.dropped:
+            report_dropped(drop, self._metrics)
         try:
-            await self._sink.submit(observations)
+            await self._sink.submit_encoded(batch.payloads, batch.observations)
         except Overloaded as exc:
             self._metrics.audit_batches_rejected.labels("overloaded").inc()
             return web.json_response(
@@ -116,10 +122,9 @@ class AuditWebhook:
             return web.json_response(
                 {"error": "the batch could not be stored; retry later"}, status=503, headers={"Retry-After": "5"}
             )
-        self._metrics.audit_events_accepted.labels(cluster).inc(len(events))
-        traced = sum(1 for observation in observations if observation.kind != KIND_RECORD)
-        answer: dict[str, object] = {"accepted": len(events), "observations": traced}
-        if poison:
+        self._metrics.audit_events_accepted.labels(cluster).inc(batch.accepted)
+        answer: dict[str, object] = {"accepted": batch.accepted, "observations": batch.traced}
+        if poison := batch.rejected:
             for item in poison:
                 self._metrics.audit_events_rejected.labels(item.reason).inc()
                 log.warning("audit webhook: dropped items[%d]: %s", item.index, item.message)

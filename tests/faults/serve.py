@@ -23,6 +23,37 @@ DEFAULT_GRACE_SECONDS = 25.0
 _START_DEADLINE = 60.0
 
 
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            found.update(int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # gone meanwhile
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()) - found:
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0  # exited meanwhile
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0  # a zombie: nothing resident
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -188,11 +219,9 @@ class ServeProcess:
         return code
 
     def peak_rss_bytes(self) -> int:
-        """VmHWM of the running process: its peak resident set since it started."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmHWM in /proc/{self.pid}/status")
+        """VmHWM, the peak resident set since it started, of the running process and every process under it (the
+        webhook's decoding workers and the server they fork from): an upper bound, as forked ones share pages."""
+        return sum(_peak_rss_bytes(pid) for pid in (self.pid, *descendants(self.pid)))
 
     async def readiness(self) -> tuple[int, Any]:
         """/readyz: its status and JSON body (the body's text when it is not JSON; status 0 when unreachable)."""

@@ -138,14 +138,25 @@ def batch() -> bytes:
     return orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items})
 
 
+@pytest.mark.parametrize("decode_processes", [0, 2], ids=["decoded-on-the-loop", "decoded-by-workers"])
 async def test_secret_values_reach_no_output(
     make_app: AppFactory,
     otlp_receiver: GrpcOtlpReceiver,
     redis_url: str,
     caplog: pytest.LogCaptureFixture,
+    decode_processes: int,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    app = await make_app(**{"otlp.endpoint": otlp_receiver.endpoint, "redis.url": redis_url, "log_level": "debug"})
+    app = await make_app(
+        **{
+            "otlp.endpoint": otlp_receiver.endpoint,
+            "redis.url": redis_url,
+            "log_level": "debug",
+            "audit.decode_processes": decode_processes,
+        }
+    )
+    assert app.decoder is not None
+    assert await app.decoder.started() == (decode_processes > 0)  # the batch below is decoded where the id says
     async with ClientSession() as session:
         async with session.post(
             app.base_url + "/audit/fixture", data=batch(), headers={"Content-Type": "application/json"}

@@ -15,7 +15,9 @@ from kelemetry_py.config import AuditConfig, HttpConfig, PipelineConfig, Redacti
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
-from kelemetry_py.sources.audit import AuditConverter
+from kelemetry_py.sources.auditdecode import BatchDecoder
+from kelemetry_py.sources.auditdecode.inline import InlineDecoder
+from kelemetry_py.sources.auditdecode.processes import ProcessDecoder
 from kelemetry_py.sources.webhook import AuditWebhook
 from tests.support.writers import CollectingWriter
 
@@ -29,10 +31,20 @@ class Harness:
     writer: CollectingWriter
     metrics: Metrics
     throttled: asyncio.Event  # set once the webhook has answered 429
+    decoder: BatchDecoder
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.pipeline.stop()
+        await self.decoder.close()
 
 
 async def make_harness(
-    *, capacity: int = 50_000, max_body: int = 32 << 20, tokens: list[str] | None = None
+    *,
+    capacity: int = 50_000,
+    max_body: int = 32 << 20,
+    tokens: list[str] | None = None,
+    decoding: str = "inline",
 ) -> Harness:
     writer = CollectingWriter()
     metrics = Metrics()
@@ -54,9 +66,16 @@ async def make_harness(
 
     app = web.Application(middlewares=[watch_for_429])
     audit = AuditConfig(max_body_bytes=max_body)
+    decoder: BatchDecoder
+    if decoding == "processes":
+        decoder = ProcessDecoder(2, audit, RedactionConfig(), records=False)
+        await decoder.start()
+        assert await decoder.started()  # the workers decode every batch of the test, none is decoded inline
+    else:
+        decoder = InlineDecoder(audit, RedactionConfig(), records=False)
     AuditWebhook(
         sink=pipeline,
-        converter=AuditConverter(audit, RedactionConfig()),
+        decoder=decoder,
         metrics=metrics,
         default_cluster="dflt",
         audit=audit,
@@ -66,15 +85,14 @@ async def make_harness(
     await server.start_server(auto_decompress=False)  # as the product's App runs it
     client = TestClient(server, headers={"Content-Type": "application/json"})
     await client.start_server()
-    return Harness(client, pipeline, writer, metrics, throttled)
+    return Harness(client, pipeline, writer, metrics, throttled, decoder)
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    h = await make_harness()
+@pytest.fixture(params=["inline", "processes"])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    h = await make_harness(decoding=request.param)
     yield h
-    await h.client.close()
-    await h.pipeline.stop()
+    await h.close()
 
 
 def first_batch(fixtures_dir: Path) -> bytes:

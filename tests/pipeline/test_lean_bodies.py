@@ -1,0 +1,82 @@
+"""Observations that carry only their objects' metadata make the same spans when nothing reads more."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kelemetry_py.config import AuditConfig, RedactionConfig
+from kelemetry_py.linking.annotation import ParentAnnotationLinker
+from kelemetry_py.linking.owners import OwnerReferenceLinker
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.model import SERVICE_LINK, Link, ObjectRef, Observation, Span
+from kelemetry_py.pipeline.core import Pipeline
+from kelemetry_py.pipeline.decorators import Decoration, SpanInfo
+from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.sources.audit import AuditConverter, parse_batch
+from tests.conftest import SCENARIOS
+from tests.support.writers import CollectingWriter
+
+
+class SpecReader:
+    name = "spec-reader"
+
+    async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
+        return []
+
+
+class Tagger:
+    name = "tagger"
+
+    async def decorate(self, span: SpanInfo) -> Decoration:
+        return Decoration()
+
+
+def built_in_linkers() -> list[OwnerReferenceLinker | ParentAnnotationLinker]:
+    return [OwnerReferenceLinker(), ParentAnnotationLinker()]
+
+
+def pipeline(writer: CollectingWriter, **kwargs: Any) -> Pipeline:
+    return Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=Metrics(), **kwargs)
+
+
+def test_bodies_are_whole_unless_every_reader_says_it_needs_only_metadata() -> None:
+    writer = CollectingWriter()
+    assert not pipeline(writer, linkers=built_in_linkers()).reads_whole_bodies
+    assert pipeline(writer, linkers=[*built_in_linkers(), SpecReader()]).reads_whole_bodies
+    assert pipeline(writer, linkers=built_in_linkers(), decorators=[Tagger()]).reads_whole_bodies
+
+
+def observations_of(fixtures_dir: Path, *, whole_bodies: bool) -> list[Observation]:
+    converter = AuditConverter(AuditConfig(), RedactionConfig(), whole_bodies=whole_bodies)
+    found: list[Observation] = []
+    for scenario in SCENARIOS:
+        for line in (fixtures_dir / scenario / "audit.jsonl").read_bytes().splitlines():
+            if line.strip():
+                events, _ = parse_batch(line)
+                found.extend(converter.convert(scenario, events))
+    return found
+
+
+async def spans_of(observations: list[Observation]) -> list[Span]:
+    writer = CollectingWriter()
+    tracer = pipeline(writer, linkers=built_in_linkers())
+    await tracer.start()
+    await tracer.submit(observations)
+    await tracer.drain()
+    await tracer.stop()
+    return sorted(writer.spans, key=lambda span: (span.trace_id, span.span_id, span.start_ns))
+
+
+async def test_the_built_in_linkers_make_the_same_spans_from_metadata_alone(fixtures_dir: Path) -> None:
+    whole = observations_of(fixtures_dir, whole_bodies=True)
+    lean = observations_of(fixtures_dir, whole_bodies=False)
+    assert len(lean) == len(whole)
+    lean_bodies = [o.body for o in lean if o.body is not None]
+    assert lean_bodies and all(set(body) <= {"apiVersion", "kind", "metadata"} for body in lean_bodies)
+    assert any(o.body is not None and "spec" in o.body for o in whole)  # the fixtures have more to drop
+    whole_spans = await spans_of(whole)
+    classes = {span.attributes.get("linkClass") for span in whole_spans if span.service == SERVICE_LINK}
+    assert classes == {"owner", "annotation"} or classes == {"owner"}  # the linkers had something to find
+    assert await spans_of(lean) == whole_spans
