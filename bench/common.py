@@ -31,6 +31,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds_of(pids: Sequence[int]) -> float:
+    """User and system CPU of other processes, running or not yet reaped (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def peak_rss_mib_of(pids: Sequence[int]) -> float:
+    """The sum of other processes' peak resident sets (Linux): an upper bound, as forked ones share pages."""
+    total_kib = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
 
 def parse_limit(items: Sequence[bytes], count_of: Callable[[Any], int], parse: Callable[[bytes], Any]) -> float:
     """Units per CPU second that ``parse`` alone manages over ``items`` (repeated until the clock is trustworthy).

@@ -36,10 +36,12 @@ from bench.common import (
     FIXTURES,
     SCENARIOS,
     arguments,
+    cpu_seconds_of,
     dir_bytes,
     other_installed_plugins,
     parse_limit,
     peak_rss_mib,
+    peak_rss_mib_of,
     percentile,
     ratio,
     report,
@@ -231,6 +233,9 @@ async def run(
         try:
             app = App(load_config(env=env, overrides=overrides))
             await app.start()
+            assert app.decoder is not None
+            await app.decoder.started()  # the steady state: decoding workers up, as a second after any start
+            workers = app.decoder.worker_pids
             ours, theirs = spawn.Pipe()
             client = spawn.Process(
                 target=_client_process, args=(f"{app.base_url}/audit/bench", target_events, concurrency, theirs)
@@ -240,7 +245,7 @@ async def run(
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, ours.recv)  # the client has its bodies
                 started_rss = resident_memory_mib()
-                cpu_before = time.process_time()
+                cpu_before = time.process_time() + cpu_seconds_of(workers)
                 wall_before = time.perf_counter()
                 ours.send("go")
                 latencies, throttled = await loop.run_in_executor(None, ours.recv)
@@ -253,7 +258,7 @@ async def run(
                     receiver.send(int(components.metrics.spans_exported.labels(WRITER_LABEL)._value.get()))
                     await loop.run_in_executor(None, receiver.recv)
                 wall = time.perf_counter() - wall_before
-                cpu = time.process_time() - cpu_before
+                cpu = time.process_time() + cpu_seconds_of(workers) - cpu_before
                 store_bytes = dir_bytes(tmp)
                 paced: list[float] = []
                 if paced_batches:
@@ -269,6 +274,7 @@ async def run(
                 ours.send(None)
                 await asyncio.sleep(_IDLE_SECONDS)
                 settled_rss = resident_memory_mib()
+                workers_peak_rss = peak_rss_mib_of(workers)
             finally:
                 client.join(timeout=10)
                 if client.is_alive():
@@ -299,13 +305,16 @@ async def run(
         "p50_ms": round(statistics.median(ms), 1),
         "p99_ms": round(percentile(ms, 0.99), 1),
         "throttled": throttled,
-        "peak_rss_mib": round(peak_rss_mib()),
+        "decode_processes": len(workers),
+        "peak_rss_mib": round(peak_rss_mib() + workers_peak_rss),  # with the decoding workers'
+        "workers_peak_rss_mib": round(workers_peak_rss),
         "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
         "rss_after_load_mib": round(settled_rss),  # every phase delivered, then idle for _IDLE_SECONDS
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
-        "note": "CPU is the tracer process's, all threads; the client and the OTLP receiver run apart",
+        "note": "CPU is the tracer's, all threads of the serving process and its decoding workers; the client "
+        "and the OTLP receiver run apart",
         **_open_loop_figures("paced", paced, paced_rate),
         **_open_loop_figures("load", loaded, load_rate),
     }
