@@ -8,6 +8,7 @@ encoded observations comes back, so no secret of a batch ever exists in the serv
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,8 +52,6 @@ class BatchDecoder(Protocol):
 
 
 def usable_cpus() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
