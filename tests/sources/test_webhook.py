@@ -15,9 +15,7 @@ from kelemetry_py.config import AuditConfig, HttpConfig, PipelineConfig, Redacti
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
-from kelemetry_py.sources.auditdecode import BatchDecoder
-from kelemetry_py.sources.auditdecode.inline import InlineDecoder
-from kelemetry_py.sources.auditdecode.processes import ProcessDecoder
+from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook
 from tests.support.writers import CollectingWriter
 
@@ -65,14 +63,11 @@ async def make_harness(
         return response
 
     app = web.Application(middlewares=[watch_for_429])
-    audit = AuditConfig(max_body_bytes=max_body)
-    decoder: BatchDecoder
-    if decoding == "processes":
-        decoder = ProcessDecoder(2, audit, RedactionConfig(), records=False)
-        await decoder.start()
-        assert await decoder.started()  # the workers decode every batch of the test, none is decoded inline
-    else:
-        decoder = InlineDecoder(audit, RedactionConfig(), records=False)
+    audit = AuditConfig(max_body_bytes=max_body, decode_processes=2 if decoding == "processes" else 0)
+    decoder = create_decoder(audit, RedactionConfig(), metrics, records=False)
+    await decoder.start()
+    # With workers, they decode every batch of the test: none is decoded inline while they start.
+    assert await decoder.started() == (decoding == "processes")
     AuditWebhook(
         sink=pipeline,
         decoder=decoder,
