@@ -29,10 +29,10 @@ from typing import Any
 import orjson
 
 from bench.common import FIXTURES, arguments, peak_rss_mib, ratio, report
-from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation
+from kelemetry_py.process import tune_garbage_collector
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
 from kelemetry_py.sources.diffing import strip_bookkeeping

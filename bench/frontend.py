@@ -20,12 +20,12 @@ from typing import Any
 import orjson
 
 from bench.common import arguments, peak_rss_mib, percentile, report
-from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.modes import mode_by_name
 from kelemetry_py.frontend.service import FrontendService, ViewQuery
 from kelemetry_py.frontend.tracecache.memory import MemoryTraceCache
 from kelemetry_py.model import Span
+from kelemetry_py.process import tune_garbage_collector
 from kelemetry_py.spool.codec import span_row
 from kelemetry_py.storage.sqlite import SqliteStore
 from tests.frontend.rawdata import SECOND, T0, WINDOW_NS, RawWriter, deployment, pod, replicaset

@@ -44,9 +44,9 @@ from bench.common import (
     ratio,
     report,
 )
-from kelemetry_py.app import tune_garbage_collector
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span
+from kelemetry_py.process import tune_garbage_collector
 from kelemetry_py.spool.codec import span_row
 from kelemetry_py.storage import TraceQuery
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
-import gc
 import logging
 import ssl
 import time
@@ -27,6 +24,7 @@ from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.pipeline.priority import Priority
+from kelemetry_py.process import release_free_memory, tune_garbage_collector
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.spool import DurableLog
@@ -166,7 +164,9 @@ class App:
             pipeline = self.components.pipeline
             if pipeline.pending == 0 and pipeline.handled - released_at >= _RELEASE_AFTER_OBSERVATIONS:
                 released_at = pipeline.handled
+                before = resident_memory_mib()
                 await asyncio.to_thread(release_free_memory)
+                log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, resident_memory_mib())
 
     async def _start_frontend(self, main: web.Application) -> None:
         from kelemetry_py.analysis.http import add_analysis_routes
@@ -482,29 +482,3 @@ async def open_reader(config: Config, components: Components) -> TraceReader:
         return components.store  # closed with the store
     components.closers.append(reader.close)
     return reader
-
-
-def release_free_memory() -> None:
-    """Return the C allocator's free pages to the system (glibc's malloc_trim; elsewhere nothing to do)."""
-    trim = getattr(_process_symbols(), "malloc_trim", None)
-    if trim is None:
-        return
-    before = resident_memory_mib()
-    trim(0)
-    log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, resident_memory_mib())
-
-
-@functools.cache
-def _process_symbols() -> ctypes.CDLL:
-    return ctypes.CDLL(None)  # the C library this interpreter runs on, among others
-
-
-def tune_garbage_collector() -> None:
-    """Audit batches allocate tens of thousands of short-lived dicts per second; with CPython's default
-    threshold (700) the collector runs thousands of times a second and full collections stall the webhook
-    (python -m bench webhook --otlp-only: p99 85 ms → 31 ms, +35% throughput). Too high a threshold stalls it
-    too: a young generation of 100,000 objects, many of them parsed bodies still queued, took 50-85 ms to
-    collect; 30,000 takes under 12 ms for less time in all. Objects alive at start-up are frozen out of it."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(30_000, 50, 100)

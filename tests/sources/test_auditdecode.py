@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kelemetry_py.config import AuditConfig, ConfigError, RedactionConfig, load_config
+from kelemetry_py.process import GC_THRESHOLDS
 from kelemetry_py.sources.audit import InvalidAuditBatch
 from kelemetry_py.sources.auditdecode import DecodedBatch, decoder_processes
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder
@@ -69,6 +71,21 @@ async def test_a_malformed_batch_is_named_the_same_from_a_worker(workers: Proces
     with pytest.raises(InvalidAuditBatch) as there:
         await workers.decode("c", body)
     assert str(there.value) == str(here.value) and "items[0]" in str(there.value)
+
+
+async def test_workers_run_the_collector_as_the_serving_process_does(workers: ProcessDecoder) -> None:
+    # A parsed batch is tens of thousands of young objects: at CPython's default threshold a worker spent more
+    # than a tenth of its time collecting them.
+    pool = workers._pool
+    assert pool is not None
+    loop = asyncio.get_running_loop()
+    answers = await asyncio.gather(*(loop.run_in_executor(pool, _collector_settings) for _ in range(4)))
+    assert {thresholds for thresholds, _ in answers} == {GC_THRESHOLDS}
+    assert all(frozen > 0 for _, frozen in answers)  # what the worker holds from its start is never traversed
+
+
+def _collector_settings() -> tuple[tuple[int, int, int], int]:
+    return gc.get_threshold(), gc.get_freeze_count()
 
 
 def test_automatic_workers_follow_the_cpus_the_process_may_use() -> None:

@@ -26,6 +26,7 @@ from multiprocessing.context import BaseContext
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.metrics import Metrics
+from kelemetry_py.process import tune_garbage_collector
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.auditdecode import DecodedBatch, DecoderUnavailable
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder, decode_batch
@@ -44,6 +45,7 @@ def _start_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_the_server, args=(lifeline,), name="lifeline", daemon=True).start()
     _converter = AuditConverter(audit, redaction, records=records, whole_bodies=whole_bodies)
+    tune_garbage_collector()
 
 
 def _exit_with_the_server(lifeline: Connection) -> None:
