@@ -1,10 +1,13 @@
-"""The process's resources: how its cyclic collector runs, and handing freed pages back to the system."""
+"""The process's resources: how its cyclic collector runs, handing freed pages back, and the CPUs it may use."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
 import gc
+import math
+import os
+from pathlib import Path
 
 GC_THRESHOLDS = (30_000, 50, 100)
 
@@ -32,3 +35,53 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
+
+def usable_cpus(cgroups: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int:
+    """The CPUs this process may run on, at most its CPU quota rounded up: a container limited to 1.5 CPUs on a
+    16-core node may use 2, not 16."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota(cgroups, membership)
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
+
+
+def cpu_quota(cgroups: Path, membership: Path) -> float | None:
+    """CPUs' worth of time per period the process's cgroups allow (the tightest of its own and its ancestors'), or
+    None when unlimited or unknown. cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``; a container usually sees its
+    own cgroup mounted at the root, so the root is looked at too."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.strip("/")
+        if controllers == "":  # v2: one hierarchy
+            places = [cgroups / relative, *(cgroups / relative).parents] if relative else [cgroups]
+            quotas += [q for place in places if place.is_relative_to(cgroups) and (q := _v2_quota(place)) is not None]
+        elif "cpu" in controllers.split(","):
+            mount = cgroups / controllers
+            for place in {mount / relative, mount}:
+                if (quota := _v1_quota(place)) is not None:
+                    quotas.append(quota)
+    return min(quotas, default=None)
+
+
+def _v2_quota(place: Path) -> float | None:
+    try:
+        quota, period = (place / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(place: Path) -> float | None:
+    try:
+        quota = int((place / "cpu.cfs_quota_us").read_text())
+        period = int((place / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None

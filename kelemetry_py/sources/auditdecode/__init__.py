@@ -8,13 +8,13 @@ encoded observations comes back, so no secret of a batch ever exists in the serv
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation
+from kelemetry_py.process import usable_cpus
 from kelemetry_py.sources.audit import Dropped, Rejected
 
 
@@ -51,16 +51,10 @@ class BatchDecoder(Protocol):
     async def close(self) -> None: ...
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def decoder_processes(audit: AuditConfig) -> int:
-    """How many worker processes ``audit.decode_processes`` asks for on this machine (-1: one per usable CPU, at
-    most 4, none on a single CPU where they could only take turns with the loop)."""
+    """How many worker processes ``audit.decode_processes`` asks for on this machine (-1: one per CPU the process
+    may use, its CPU limit included, at most 4; none on a single CPU where they could only take turns with the
+    loop)."""
     if audit.decode_processes >= 0:
         return audit.decode_processes
     cpus = usable_cpus()
