@@ -188,6 +188,14 @@ async def _post_all(url: str, bodies: Iterator[bytes], concurrency: int) -> tupl
     return latencies, throttled
 
 
+async def _answer(conn: Connection, who: str) -> Any:
+    """The next message from a child process; an error, not a hang, when it died (its traceback is above)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    except EOFError:
+        raise RuntimeError(f"the benchmark's {who} process exited before answering") from None
+
+
 async def run(
     target_events: int,
     concurrency: int,
@@ -220,7 +228,8 @@ async def run(
         port = _free_port()
         receiver_process = spawn.Process(target=_receiver_process, args=(port, their_end))
         receiver_process.start()
-        await asyncio.get_running_loop().run_in_executor(None, receiver.recv)
+        their_end.close()  # the child's alone now, so that its death reads as EOF here instead of a hang
+        await _answer(receiver, "OTLP receiver")
         overrides |= {
             "otlp.endpoint": f"grpc://127.0.0.1:{port}",
             "otlp.compression": "none",
@@ -241,14 +250,14 @@ async def run(
                 target=_client_process, args=(f"{app.base_url}/audit/bench", target_events, concurrency, theirs)
             )
             client.start()
+            theirs.close()
             try:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, ours.recv)  # the client has its bodies
+                await _answer(ours, "client")  # the client has its bodies
                 started_rss = resident_memory_mib()
                 cpu_before = time.process_time() + cpu_seconds_of(workers)
                 wall_before = time.perf_counter()
                 ours.send("go")
-                latencies, throttled = await loop.run_in_executor(None, ours.recv)
+                latencies, throttled = await _answer(ours, "client")
                 components = app.components
                 assert components is not None
                 await app.settle()
@@ -256,20 +265,20 @@ async def run(
                     from kelemetry_py.export.otlp import WRITER_LABEL
 
                     receiver.send(int(components.metrics.spans_exported.labels(WRITER_LABEL)._value.get()))
-                    await loop.run_in_executor(None, receiver.recv)
+                    await _answer(receiver, "OTLP receiver")
                 wall = time.perf_counter() - wall_before
                 cpu = time.process_time() + cpu_seconds_of(workers) - cpu_before
                 store_bytes = dir_bytes(tmp)
                 paced: list[float] = []
                 if paced_batches:
                     ours.send(("paced", paced_rate, paced_batches))
-                    paced = await loop.run_in_executor(None, ours.recv)
+                    paced = await _answer(ours, "client")
                     await app.settle()
                 loaded: list[float] = []
                 load_rate = load_fraction * (batches.count / wall)  # of the batches per second just sustained
                 if load_fraction:
                     ours.send(("load", load_rate, max(1, round(load_rate * load_seconds))))
-                    loaded = await loop.run_in_executor(None, ours.recv)
+                    loaded = await _answer(ours, "client")
                     await app.settle()
                 ours.send(None)
                 await asyncio.sleep(_IDLE_SECONDS)
