@@ -122,8 +122,8 @@ class AuditConfig:
     # Requests denied by authorization (401/403) are kept whatever their verb: someone tried something.
     include_denied: bool = True
     # Worker processes that parse, check and redact batches beside the event loop. 0: on the event loop; -1: one
-    # per CPU this process may use, at most 4, and none on one CPU. Off by default: on 2 vCPUs (one core's two
-    # hardware threads) they cost a quarter more CPU per event and did not raise throughput (docs/operations.md).
+    # per CPU this process may use (its CPU limit rounded up), at most 4, and none on one CPU. Off by default: they
+    # cost 5-35 % more CPU per event and pay off only while a CPU is spare (docs/operations.md).
     decode_processes: int = 0
 
 
