@@ -118,7 +118,7 @@ async def test_backoff_burst_fires_once_across_two_replicas_and_resolves(
         # After its window the burst is over: resolved once, gone from Alertmanager's active alerts.
         await alertmanager.wait_for(lambda alerts: not backoff_alerts(alerts))
         for app in apps:  # the metric counts a delivery once Alertmanager has answered it
-            assert app.components is not None
+            assert app.components is not None and app.components.alerts is not None
             await app.components.alerts.flush()
         assert sum([await sent(app, "resolved") for app in apps]) == 1
         assert sum([await sent(app, "firing") for app in apps]) == 1
@@ -156,7 +156,7 @@ async def test_namespace_delete_fires_once_and_not_again_after_a_restart(
         lambda found: any(a["labels"]["alertname"] == "NamespaceDeleted" for a in found)
     )
     assert [a["labels"] for a in alerts] == [{"alertname": "NamespaceDeleted", "cluster": "fixture", "name": "jobs"}]
-    assert first.components is not None
+    assert first.components is not None and first.components.alerts is not None
     await first.components.alerts.flush()
     assert await sent(first, "firing") == 1
     await first.stop()

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from kelemetry_py.app import App
-from kelemetry_py.sources.audit import parse_time_ns
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.e2e.conftest import make_app, replay_scenario
 
 __all__ = ["make_app"]

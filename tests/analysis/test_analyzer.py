@@ -296,7 +296,7 @@ def test_analysis_is_unaffected_by_how_diffs_are_rendered() -> None:
     waiting_line = 'status.containerStatuses[app].state.waiting.reason "ImagePullBackOff"'
     ready_line = 'status.conditions[Ready].status "False" -> "True"'
     replicas = [{"path": "spec.replicas", "op": "change", "old": 0, "new": 1}]
-    created = {"change": "create", "fieldManager": "kube-controller-manager"}
+    created: Attributes = {"change": "create", "fieldManager": "kube-controller-manager"}
     scheduled = "Successfully assigned prod/api-1-a to n1"
     converging = assemble(
         {

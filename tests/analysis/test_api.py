@@ -14,8 +14,8 @@ from aiohttp import ClientSession
 from kelemetry_py.analysis.schema import ANALYSIS_SCHEMA
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.sources.audit import parse_time_ns
 from kelemetry_py.sources.events import EventTracker
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.analysis.conftest import Served, ServeScenario
 
 VALIDATOR = jsonschema.Draft202012Validator(ANALYSIS_SCHEMA)

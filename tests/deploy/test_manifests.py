@@ -256,7 +256,7 @@ def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
 
 
 def test_alerts_name_only_metrics_that_exist(tmp_path: Path) -> None:
-    exposed = set()
+    exposed: set[str] = set()
     for family in Metrics().registry.collect():
         exposed.update(sample.name for sample in family.samples)
         exposed.add(family.name + ("_total" if family.type == "counter" else ""))

@@ -12,8 +12,8 @@ from aiohttp import ClientSession
 from kelemetry_py.export.otlp import WRITER_LABEL as OTLP_WRITER
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span, object_span_id, object_trace_id, window_of
-from kelemetry_py.sources.audit import parse_time_ns
 from kelemetry_py.storage import TraceQuery
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import FAKE_SECRET_VALUES, SCENARIOS
 from tests.e2e.conftest import AppFactory, replay_scenario
 from tests.support.otlp_receiver import GrpcOtlpReceiver
@@ -50,7 +50,8 @@ async def test_replayed_scenario_becomes_one_trace_per_object_window(
     app = await make_app(**{"otlp.endpoint": otlp_receiver.endpoint})
     await replay_scenario(app, fixtures_dir, scenario, use_gzip=scenario == "errors-and-links")
     spans = await exported(otlp_receiver, app)
-    store = app.components.store  # type: ignore[union-attr]
+    assert app.components is not None and app.components.store is not None
+    store = app.components.store
 
     roots = [s for s in spans if s.service == "object"]
     per_object_window = Counter((key_of(s), s.start_ns // 1_000_000_000 // WINDOW) for s in roots)

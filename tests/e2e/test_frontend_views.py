@@ -337,7 +337,7 @@ async def test_annotation_link_shows_in_the_full_tree(fixtures_dir: Path, make_a
 
 
 def request_ns(event: dict[str, Any]) -> int:
-    from kelemetry_py.sources.audit import parse_time_ns
+    from kelemetry_py.times import kube_time_ns as parse_time_ns
 
     return parse_time_ns(event["requestReceivedTimestamp"])
 

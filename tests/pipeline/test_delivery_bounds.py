@@ -28,7 +28,10 @@ class HoldEverything:
         self.release = asyncio.Event()
 
     def prepare(self, observation: Observation) -> Awaitable[None] | None:
-        return self.release.wait()
+        return self._released()
+
+    async def _released(self) -> None:
+        await self.release.wait()
 
 
 async def test_a_backlog_stays_in_the_log_beyond_the_bytes_fed_ahead(

@@ -179,7 +179,7 @@ async def test_app_runs_decorators_sources_and_transforms(sample_plugins: Path, 
     }
     async with running_app(tmp_path, **plugins) as app:
         components = app.components
-        assert components is not None and components.sources is not None
+        assert components is not None and components.sources is not None and components.store is not None
         (ticks, _) = components.sources.sources
         assert isinstance(ticks, TickSource)
         await ticks.emitted.wait()
@@ -193,6 +193,7 @@ async def test_app_runs_decorators_sources_and_transforms(sample_plugins: Path, 
         assert error_count(components.metrics, "raising-decorator") == 2
         assert {tag: by_service["ticks"].attributes[tag] for tag in OBJECT_TAGS}["name"] == "tick-1"
 
+        assert app.frontend is not None
         view = await app.frontend.best(
             {"cluster": "edge", "name": "tick-1"}, start_ns, mode_by_name("tracing"), 3_600_000_000_000
         )

@@ -16,10 +16,10 @@ from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.plugins import SOURCES_GROUP, load_linkers
 from kelemetry_py.plugins.sources import SourceRunner
-from kelemetry_py.sources.audit import parse_time_ns
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder
 from kelemetry_py.sources.replay import read_batches, replay
 from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import SCENARIOS
 from tests.plugins.support import ONLY_BUILTINS, running_app, signatures
 from tests.support.writers import CollectingWriter
@@ -118,6 +118,7 @@ async def test_app_starts_and_stops_the_audit_log_source(fixtures_dir: Path, tmp
         )
         start_ns = parse_time_ns(event["requestReceivedTimestamp"])
         key = "from-file//configmaps/shop/child-of-web"
+        assert app.components is not None and app.components.store is not None
         spans = await app.components.store.get_trace(object_trace_id(key, window_of(start_ns, 1800)))
         audit_ids = {span.attributes.get("auditID") for span in spans if span.service == "audit"}
         assert event["auditID"] in audit_ids

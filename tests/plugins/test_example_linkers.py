@@ -16,8 +16,8 @@ from kelemetry_py.app import App
 from kelemetry_py.config import PluginsConfig
 from kelemetry_py.model import Span, object_trace_id, window_of
 from kelemetry_py.plugins import load_linkers
-from kelemetry_py.sources.audit import parse_time_ns
 from kelemetry_py.sources.replay import read_batches, replay
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.plugins.support import running_app
 
 NODE_KEY = "fixture//nodes//node-1"
@@ -29,7 +29,7 @@ def fixture_events(fixtures_dir: Path, scenario: str) -> list[dict[str, Any]]:
 
 
 async def trace_spans(app: App, key: str, times_ns: set[int]) -> list[Span]:
-    assert app.components is not None
+    assert app.components is not None and app.components.store is not None
     spans: list[Span] = []
     for window in sorted({window_of(t, 1800) for t in times_ns}):
         spans.extend(await app.components.store.get_trace(object_trace_id(key, window)))

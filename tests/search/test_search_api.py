@@ -181,7 +181,7 @@ async def test_export_streams_every_match_and_replays_are_idempotent(
     metric = f'kelemetry_search_records{{kind="audit"}} {float(len(audit))}'
     assert metric in before and metric in after
     assert "kelemetry_search_bytes " in after
-    assert app.components is not None
+    assert app.components is not None and app.components.search is not None
     index_file = app.components.search.path
     for value in FAKE_SECRET_VALUES:
         for path in (index_file, Path(f"{index_file}-wal")):

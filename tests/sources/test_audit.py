@@ -8,7 +8,8 @@ import pytest
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.model import Observation
-from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_event_list, parse_time_ns
+from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_event_list
+from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import FAKE_SECRET_VALUES, SCENARIOS
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from kelemetry_py.spool import Record
 from kelemetry_py.spool.redis import RedisLog
 
 
@@ -45,7 +46,7 @@ async def test_acknowledged_entries_are_trimmed_and_the_bound_holds(redis_url: s
     consumer = log.consumer("pipeline")
     await log.append([f"r{i}".encode() for i in range(100)])
     assert not log.has_room()
-    records = []
+    records: list[Record] = []
     while len(records) < 100:
         records.extend(await consumer.read(100))
     await consumer.ack(records)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -27,6 +28,13 @@ W0 = 1_790_000_000 // 1800  # a window in late 2026
 POD = ObjectRef("prod", "", "v1", "pods", "default", "web-1", uid="pod-uid")
 DEPLOY = ObjectRef("prod", "apps", "v1", "deployments", "default", "web", uid="deploy-uid")
 STAGING_POD = ObjectRef("staging", "", "v1", "pods", "default", "web-1")
+
+
+def scalar(conn: apsw.Connection, sql: str) -> Any:
+    """The first column of the first row ``sql`` gives."""
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
 
 
 # Another program (Python's own sqlite3, another SQLite build) holding the file's write lock until its stdin closes.
@@ -90,7 +98,7 @@ async def checked_span_documents(store: SqliteStore) -> int:
     def count() -> int:
         conn = store._connection()
         conn.execute("INSERT INTO span_terms (span_terms, rank) VALUES ('integrity-check', 0)")
-        return int(conn.execute("SELECT count(*) FROM span_term_docs").fetchone()[0])
+        return int(scalar(conn, "SELECT count(*) FROM span_term_docs"))
 
     return await store._run(count)
 
@@ -274,7 +282,7 @@ async def test_store_file_is_created_under_a_new_directory(tmp_path: Path) -> No
     async with SqliteStore(str(path)) as reopened:
         assert len(await reopened.get_trace(object_trace_id(POD.key, W0))) == 1
         mode = await reopened._run(
-            lambda: reopened._connection().execute("PRAGMA journal_mode").fetchone()[0]
+            lambda: scalar(reopened._connection(), "PRAGMA journal_mode")
         )
         assert mode == "wal"
 
@@ -619,7 +627,7 @@ async def test_commits_are_fsynced_when_the_span_log_relies_on_it(
     # otherwise (spool.fsync interval or never) NORMAL (1) leaves it to checkpoints.
     async with SqliteStore(str(tmp_path / "t.db"), durable_commits=durable_commits) as store:
         await store.write([object_span(POD, W0)])
-        mode = await store._run(lambda: store._connection().execute("PRAGMA synchronous").fetchone()[0])
+        mode = await store._run(lambda: scalar(store._connection(), "PRAGMA synchronous"))
         assert mode == synchronous
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
+from aiohttp.typedefs import Handler
 
 from kelemetry_py.app import App
 from kelemetry_py.auth import SCOPE_KEY, StaticScope
@@ -66,11 +67,11 @@ async def tenant_server(app: App, namespaces: set[str] | None = None, middleware
     given one), on a loopback port."""
 
     @web.middleware
-    async def tenant(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def tenant(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[SCOPE_KEY] = NamespaceScope(namespaces or set())
         return await handler(request)
 
-    assert app.components is not None
+    assert app.components is not None and app.components.store is not None
     server = web.Application(middlewares=[middleware or tenant])
     add_frontend_routes(server, app.components.store, MemoryTraceCache(60), FrontendConfig())
     add_ui_routes(server)

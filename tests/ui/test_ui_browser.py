@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from playwright.async_api import Browser, Page, expect
 
 from kelemetry_py.auth import SCOPE_KEY
@@ -235,7 +236,7 @@ async def test_the_page_asks_for_a_token_when_the_server_answers_401(
     seen: list[str] = []
 
     @web.middleware
-    async def bearer_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def bearer_only(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_static_ui_path(request.path):
             seen.append(request.headers.get("Authorization", ""))
             if request.headers.get("Authorization") != "Bearer s3cret":

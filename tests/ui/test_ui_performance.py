@@ -60,7 +60,7 @@ async def test_three_hundred_objects_and_five_thousand_marks_render(
 ) -> None:
     app = await make_app()
     raw, marks = big_tree()
-    assert app.components is not None
+    assert app.components is not None and app.components.store is not None
     await app.components.store.write(raw.spans)
     await app.components.store.flush()
     start, end = T0 // 10**6, (T0 + 1500 * SECOND) // 10**6
