@@ -42,6 +42,12 @@ class Metrics:
             "Worker processes decoding webhook batches (0 while they start or restart, or with none configured)",
             registry=r,
         )
+        self.audit_decode_workers_memory = Gauge(
+            "kelemetry_audit_decode_workers_resident_bytes",
+            "Resident memory of the webhook's decoding worker processes, summed (process_resident_memory_bytes is "
+            "the serving process's alone)",
+            registry=r,
+        )
         self.auth_requests_denied = Counter(
             "kelemetry_auth_requests_denied",
             "Read requests refused by authentication or authorization",
@@ -218,11 +224,16 @@ class Metrics:
 
 def resident_memory_mib() -> float:
     """This process's resident set size, in MiB (Linux; NaN elsewhere)."""
+    return resident_bytes() / (1 << 20)
+
+
+def resident_bytes(pid: int | None = None) -> float:
+    """A process's resident set size (this one's by default), in bytes (Linux; NaN elsewhere or once it is gone)."""
     try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        resident_pages = int(Path(f"/proc/{pid or 'self'}/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return float("nan")
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    return float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 def files_size_bytes(path: str) -> int:

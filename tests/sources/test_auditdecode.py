@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kelemetry_py.config import AuditConfig, ConfigError, RedactionConfig, load_config
+from kelemetry_py.metrics import Metrics
 from kelemetry_py.process import GC_THRESHOLDS
 from kelemetry_py.sources.audit import InvalidAuditBatch
 from kelemetry_py.sources.auditdecode import DecodedBatch, decoder_processes
@@ -86,6 +87,33 @@ async def test_workers_run_the_collector_as_the_serving_process_does(workers: Pr
 
 def _collector_settings() -> tuple[tuple[int, int, int], int]:
     return gc.get_threshold(), gc.get_freeze_count()
+
+
+async def test_the_workers_memory_is_reported_apart_from_the_serving_process() -> None:
+    metrics = Metrics()
+    decoder = ProcessDecoder(2, AuditConfig(), REDACTION, metrics, records=True)
+    await decoder.start()
+    assert await decoder.started()
+
+    def reported() -> float | None:
+        return metrics.registry.get_sample_value("kelemetry_audit_decode_workers_resident_bytes")
+
+    try:
+        workers = decoder.worker_pids
+        assert len(workers) == 2
+        resident = sum(map(vm_rss_bytes, workers))
+        value = reported()
+        assert value is not None and value > 2 * (10 << 20)  # two interpreters with the decoding code loaded
+        assert abs(value - resident) < 0.1 * resident
+    finally:
+        await decoder.close()
+    assert reported() == 0
+
+
+def vm_rss_bytes(pid: int) -> int:
+    """The kernel's own account of a process's resident memory (``/proc/PID/status``, in KiB there)."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
 
 
 def test_automatic_workers_follow_the_cpus_the_process_may_use() -> None:

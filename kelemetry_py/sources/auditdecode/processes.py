@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
-from kelemetry_py.metrics import Metrics
+from kelemetry_py.metrics import Metrics, resident_bytes
 from kelemetry_py.process import tune_garbage_collector
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.auditdecode import DecodedBatch, DecoderUnavailable
@@ -93,6 +93,13 @@ class ProcessDecoder:
         self._pool: ProcessPoolExecutor | None = None
         self._starting: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        if metrics is not None:
+            # Read at each scrape: a worker's memory grows with the largest batch it has decoded.
+            metrics.audit_decode_workers_memory.set_function(self._workers_resident_bytes)
+
+    def _workers_resident_bytes(self) -> float:
+        sizes = [resident_bytes(pid) for pid in self.worker_pids]
+        return sum(size for size in sizes if size == size)  # NaN: a worker that exited meanwhile
 
     @property
     def worker_pids(self) -> list[int]:
