@@ -57,7 +57,10 @@ def cpu_quota(cgroups: Path, membership: Path) -> float | None:
         return None
     quotas: list[float] = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         relative = path.strip("/")
         if controllers == "":  # v2: one hierarchy
             places = [cgroups / relative, *(cgroups / relative).parents] if relative else [cgroups]

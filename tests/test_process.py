@@ -54,3 +54,5 @@ def test_no_limit_leaves_the_cpus_the_process_may_run_on(tmp_path: Path) -> None
         assert cpu_quota(root, proc) is None
         assert usable_cpus(root, proc) == len(os.sched_getaffinity(0))
     assert cpu_quota(tmp_path / "none", tmp_path / "no-such-file") is None  # not Linux, or no cgroups mounted
+    root, proc = cgroups(tmp_path, "garbled\n0::/\n", {"cpu.max": "200000 100000\n"})
+    assert cpu_quota(root, proc) == 2.0  # a line of another shape is passed over
