@@ -123,7 +123,7 @@ class AuditConfig:
     include_denied: bool = True
     # Worker processes that parse, check and redact batches beside the event loop. 0: on the event loop; -1: one
     # per CPU this process may use (its CPU limit rounded up), at most 4, and none on one CPU. Off by default: they
-    # cost 5-35 % more CPU per event and pay off only while a CPU is spare (docs/operations.md).
+    # cost 7-60 % more CPU per event and pay off only while a CPU is spare (docs/operations.md).
     decode_processes: int = 0
 
 
