@@ -51,7 +51,6 @@ def peak_rss_mib_of(pids: Sequence[int]) -> float:
     return total_kib / 1024
 
 
-
 def parse_limit(items: Sequence[bytes], count_of: Callable[[Any], int], parse: Callable[[bytes], Any]) -> float:
     """Units per CPU second that ``parse`` alone manages over ``items`` (repeated until the clock is trustworthy).
 

@@ -4,10 +4,11 @@ one dying costs the batch it held a retry (503), never the server or a later bat
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -38,11 +39,20 @@ def _workers(server_pid: int) -> set[int]:
     return {worker for child in children(server_pid) for worker in children(child)}
 
 
-async def _until(condition: str, check: object, within: float = _DEADLINE) -> None:
+Check = Callable[[], bool | Awaitable[bool]]
+
+
+async def _until(condition: str, check: Check, detail: Callable[[], str] = str, within: float = _DEADLINE) -> None:
+    """Poll ``check`` (a function or a coroutine function) until it holds; fail with ``detail()`` past ``within``."""
     deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {within:g} s: {condition}"
+    while not await _holds(check):
+        assert time.monotonic() < deadline, f"not within {within:g} s: {condition}\n{detail()}"
         await asyncio.sleep(0.05)
+
+
+async def _holds(check: Check) -> bool:
+    answer = check()
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 @pytest.fixture
@@ -63,10 +73,7 @@ async def _workers_up(serve: ServeProcess) -> bool:
 
 
 async def _until_workers_up(serve: ServeProcess) -> None:
-    deadline = time.monotonic() + _DEADLINE
-    while not await _workers_up(serve):
-        assert time.monotonic() < deadline, f"the workers never started\n{serve.stderr()}"
-        await asyncio.sleep(0.05)
+    await _until("the workers started", lambda: _workers_up(serve), serve.stderr)
 
 
 async def _post(serve: ServeProcess, body: bytes) -> tuple[int, str, str]:
@@ -104,9 +111,9 @@ async def test_a_dead_worker_costs_one_retry_not_the_server(server: ServeProcess
         replaced = len(_workers(server.pid) - before) == _WORKERS
         return answers[-1][0] == 200 and replaced and await _workers_up(server)
 
-    deadline = time.monotonic() + _DEADLINE
-    while not await accepted_by_new_workers():
-        assert time.monotonic() < deadline, f"never accepted again by new workers: {answers[:3]}\n{server.stderr()}"
+    await _until(
+        "accepted again by new workers", accepted_by_new_workers, lambda: f"{answers[:3]}\n{server.stderr()}"
+    )
     assert server.running
     for status, text, retry_after in answers:
         assert status in (200, 503), text

@@ -16,7 +16,7 @@ from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.plugins import SOURCES_GROUP, load_linkers
 from kelemetry_py.plugins.sources import SourceRunner
-from kelemetry_py.sources.auditdecode.inline import InlineDecoder
+from kelemetry_py.sources.auditdecode import create_decoder
 from kelemetry_py.sources.replay import read_batches, replay
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.times import kube_time_ns as parse_time_ns
@@ -47,7 +47,7 @@ async def through_webhook(fixtures_dir: Path, scenario: str) -> list[Span]:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     AuditWebhook(
         sink=pipeline,
-        decoder=InlineDecoder(AuditConfig(), RedactionConfig(), records=False),
+        decoder=create_decoder(AuditConfig(), RedactionConfig(), metrics, records=False),
         metrics=metrics,
         default_cluster="fixture",
         audit=AuditConfig(),

@@ -2,8 +2,8 @@
 
 Two implementations side by side, chosen by ``audit.decode_processes``: :mod:`.inline` does the work on the event
 loop; :mod:`.processes` hands it to worker processes, so the CPU a batch costs before its answer runs beside the
-loop (and beside each other) instead of taking turns with the pipeline on it. Either way nothing but redacted,
-encoded observations comes back, so no secret of a batch ever exists in the serving process.
+loop (and beside each other) instead of taking turns with the pipeline on it. Either way what comes out is
+redacted and encoded; with workers only that crosses back to the serving process.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class DecodedBatch:
     rejected: list[Rejected]  # events dropped alone as unrepresentable
     dropped: list[Dropped]  # events dropped alone for a value Kubernetes never accepts
     # The observations encoded for the observation log, a record each few dozen: the pipeline decodes one record in
-    # one slice of the loop's time, which a request arriving meanwhile waits for. None when there are none.
+    # one slice of the loop's time, which a request arriving meanwhile waits for. Empty when there are none.
     payloads: list[bytes]
     observations: list[list[Observation]] | None = None  # the same, decoded, when the work was done in this process
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -99,7 +100,7 @@ class ProcessDecoder:
 
     def _workers_resident_bytes(self) -> float:
         sizes = [resident_bytes(pid) for pid in self.worker_pids]
-        return sum(size for size in sizes if size == size)  # NaN: a worker that exited meanwhile
+        return sum(size for size in sizes if not math.isnan(size))  # NaN: a worker that exited meanwhile
 
     @property
     def worker_pids(self) -> list[int]:
