@@ -190,6 +190,7 @@ class SpoolConfig:
     # fsync_interval_seconds (a process crash loses nothing, a power loss up to the interval); "never".
     fsync: str = "always"
     fsync_interval_seconds: float = 0.2
+    # Size of each log's files, at most a quarter of max_bytes: only whole files are deleted, once consumed.
     segment_bytes: int = 64 << 20
     # The newest records of each log kept decoded in memory, so consumers that keep up never read the disk.
     memory_bytes: int = 8 << 20

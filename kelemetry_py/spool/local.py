@@ -73,7 +73,9 @@ class LocalLog:
         self.max_bytes = max_bytes
         self._fsync = fsync
         self._fsync_interval = fsync_interval_seconds
-        self._segment_bytes = segment_bytes
+        # Only whole consumed segments are freed, never the one being written: a segment as large as the bound
+        # would leave a log whose consumers keep up full for good.
+        self._segment_bytes = max(1, min(segment_bytes, max_bytes // 4))
         self._cache_limit = cache_bytes
         self._cursor_interval = cursor_interval_seconds
         self._segments: list[_Segment] = []

@@ -122,6 +122,21 @@ async def test_a_full_log_refuses_appends_and_never_drops_what_it_holds(tmp_path
     await log.close()
 
 
+async def test_a_bound_below_the_segment_size_still_frees_what_was_consumed(tmp_path: Path) -> None:
+    """spool.max_bytes set below spool.segment_bytes: a log whose consumer keeps up must never stay full."""
+    log = _log(tmp_path, max_bytes=4096, segment_bytes=64 << 20)
+    await log.open()
+    consumer = log.consumer("c")
+    payloads = [bytes([i]) * 500 for i in range(40)]  # five times the bound
+    for payload in payloads:
+        await log.append([payload])
+        assert await _drain(consumer, 1) == [payload]
+        await log._persist_cursors()
+        await log._delete_consumed()
+    assert log.used_bytes() <= 4096
+    await log.close()
+
+
 async def test_concurrent_appends_share_commits_and_keep_their_order_per_caller(tmp_path: Path) -> None:
     log = _log(tmp_path, segment_bytes=1 << 20)
     await log.open()
