@@ -151,7 +151,7 @@ class LocalLog:
         if not payloads:
             return
         size = sum(len(payload) for payload in payloads) + _HEADER.size * len(payloads)
-        if size > self.max_bytes:
+        if size > self.max_bytes - self._segment_bytes:  # beside the segment being written, which is not freed
             raise RecordTooLarge(f"{size} bytes can never fit a spool of {self.max_bytes} bytes")
         if self._closing:
             raise SpoolFull("the spool is closing")
@@ -218,14 +218,9 @@ class LocalLog:
                     self._write_all(fd, chunk)
                     placed.append((seg_first, seg_path, chunk_count, seg_size - start_size))
                     chunk, chunk_count = [], 0
-                    if self._fsync == "always":
-                        os.fsync(fd)
-                    os.close(fd)
+                    fd = self._start_segment_sync(fd, seq)
                     seg_first, seg_path = seq, self._segment_path(seq)
-                    fd = self._active_fd = os.open(seg_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                     seg_size = start_size = 0
-                    if self._fsync == "always":
-                        self._sync_directory()
                 chunk.append(_HEADER.pack(len(payload), zlib.crc32(payload)))
                 chunk.append(payload)
                 chunk_count += 1
@@ -244,7 +239,34 @@ class LocalLog:
             raise
         placed.append((seg_first, seg_path, chunk_count, seg_size - start_size))
         self._segments_snapshot_last = (seg_first, seg_path, seg_size)
+        if seg_size >= self._segment_bytes:
+            # A full segment is closed now, not at the next append: only closed segments are freed, and a full
+            # log gets no next append.
+            try:
+                self._start_segment_sync(fd, seq)
+            except OSError as exc:  # it stays the active one; the next append tries again
+                log.warning("spool %s: could not start a new segment: %s", self.name, exc)
+                return placed
+            self._segments_snapshot_last = (seq, self._segment_path(seq), 0)
+            placed.append((seq, self._segment_path(seq), 0, 0))
         return placed
+
+    def _start_segment_sync(self, full: int, first: int) -> int:
+        """Close the full segment's descriptor and open a new segment starting at record ``first``."""
+        if self._fsync == "always":
+            os.fsync(full)
+        path = self._segment_path(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self._fsync == "always":
+            try:
+                self._sync_directory()
+            except OSError:
+                os.close(fd)
+                path.unlink(missing_ok=True)  # no empty segment left to claim the records that follow
+                raise
+        os.close(full)
+        self._active_fd = fd
+        return fd
 
     @staticmethod
     def _write_all(fd: int, chunk: list[bytes]) -> None:

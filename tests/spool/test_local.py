@@ -127,13 +127,16 @@ async def test_a_bound_below_the_segment_size_still_frees_what_was_consumed(tmp_
     log = _log(tmp_path, max_bytes=4096, segment_bytes=64 << 20)
     await log.open()
     consumer = log.consumer("c")
-    payloads = [bytes([i]) * 500 for i in range(40)]  # five times the bound
+    # Five times the bound, some records nearly as large as a record may be (three quarters of the bound).
+    payloads = [bytes([i]) * (3000 if i % 3 == 0 else 500) for i in range(30)]
     for payload in payloads:
         await log.append([payload])
         assert await _drain(consumer, 1) == [payload]
         await log._persist_cursors()
         await log._delete_consumed()
     assert log.used_bytes() <= 4096
+    with pytest.raises(RecordTooLarge):  # it could be refused for good beside the segment being written
+        await log.append([b"z" * 3100])
     await log.close()
 
 
