@@ -47,7 +47,6 @@ from kelemetry_py.pipeline import ObservationHook, Overloaded
 from kelemetry_py.pipeline.decorators import Decorator, apply_decorators
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.spool.codec import decode_observations
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +146,6 @@ class Pipeline:
 
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
         await self.feed(observations, None, wait=wait)
-
-    async def submit_encoded(
-        self, payloads: Sequence[bytes], observations: Sequence[Sequence[Observation]] | None = None
-    ) -> None:
-        records = observations if observations is not None else [decode_observations(p) for p in payloads]
-        await self.submit([observation for record in records for observation in record])
 
     async def feed(self, observations: Sequence[Observation], ticket: Ticket | None, *, wait: bool = True) -> None:
         """Enqueue ``observations``; ``ticket.done`` is called as they are written."""

@@ -12,8 +12,7 @@ from kelemetry_auditlog_source import AuditLogSource
 from kelemetry_py.config import AuditConfig, Config, HttpConfig, RedactionConfig
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span, object_trace_id, window_of
-from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.pipeline.durable import Delivery
 from kelemetry_py.plugins import SOURCES_GROUP, load_linkers
 from kelemetry_py.plugins.sources import SourceRunner
 from kelemetry_py.sources.auditdecode import create_decoder
@@ -22,6 +21,7 @@ from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import SCENARIOS
 from tests.plugins.support import ONLY_BUILTINS, running_app, signatures
+from tests.support.delivery import settle, start_delivery, stop_delivery
 from tests.support.writers import CollectingWriter
 
 
@@ -36,17 +36,17 @@ def write_audit_log(fixtures_dir: Path, scenario: str, path: Path) -> int:
     return count
 
 
-def new_pipeline(writer: CollectingWriter, metrics: Metrics) -> Pipeline:
-    return Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=metrics, linkers=load_linkers(ONLY_BUILTINS))
+async def durable(directory: Path, writer: CollectingWriter, metrics: Metrics) -> Delivery:
+    """As the App does: sources submit to the durable intake, and the built-in linkers only."""
+    return await start_delivery(directory, writer, metrics, linkers=load_linkers(ONLY_BUILTINS))
 
 
-async def through_webhook(fixtures_dir: Path, scenario: str) -> list[Span]:
+async def through_webhook(fixtures_dir: Path, scenario: str, directory: Path) -> list[Span]:
     writer, metrics = CollectingWriter(), Metrics()
-    pipeline = new_pipeline(writer, metrics)
-    await pipeline.start()
+    delivery = await durable(directory, writer, metrics)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     AuditWebhook(
-        sink=pipeline,
+        sink=delivery.intake,
         decoder=create_decoder(AuditConfig(), RedactionConfig(), metrics, records=False),
         metrics=metrics,
         default_cluster="fixture",
@@ -62,24 +62,25 @@ async def through_webhook(fixtures_dir: Path, scenario: str) -> list[Span]:
         batches = read_batches([fixtures_dir / scenario / "audit.jsonl"])
         result = await replay(batches, target=f"http://127.0.0.1:{port}", cluster="fixture")
         assert result.failed == 0 and result.batches > 0
+        await settle(delivery)
     finally:
         await runner.cleanup()
-    await pipeline.stop()
+        await stop_delivery(delivery)
     return writer.spans
 
 
-async def through_audit_log(log: Path, tmp_path: Path) -> tuple[list[Span], AuditLogSource]:
+async def through_audit_log(log: Path, directory: Path) -> tuple[list[Span], AuditLogSource]:
     writer, metrics = CollectingWriter(), Metrics()
-    pipeline = new_pipeline(writer, metrics)
-    await pipeline.start()
+    delivery = await durable(directory / "spool", writer, metrics)
     source = AuditLogSource(
-        path=str(log), cluster="fixture", offsets_file=str(tmp_path / "offsets.json"), poll_interval_seconds=0.01
+        path=str(log), cluster="fixture", offsets_file=str(directory / "offsets.json"), poll_interval_seconds=0.01
     )
-    runner = SourceRunner([source], pipeline, Config(), metrics)
+    runner = SourceRunner([source], delivery.intake, Config(), metrics)
     await runner.start()
     await source.caught_up()
     await runner.stop()
-    await pipeline.stop()
+    await settle(delivery)
+    await stop_delivery(delivery)
     return writer.spans, source
 
 
@@ -87,8 +88,8 @@ async def through_audit_log(log: Path, tmp_path: Path) -> tuple[list[Span], Audi
 async def test_audit_log_file_gives_the_webhooks_spans(fixtures_dir: Path, tmp_path: Path, scenario: str) -> None:
     log = tmp_path / "audit.log"
     events = write_audit_log(fixtures_dir, scenario, log)
-    from_webhook = await through_webhook(fixtures_dir, scenario)
-    from_file, source = await through_audit_log(log, tmp_path)
+    from_webhook = await through_webhook(fixtures_dir, scenario, tmp_path / "webhook")
+    from_file, source = await through_audit_log(log, tmp_path / "file")
     assert source.events_read == events and source.bad_lines == 0
     assert {span.service for span in from_webhook} >= {"object", "audit", "link"}
     assert len(from_file) == len(from_webhook)

@@ -9,12 +9,12 @@ import yaml
 from kelemetry_py import __version__
 from kelemetry_py.cli import main
 from kelemetry_py.sources.replay import read_batches, replay, webhook_url
-from tests.sources.test_webhook import make_harness
+from tests.sources.test_webhook import SMALL_SPOOL, make_harness
 
 
-async def test_replay_honours_429_and_delivers_every_batch(fixtures_dir: Path) -> None:
-    h = await make_harness(capacity=60)
-    h.writer.gate.clear()  # the pipeline fills up and the webhook starts answering 429
+async def test_replay_honours_429_and_delivers_every_batch(fixtures_dir: Path, tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, spool_bytes=SMALL_SPOOL)
+    h.writer.gate.clear()  # the logs fill up and the webhook starts answering 429
     try:
         audit = fixtures_dir / "deployment-lifecycle" / "audit.jsonl"
         target = str(h.client.make_url("/")).rstrip("/")
@@ -28,8 +28,7 @@ async def test_replay_honours_429_and_delivers_every_batch(fixtures_dir: Path) -
         accepted = h.metrics.audit_events_accepted.labels("fixture")._value.get()
         assert accepted == 491
     finally:
-        await h.client.close()
-        await h.pipeline.stop()
+        await h.close()
 
 
 def test_webhook_url_from_a_base_or_a_full_url() -> None:

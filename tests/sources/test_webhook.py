@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from kelemetry_py.config import AuditConfig, HttpConfig, PipelineConfig, RedactionConfig
+from kelemetry_py.config import AuditConfig, HttpConfig, RedactionConfig
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.pipeline.durable import Delivery
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook
+from tests.support.delivery import settle, start_delivery, stop_delivery
 from tests.support.writers import CollectingWriter
 
 EMPTY = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[]}\n'
@@ -24,35 +24,36 @@ EMPTY = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"item
 
 @dataclass
 class Harness:
+    """The webhook on the product's own path: the durable intake, the observation and span logs on disk, the
+    pipeline, and a writer pump delivering to ``writer``."""
+
     client: TestClient[web.Request, web.Application]
-    pipeline: Pipeline
+    delivery: Delivery
     writer: CollectingWriter
     metrics: Metrics
     throttled: asyncio.Event  # set once the webhook has answered 429
     decoder: BatchDecoder
 
+    async def settle(self) -> None:
+        await settle(self.delivery)
+
     async def close(self) -> None:
         await self.client.close()
-        await self.pipeline.stop()
+        await stop_delivery(self.delivery)
         await self.decoder.close()
 
 
 async def make_harness(
+    directory: Path,
     *,
-    capacity: int = 50_000,
+    spool_bytes: int = 1 << 30,
     max_body: int = 32 << 20,
     tokens: list[str] | None = None,
     decoding: str = "inline",
 ) -> Harness:
     writer = CollectingWriter()
     metrics = Metrics()
-    pipeline = Pipeline(
-        writer=writer,
-        emission=MemoryEmissionSet(),
-        metrics=metrics,
-        config=PipelineConfig(queue_capacity=capacity),
-    )
-    await pipeline.start()
+    delivery = await start_delivery(directory, writer, metrics, spool_bytes=spool_bytes)
     throttled = asyncio.Event()
 
     @web.middleware
@@ -69,7 +70,7 @@ async def make_harness(
     # With workers, they decode every batch of the test: none is decoded inline while they start.
     assert await decoder.started() == (decoding == "processes")
     AuditWebhook(
-        sink=pipeline,
+        sink=delivery.intake,
         decoder=decoder,
         metrics=metrics,
         default_cluster="dflt",
@@ -80,12 +81,12 @@ async def make_harness(
     await server.start_server(auto_decompress=False)  # as the product's App runs it
     client = TestClient(server, headers={"Content-Type": "application/json"})
     await client.start_server()
-    return Harness(client, pipeline, writer, metrics, throttled, decoder)
+    return Harness(client, delivery, writer, metrics, throttled, decoder)
 
 
 @pytest.fixture(params=["inline", "processes"])
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    h = await make_harness(decoding=request.param)
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    h = await make_harness(tmp_path, decoding=request.param)
     yield h
     await h.close()
 
@@ -108,7 +109,7 @@ async def test_batches_with_and_without_gzip_are_accepted(harness: Harness, fixt
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert zipped.status == 200
-    await harness.pipeline.drain()
+    await harness.settle()
     clusters = {s.attributes["cluster"] for s in harness.writer.spans}
     assert clusters == {
         "fixture",
@@ -139,8 +140,8 @@ async def test_bad_requests_get_a_reason_and_the_server_keeps_serving(
     assert good.status == 200
 
 
-async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_dir: Path) -> None:
-    h = await make_harness(max_body=4096)
+async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_dir: Path, tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, max_body=4096)
     try:
         big = await h.client.post("/audit", data=first_batch(fixtures_dir))
         assert big.status == 413 and "exceeds 4096" in (await big.json())["error"]
@@ -153,12 +154,17 @@ async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_
         assert inflated.status == 413 and "decompressed body exceeds" in (await inflated.json())["error"]
         assert (await h.client.post("/audit", data=EMPTY)).status == 200
     finally:
-        await h.client.close()
-        await h.pipeline.stop()
+        await h.close()
 
 
-async def test_overload_answers_429_with_retry_after_and_loses_nothing(fixtures_dir: Path) -> None:
-    h = await make_harness(capacity=40)
+# The logs' bound for the overload tests: a third of what the recorded scenario's batches take once encoded.
+SMALL_SPOOL = 150_000
+
+
+async def test_overload_answers_429_with_retry_after_and_loses_nothing(fixtures_dir: Path, tmp_path: Path) -> None:
+    """The writer's back end is down: its spans fill the span log, the pipeline waits for room, the observation log
+    fills and the webhook answers 429. Once the back end is back, every batch answered 200 is written."""
+    h = await make_harness(tmp_path, spool_bytes=SMALL_SPOOL)
     h.writer.gate.clear()
     try:
         batches = (fixtures_dir / "deployment-lifecycle" / "audit.jsonl").read_bytes().splitlines()
@@ -173,15 +179,14 @@ async def test_overload_answers_429_with_retry_after_and_loses_nothing(fixtures_
                 accepted.append((await response.json())["observations"])
         assert refused > 0 and accepted
         h.writer.gate.set()
-        await h.pipeline.drain()
+        await h.settle()
         assert len(h.writer.by_service("audit")) == sum(accepted)
     finally:
-        await h.client.close()
-        await h.pipeline.stop()
+        await h.close()
 
 
-async def test_bearer_tokens_are_enforced_when_configured() -> None:
-    h = await make_harness(tokens=["s3cret-token"])
+async def test_bearer_tokens_are_enforced_when_configured(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, tokens=["s3cret-token"])
     try:
         assert (await h.client.post("/audit", data=EMPTY)).status == 401
         wrong = await h.client.post("/audit", data=EMPTY, headers={"Authorization": "Bearer nope"})
@@ -189,5 +194,4 @@ async def test_bearer_tokens_are_enforced_when_configured() -> None:
         right = await h.client.post("/audit", data=EMPTY, headers={"Authorization": "Bearer s3cret-token"})
         assert right.status == 200
     finally:
-        await h.client.close()
-        await h.pipeline.stop()
+        await h.close()
