@@ -389,7 +389,7 @@ async def build_components(config: Config) -> Components:
     priority = Priority(config.pipeline.background_share)
     pipeline = Pipeline(
         priority=priority,
-        writer=SpanLogWriter(span_log),
+        writer=SpanLogWriter(span_log, metrics),
         emission=emission,
         metrics=metrics,
         config=config.pipeline,

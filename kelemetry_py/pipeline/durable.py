@@ -33,6 +33,7 @@ from kelemetry_py.spool.local import LocalConsumer, LocalLog
 log = logging.getLogger(__name__)
 
 PIPELINE_CONSUMER = "pipeline"
+SPAN_LOG_LABEL = "span-log"  # the writer label of spans dropped before any writer saw them
 _READ_RECORDS = 64
 # What the pipeline holds in memory ahead of its spans, by encoded size: the rest waits in the log, on disk.
 _FEED_AHEAD_BYTES = 4 << 20
@@ -77,12 +78,24 @@ class DurableIntake:
 class SpanLogWriter:
     """The pipeline's writer: spans are kept once they are in the span log."""
 
-    def __init__(self, spans: DurableLog) -> None:
+    def __init__(self, spans: DurableLog, metrics: Metrics | None = None) -> None:
         self._log = spans
+        self._metrics = metrics
 
     async def write(self, spans: Sequence[Span]) -> None:
         batch = list(spans)
-        await self._log.append([encode_spans(batch)], [batch])
+        try:
+            await self._log.append([encode_spans(batch)], [batch])
+        except RecordTooLarge:
+            # The pipeline retries a failed write until it is kept; this one never would be. Halves may fit.
+            if len(batch) > 1:
+                await self.write(batch[: len(batch) // 2])
+                await self.write(batch[len(batch) // 2 :])
+                return
+            (span,) = batch
+            log.error("span log: a span of %s can never fit spool.max_bytes; dropped and counted", span.service)
+            if self._metrics is not None:
+                self._metrics.spans_dropped.labels(SPAN_LOG_LABEL).inc()
 
     async def flush(self) -> None:
         return None

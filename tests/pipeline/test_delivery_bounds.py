@@ -1,4 +1,4 @@
-"""The pipeline holds a bounded number of bytes ahead of its spans; the rest of a backlog waits in the log."""
+"""Bounds between the pipeline and the span log: what it feeds ahead of its spans, writes too large for a record."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 
 import kelemetry_py.pipeline.durable as durable
 from kelemetry_py.metrics import Metrics
-from kelemetry_py.model import Observation
+from kelemetry_py.model import Observation, Span
 from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
+from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, Delivery, SpanLogWriter
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.spool.codec import decode_spans
 from kelemetry_py.spool.local import LocalLog
 from tests.pipeline.test_pipeline import POD, observation
 from tests.support.writers import CollectingWriter
@@ -70,3 +71,32 @@ async def test_a_backlog_stays_in_the_log_beyond_the_bytes_fed_ahead(
     assert sorted(str(s.attributes["verb"]) for s in writer.by_service("audit")) == sorted(
         f"r{record}-{i}" for record in range(20) for i in range(3)
     )
+
+
+def _span(span_id: int, padding: int) -> Span:
+    return Span(
+        trace_id=1,
+        span_id=span_id,
+        parent_id=None,
+        service="audit",
+        name=f"s{span_id}",
+        start_ns=0,
+        end_ns=1,
+        attributes={"padding": "x" * padding},
+    )
+
+
+async def test_spans_too_many_for_one_record_are_split_and_a_span_that_never_fits_is_dropped(tmp_path: Path) -> None:
+    """The pipeline retries a write until the span log keeps it: a write that can never fit must not be retried
+    for ever."""
+    spans = LocalLog(tmp_path, name="spans", max_bytes=8192)  # records of at most 6 KiB
+    await spans.open()
+    metrics = Metrics()
+    small = [_span(span_id, 300) for span_id in range(1, 13)]  # about 4 KiB together
+    await SpanLogWriter(spans, metrics).write([*small[:5], _span(99, 7000), *small[5:]])
+    records = await spans.consumer("writer").read(100)
+    assert len(records) > 1
+    kept = [span for record in records for span in decode_spans(record.payload)]
+    assert [span.span_id for span in kept] == list(range(1, 13))
+    assert metrics.spans_dropped.labels(SPAN_LOG_LABEL)._value.get() == 1
+    await spans.close()
