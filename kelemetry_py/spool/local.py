@@ -253,11 +253,12 @@ class LocalLog:
 
     def _start_segment_sync(self, full: int, first: int) -> int:
         """Close the full segment's descriptor and open a new segment starting at record ``first``."""
-        if self._fsync == "always":
+        # The interval fsync reaches only the segment being written, so the full one is synced before it closes.
+        if self._fsync != "never":
             os.fsync(full)
         path = self._segment_path(first)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if self._fsync == "always":
+        if self._fsync != "never":
             try:
                 self._sync_directory()
             except OSError:

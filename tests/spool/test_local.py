@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,28 @@ async def test_a_bound_below_the_segment_size_still_frees_what_was_consumed(tmp_
     assert log.used_bytes() <= 4096
     with pytest.raises(RecordTooLarge):  # it could be refused for good beside the segment being written
         await log.append([b"z" * 3100])
+    await log.close()
+
+
+async def test_with_interval_fsync_a_segment_is_synced_before_it_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interval fsync only reaches the segment being written: an earlier one must have been synced already."""
+    synced: set[str] = set()
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    log = _log(tmp_path, fsync="interval", fsync_interval_seconds=3600)
+    await log.open()
+    for i in range(40):
+        await log.append([b"x" * 60 + str(i).encode()])
+    closed = _segments(tmp_path)[:-1]
+    assert len(closed) > 3
+    assert {str(path) for path in closed} <= synced
     await log.close()
 
 
