@@ -24,7 +24,8 @@ class TooLarge(Exception):
 class ObservationSink(Protocol):
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
         """Accept all of ``observations`` or none. With ``wait=False`` a full pipeline raises :class:`Overloaded`;
-        with ``wait=True`` (watchers, file tailers) the call waits for room instead."""
+        with ``wait=True`` (watchers, file tailers) the call waits for room instead, and a batch too large to be
+        kept whole may be kept in parts (a failure partway leaves some kept: offering it again is harmless)."""
 
 
 class EncodedSink(ObservationSink, Protocol):

@@ -49,9 +49,18 @@ class DurableIntake:
         self._log = observations
 
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
-        if observations:
-            batch = list(observations)
+        if not observations:
+            return
+        batch = list(observations)
+        try:
             await self._append([encode_observations(batch)], [batch], wait=wait)
+        except TooLarge:
+            # A source that waits for room (a watcher, a file tailer) would offer the same batch again for ever;
+            # its halves may fit. A batch to be answered at once stays whole: all of it or none (413).
+            if not wait or len(batch) == 1:
+                raise
+            await self.submit(batch[: len(batch) // 2], wait=True)
+            await self.submit(batch[len(batch) // 2 :], wait=True)
 
     async def submit_encoded(
         self, payloads: Sequence[bytes], observations: Sequence[Sequence[Observation]] | None = None

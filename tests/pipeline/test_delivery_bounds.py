@@ -11,10 +11,11 @@ import pytest
 import kelemetry_py.pipeline.durable as durable
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation, Span
+from kelemetry_py.pipeline import TooLarge
 from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, Delivery, SpanLogWriter
+from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, Delivery, DurableIntake, SpanLogWriter
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
-from kelemetry_py.spool.codec import decode_spans
+from kelemetry_py.spool.codec import decode_observations, decode_spans
 from kelemetry_py.spool.local import LocalLog
 from tests.pipeline.test_pipeline import POD, observation
 from tests.support.writers import CollectingWriter
@@ -100,3 +101,20 @@ async def test_spans_too_many_for_one_record_are_split_and_a_span_that_never_fit
     assert [span.span_id for span in kept] == list(range(1, 13))
     assert metrics.spans_dropped.labels(SPAN_LOG_LABEL)._value.get() == 1
     await spans.close()
+
+
+async def test_a_source_that_waits_for_room_gets_a_batch_too_large_for_one_record_kept_in_parts(
+    tmp_path: Path,
+) -> None:
+    observations = LocalLog(tmp_path, name="observations", max_bytes=16384)  # records of at most 12 KiB
+    await observations.open()
+    intake = DurableIntake(observations)
+    batch = [observation(POD, 100 + i, f"v{i}") for i in range(60)]  # about 25 KiB
+    with pytest.raises(TooLarge):  # answered at once (the webhook): all of it or none
+        await intake.submit(batch)
+    await intake.submit(batch, wait=True)
+    records = await observations.consumer("pipeline").read(100)
+    assert len(records) > 1
+    kept = [item for record in records for item in decode_observations(record.payload)]
+    assert [item.title for item in kept] == [item.title for item in batch]
+    await observations.close()
