@@ -133,9 +133,9 @@ class RedisLog:
             if self._closing:
                 return
             try:
+                await self._trim()  # first: the backlog counts below are exact once acknowledged entries are gone
                 for consumer in list(self._consumers.values()):
                     await consumer.refresh()
-                await self._trim()
             except (RedisError, OSError) as exc:
                 log.warning("redis spool %s: maintenance failed (%s); will retry", self.name, exc)
 
@@ -231,17 +231,28 @@ class RedisConsumer:
                 delay = min(delay * 2, 5.0)
 
     async def refresh(self) -> None:
+        """Counted from the stream's and the group's summaries, never by reading entries: a backlog is exactly when
+        this runs most, and its entries can be gigabytes."""
         client = self._log._client
         try:
-            pending = await client.xpending(self._log.key, self.name)
+            stream = await client.xinfo_stream(self._log.key)
             groups = {group["name"]: group for group in await client.xinfo_groups(self._log.key)}
         except ResponseError:
             return  # no stream or group yet
         group = groups.get(self.name.encode()) or groups.get(self.name)
-        last = group["last-delivered-id"] if group else b"0-0"
-        last_text = last.decode() if isinstance(last, bytes) else last
-        unread = await client.xrange(self._log.key, min=f"({last_text}", count=100_000)
-        self._backlog = (int(pending["pending"]) + len(unread or []), 0)
+        if group is None:
+            self._backlog = (int(stream["length"]), 0)  # everything: the group reads from the beginning
+            return
+        pending = int(group["pending"])
+        if _id_tuple(group["last-delivered-id"]) >= _id_tuple(stream["last-generated-id"]):
+            unread = 0
+        elif group.get("lag") is not None:  # Redis 7 and later
+            unread = int(group["lag"])
+        else:
+            # At most what the stream holds beyond this group's pending entries (exact while this group is the
+            # slowest consumer, as the stream is trimmed to what every group has acknowledged); at least one.
+            unread = max(1, int(stream["length"]) - pending)
+        self._backlog = (pending + unread, 0)
 
     def backlog(self) -> tuple[int, int]:
         return self._backlog

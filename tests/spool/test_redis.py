@@ -56,3 +56,37 @@ async def test_acknowledged_entries_are_trimmed_and_the_bound_holds(redis_url: s
     assert await client.xlen("test:spool:observations") <= 1
     await client.aclose()
     await log.close()
+
+
+async def test_a_backlog_is_counted_without_reading_its_entries(redis_url: str) -> None:
+    """The backlog is refreshed every half second, and most often while a backlog of large entries waits: counting
+    must not fetch them (a 200 MB backlog once took seconds of the event loop per count)."""
+    log = RedisLog(
+        aioredis.from_url(redis_url),
+        name="observations",
+        key="test:spool:observations",
+        replica="a",
+        claim_idle_seconds=30.0,
+        max_records=1000,
+    )
+    await log.open()
+    consumer = log.consumer("pipeline")
+    for _ in range(3):
+        await log.append([b"x" * 100_000] * 100)  # 30 MB
+    taken = await consumer.read(100)
+    await consumer.ack(taken[:50])
+    client = aioredis.from_url(redis_url)
+    await log._trim()  # as the log's maintenance does before it counts
+    sent_before = int((await client.info("stats"))["total_net_output_bytes"])
+    await consumer.refresh()
+    sent = int((await client.info("stats"))["total_net_output_bytes"]) - sent_before
+    assert consumer.backlog()[0] == 250  # 50 read and not acknowledged, 200 not read
+    assert sent < 1_000_000
+    rest: list[Record] = []
+    while len(rest) < 200:
+        rest.extend(await consumer.read(200))
+    await consumer.ack([*taken[50:], *rest])
+    await consumer.refresh()
+    assert consumer.backlog()[0] == 0
+    await client.aclose()
+    await log.close()
