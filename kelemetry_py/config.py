@@ -198,8 +198,10 @@ class SpoolConfig:
     claim_idle_seconds: float = 30.0
     # Redis backend: this replica's consumer name (default: host name and process id).
     replica_id: str = ""
-    # Redis backend: at most this many accepted observation batches wait in the stream.
+    # Redis backend: at most this many accepted observation batches wait in the stream...
     max_stream_records: int = 200_000
+    # ...and at most this much of Redis's memory (MEMORY USAGE of the stream); keep it well under Redis's maxmemory.
+    max_stream_bytes: int = 512 << 20
 
 
 @dataclass
@@ -545,6 +547,7 @@ def validate(config: Config) -> None:
     positive("spool.segment_bytes", config.spool.segment_bytes)
     positive("spool.claim_idle_seconds", config.spool.claim_idle_seconds)
     positive("spool.max_stream_records", config.spool.max_stream_records)
+    positive("spool.max_stream_bytes", config.spool.max_stream_bytes)
     if config.shutdown_grace_seconds < 0:
         raise ConfigError(f"shutdown_grace_seconds: must be 0 or more, not {config.shutdown_grace_seconds}")
     if config.spool.fsync not in FSYNC_POLICIES:

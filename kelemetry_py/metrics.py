@@ -140,7 +140,8 @@ class Metrics:
         )
         self.spool_capacity_bytes = Gauge(
             "kelemetry_spool_capacity_bytes",
-            "The spool's configured bound in bytes (the near-full alert divides the backlog by it)",
+            "A durable log's configured bound in bytes (the near-full alert divides its used bytes by it)",
+            ["log"],
             registry=r,
         )
         self.spool_dropped = Counter(

@@ -323,8 +323,7 @@ class Delivery:
 
     def has_room(self) -> bool:
         for spool in (self.observations, self.spans):
-            capacity = getattr(spool, "max_bytes", 0)
-            if capacity and spool.used_bytes() > 0.95 * capacity:
+            if spool.used_bytes() > 0.95 * spool.max_bytes:
                 return False
         room = getattr(self.observations, "has_room", None)
         return bool(room()) if callable(room) else True
@@ -335,7 +334,7 @@ class Delivery:
             self.metrics.spool_backlog_bytes.labels(name).set(size)
         for spool in (self.observations, self.spans):
             self.metrics.spool_used_bytes.labels(spool.name).set(spool.used_bytes())
-        self.metrics.spool_capacity_bytes.set(self.spans.max_bytes)  # each log has the same bound
+            self.metrics.spool_capacity_bytes.labels(spool.name).set(spool.max_bytes)
 
     # -- stopping ---------------------------------------------------------------------------------------------
 

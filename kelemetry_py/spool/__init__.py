@@ -52,6 +52,7 @@ class LogConsumer(Protocol):
 
 class DurableLog(Protocol):
     name: str
+    max_bytes: int  # the bound of used_bytes()
 
     async def open(self) -> None: ...
 

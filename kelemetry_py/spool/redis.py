@@ -2,8 +2,9 @@
 replica. An entry a replica read but never acknowledged (it died) is claimed by another replica with
 ``XAUTOCLAIM`` once it has been idle for ``claim_idle_seconds``, and handled again (marked replayed).
 
-Entries are trimmed (``XTRIM MINID``) once every group has acknowledged them. Bounded by entry count: past
-``max_stream_records`` an append raises :class:`SpoolFull`.
+Entries are trimmed (``XTRIM MINID``) once every group has acknowledged them. Bounded by the stream's memory in
+Redis (``MEMORY USAGE``, read at each maintenance and counted up between reads) and by its entry count: past
+``spool.max_stream_bytes`` or ``spool.max_stream_records`` an append raises :class:`SpoolFull`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from kelemetry_py.spool import Record, SpoolFull
+from kelemetry_py.spool import Record, RecordTooLarge, SpoolFull
 
 if TYPE_CHECKING:
     from kelemetry_py.config import Config
@@ -48,10 +49,12 @@ class RedisLog:
         replica: str,
         claim_idle_seconds: float,
         max_records: int,
+        max_bytes: int,
     ) -> None:
         self.name = name
         self.key = key
-        self.max_bytes = 0  # bounded by entries, not bytes
+        self.max_bytes = max_bytes
+        self._used = 0  # the stream's memory in Redis at the last maintenance, plus what was appended since
         self._client = client
         self._replica = replica
         self._claim_idle_ms = max(1, int(claim_idle_seconds * 1000))
@@ -72,10 +75,12 @@ class RedisLog:
             replica=config.spool.replica_id or f"{socket.gethostname()}-{os.getpid()}",
             claim_idle_seconds=config.spool.claim_idle_seconds,
             max_records=config.spool.max_stream_records,
+            max_bytes=config.spool.max_stream_bytes,
         )
 
     async def open(self) -> None:
         self._length = int(await self._client.xlen(self.key))
+        await self._measure()
         self._maintainer = asyncio.get_running_loop().create_task(self._maintain(), name=f"redis-spool-{self.name}")
 
     def consumer(self, name: str) -> RedisConsumer:
@@ -84,23 +89,34 @@ class RedisLog:
         return self._consumers[name]
 
     def used_bytes(self) -> int:
-        return 0
+        return self._used
 
     def has_room(self) -> bool:
-        return self._length < self._max_records
+        return self._length < self._max_records and self._used < self.max_bytes
+
+    async def _measure(self) -> None:
+        self._used = int(await self._client.memory_usage(self.key) or 0)
 
     async def append(self, payloads: Sequence[bytes], values: Sequence[Any] | None = None) -> None:
         if self._closing:
             raise SpoolFull("the spool is closing")
+        size = sum(len(payload) for payload in payloads)
+        if size > self.max_bytes:
+            raise RecordTooLarge(f"{size} bytes can never fit a stream of {self.max_bytes} bytes")
         if self._length + len(payloads) > self._max_records:
             self._length = int(await self._client.xlen(self.key))
             if self._length + len(payloads) > self._max_records:
                 raise SpoolFull(f"stream {self.key} holds {self._length} of {self._max_records} records")
+        if self._used + size > self.max_bytes:
+            await self._measure()  # other replicas append, and the maintenance trims, between two readings
+            if self._used + size > self.max_bytes:
+                raise SpoolFull(f"stream {self.key} holds {self._used} of {self.max_bytes} bytes")
         async with self._client.pipeline(transaction=False) as pipe:
             for payload in payloads:
                 pipe.xadd(self.key, {_FIELD: payload})
             await pipe.execute()
         self._length += len(payloads)
+        self._used += size
 
     def stop_reading(self) -> None:
         self._closing = True
@@ -153,6 +169,7 @@ class RedisLog:
         if floor is not None and floor > (0, 0):
             await self._client.xtrim(self.key, minid=f"{floor[0]}-{floor[1]}", approximate=False)
         self._length = int(await self._client.xlen(self.key))
+        await self._measure()
 
 
 class RedisConsumer:

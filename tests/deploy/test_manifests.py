@@ -255,6 +255,57 @@ def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
     assert subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True).returncode != 0
 
 
+def test_the_spool_alert_fires_for_any_log_near_its_bound(tmp_path: Path) -> None:
+    """The observation log on Redis has no byte backlog: the alert must read what each log holds."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus) is installed by .ci/run"
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(prometheus_rules(tmp_path)))
+    pod = 'namespace="kelemetry",pod="kelemetry-py-0"'
+    series = {
+        f'kelemetry_spool_used_bytes{{{pod},log="observations"}}': "900x10",
+        f'kelemetry_spool_capacity_bytes{{{pod},log="observations"}}': "1000x10",
+        f'kelemetry_spool_used_bytes{{{pod},log="spans"}}': "100x10",
+        f'kelemetry_spool_capacity_bytes{{{pod},log="spans"}}': "10000x10",
+        f'kelemetry_spool_backlog_bytes{{{pod},consumer="pipeline"}}': "0x10",
+    }
+    test = {
+        "rule_files": [str(rules_file)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": name, "values": values} for name, values in series.items()],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "8m",
+                        "alertname": "KelemetrySpoolNearFull",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "namespace": "kelemetry",
+                                    "pod": "kelemetry-py-0",
+                                    "log": "observations",
+                                },
+                                "exp_annotations": {
+                                    "summary": "kelemetry-py kelemetry-py-0: spool log observations 90% full",
+                                    "description": "When the spool is full the webhook answers 429 and the apiserver"
+                                    " starts dropping audit events.",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(yaml.safe_dump(test))
+    tested = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def test_alerts_name_only_metrics_that_exist(tmp_path: Path) -> None:
     exposed: set[str] = set()
     for family in Metrics().registry.collect():

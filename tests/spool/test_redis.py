@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
-from kelemetry_py.spool import Record
+from kelemetry_py.spool import Record, RecordTooLarge, SpoolFull
 from kelemetry_py.spool.redis import RedisLog
 
 
@@ -18,6 +19,7 @@ def _replica(url: str, name: str, *, claim_idle_seconds: float = 30.0) -> RedisL
         replica=name,
         claim_idle_seconds=claim_idle_seconds,
         max_records=100,
+        max_bytes=1 << 30,
     )
 
 
@@ -68,6 +70,7 @@ async def test_a_backlog_is_counted_without_reading_its_entries(redis_url: str) 
         replica="a",
         claim_idle_seconds=30.0,
         max_records=1000,
+        max_bytes=1 << 30,
     )
     await log.open()
     consumer = log.consumer("pipeline")
@@ -89,4 +92,36 @@ async def test_a_backlog_is_counted_without_reading_its_entries(redis_url: str) 
     await consumer.refresh()
     assert consumer.backlog()[0] == 0
     await client.aclose()
+    await log.close()
+
+
+async def test_the_stream_is_bounded_by_its_memory_in_redis(redis_url: str) -> None:
+    """Entries are batches of observations of any size: a count alone does not bound what Redis holds."""
+    log = RedisLog(
+        aioredis.from_url(redis_url),
+        name="observations",
+        key="test:spool:observations",
+        replica="a",
+        claim_idle_seconds=30.0,
+        max_records=1000,
+        max_bytes=1_000_000,
+    )
+    await log.open()
+    consumer = log.consumer("pipeline")
+    with pytest.raises(RecordTooLarge):
+        await log.append([b"y" * 1_000_001])
+    accepted = 0
+    with pytest.raises(SpoolFull):
+        while True:
+            await log.append([b"x" * 100_000])
+            accepted += 1
+    assert 5 <= accepted <= 10  # far below the 1,000 entries the count allows
+    assert log.used_bytes() >= 900_000
+    records: list[Record] = []
+    while len(records) < accepted:
+        records.extend(await consumer.read(100))
+    await consumer.ack(records)
+    await log._trim()
+    assert log.has_room() and log.used_bytes() < 200_000  # the last entry delivered stays (XTRIM MINID)
+    await log.append([b"x" * 100_000])
     await log.close()
