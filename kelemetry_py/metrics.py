@@ -146,7 +146,7 @@ class Metrics:
         )
         self.spool_dropped = Counter(
             "kelemetry_spool_dropped",
-            "Records the spool dropped because a configured bound said so, per consumer and reason",
+            "Records a consumer skipped, per consumer and reason (undecodable: damaged on disk, or unreadable)",
             ["consumer", "reason"],
             registry=r,
         )

@@ -173,7 +173,12 @@ class Pump:
             return False
         items: list[Any] = []
         for record in records:
-            items.extend(record.value if record.value is not None else self.decode(record.payload))
+            try:
+                items.extend(record.value if record.value is not None else _decoded(record, self.decode))
+            except Exception:
+                # Retrying cannot mend it, and stopping here would stop this consumer for good.
+                log.exception("%s: spool record %s cannot be decoded; dropped and counted", self.name, record.id)
+                self.metrics.spool_dropped.labels(self.name, "undecodable").inc()
         await self._deliver(items)
         await self.consumer.ack(records)
         return True
@@ -196,6 +201,12 @@ class Pump:
             log.info("%s recovered; delivering its backlog", self.name)
             self.failing = False
             self.metrics.writer_failing.labels(self.name).set(0)
+
+
+def _decoded(record: Record, decode: Callable[[bytes], list[Any]]) -> list[Any]:
+    if record.damaged:
+        raise ValueError("its checksum does not match: the disk changed it")
+    return decode(record.payload)
 
 
 def _writing(name: str, writer: SpanWriter, metrics: Metrics) -> Callable[[list[Span]], Awaitable[None]]:
@@ -284,11 +295,12 @@ class Delivery:
         for record in records:
             try:
                 async with self._priority.background():  # one record at a time: 400 observations to queue
-                    batch = record.value if record.value is not None else decode_observations(record.payload)
+                    batch = record.value if record.value is not None else _decoded(record, decode_observations)
                     batch = [observation for observation in batch if observation.kind != KIND_RECORD]
             except Exception:
                 log.exception("observation log: record %s cannot be decoded; dropped and counted", record.id)
                 self.metrics.observations_failed.labels("undecodable").inc()
+                self.metrics.spool_dropped.labels(PIPELINE_CONSUMER, "undecodable").inc()
                 acker.done(record)
                 continue
             if not batch:  # search records only: nothing to trace

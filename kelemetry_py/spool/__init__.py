@@ -26,12 +26,13 @@ class RecordTooLarge(SpoolFull):
 class Record:
     """One appended payload. ``value`` is the object it was encoded from when it is still in memory
     (decode ``payload`` otherwise); ``replayed`` marks a record that an earlier run (or a dead replica) may
-    already have partly handled."""
+    already have partly handled; ``damaged`` one whose checksum no longer matches what was written."""
 
     id: Any
     payload: bytes
     value: Any = None
     replayed: bool = False
+    damaged: bool = False
 
 
 class LogConsumer(Protocol):

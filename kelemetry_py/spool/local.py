@@ -1,8 +1,9 @@
 """A durable log on local disk: append-only segment files with group commit, a cursor file per consumer, and
 the newest records kept in memory so consumers that keep up never read the disk or decode anything.
 
-Record framing: ``<u32 length><u32 crc32>payload``. A torn tail (a crash in the middle of a write) is cut off at
-start-up. Segments are deleted once every consumer's *persisted* cursor is past them, so a crash can only make a
+Record framing: ``<u32 length><u32 crc32>payload``, never an empty payload. A torn tail (a crash in the middle of
+a write) is cut off at start-up; a record damaged in place is kept and read as ``damaged``, for consumers to skip
+and count. Segments are deleted once every consumer's *persisted* cursor is past them, so a crash can only make a
 consumer see records again, never skip one.
 
 fsync policy (``spool.fsync``): ``always`` fsyncs each group commit before any append of it returns (a 200 survives
@@ -150,6 +151,8 @@ class LocalLog:
     async def append(self, payloads: Sequence[bytes], values: Sequence[Any] | None = None) -> None:
         if not payloads:
             return
+        if not all(payloads):
+            raise ValueError("an empty payload: a crash's zero-filled tail would read the same")
         size = sum(len(payload) for payload in payloads) + _HEADER.size * len(payloads)
         if size > self.max_bytes - self._segment_bytes:  # beside the segment being written, which is not freed
             raise RecordTooLarge(f"{size} bytes can never fit a spool of {self.max_bytes} bytes")
@@ -312,21 +315,33 @@ class LocalLog:
         return segments, cursors
 
     def _scan_and_repair(self, path: Path) -> tuple[int, int]:
-        """Count the whole records of the active segment and cut a torn tail."""
+        """Count the whole records of the active segment and cut a torn tail.
+
+        A record whose checksum fails but that whole records follow, to the end of the file, was damaged in place,
+        not torn: it is kept (consumers skip it, counted) so that the records after it are not cut with it."""
         count = 0
         good = 0
+        damaged: list[int] = []  # records whose checksum failed
+        scanned, scanned_size = 0, 0
+        size = path.stat().st_size
         with path.open("rb") as file:
             while True:
                 header = file.read(_HEADER.size)
                 if len(header) < _HEADER.size:
                     break
                 length, crc = _HEADER.unpack(header)
+                if not length or scanned_size + _HEADER.size + length > size:
+                    break  # torn, zeros a crash left (no payload is empty), or a garbage length: never read it
                 payload = file.read(length)
-                if len(payload) < length or zlib.crc32(payload) != crc:
-                    break
-                count += 1
-                good += _HEADER.size + length
-        if good != path.stat().st_size:
+                scanned += 1
+                scanned_size += _HEADER.size + length
+                if zlib.crc32(payload) != crc:
+                    damaged.append(scanned - 1)
+                    continue
+                count, good = scanned, scanned_size
+        if kept := [index for index in damaged if index < count]:
+            log.error("spool %s: records %s of %s are damaged; consumers will skip them", self.name, kept, path.name)
+        if good != size:
             log.warning("spool %s: cutting a torn tail of %s after %d records", self.name, path.name, count)
             os.truncate(path, good)
         return count, good
@@ -345,11 +360,13 @@ class LocalLog:
                     header = file.read(_HEADER.size)
                     if len(header) < _HEADER.size:
                         break
-                    length, _crc = _HEADER.unpack(header)
+                    length, crc = _HEADER.unpack(header)
                     if position < seq:
                         file.seek(length, os.SEEK_CUR)
                     else:
-                        records.append(Record(position, file.read(length), None, position < self._recovered_end))
+                        payload = file.read(length)
+                        damaged = zlib.crc32(payload) != crc  # the disk changed it: never decoded as if whole
+                        records.append(Record(position, payload, None, position < self._recovered_end, damaged))
                     position += 1
             seq = max(seq, position)
         return records

@@ -13,9 +13,9 @@ from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation, Span
 from kelemetry_py.pipeline import TooLarge
 from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, Delivery, DurableIntake, SpanLogWriter
+from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, Delivery, DurableIntake, Pump, SpanLogWriter, _writing
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
-from kelemetry_py.spool.codec import decode_observations, decode_spans
+from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_spans
 from kelemetry_py.spool.local import LocalLog
 from tests.pipeline.test_pipeline import POD, observation
 from tests.support.writers import CollectingWriter
@@ -118,3 +118,22 @@ async def test_a_source_that_waits_for_room_gets_a_batch_too_large_for_one_recor
     kept = [item for record in records for item in decode_observations(record.payload)]
     assert [item.title for item in kept] == [item.title for item in batch]
     await observations.close()
+
+
+async def test_a_writer_skips_a_record_it_cannot_decode_and_counts_it(tmp_path: Path) -> None:
+    """Retrying cannot mend a record, and a writer that stopped on one would never deliver again."""
+    spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
+    await spans.open()
+    await spans.append([encode_spans([_span(1, 10)]), b"\xc1 not spans", encode_spans([_span(2, 10)])])
+    metrics, writer = Metrics(), CollectingWriter()
+    pump = Pump("collect", spans.consumer("collect"), decode_spans, _writing("collect", writer, metrics), metrics)
+    delivering = asyncio.create_task(pump.run())
+    while len(writer.spans) < 2:
+        writer.written.clear()
+        await asyncio.wait_for(writer.written.wait(), 10)
+    assert [span.span_id for span in writer.spans] == [1, 2]
+    assert metrics.spool_dropped.labels("collect", "undecodable")._value.get() == 1
+    assert not delivering.done()
+    spans.stop_reading()
+    await delivering
+    await spans.close()

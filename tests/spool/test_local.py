@@ -178,3 +178,47 @@ async def test_concurrent_appends_share_commits_and_keep_their_order_per_caller(
         mine = [int(item.split("-")[1]) for item in seen if item.startswith(name)]
         assert mine == list(range(20))
     await log.close()
+
+
+def _damage(segment: Path, record: int) -> None:
+    """Flip a byte in the payload of the segment's ``record``-th record, as a failing disk would."""
+    data = bytearray(segment.read_bytes())
+    offset = 0
+    for _ in range(record):
+        offset += 8 + int.from_bytes(data[offset : offset + 4], "little")
+    data[offset + 8] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
+async def test_a_record_damaged_on_disk_is_read_as_damaged_and_the_records_after_it_are_kept(tmp_path: Path) -> None:
+    log = _log(tmp_path, segment_bytes=1 << 20)
+    await log.open()
+    payloads = [f"record-{i}".encode() for i in range(5)]
+    await log.append(payloads)
+    await log.close()
+    (segment,) = _segments(tmp_path)
+    _damage(segment, 2)  # in the segment being written: the restart must not take it for a torn tail
+    again = _log(tmp_path, segment_bytes=1 << 20)
+    await again.open()
+    records = await again.consumer("c").read(10)
+    assert [record.payload for record in records if not record.damaged] == [p for i, p in enumerate(payloads) if i != 2]
+    assert [record.damaged for record in records] == [False, False, True, False, False]
+    await again.close()
+
+
+async def test_a_crash_that_leaves_zeros_at_the_end_is_a_torn_tail(tmp_path: Path) -> None:
+    log = _log(tmp_path, segment_bytes=1 << 20)
+    await log.open()
+    await log.append([b"whole"])
+    await log.close()
+    (segment,) = _segments(tmp_path)
+    with segment.open("ab") as file:
+        file.write(bytes(64))  # the file grew, its data never reached the disk
+    again = _log(tmp_path, segment_bytes=1 << 20)
+    await again.open()
+    consumer = again.consumer("c")
+    assert [record.payload for record in await consumer.read(10)] == [b"whole"]
+    assert segment.stat().st_size == 8 + len(b"whole")
+    with pytest.raises(ValueError):
+        await again.append([b""])
+    await again.close()
