@@ -354,21 +354,33 @@ class LocalLog:
         for segment in segments:
             if seq >= segment.end or len(records) >= limit:
                 continue
-            with segment.path.open("rb") as file:
-                position = segment.first
-                while position < segment.end and len(records) < limit:
-                    header = file.read(_HEADER.size)
-                    if len(header) < _HEADER.size:
+            position = segment.first
+            try:
+                with segment.path.open("rb") as file:
+                    while position < segment.end and len(records) < limit:
+                        header = file.read(_HEADER.size)
+                        if len(header) < _HEADER.size:
+                            break
+                        length, crc = _HEADER.unpack(header)
+                        if position < seq:
+                            file.seek(length, os.SEEK_CUR)
+                        else:
+                            payload = file.read(length)
+                            # The disk changed it: never decoded as if whole.
+                            damaged = len(payload) < length or zlib.crc32(payload) != crc
+                            records.append(Record(position, payload, None, position < self._recovered_end, damaged))
+                        position += 1
+            except OSError as exc:
+                log.error("spool %s: cannot read %s: %s", self.name, segment.path.name, exc)
+            if position < segment.end and len(records) < limit:
+                # Cut short or gone: what it no longer holds is handed out as damaged, so consumers move past it.
+                log.error("spool %s: %s lacks records %d-%d", self.name, segment.path.name, position, segment.end - 1)
+                for missing in range(max(position, seq), segment.end):
+                    if len(records) >= limit:
                         break
-                    length, crc = _HEADER.unpack(header)
-                    if position < seq:
-                        file.seek(length, os.SEEK_CUR)
-                    else:
-                        payload = file.read(length)
-                        damaged = zlib.crc32(payload) != crc  # the disk changed it: never decoded as if whole
-                        records.append(Record(position, payload, None, position < self._recovered_end, damaged))
-                    position += 1
-            seq = max(seq, position)
+                    records.append(Record(missing, b"", None, missing < self._recovered_end, True))
+            if records:
+                seq = max(seq, records[-1].id + 1)
         return records
 
     async def _read(self, start: int, max_records: int) -> list[Record]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kelemetry_py.spool import RecordTooLarge, SpoolFull
+from kelemetry_py.spool import Record, RecordTooLarge, SpoolFull
 from kelemetry_py.spool.local import LocalLog
 
 
@@ -221,4 +221,30 @@ async def test_a_crash_that_leaves_zeros_at_the_end_is_a_torn_tail(tmp_path: Pat
     assert segment.stat().st_size == 8 + len(b"whole")
     with pytest.raises(ValueError):
         await again.append([b""])
+    await again.close()
+
+
+async def test_a_segment_cut_short_or_gone_is_read_past_as_damaged_records(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    await log.open()
+    payloads = [b"x" * 60 + str(i).encode() for i in range(40)]
+    for payload in payloads:
+        await log.append([payload])
+    await log.close()
+    sealed = _segments(tmp_path)[:-1]
+    assert len(sealed) >= 3
+    with sealed[0].open("r+b") as file:
+        file.truncate(sealed[0].stat().st_size // 2)
+    sealed[1].unlink()
+    again = _log(tmp_path)
+    await again.open()
+    consumer = again.consumer("c")
+    records: list[Record] = []
+    async with asyncio.timeout(10):  # a hang detector: a consumer that skipped ids waits for ever
+        while len(records) < 40:
+            records.extend(await consumer.read(7))
+    assert [record.id for record in records] == list(range(40))
+    damaged = {record.id for record in records if record.damaged}
+    assert damaged and max(damaged) < 40 - 3  # at least the last segment's records are whole
+    assert all(record.payload == payloads[record.id] for record in records if record.id not in damaged)
     await again.close()
