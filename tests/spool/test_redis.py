@@ -11,15 +11,17 @@ from kelemetry_py.spool import Record, RecordTooLarge, SpoolFull
 from kelemetry_py.spool.redis import RedisLog
 
 
-def _replica(url: str, name: str, *, claim_idle_seconds: float = 30.0) -> RedisLog:
+def _replica(
+    url: str, name: str, *, claim_idle_seconds: float = 30.0, max_records: int = 100, max_bytes: int = 1 << 30
+) -> RedisLog:
     return RedisLog(
         aioredis.from_url(url),
         name="observations",
         key="test:spool:observations",
         replica=name,
         claim_idle_seconds=claim_idle_seconds,
-        max_records=100,
-        max_bytes=1 << 30,
+        max_records=max_records,
+        max_bytes=max_bytes,
     )
 
 
@@ -63,15 +65,7 @@ async def test_acknowledged_entries_are_trimmed_and_the_bound_holds(redis_url: s
 async def test_a_backlog_is_counted_without_reading_its_entries(redis_url: str) -> None:
     """The backlog is refreshed every half second, and most often while a backlog of large entries waits: counting
     must not fetch them (a 200 MB backlog once took seconds of the event loop per count)."""
-    log = RedisLog(
-        aioredis.from_url(redis_url),
-        name="observations",
-        key="test:spool:observations",
-        replica="a",
-        claim_idle_seconds=30.0,
-        max_records=1000,
-        max_bytes=1 << 30,
-    )
+    log = _replica(redis_url, "a", max_records=1000)
     await log.open()
     consumer = log.consumer("pipeline")
     for _ in range(3):
@@ -97,15 +91,7 @@ async def test_a_backlog_is_counted_without_reading_its_entries(redis_url: str) 
 
 async def test_the_stream_is_bounded_by_its_memory_in_redis(redis_url: str) -> None:
     """Entries are batches of observations of any size: a count alone does not bound what Redis holds."""
-    log = RedisLog(
-        aioredis.from_url(redis_url),
-        name="observations",
-        key="test:spool:observations",
-        replica="a",
-        claim_idle_seconds=30.0,
-        max_records=1000,
-        max_bytes=1_000_000,
-    )
+    log = _replica(redis_url, "a", max_records=1000, max_bytes=1_000_000)
     await log.open()
     consumer = log.consumer("pipeline")
     with pytest.raises(RecordTooLarge):
