@@ -169,6 +169,10 @@ class OtlpConfig:
     compression: str = "gzip"
     timeout_seconds: float = 10.0
     batch_size: int = 512
+    # The largest request the receiver takes, decompressed (4 MiB in Tempo's and the OpenTelemetry Collector's OTLP
+    # receivers by default; they refuse a larger one for good). Batches are cut to stay under it; a span larger
+    # than it alone is dropped and counted.
+    max_request_bytes: int = 4 << 20
 
 
 SPOOL_BACKENDS = ("local", "redis")
@@ -543,6 +547,7 @@ def validate(config: Config) -> None:
     if config.pipeline.graph_max_nodes < 2:
         raise ConfigError("pipeline.graph_max_nodes: must be at least 2 (a link has two ends)")
     positive("otlp.batch_size", config.otlp.batch_size)
+    positive("otlp.max_request_bytes", config.otlp.max_request_bytes)
     positive("spool.max_bytes", config.spool.max_bytes)
     positive("spool.segment_bytes", config.spool.segment_bytes)
     positive("spool.claim_idle_seconds", config.spool.claim_idle_seconds)

@@ -282,6 +282,29 @@ def build_exporter(config: OtlpConfig) -> _Exporter:
     )
 
 
+_FIELD_BYTES = 16  # a key-value's framing, or a number
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode())
+    if isinstance(value, (list, tuple)):
+        return sum(_value_bytes(item) + _FIELD_BYTES for item in value)
+    return _FIELD_BYTES
+
+
+def _fields_bytes(fields: Mapping[str, Any]) -> int:
+    return sum(len(key) + _value_bytes(value) + _FIELD_BYTES for key, value in fields.items())
+
+
+def _estimated_size(span: Span) -> int:
+    """About what the span takes in an export request: its strings, and a little framing for each field."""
+    size = 64 + len(span.name) + len(span.status_message) + _fields_bytes(span.attributes)
+    for entry in span.logs:
+        size += len(entry.name) + _fields_bytes(entry.fields) + 32
+    return size
+
+
 class OtlpExportFailed(Exception):
     """The backend did not take a batch; the spans wait in the span log and are sent again."""
 
@@ -311,13 +334,35 @@ class OtlpSpanWriter:
     async def write(self, spans: Sequence[Span]) -> None:
         if self._closed:
             raise RuntimeError("OtlpSpanWriter is closed")
-        size = self._config.batch_size
-        for start in range(0, len(spans), size):
-            batch = spans[start : start + size]
+        # Cut on the export thread too: sizing every span is no work for the event loop.
+        for batch in await asyncio.to_thread(self._requests, spans):
             if not await asyncio.to_thread(self._convert_and_export, batch):
                 self._metrics.export_errors.labels(WRITER_LABEL).inc()
                 raise OtlpExportFailed(f"OTLP export of {len(batch)} spans to {self._config.endpoint} failed")
             self._metrics.spans_exported.labels(WRITER_LABEL).inc(len(batch))
+
+    def _requests(self, spans: Sequence[Span]) -> list[list[Span]]:
+        """Batches of at most ``batch_size`` spans and, by estimate, ``max_request_bytes``: a receiver refuses a
+        larger request for good, so retrying it would hold up every span behind it."""
+        limit = self._config.max_request_bytes
+        budget = limit * 3 // 4  # a quarter of headroom for what the estimate leaves out
+        requests: list[list[Span]] = []
+        batch: list[Span] = []
+        used = 0
+        for span in spans:
+            size = _estimated_size(span)
+            if size > limit:
+                log.error("OTLP: a %s span of about %d bytes can never be sent; dropped", span.service, size)
+                self._metrics.spans_dropped.labels(WRITER_LABEL).inc()
+                continue
+            if batch and (len(batch) >= self._config.batch_size or used + size > budget):
+                requests.append(batch)
+                batch, used = [], 0
+            batch.append(span)
+            used += size
+        if batch:
+            requests.append(batch)
+        return requests
 
     async def flush(self) -> None:
         return None

@@ -149,3 +149,33 @@ def test_unreadable_certificate_is_a_config_error(tmp_path: object) -> None:
     config = OtlpConfig(endpoint="grpcs://collector:4317", ca_file="/nonexistent/ca.pem")
     with pytest.raises(ConfigError, match=r"otlp\.ca_file"):
         OtlpSpanWriter(config, Metrics())
+
+
+def _large_spans(count: int, size: int) -> list[Span]:
+    spans = _sample_spans(count)
+    for span in spans[1:]:
+        span.logs.append(LogEntry(span.start_ns, "snapshot", {"snapshot": "x" * size}))
+    return spans
+
+
+async def test_a_write_larger_than_one_request_may_be_is_sent_in_several(receiver: OtlpReceiver) -> None:
+    """Tempo's and the collector's OTLP receivers take 4 MiB per request by default and refuse a larger one for
+    good (RESOURCE_EXHAUSTED): one batch of large snapshots must not be retried for ever."""
+    writer = OtlpSpanWriter(_config(receiver), Metrics())
+    sent = _large_spans(41, 200_000)  # 8 MB in one write, under the 512 spans of a batch
+    await writer.write(sent)
+    assert sorted(span.span_id for span in receiver.spans) == sorted(span.span_id for span in sent)
+    assert len(receiver.decoded) >= 2
+    assert all(len(request.SerializeToString()) <= 4 << 20 for request in receiver.decoded)
+    await writer.close()
+
+
+async def test_a_span_larger_than_any_request_may_be_is_dropped_and_counted(receiver: OtlpReceiver) -> None:
+    metrics = Metrics()
+    writer = OtlpSpanWriter(_config(receiver, max_request_bytes=64 * 1024), metrics)
+    sent = _sample_spans(3)
+    sent[1].logs.append(LogEntry(sent[1].start_ns, "snapshot", {"snapshot": "x" * 100_000}))
+    await writer.write(sent)
+    assert sorted(span.span_id for span in receiver.spans) == sorted(span.span_id for span in (sent[0], sent[2]))
+    assert _count(metrics, "spans_dropped") == 1
+    await writer.close()
