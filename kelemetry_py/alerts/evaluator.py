@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -36,6 +36,15 @@ def _window_text(ms: int) -> str:
 class _Defaults(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
+
+
+def _render(template: str, values: Mapping[str, Any]) -> str:
+    try:
+        return template.format_map(values)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        # A format that does not fit this record's value ({count:x} on text): the alert goes out with the template
+        # as written. Raising here would stop the alert rules, and with them the acknowledgement of every record.
+        return template
 
 
 class AlertEvaluator:
@@ -112,7 +121,7 @@ class AlertEvaluator:
         resource = f"{ref.resource}.{ref.group}" if ref.group and ref.resource == "events" else ref.resource
         parts = (ref.cluster, resource, ref.namespace or "_", ref.name)
         ui_url = f"{self._external_url}/objects/" + "/".join(quote(part, safe="") for part in parts)
-        annotations = {key: text.format_map(values) for key, text in rule.annotations.items()}
+        annotations = {key: _render(text, values) for key, text in rule.annotations.items()}
         annotations.update(trace_url=trace_url, ui_url=ui_url, count=str(count))
         return {
             "labels": labels,

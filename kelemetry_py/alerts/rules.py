@@ -4,6 +4,7 @@ filters, counted over a window per grouping key."""
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,21 @@ def _rule(raw: Any, key: str, workspaces: dict[str, list[str]]) -> Rule:
         window_ms=parse_window(raw.get("window", "10m"), f"{key}.window"),
         threshold=threshold,
         labels=labels,
-        annotations=_strings(raw.get("annotations"), f"{key}.annotations"),
+        annotations=_templates(_strings(raw.get("annotations"), f"{key}.annotations"), f"{key}.annotations"),
     )
+
+
+def _templates(annotations: dict[str, str], key: str) -> dict[str, str]:
+    """Annotations are ``str.format`` templates over the record's columns: only plain names may be filled in."""
+    for name, text in annotations.items():
+        try:
+            columns = [column for _, column, _, _ in string.Formatter().parse(text) if column is not None]
+        except ValueError as exc:
+            raise ConfigError(f"{key}.{name}: not a valid template ({exc}); write {{{{ and }}}} for braces") from None
+        for column in columns:
+            if not column.isidentifier():
+                raise ConfigError(f"{key}.{name}: {{{column}}} is not a column name such as {{namespace}}")
+    return annotations
 
 
 def _strings(raw: Any, key: str) -> dict[str, str]:

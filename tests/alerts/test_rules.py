@@ -48,6 +48,9 @@ def test_a_rule_loads_with_its_filter_and_defaults(tmp_path: Path) -> None:
         ({"name": "has space"}, "rules[0].name"),
         ({"labels": {"bad-label": "x"}}, "rules[0].labels.bad-label"),
         ({"severity": "page"}, "rules[0].severity"),
+        ({"annotations": {"summary": "{involvedObject.name}"}}, "rules[0].annotations.summary"),
+        ({"annotations": {"summary": "{0} events"}}, "rules[0].annotations.summary"),
+        ({"annotations": {"summary": "count {"}}, "rules[0].annotations.summary"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, change: dict[str, Any], key: str) -> None:
