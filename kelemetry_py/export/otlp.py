@@ -8,6 +8,7 @@ reported, not dropped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -330,6 +331,8 @@ class OtlpSpanWriter:
         self._exporter = exporter_factory(config)
         self._converter = SpanConverter(resource_attributes)
         self._closed = False
+        # Spans already dropped as too large: a failed write is retried whole, and each is counted once.
+        self._dropped: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
 
     async def write(self, spans: Sequence[Span]) -> None:
         if self._closed:
@@ -352,8 +355,7 @@ class OtlpSpanWriter:
         for span in spans:
             size = _estimated_size(span)
             if size > limit:
-                log.error("OTLP: a %s span of about %d bytes can never be sent; dropped", span.service, size)
-                self._metrics.spans_dropped.labels(WRITER_LABEL).inc()
+                self._drop(span, size)
                 continue
             if batch and (len(batch) >= self._config.batch_size or used + size > budget):
                 requests.append(batch)
@@ -363,6 +365,16 @@ class OtlpSpanWriter:
         if batch:
             requests.append(batch)
         return requests
+
+    def _drop(self, span: Span, size: int) -> None:
+        key = (span.trace_id, span.span_id)
+        if key in self._dropped:
+            return
+        self._dropped[key] = None
+        if len(self._dropped) > 1024:
+            self._dropped.popitem(last=False)
+        log.error("OTLP: a %s span of about %d bytes can never be sent; dropped", span.service, size)
+        self._metrics.spans_dropped.labels(WRITER_LABEL).inc()
 
     async def flush(self) -> None:
         return None

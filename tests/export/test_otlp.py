@@ -172,9 +172,13 @@ async def test_a_write_larger_than_one_request_may_be_is_sent_in_several(receive
 
 async def test_a_span_larger_than_any_request_may_be_is_dropped_and_counted(receiver: OtlpReceiver) -> None:
     metrics = Metrics()
-    writer = OtlpSpanWriter(_config(receiver, max_request_bytes=64 * 1024), metrics)
+    # A timeout shorter than the SDK's first backoff keeps the SDK from retrying on its own.
+    writer = OtlpSpanWriter(_config(receiver, max_request_bytes=64 * 1024, timeout_seconds=0.5), metrics)
     sent = _sample_spans(3)
     sent[1].logs.append(LogEntry(sent[1].start_ns, "snapshot", {"snapshot": "x" * 100_000}))
+    receiver.fail_next(1)
+    with pytest.raises(OtlpExportFailed):  # the span log retries the whole write: the large span counts once
+        await writer.write(sent)
     await writer.write(sent)
     assert sorted(span.span_id for span in receiver.spans) == sorted(span.span_id for span in (sent[0], sent[2]))
     assert _count(metrics, "spans_dropped") == 1
