@@ -12,12 +12,11 @@ import kelemetry_py.pipeline.durable as durable
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation, Span
 from kelemetry_py.pipeline import TooLarge
-from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, Delivery, DurableIntake, Pump, SpanLogWriter, _writing
-from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
+from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, DurableIntake, Pump, SpanLogWriter, _writing
 from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_spans
 from kelemetry_py.spool.local import LocalLog
 from tests.pipeline.test_pipeline import POD, observation
+from tests.support.delivery import start_delivery, stop_delivery
 from tests.support.writers import CollectingWriter
 
 
@@ -40,21 +39,10 @@ async def test_a_backlog_stays_in_the_log_beyond_the_bytes_fed_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(durable, "_FEED_AHEAD_BYTES", 1000)
-    spans = LocalLog(tmp_path / "spans", name="spans", max_bytes=1 << 24)
     hold = HoldEverything()
-    pipeline = Pipeline(
-        writer=SpanLogWriter(spans), emission=MemoryEmissionSet(), metrics=Metrics(), hooks=[hold]
-    )
     writer = CollectingWriter()
-    delivery = Delivery(
-        observations=LocalLog(tmp_path / "observations", name="observations", max_bytes=1 << 24),
-        spans=spans,
-        pipeline=pipeline,
-        writers={"collect": writer},
-        metrics=Metrics(),
-    )
-    await pipeline.start()
-    await delivery.start()
+    delivery = await start_delivery(tmp_path, writer, Metrics(), spool_bytes=1 << 24, hooks=[hold])
+    pipeline = delivery.pipeline
     for record in range(20):  # 20 records of about 500 bytes each
         await delivery.intake.submit([observation(POD, 100 + record, f"r{record}-{i}") for i in range(3)])
     for _ in range(200):  # every chance to feed more than the bound allows
@@ -67,8 +55,7 @@ async def test_a_backlog_stays_in_the_log_beyond_the_bytes_fed_ahead(
     while len(writer.by_service("audit")) < 60:
         writer.written.clear()
         await writer.written.wait()
-    await delivery.stop()
-    await pipeline.stop()
+    await stop_delivery(delivery)
     assert sorted(str(s.attributes["verb"]) for s in writer.by_service("audit")) == sorted(
         f"r{record}-{i}" for record in range(20) for i in range(3)
     )
