@@ -29,6 +29,7 @@ from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.spool import DurableLog
 from kelemetry_py.spool.local import LocalLog
+from kelemetry_py.tls import server_ssl_context
 
 if TYPE_CHECKING:  # imported where used: a process that never serves the frontend never loads it
     from kelemetry_py.alerts.evaluator import AlertEvaluator
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # imported where used: a process that never serves the fronte
     from kelemetry_py.linking.graph import ObjectGraph
     from kelemetry_py.plugins.sources import SourceRunner
     from kelemetry_py.search.index import SearchIndex
+    from kelemetry_py.sources.ingestproc import IngestProcess
     from kelemetry_py.sources.kubewatch import KubeWatching
     from kelemetry_py.storage import TraceReader
     from kelemetry_py.storage.sqlite import SqliteStore
@@ -82,7 +84,8 @@ class App:
         self.frontend: FrontendService | None = None  # when the frontend is enabled
         self._grpc: GrpcStorageServer | None = None
         self.watching: KubeWatching | None = None  # when kube.clusters are configured
-        self.decoder: BatchDecoder | None = None  # the webhook's, until stopped
+        self.decoder: BatchDecoder | None = None  # the webhook's, until stopped (none with ingest.process)
+        self.ingest_process: IngestProcess | None = None  # with ingest.process
         self._ready = False
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []  # memory upkeep: giving freed memory back
@@ -121,34 +124,50 @@ class App:
         self.authenticator = await create_authenticator(self.config.auth, self.config.kube)
         main = self._web_application(client_max_size=self.config.audit.max_body_bytes)
         self._add_operational_routes(main)
-        # The apiserver's trust domain: on its own listener (TLS, client CA) when http.ingest_port is set.
+        # The apiserver's trust domain: on its own listener (TLS, client CA) when http.ingest_port is set, served
+        # by a process of its own with ingest.process.
         ingest = main
-        if self.config.http.ingest_port:
-            ingest = self._web_application(client_max_size=self.config.audit.max_body_bytes)
-            self._add_operational_routes(ingest, with_metrics=False)
-        self.decoder = create_decoder(
-            self.config.audit,
-            self.config.redaction,
-            self.components.metrics,
-            records=records_wanted(self.config),
-            whole_bodies=self.components.pipeline.reads_whole_bodies,
-        )
-        await self.decoder.start()
-        AuditWebhook(
-            sink=intake,
-            decoder=self.decoder,
-            metrics=self.components.metrics,
-            default_cluster=self.config.cluster,
-            audit=self.config.audit,
-            http=self.config.http,
-            ingest=self.config.ingest,
-            clusters=allowed_clusters(self.config),
-            priority=self.components.priority,
-        ).add_routes(ingest)
+        if self.config.ingest.process:
+            from kelemetry_py.sources.ingestproc import IngestProcess
+
+            self.ingest_process = IngestProcess(
+                self.config,
+                sink=intake,
+                metrics=self.components.metrics,
+                priority=self.components.priority,
+                readiness=self._readiness,
+                whole_bodies=self.components.pipeline.reads_whole_bodies,
+                in_flight_seconds=self._in_flight_seconds,
+            )
+        else:
+            if self.config.http.ingest_port:
+                ingest = self._web_application(client_max_size=self.config.audit.max_body_bytes)
+                self._add_operational_routes(ingest, with_metrics=False)
+            self.decoder = create_decoder(
+                self.config.audit,
+                self.config.redaction,
+                self.components.metrics,
+                records=records_wanted(self.config),
+                whole_bodies=self.components.pipeline.reads_whole_bodies,
+            )
+            await self.decoder.start()
+            AuditWebhook(
+                sink=intake,
+                decoder=self.decoder,
+                metrics=self.components.metrics,
+                default_cluster=self.config.cluster,
+                audit=self.config.audit,
+                http=self.config.http,
+                ingest=self.config.ingest,
+                clusters=allowed_clusters(self.config),
+                priority=self.components.priority,
+            ).add_routes(ingest)
         if self.config.frontend.enabled:
             await self._start_frontend(main)
         self.ports["http"] = await self._serve(main, self.config.http.port)
-        if ingest is not main:
+        if self.ingest_process is not None:
+            self.ports["ingest"] = await self.ingest_process.start(self.config.http.host, self.config.http.ingest_port)
+        elif ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(self._release_memory_when_idle())]
@@ -235,6 +254,9 @@ class App:
         if self._grpc is not None:
             await self._grpc.stop()
             self._grpc = None
+        if self.ingest_process is not None:
+            await self.ingest_process.stop()  # stops listening; batches in flight are kept and answered first
+            self.ingest_process = None
         for runner in reversed(self._runners):
             await runner.cleanup()  # stops listening; requests in flight finish first
         self._runners.clear()
@@ -266,31 +288,41 @@ class App:
         assert self.components is not None
         metrics = self.components.metrics
         guard = error_middleware(metrics)
-        authenticate = auth_middleware(
-            self.authenticator, metrics=metrics, metrics_public=self.config.metrics.public
-        )
+        authenticate = auth_middleware(self.authenticator, metrics=metrics, metrics_public=self.config.metrics.public)
         return web.Application(middlewares=[request_ids, guard, authenticate], **kwargs)
+
+    def _readiness(self) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {"status": "ready"}
+        status = 200
+        if self._stopping:
+            body["status"], status = "shutting down", 503
+        elif not self._ready or self.components is None:
+            body["status"], status = "starting", 503
+        elif not self.components.delivery.has_room():
+            body["status"], status = "spool full", 503
+        elif self.ingest_process is not None and not self.ingest_process.up:
+            body["status"], status = "ingest process down", 503
+        elif self.watching is not None and not self.watching.healthy:
+            body["status"], status = "watchers down", 503
+            body["watchers_down"] = list(self.watching.service.down)
+        if self.components is not None:
+            delivery = self.components.delivery
+            body["backlog"] = {name: records for name, (records, _) in delivery.backlog().items()}
+            body["failing_writers"] = [pump.name for pump in delivery.pumps if pump.failing]
+        return status, body
+
+    @property
+    def _in_flight_seconds(self) -> float:
+        """At shutdown, how long a request in flight may take to finish before it is cut off (it was not answered
+        yet): aiohttp's own 60 s would let one stalled upload outlast the grace period the drain needs."""
+        return min(_IN_FLIGHT_SECONDS, self.config.shutdown_grace_seconds / 4)
 
     def _add_operational_routes(self, app: web.Application, *, with_metrics: bool = True) -> None:
         async def healthz(_: web.Request) -> web.Response:
             return web.Response(text="ok")
 
         async def readyz(_: web.Request) -> web.Response:
-            body: dict[str, Any] = {"status": "ready"}
-            status = 200
-            if self._stopping:
-                body["status"], status = "shutting down", 503
-            elif not self._ready or self.components is None:
-                body["status"], status = "starting", 503
-            elif not self.components.delivery.has_room():
-                body["status"], status = "spool full", 503
-            elif self.watching is not None and not self.watching.healthy:
-                body["status"], status = "watchers down", 503
-                body["watchers_down"] = list(self.watching.service.down)
-            if self.components is not None:
-                delivery = self.components.delivery
-                body["backlog"] = {name: records for name, (records, _) in delivery.backlog().items()}
-                body["failing_writers"] = [pump.name for pump in delivery.pumps if pump.failing]
+            status, body = self._readiness()
             return web.json_response(body, status=status)
 
         async def metrics(_: web.Request) -> web.Response:
@@ -311,10 +343,8 @@ class App:
 
     async def _serve(self, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         # The webhook inflates gzip bodies itself, with a bound; aiohttp's own inflation has none. At shutdown a
-        # request in flight gets a moment to finish, then is cut off (twice that at most: a wait, then the cancel):
-        # aiohttp's own 60 s would let one stalled upload outlast the grace period the drain needs.
-        in_flight_seconds = min(_IN_FLIGHT_SECONDS, self.config.shutdown_grace_seconds / 4)
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=in_flight_seconds)
+        # request in flight gets a moment to finish, then is cut off (twice that at most: a wait, then the cancel).
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=self._in_flight_seconds)
         await runner.setup()
         self._runners.append(runner)
         context = ssl_context if ssl_context is not None else self._ssl_context()
@@ -332,17 +362,6 @@ class App:
         """TLS of the ingest listener; with ingest.client_ca_file the apiserver must present a certificate."""
         ingest = self.config.ingest
         return server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
-
-
-def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext | None:
-    if not cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    if client_ca_file:
-        context.load_verify_locations(client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 async def build_components(config: Config) -> Components:

@@ -59,6 +59,9 @@ class IngestConfig:
     client_ca_file: str = ""
     # Bearer tokens accepted on /audit; empty (and no client CA) accepts any caller.
     tokens: list[str] = field(default_factory=list)
+    # Serve the ingest listener (http.ingest_port) from a process of its own, which reads, decodes and redacts the
+    # batches on a second CPU; the serving process still keeps each batch before it is answered.
+    process: bool = False
 
 
 @dataclass
@@ -675,6 +678,10 @@ def validate_security(config: Config) -> None:
         raise ConfigError(
             "http.ingest_port: ingest.tls_cert_file and ingest.client_ca_file need a separate ingest listener"
         )
+    if ingest.process and not http.ingest_port:
+        raise ConfigError("ingest.process: the ingest process serves a listener of its own; set http.ingest_port")
+    if ingest.process and config.audit.decode_processes:
+        raise ConfigError("ingest.process: the ingest process decodes the batches itself; set audit.decode_processes 0")
     if ingest.client_ca_file and not ingest.tls_cert_file:
         raise ConfigError("ingest.client_ca_file: client certificates need ingest.tls_cert_file and tls_key_file")
     if auth.mode not in AUTH_MODES:

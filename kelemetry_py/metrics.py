@@ -48,6 +48,21 @@ class Metrics:
             "the serving process's alone)",
             registry=r,
         )
+        self.ingest_process_up = Gauge(
+            "kelemetry_ingest_process_up",
+            "1 while the ingest process (ingest.process) serves the audit webhook",
+            registry=r,
+        )
+        self.ingest_process_restarts = Counter(
+            "kelemetry_ingest_process_restarts",
+            "Times the ingest process exited unasked and was started again",
+            registry=r,
+        )
+        self.ingest_process_memory = Gauge(
+            "kelemetry_ingest_process_resident_bytes",
+            "Resident memory of the ingest process (process_resident_memory_bytes is the serving process's alone)",
+            registry=r,
+        )
         self.auth_requests_denied = Counter(
             "kelemetry_auth_requests_denied",
             "Read requests refused by authentication or authorization",

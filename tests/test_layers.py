@@ -2,8 +2,8 @@
 
 The allowed order, lowest first (a package may import only from packages of a lower rank):
 
-0. ``model``, ``config``, ``metrics``, ``logs``, ``times``, ``process``: the vocabulary every part shares (above the
-   package's ``__init__``, which holds only its version)
+0. ``model``, ``config``, ``metrics``, ``logs``, ``times``, ``process``, ``tls``: the vocabulary every part shares
+   (above the package's ``__init__``, which holds only its version)
 1. ``kube``: Kubernetes API access and the resource catalog
 2. ``linking``, ``export``, ``storage``, ``spool``, ``auth``: what the pipeline writes with, and who may read
 3. ``pipeline`` (write side), ``frontend`` (read side), ``search`` (the record index and its API, scoped by ``auth``)
@@ -27,7 +27,7 @@ import networkx as nx
 PACKAGE = Path(__file__).resolve().parent.parent / "kelemetry_py"
 RANKS = {
     "__init__": -1,
-    **dict.fromkeys(("model", "config", "metrics", "logs", "times", "process"), 0),
+    **dict.fromkeys(("model", "config", "metrics", "logs", "times", "process", "tls"), 0),
     "kube": 1,
     **dict.fromkeys(("linking", "export", "storage", "spool", "auth"), 2),
     **dict.fromkeys(("pipeline", "frontend", "search"), 3),

@@ -547,6 +547,10 @@ class AuditConverter:
 def report_dropped(drop: Dropped, metrics: Metrics | None) -> None:
     if metrics is not None:
         metrics.audit_events_invalid.labels(drop.field).inc()
+    log_dropped(drop)
+
+
+def log_dropped(drop: Dropped) -> None:
     log.warning("audit: dropped items[%d] (auditID %.64s): %s", drop.index, drop.audit_id, drop.reason)
 
 

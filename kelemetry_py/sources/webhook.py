@@ -13,6 +13,7 @@ import hmac
 import logging
 import time
 import zlib
+from typing import Protocol
 
 from aiohttp import web
 
@@ -20,10 +21,45 @@ from kelemetry_py.config import AuditConfig, HttpConfig, IngestConfig, is_cluste
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline import EncodedSink, Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.sources.audit import InvalidAuditBatch, report_dropped
+from kelemetry_py.sources.audit import InvalidAuditBatch, log_dropped
 from kelemetry_py.sources.auditdecode import BatchDecoder, DecoderUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class WebhookMetrics(Protocol):
+    """What the webhook counts. In the serving process, :class:`CountedWebhook` counts it in the Prometheus
+    metrics; an ingest process forwards each call to the serving process, which counts it there."""
+
+    def answered(self, code: int, seconds: float) -> None: ...
+
+    def batch_rejected(self, reason: str) -> None: ...
+
+    def events_accepted(self, cluster: str, count: int) -> None: ...
+
+    def event_rejected(self, reason: str) -> None: ...
+
+    def event_invalid(self, field: str) -> None: ...
+
+
+class CountedWebhook:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def answered(self, code: int, seconds: float) -> None:
+        self._metrics.webhook_latency.labels(str(code)).observe(seconds)
+
+    def batch_rejected(self, reason: str) -> None:
+        self._metrics.audit_batches_rejected.labels(reason).inc()
+
+    def events_accepted(self, cluster: str, count: int) -> None:
+        self._metrics.audit_events_accepted.labels(cluster).inc(count)
+
+    def event_rejected(self, reason: str) -> None:
+        self._metrics.audit_events_rejected.labels(reason).inc()
+
+    def event_invalid(self, field: str) -> None:
+        self._metrics.audit_events_invalid.labels(field).inc()
 
 
 class AuditWebhook:
@@ -34,7 +70,7 @@ class AuditWebhook:
         *,
         sink: EncodedSink,
         decoder: BatchDecoder,
-        metrics: Metrics,
+        metrics: Metrics | WebhookMetrics,
         default_cluster: str,
         audit: AuditConfig,
         http: HttpConfig,
@@ -45,7 +81,7 @@ class AuditWebhook:
         self._priority = priority or Priority()  # shared with the pipeline, so that a batch's answer goes first
         self._sink = sink
         self._decoder = decoder
-        self._metrics = metrics
+        self._metrics = CountedWebhook(metrics) if isinstance(metrics, Metrics) else metrics
         self._default_cluster = default_cluster
         self._max_body = audit.max_body_bytes
         # http.webhook_tokens is the older name of ingest.tokens; both are accepted.
@@ -66,7 +102,7 @@ class AuditWebhook:
             code = response.status
             return response
         finally:
-            self._metrics.webhook_latency.labels(str(code)).observe(time.perf_counter() - started)
+            self._metrics.answered(code, time.perf_counter() - started)
 
     async def _handle(self, request: web.Request) -> web.Response:
         cluster = request.match_info.get("cluster") or self._default_cluster
@@ -81,13 +117,9 @@ class AuditWebhook:
             )
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", ""):
-            return self._reject(
-                415, "content_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)"
-            )
+            return self._reject(415, "content_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)")
         if request.content_length is not None and request.content_length > self._max_body:
-            return self._reject(
-                413, "too_large", f"body of {request.content_length} bytes exceeds {self._max_body}"
-            )
+            return self._reject(413, "too_large", f"body of {request.content_length} bytes exceeds {self._max_body}")
         try:
             body = await self._read_body(request, gzip=encoding == "gzip")
             batch = await self._decoder.decode(cluster, body)
@@ -98,16 +130,17 @@ class AuditWebhook:
             text = f"gzip body could not be decoded: {exc}" if isinstance(exc, zlib.error) else str(exc)
             return self._reject(400, reason, text)
         except DecoderUnavailable:
-            self._metrics.audit_batches_rejected.labels("decoder_restarting").inc()
+            self._metrics.batch_rejected("decoder_restarting")
             return web.json_response(
                 {"error": "the batch could not be decoded now; retry later"}, status=503, headers={"Retry-After": "1"}
             )
         for drop in batch.dropped:
-            report_dropped(drop, self._metrics)
+            self._metrics.event_invalid(drop.field)
+            log_dropped(drop)
         try:
             await self._sink.submit_encoded(batch.payloads, batch.observations)
         except Overloaded as exc:
-            self._metrics.audit_batches_rejected.labels("overloaded").inc()
+            self._metrics.batch_rejected("overloaded")
             return web.json_response(
                 {"error": str(exc)},
                 status=429,
@@ -118,15 +151,15 @@ class AuditWebhook:
         except Exception:
             # The disk refused the append: nothing was kept, so the apiserver must retry. No detail leaves.
             log.exception("audit webhook: could not keep a batch")
-            self._metrics.audit_batches_rejected.labels("unavailable").inc()
+            self._metrics.batch_rejected("unavailable")
             return web.json_response(
                 {"error": "the batch could not be stored; retry later"}, status=503, headers={"Retry-After": "5"}
             )
-        self._metrics.audit_events_accepted.labels(cluster).inc(batch.accepted)
+        self._metrics.events_accepted(cluster, batch.accepted)
         answer: dict[str, object] = {"accepted": batch.accepted, "observations": batch.traced}
         if poison := batch.rejected:
             for item in poison:
-                self._metrics.audit_events_rejected.labels(item.reason).inc()
+                self._metrics.event_rejected(item.reason)
                 log.warning("audit webhook: dropped items[%d]: %s", item.index, item.message)
             answer["rejected"] = [{"index": p.index, "reason": p.reason, "message": p.message} for p in poison]
         return web.json_response(answer)
@@ -160,7 +193,7 @@ class AuditWebhook:
         return b"".join(chunks)
 
     def _reject(self, status: int, reason: str, message: str) -> web.Response:
-        self._metrics.audit_batches_rejected.labels(reason).inc()
+        self._metrics.batch_rejected(reason)
         log.warning("audit webhook: rejected a batch with %d: %s", status, message)
         return web.json_response({"error": message}, status=status)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import signal
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from tests.faults.load import Load, LoadResult
 from tests.faults.observe import Received, stored_audit_ids
-from tests.faults.serve import DEFAULT_GRACE_SECONDS, Drain, ServeProcess, serve_config
+from tests.faults.serve import DEFAULT_GRACE_SECONDS, Drain, ServeProcess, ingest_processes, serve_config
 from tests.faults.workload import POISONS, BatchRef, Poison, Workload, poison_event, with_poison
 from tests.support.otlp_receiver import GrpcOtlpReceiver
 
@@ -36,10 +37,11 @@ class FaultEnv:
     settle_seconds: float = 60.0
     redis_url: str = ""
     processes: list[ServeProcess] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)  # configuration every server of the scenario gets
 
     def serve(self, name: str, **sections: Any) -> ServeProcess:
         data_dir = self.workdir / name
-        config = serve_config(data_dir, otlp_endpoint=self.receiver.endpoint, **sections)
+        config = serve_config(data_dir, otlp_endpoint=self.receiver.endpoint, **{**self.sections, **sections})
         process = ServeProcess(config, data_dir, name)
         self.processes.append(process)
         return process
@@ -227,6 +229,34 @@ async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5, signum: int 
     figures.count_load(result, env.workload)
     expected = env.workload.expected_ids(result.acknowledged)
     # No waiting: the process is gone, and what it delivered is here.
+    await figures.count_delivered(received, server, expected)
+    return figures
+
+
+async def ingest_process_killed(env: FaultEnv, events: int, kill_at: float = 0.5) -> Figures:
+    """``kill -9`` of the ingest process (``ingest.process``, configured in ``env.sections``) once ``kill_at`` of
+    the events are acknowledged; the load goes on, retrying what the dead process left unanswered."""
+    figures = Figures("ingest process kill -9")
+    server = env.serve("ingest-kill")
+    received = Received(env.receiver)
+    await server.start()
+    try:
+        load = env.load(server)
+        task = await _load_until(load, env.workload, env.workload.copies_for(events), kill_at)
+        killed = ingest_processes(server.pid)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        figures.details["killed"] = len(killed)
+        result = await task
+        figures.count_load(result, env.workload)
+        figures.details["replaced"] = len(ingest_processes(server.pid) - killed)
+        figures.details["restarts"] = await server.metric("kelemetry_ingest_process_restarts_total", "")
+        expected = env.workload.expected_ids(result.acknowledged)
+        complete = await received.wait_for(expected, env.settle_seconds)
+        drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
+        figures.drained, figures.drain_seconds = drain.done, drain.seconds
+    finally:
+        figures.note_exit(server, await server.stop())
     await figures.count_delivered(received, server, expected)
     return figures
 

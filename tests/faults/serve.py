@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has finished: its parent has yet to reap it)."""
+    running = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.add(pid)
+        except FileNotFoundError:
+            pass
+    return running
+
+
+Check = Callable[[], bool | Awaitable[bool]]
+
+
+async def until(condition: str, check: Check, detail: Callable[[], str] = str, within: float = 20.0) -> None:
+    """Poll ``check`` (a function or a coroutine function) until it holds; fail with ``detail()`` past ``within``."""
+    deadline = time.monotonic() + within
+    while not await _holds(check):
+        assert time.monotonic() < deadline, f"not within {within:g} s: {condition}\n{detail()}"
+        await asyncio.sleep(0.05)
+
+
+async def _holds(check: Check) -> bool:
+    answer = check()
+    return await answer if inspect.isawaitable(answer) else answer
+
+
+def ingest_processes(pid: int) -> set[int]:
+    """The ingest processes (ingest.process) among ``pid``'s children."""
+    found = set()
+    for child in children(pid):
+        try:
+            if b"kelemetry_py.sources.ingestproc.child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def serve_command() -> list[str]:
@@ -113,7 +156,9 @@ class ServeProcess:
 
     @property
     def webhook_url(self) -> str:
-        return f"{self.base_url}/audit/fixture"
+        ingest_port = self.config.get("http", {}).get("ingest_port")
+        base = f"http://127.0.0.1:{ingest_port}" if ingest_port else self.base_url
+        return f"{base}/audit/fixture"
 
     @property
     def pid(self) -> int:

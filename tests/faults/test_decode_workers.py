@@ -3,35 +3,19 @@ one dying costs the batch it held a retry (503), never the server or a later bat
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.faults.serve import ServeProcess, children, descendants, serve_config
+from tests.faults.serve import ServeProcess, alive, children, descendants, serve_config, until
 from tests.faults.workload import BatchRef, Workload
 
 _DEADLINE = 20.0
 _WORKERS = 2
-
-
-def _alive(pids: set[int]) -> set[int]:
-    """Those of ``pids`` still running (a zombie has finished: its parent has yet to reap it)."""
-    alive = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.add(pid)
-        except FileNotFoundError:
-            pass
-    return alive
 
 
 def _workers(server_pid: int) -> set[int]:
@@ -39,28 +23,12 @@ def _workers(server_pid: int) -> set[int]:
     return {worker for child in children(server_pid) for worker in children(child)}
 
 
-Check = Callable[[], bool | Awaitable[bool]]
-
-
-async def _until(condition: str, check: Check, detail: Callable[[], str] = str, within: float = _DEADLINE) -> None:
-    """Poll ``check`` (a function or a coroutine function) until it holds; fail with ``detail()`` past ``within``."""
-    deadline = time.monotonic() + within
-    while not await _holds(check):
-        assert time.monotonic() < deadline, f"not within {within:g} s: {condition}\n{detail()}"
-        await asyncio.sleep(0.05)
-
-
-async def _holds(check: Check) -> bool:
-    answer = check()
-    return await answer if inspect.isawaitable(answer) else answer
-
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[ServeProcess]:
     serve = ServeProcess(serve_config(tmp_path, audit={"decode_processes": _WORKERS}), tmp_path)
     await serve.start()
     try:
-        await _until(f"{_WORKERS} decoding workers exist", lambda: len(_workers(serve.pid)) == _WORKERS)
+        await until(f"{_WORKERS} decoding workers exist", lambda: len(_workers(serve.pid)) == _WORKERS)
         yield serve
     finally:
         if serve.running:
@@ -73,7 +41,7 @@ async def _workers_up(serve: ServeProcess) -> bool:
 
 
 async def _until_workers_up(serve: ServeProcess) -> None:
-    await _until("the workers started", lambda: _workers_up(serve), serve.stderr)
+    await until("the workers started", lambda: _workers_up(serve), serve.stderr)
 
 
 async def _post(serve: ServeProcess, body: bytes) -> tuple[int, str, str]:
@@ -94,7 +62,7 @@ async def test_no_process_of_the_server_outlives_it(
     server.send(signum)
     code = await server.wait(within=_DEADLINE)
     assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 0), server.stderr()
-    await _until("every process the server started exits", lambda: not _alive(everything))
+    await until("every process the server started exits", lambda: not alive(everything))
 
 
 async def test_a_dead_worker_costs_one_retry_not_the_server(server: ServeProcess, workload: Workload) -> None:
@@ -111,7 +79,7 @@ async def test_a_dead_worker_costs_one_retry_not_the_server(server: ServeProcess
         replaced = len(_workers(server.pid) - before) == _WORKERS
         return answers[-1][0] == 200 and replaced and await _workers_up(server)
 
-    await _until(
+    await until(
         "accepted again by new workers", accepted_by_new_workers, lambda: f"{answers[:3]}\n{server.stderr()}"
     )
     assert server.running
@@ -119,10 +87,10 @@ async def test_a_dead_worker_costs_one_retry_not_the_server(server: ServeProcess
         assert status in (200, 503), text
         if status == 503:  # the pool learnt of the death from this batch: the apiserver sends it again
             assert retry_after and "Traceback" not in text and "Broken" not in text, text
-    assert not _alive(before), "the pool's surviving worker is stopped with it"
+    assert not alive(before), "the pool's surviving worker is stopped with it"
     retried = sum(1 for status, _, _ in answers if status == 503)
     rejected = await server.metric("kelemetry_audit_batches_rejected_total", "reason")
     assert rejected.get("decoder_restarting", 0) == retried
     everything = descendants(server.pid)
     assert await server.stop() == 0, server.stderr()  # and it still shuts down cleanly, with its new workers
-    await _until("every process the server started exits", lambda: not _alive(everything))
+    await until("every process the server started exits", lambda: not alive(everything))

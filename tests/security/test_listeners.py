@@ -65,6 +65,8 @@ def test_default_listener_is_loopback_and_env_values_keep_their_type() -> None:
     [
         ({"http.client_ca_file": "/ca.pem"}, "http.client_ca_file: .* set ingest.client_ca_file"),
         ({"ingest.tls_cert_file": "/c.pem", "ingest.tls_key_file": "/k.pem"}, "http.ingest_port"),
+        ({"ingest.process": True}, "ingest.process: .* set http.ingest_port"),
+        ({"ingest.process": True, "http.ingest_port": 8081, "audit.decode_processes": -1}, "ingest.process: .* 0"),
         ({"auth.mode": "token"}, "auth.tokens"),
         ({"auth.mode": "token", "auth.tokens": [{"token": "short", "user": "a"}]}, r"auth.tokens\[0\].token"),
         ({"auth.mode": "kubernetes"}, "auth.kubernetes.cluster"),
@@ -120,11 +122,13 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     return paths
 
 
-async def test_ingest_listener_has_its_own_mtls_and_tokens(make_app: AppFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("process", [False, True], ids=["in-process", "ingest-process"])
+async def test_ingest_listener_has_its_own_mtls_and_tokens(make_app: AppFactory, tmp_path: Path, process: bool) -> None:
     certs = make_certificates(tmp_path)
     ingest_port = free_port()
     app = await make_app(
         **{
+            "ingest.process": process,
             "http.ingest_port": ingest_port,
             "ingest.tls_cert_file": str(certs["server"]),
             "ingest.tls_key_file": str(certs["server-key"]),

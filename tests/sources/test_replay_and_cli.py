@@ -17,8 +17,7 @@ async def test_replay_honours_429_and_delivers_every_batch(fixtures_dir: Path, t
     h.writer.gate.clear()  # the logs fill up and the webhook starts answering 429
     try:
         audit = fixtures_dir / "deployment-lifecycle" / "audit.jsonl"
-        target = str(h.client.make_url("/")).rstrip("/")
-        replaying = asyncio.create_task(replay(read_batches([audit]), target=target, cluster="fixture"))
+        replaying = asyncio.create_task(replay(read_batches([audit]), target=h.url, cluster="fixture"))
         await asyncio.wait_for(h.throttled.wait(), 30)
         h.writer.gate.set()
         result = await replaying

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from kelemetry_py.config import AuditConfig, HttpConfig, RedactionConfig
+from kelemetry_py.config import AuditConfig, HttpConfig, RedactionConfig, load_config
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline.durable import Delivery
+from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
+from kelemetry_py.sources.ingestproc import IngestProcess, Readiness
 from kelemetry_py.sources.webhook import AuditWebhook
 from tests.support.delivery import settle, start_delivery, stop_delivery
 from tests.support.writers import CollectingWriter
@@ -25,22 +27,28 @@ EMPTY = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"item
 @dataclass
 class Harness:
     """The webhook on the product's own path: the durable intake, the observation and span logs on disk, the
-    pipeline, and a writer pump delivering to ``writer``."""
+    pipeline, and a writer pump delivering to ``writer``. With ``decoding="ingest-process"`` the webhook is served
+    by a real ingest process (``ingest.process``) in front of that intake."""
 
-    client: TestClient[web.Request, web.Application]
+    client: TestClient[web.Request, web.Application] | ClientSession
+    url: str  # where the client posts to
     delivery: Delivery
     writer: CollectingWriter
     metrics: Metrics
-    throttled: asyncio.Event  # set once the webhook has answered 429
-    decoder: BatchDecoder
+    throttled: asyncio.Event  # set once the webhook has answered 429 (served in this process only)
+    decoder: BatchDecoder | None = None
+    ingest: IngestProcess | None = None
 
     async def settle(self) -> None:
         await settle(self.delivery)
 
     async def close(self) -> None:
         await self.client.close()
+        if self.ingest is not None:
+            await self.ingest.stop()
         await stop_delivery(self.delivery)
-        await self.decoder.close()
+        if self.decoder is not None:
+            await self.decoder.close()
 
 
 async def make_harness(
@@ -50,10 +58,29 @@ async def make_harness(
     max_body: int = 32 << 20,
     tokens: list[str] | None = None,
     decoding: str = "inline",
+    readiness: Readiness = lambda: (200, {"status": "ready"}),
 ) -> Harness:
     writer = CollectingWriter()
     metrics = Metrics()
     delivery = await start_delivery(directory, writer, metrics, spool_bytes=spool_bytes)
+    headers = {"Content-Type": "application/json"}
+    if decoding == "ingest-process":
+        config = load_config(
+            env={}, overrides={"cluster": "dflt", "audit.max_body_bytes": max_body, "ingest.tokens": tokens or []}
+        )
+        ingest = IngestProcess(
+            config,
+            sink=delivery.intake,
+            metrics=metrics,
+            priority=Priority(),
+            readiness=readiness,
+            whole_bodies=False,
+            in_flight_seconds=5,
+        )
+        port = await ingest.start("127.0.0.1", 0)
+        url = f"http://127.0.0.1:{port}"
+        session = ClientSession(base_url=url, headers=headers, auto_decompress=False)
+        return Harness(session, url, delivery, writer, metrics, asyncio.Event(), ingest=ingest)
     throttled = asyncio.Event()
 
     @web.middleware
@@ -79,12 +106,16 @@ async def make_harness(
     ).add_routes(app)
     server = TestServer(app)
     await server.start_server(auto_decompress=False)  # as the product's App runs it
-    client = TestClient(server, headers={"Content-Type": "application/json"})
+    client = TestClient(server, headers=headers)
     await client.start_server()
-    return Harness(client, delivery, writer, metrics, throttled, decoder)
+    url = str(client.make_url("")).rstrip("/")
+    return Harness(client, url, delivery, writer, metrics, throttled, decoder=decoder)
 
 
-@pytest.fixture(params=["inline", "processes"])
+DECODING = ["inline", "processes", "ingest-process"]
+
+
+@pytest.fixture(params=DECODING)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     h = await make_harness(tmp_path, decoding=request.param)
     yield h
@@ -140,8 +171,11 @@ async def test_bad_requests_get_a_reason_and_the_server_keeps_serving(
     assert good.status == 200
 
 
-async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_dir: Path, tmp_path: Path) -> None:
-    h = await make_harness(tmp_path, max_body=4096)
+@pytest.mark.parametrize("decoding", ["inline", "ingest-process"])
+async def test_oversized_bodies_are_refused_before_and_after_inflation(
+    fixtures_dir: Path, tmp_path: Path, decoding: str
+) -> None:
+    h = await make_harness(tmp_path, max_body=4096, decoding=decoding)
     try:
         big = await h.client.post("/audit", data=first_batch(fixtures_dir))
         assert big.status == 413 and "exceeds 4096" in (await big.json())["error"]
@@ -161,10 +195,13 @@ async def test_oversized_bodies_are_refused_before_and_after_inflation(fixtures_
 SMALL_SPOOL = 150_000
 
 
-async def test_overload_answers_429_with_retry_after_and_loses_nothing(fixtures_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoding", ["inline", "ingest-process"])
+async def test_overload_answers_429_with_retry_after_and_loses_nothing(
+    fixtures_dir: Path, tmp_path: Path, decoding: str
+) -> None:
     """The writer's back end is down: its spans fill the span log, the pipeline waits for room, the observation log
     fills and the webhook answers 429. Once the back end is back, every batch answered 200 is written."""
-    h = await make_harness(tmp_path, spool_bytes=SMALL_SPOOL)
+    h = await make_harness(tmp_path, spool_bytes=SMALL_SPOOL, decoding=decoding)
     h.writer.gate.clear()
     try:
         batches = (fixtures_dir / "deployment-lifecycle" / "audit.jsonl").read_bytes().splitlines()
@@ -185,8 +222,9 @@ async def test_overload_answers_429_with_retry_after_and_loses_nothing(fixtures_
         await h.close()
 
 
-async def test_bearer_tokens_are_enforced_when_configured(tmp_path: Path) -> None:
-    h = await make_harness(tmp_path, tokens=["s3cret-token"])
+@pytest.mark.parametrize("decoding", ["inline", "ingest-process"])
+async def test_bearer_tokens_are_enforced_when_configured(tmp_path: Path, decoding: str) -> None:
+    h = await make_harness(tmp_path, tokens=["s3cret-token"], decoding=decoding)
     try:
         assert (await h.client.post("/audit", data=EMPTY)).status == 401
         wrong = await h.client.post("/audit", data=EMPTY, headers={"Authorization": "Bearer nope"})

@@ -1,0 +1,222 @@
+"""The ingest process: serves the audit webhook on the listening socket the serving process hands it, and has
+each batch's encoded records kept by the serving process before answering.
+
+``python -m kelemetry_py.sources.ingestproc.child LISTEN_FD CHANNEL_FD``, started by
+:class:`~kelemetry_py.sources.ingestproc.IngestProcess` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kelemetry_py.config import allowed_clusters
+from kelemetry_py.logs import configure_logging, request_id, request_ids
+from kelemetry_py.model import Observation
+from kelemetry_py.pipeline import Overloaded, TooLarge
+from kelemetry_py.process import tune_garbage_collector
+from kelemetry_py.sources.auditdecode.inline import InlineDecoder
+from kelemetry_py.sources.ingestproc.channel import (
+    Channel,
+    Kind,
+    Outcome,
+    Settings,
+    pack_records,
+    unpack_answer,
+)
+from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.spool.codec import encode_observations
+from kelemetry_py.tls import server_ssl_context
+
+log = logging.getLogger("kelemetry_py.sources.ingestproc")
+
+_READINESS_SECONDS = 5.0
+
+
+class ServingProcess:
+    """The serving process as this one sees it: where batches are kept (an EncodedSink) and metrics counted
+    (a WebhookMetrics)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._counts: list[tuple[Any, ...]] = []
+        self.stop_requested = asyncio.Event()
+
+    async def listen(self) -> None:
+        """Until the serving process is gone: then nothing could be kept any more, so this process ends at once
+        (requests in flight are cut off unanswered, and the apiserver resends them)."""
+        try:
+            while True:
+                kind, rid, body = await self._channel.receive()
+                if kind is Kind.STOP:
+                    self.stop_requested.set()
+                elif (waiting := self._waiting.pop(rid, None)) is not None and not waiting.done():
+                    waiting.set_result(body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        log.error("ingest process: the serving process is gone; exiting")
+        logging.shutdown()
+        os._exit(1)
+
+    async def _ask(self, kind: Kind, body: bytes) -> bytes:
+        self._next_id += 1
+        rid = self._next_id
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = answer
+        try:
+            self._channel.send(kind, rid, body)
+            await self._channel.drain()
+            return bytes(await answer)
+        finally:
+            self._waiting.pop(rid, None)
+
+    async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
+        await self.submit_encoded([encode_observations(observations)])
+
+    async def submit_encoded(
+        self, payloads: Sequence[bytes], observations: Sequence[Sequence[Observation]] | None = None
+    ) -> None:
+        if not payloads:
+            return
+        outcome, retry_after, message = unpack_answer(await self._ask(Kind.KEEP, pack_records(payloads)))
+        if outcome is Outcome.OVERLOADED:
+            raise Overloaded(retry_after_seconds=retry_after)
+        if outcome is Outcome.TOO_LARGE:
+            raise TooLarge(message)
+        if outcome is not Outcome.KEPT:
+            raise OSError("the serving process could not keep the batch")
+
+    async def readiness(self) -> tuple[int, Any]:
+        async with asyncio.timeout(_READINESS_SECONDS):
+            answer = orjson.loads(await self._ask(Kind.READINESS, b""))
+        return int(answer["status"]), answer["body"]
+
+    # WebhookMetrics, and the 500s: counted by the serving process, sent once per turn of the loop.
+
+    def answered(self, code: int, seconds: float) -> None:
+        self._count("answered", code, seconds)
+
+    def batch_rejected(self, reason: str) -> None:
+        self._count("batch_rejected", reason)
+
+    def events_accepted(self, cluster: str, count: int) -> None:
+        self._count("events_accepted", cluster, count)
+
+    def event_rejected(self, reason: str) -> None:
+        self._count("event_rejected", reason)
+
+    def event_invalid(self, field: str) -> None:
+        self._count("event_invalid", field)
+
+    def internal_error(self) -> None:
+        self._count("internal_error")
+
+    def _count(self, *call: Any) -> None:
+        if not self._counts:
+            asyncio.get_running_loop().call_soon(self.send_counts)
+        self._counts.append(call)
+
+    def send_counts(self) -> None:
+        if self._counts:
+            counts, self._counts = self._counts, []
+            self._channel.send(Kind.COUNT, 0, orjson.dumps(counts))
+
+
+def _error_guard(serving: ServingProcess) -> Any:
+    """A failure no handler answered becomes a 500 naming the request id, never the exception."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 500:
+                raise
+            failure: BaseException = exc
+        except Exception as exc:
+            failure = exc
+        serving.internal_error()
+        rid = request_id.get()
+        log.error("request %s %s failed (request id %s)", request.method, request.path[:200], rid, exc_info=failure)
+        return web.json_response({"error": {"code": 500, "message": f"internal error; request id {rid}"}}, status=500)
+
+    return guard
+
+
+async def serve(listening: socket.socket, channel_socket: socket.socket) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=channel_socket)
+    channel = Channel(reader, writer)
+    kind, _, body = await channel.receive()
+    if kind is not Kind.SETTINGS:
+        raise RuntimeError(f"ingest process: expected the settings first, got {kind.name}")
+    settings: Settings = pickle.loads(body)
+    config = settings.config
+    configure_logging(config.log_level, config.log.format)
+    tune_garbage_collector()
+    serving = ServingProcess(channel)
+    listener = asyncio.get_running_loop().create_task(serving.listen())
+    webhook = AuditWebhook(
+        sink=serving,
+        decoder=InlineDecoder(
+            config.audit, config.redaction, records=settings.records, whole_bodies=settings.whole_bodies
+        ),
+        metrics=serving,
+        default_cluster=config.cluster,
+        audit=config.audit,
+        http=config.http,
+        ingest=config.ingest,
+        clusters=allowed_clusters(config),
+    )
+    app = web.Application(middlewares=[request_ids, _error_guard(serving)], client_max_size=config.audit.max_body_bytes)
+    webhook.add_routes(app)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if serving.stop_requested.is_set():
+            return web.json_response({"status": "shutting down"}, status=503)
+        try:
+            status, answer = await serving.readiness()
+        except TimeoutError:
+            return web.json_response({"status": "the serving process does not answer"}, status=503)
+        return web.json_response(answer, status=status)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=settings.in_flight_seconds)
+    await runner.setup()
+    ingest = config.ingest
+    context = server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
+    await web.SockSite(runner, listening, ssl_context=context).start()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.stop_requested.set)
+    channel.send(Kind.LISTENING)
+    await serving.stop_requested.wait()
+    await runner.cleanup()  # stops listening; the requests in flight are answered first
+    serving.send_counts()
+    await channel.drain()
+    listener.cancel()
+    await channel.close()
+
+
+def main(argv: list[str]) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: shutting down is the serving process's to order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    listen_fd, channel_fd = (int(arg) for arg in argv)
+    asyncio.run(serve(socket.socket(fileno=listen_fd), socket.socket(fileno=channel_fd)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,53 @@
+"""The ingest process (``ingest.process``) around the real ``serve``: killing it costs the batches it had in flight a
+retry, never an acknowledged event; it never outlives ``serve``; SIGTERM drains through it."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.faults import scenarios
+from tests.faults.params import EVENTS
+from tests.faults.scenarios import FaultEnv
+from tests.faults.serve import alive, descendants, free_port, ingest_processes, until
+from tests.faults.test_faults import summary
+
+_DEADLINE = 20.0
+
+
+@pytest.fixture
+def ingest_env(fault_env: FaultEnv) -> FaultEnv:
+    fault_env.sections = {"http": {"ingest_port": free_port()}, "ingest": {"process": True}}
+    return fault_env
+
+
+async def test_kill_9_of_the_ingest_process_mid_load_loses_no_acknowledged_event(ingest_env: FaultEnv) -> None:
+    figures = await scenarios.ingest_process_killed(ingest_env, EVENTS // 2)
+    assert figures.details["killed"] == 1, summary(figures)
+    assert figures.details["replaced"] == 1 and figures.details["restarts"] == {"": 1.0}, summary(figures)
+    assert figures.batches_acknowledged == len(ingest_env.workload.templates) * ingest_env.workload.copies_for(
+        EVENTS // 2
+    ), f"every batch is answered 200 in the end\n{summary(figures)}"
+    assert figures.lost_at_receiver == 0 and figures.lost_in_store == 0, summary(figures)
+    assert figures.drained and figures.exit_code == 0, summary(figures)
+
+
+async def test_sigterm_mid_load_drains_through_the_ingest_process(ingest_env: FaultEnv) -> None:
+    figures = await scenarios.sigterm(ingest_env, EVENTS // 2, term_at=0.5)
+    assert figures.batches_acknowledged > 0
+    assert figures.exit_code == 0, summary(figures)
+    assert figures.lost_at_receiver == 0 and figures.lost_in_store == 0, summary(figures)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+async def test_the_ingest_process_never_outlives_serve(ingest_env: FaultEnv, signum: signal.Signals) -> None:
+    server = ingest_env.serve("outlive")
+    await server.start()
+    ingest = ingest_processes(server.pid)
+    assert len(ingest) == 1
+    everything = descendants(server.pid)
+    server.send(signum)
+    code = await server.wait(within=_DEADLINE)
+    assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 0), server.stderr()
+    await until("every process serve started exits", lambda: not alive(everything))

@@ -1,0 +1,100 @@
+"""The ingest process (``ingest.process``) in front of the product's durable path: what it counts reaches the
+serving process's metrics, its readiness is the serving process's, and a killed one is replaced on the same
+listener. The webhook's own behaviour through it (status codes, 429, 413, tokens) is tested in test_webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kelemetry_py.metrics import Metrics
+from tests.sources.test_webhook import Harness, first_batch, make_harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = await make_harness(tmp_path, decoding="ingest-process")
+    yield h
+    await h.close()
+
+
+def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def until(condition: str, check: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {within} s: {condition}"
+        await asyncio.sleep(0.02)
+
+
+async def test_what_the_ingest_process_counts_is_in_the_serving_process_metrics(
+    harness: Harness, fixtures_dir: Path
+) -> None:
+    body = first_batch(fixtures_dir)
+    good = await harness.client.post("/audit/fixture", data=body)
+    assert good.status == 200
+    accepted = (await good.json())["accepted"]
+    bad = await harness.client.post("/audit/fixture", data=b"{oops")
+    assert bad.status == 400
+    metrics = harness.metrics
+    latency = "kelemetry_webhook_request_duration_seconds_count"
+    # Counted once each answer is on its way: the counts cross the channel just after.
+    await until("both answers are counted", lambda: len(samples(metrics, latency)) == 2)
+    assert samples(metrics, latency) == {(("code", "200"),): 1.0, (("code", "400"),): 1.0}
+    assert samples(metrics, "kelemetry_audit_events_accepted_total") == {(("cluster", "fixture"),): accepted}
+    assert samples(metrics, "kelemetry_audit_batches_rejected_total") == {(("reason", "malformed"),): 1.0}
+    assert samples(metrics, "kelemetry_ingest_process_up") == {(): 1.0}
+    assert samples(metrics, "kelemetry_ingest_process_resident_bytes")[()] > 1 << 20
+    await harness.settle()
+    assert {span.attributes["cluster"] for span in harness.writer.spans} == {"fixture"}
+
+
+async def test_its_readiness_is_the_serving_process(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, decoding="ingest-process", readiness=lambda: (503, {"status": "spool full"}))
+    try:
+        response = await h.client.get("/readyz")
+        assert response.status == 503 and (await response.json()) == {"status": "spool full"}
+        assert (await h.client.get("/healthz")).status == 200
+    finally:
+        await h.close()
+
+
+async def test_a_killed_ingest_process_is_replaced_on_the_same_listener(harness: Harness, fixtures_dir: Path) -> None:
+    ingest = harness.ingest
+    assert ingest is not None and ingest.pid is not None
+    killed = ingest.pid
+    os.kill(killed, signal.SIGKILL)
+    await until("another ingest process serves", lambda: ingest.pid not in (None, killed))
+    restarts = samples(harness.metrics, "kelemetry_ingest_process_restarts_total")
+    assert restarts == {(): 1.0}
+    # The same port: the listening socket stayed with the serving process.
+    response = await harness.client.post("/audit/fixture", data=first_batch(fixtures_dir))
+    assert response.status == 200
+    observations = (await response.json())["observations"]
+    await harness.settle()
+    assert len(harness.writer.by_service("audit")) == observations
+
+
+async def test_stopping_ends_the_ingest_process(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, decoding="ingest-process")
+    ingest = h.ingest
+    assert ingest is not None
+    pid = ingest.pid
+    assert pid is not None
+    await h.close()
+    assert ingest.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped: not even a zombie is left
