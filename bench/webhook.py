@@ -242,12 +242,17 @@ async def run(
         try:
             app = App(load_config(env=env, overrides=overrides))
             await app.start()
-            assert app.decoder is not None
-            await app.decoder.started()  # the steady state: decoding workers up, as a second after any start
-            workers = app.decoder.worker_pids
+            # The processes doing the webhook's work beside this one: decoding workers or the ingest process.
+            workers: list[int] = []
+            if app.decoder is not None:
+                await app.decoder.started()  # the steady state: decoding workers up, as a second after any start
+                workers = app.decoder.worker_pids
+            elif app.ingest_process is not None and app.ingest_process.pid is not None:
+                workers = [app.ingest_process.pid]
+            ingest_process = app.ingest_process is not None
             ours, theirs = spawn.Pipe()
             client = spawn.Process(
-                target=_client_process, args=(f"{app.base_url}/audit/bench", target_events, concurrency, theirs)
+                target=_client_process, args=(f"{app.ingest_url}/audit/bench", target_events, concurrency, theirs)
             )
             client.start()
             theirs.close()
@@ -314,16 +319,16 @@ async def run(
         "p50_ms": round(statistics.median(ms), 1),
         "p99_ms": round(percentile(ms, 0.99), 1),
         "throttled": throttled,
-        "decode_processes": len(workers),
-        "peak_rss_mib": round(peak_rss_mib() + workers_peak_rss),  # with the decoding workers'
+        "decode_processes": 0 if ingest_process else len(workers),
+        "peak_rss_mib": round(peak_rss_mib() + workers_peak_rss),  # with the decoding workers' or ingest process's
         "workers_peak_rss_mib": round(workers_peak_rss),
         "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
         "rss_after_load_mib": round(settled_rss),  # every phase delivered, then idle for _IDLE_SECONDS
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
-        "note": "CPU is the tracer's, all threads of the serving process and its decoding workers; the client "
-        "and the OTLP receiver run apart",
+        "note": "CPU is the tracer's, all threads of the serving process and its decoding workers or ingest "
+        "process; the client and the OTLP receiver run apart",
         **_open_loop_figures("paced", paced, paced_rate),
         **_open_loop_figures("load", loaded, load_rate),
     }

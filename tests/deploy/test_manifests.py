@@ -249,7 +249,7 @@ def test_prometheus_rules_pass_promtool(tmp_path: Path) -> None:
     rules_file.write_text(yaml.safe_dump(prometheus_rules(tmp_path)))
     checked = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 10 rules found" in checked.stdout
+    assert "SUCCESS: 11 rules found" in checked.stdout
 
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [{"alert": "A", "expr": "rate(x[5m]"}]}]}))
     assert subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True).returncode != 0
