@@ -26,7 +26,7 @@ from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.process import release_free_memory, tune_garbage_collector
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
-from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.sources.webhook import AuditWebhook, CountedWebhook
 from kelemetry_py.spool import DurableLog
 from kelemetry_py.spool.local import LocalLog
 from kelemetry_py.tls import server_ssl_context
@@ -154,7 +154,7 @@ class App:
             AuditWebhook(
                 sink=intake,
                 decoder=self.decoder,
-                metrics=self.components.metrics,
+                metrics=CountedWebhook(self.components.metrics),
                 default_cluster=self.config.cluster,
                 audit=self.config.audit,
                 http=self.config.http,

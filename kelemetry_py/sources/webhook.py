@@ -70,7 +70,7 @@ class AuditWebhook:
         *,
         sink: EncodedSink,
         decoder: BatchDecoder,
-        metrics: Metrics | WebhookMetrics,
+        metrics: WebhookMetrics,
         default_cluster: str,
         audit: AuditConfig,
         http: HttpConfig,
@@ -81,7 +81,7 @@ class AuditWebhook:
         self._priority = priority or Priority()  # shared with the pipeline, so that a batch's answer goes first
         self._sink = sink
         self._decoder = decoder
-        self._metrics = CountedWebhook(metrics) if isinstance(metrics, Metrics) else metrics
+        self._metrics = metrics
         self._default_cluster = default_cluster
         self._max_body = audit.max_body_bytes
         # http.webhook_tokens is the older name of ingest.tokens; both are accepted.

@@ -17,7 +17,7 @@ from kelemetry_py.plugins import SOURCES_GROUP, load_linkers
 from kelemetry_py.plugins.sources import SourceRunner
 from kelemetry_py.sources.auditdecode import create_decoder
 from kelemetry_py.sources.replay import read_batches, replay
-from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.sources.webhook import AuditWebhook, CountedWebhook
 from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import SCENARIOS
 from tests.plugins.support import ONLY_BUILTINS, running_app, signatures
@@ -48,7 +48,7 @@ async def through_webhook(fixtures_dir: Path, scenario: str, directory: Path) ->
     AuditWebhook(
         sink=delivery.intake,
         decoder=create_decoder(AuditConfig(), RedactionConfig(), metrics, records=False),
-        metrics=metrics,
+        metrics=CountedWebhook(metrics),
         default_cluster="fixture",
         audit=AuditConfig(),
         http=HttpConfig(),

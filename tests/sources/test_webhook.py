@@ -17,7 +17,7 @@ from kelemetry_py.pipeline.durable import Delivery
 from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.ingestproc import IngestProcess, Readiness
-from kelemetry_py.sources.webhook import AuditWebhook
+from kelemetry_py.sources.webhook import AuditWebhook, CountedWebhook
 from tests.support.delivery import settle, start_delivery, stop_delivery
 from tests.support.writers import CollectingWriter
 
@@ -99,7 +99,7 @@ async def make_harness(
     AuditWebhook(
         sink=delivery.intake,
         decoder=decoder,
-        metrics=metrics,
+        metrics=CountedWebhook(metrics),
         default_cluster="dflt",
         audit=audit,
         http=HttpConfig(webhook_tokens=tokens or []),
