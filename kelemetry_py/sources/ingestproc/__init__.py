@@ -157,6 +157,8 @@ class IngestProcess:
                     task.add_done_callback(self._keeping.discard)
                 elif kind is Kind.COUNT:
                     self._count(orjson.loads(body))
+                elif kind is Kind.HEALTH:
+                    channel.send(Kind.HEALTH, rid)
                 elif kind is Kind.READINESS:
                     status, answer = self._readiness()
                     channel.send(Kind.READINESS, rid, orjson.dumps({"status": status, "body": answer}))

@@ -28,6 +28,7 @@ class Kind(enum.IntEnum):
     COUNT = 5  # ingest → serving: metric updates (JSON)
     READINESS = 6  # both ways: the question, then the serving process's answer (JSON)
     STOP = 7  # serving → ingest: stop listening, answer what is in flight, exit
+    HEALTH = 8  # both ways: whether the serving process's loop answers (for /healthz)
 
 
 class Outcome(enum.IntEnum):

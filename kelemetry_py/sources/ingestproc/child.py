@@ -40,7 +40,7 @@ from kelemetry_py.tls import server_ssl_context
 
 log = logging.getLogger("kelemetry_py.sources.ingestproc")
 
-_READINESS_SECONDS = 5.0
+_ASK_SECONDS = 5.0  # how long /healthz and /readyz wait for the serving process
 
 
 class ServingProcess:
@@ -99,9 +99,18 @@ class ServingProcess:
             raise OSError("the serving process could not keep the batch")
 
     async def readiness(self) -> tuple[int, Any]:
-        async with asyncio.timeout(_READINESS_SECONDS):
+        async with asyncio.timeout(_ASK_SECONDS):
             answer = orjson.loads(await self._ask(Kind.READINESS, b""))
         return int(answer["status"]), answer["body"]
+
+    async def healthy(self) -> bool:
+        """Whether the serving process answers: a liveness probe on this listener covers both processes."""
+        try:
+            async with asyncio.timeout(_ASK_SECONDS):
+                await self._ask(Kind.HEALTH, b"")
+        except TimeoutError:
+            return False
+        return True
 
     # WebhookMetrics, and the 500s: counted by the serving process, sent once per turn of the loop.
 
@@ -183,7 +192,9 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
     webhook.add_routes(app)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        if await serving.healthy():
+            return web.Response(text="ok")
+        return web.Response(text="the serving process does not answer", status=503)
 
     async def readyz(_: web.Request) -> web.Response:
         if serving.stop_requested.is_set():
