@@ -29,6 +29,7 @@ from kelemetry_py.metrics import Metrics, resident_bytes
 from kelemetry_py.pipeline import EncodedSink, Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.sources.ingestproc.channel import (
+    CHANNEL_BUFFER,
     Channel,
     Kind,
     Outcome,
@@ -131,7 +132,7 @@ class IngestProcess:
             )
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHANNEL_BUFFER)
         channel = Channel(reader, writer)
         channel.send(Kind.SETTINGS, 0, self._settings)
         try:

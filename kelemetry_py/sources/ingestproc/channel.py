@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from kelemetry_py.config import Config
 
+# What a side reads ahead before it stops reading: a batch's records (about 150 KB for 400 events) in one go.
+CHANNEL_BUFFER = 4 << 20
 _HEAD = struct.Struct("<BII")  # kind, request id, body length
 _LENGTH = struct.Struct("<I")
 _ANSWER = struct.Struct("<Bf")  # outcome, retry after (seconds)

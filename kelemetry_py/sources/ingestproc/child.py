@@ -27,6 +27,7 @@ from kelemetry_py.pipeline import Overloaded, TooLarge
 from kelemetry_py.process import tune_garbage_collector
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder
 from kelemetry_py.sources.ingestproc.channel import (
+    CHANNEL_BUFFER,
     Channel,
     Kind,
     Outcome,
@@ -165,7 +166,7 @@ def _error_guard(serving: ServingProcess) -> Any:
 
 
 async def serve(listening: socket.socket, channel_socket: socket.socket) -> None:
-    reader, writer = await asyncio.open_unix_connection(sock=channel_socket)
+    reader, writer = await asyncio.open_unix_connection(sock=channel_socket, limit=CHANNEL_BUFFER)
     channel = Channel(reader, writer)
     kind, _, body = await channel.receive()
     if kind is not Kind.SETTINGS:
