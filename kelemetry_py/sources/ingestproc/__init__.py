@@ -102,7 +102,6 @@ class IngestProcess:
         server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listening = socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
-        listening.set_inheritable(True)
         self._listening = listening
         try:
             async with asyncio.timeout(_START_SECONDS):
@@ -165,6 +164,9 @@ class IngestProcess:
                     channel.send(Kind.READINESS, rid, orjson.dumps({"status": status, "body": answer}))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the child is gone; a batch it was still sending was not answered, and is resent
+        except Exception:
+            # Closing the channel ends the child, which is then replaced; what it had in flight was not answered.
+            log.exception("ingest process: its channel failed; ending it")
         finally:
             await channel.close()
 

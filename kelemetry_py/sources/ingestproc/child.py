@@ -66,8 +66,9 @@ class ServingProcess:
                 elif (waiting := self._waiting.pop(rid, None)) is not None and not waiting.done():
                     waiting.set_result(body)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        log.error("ingest process: the serving process is gone; exiting")
+            log.error("ingest process: the serving process is gone; exiting")
+        except Exception:
+            log.exception("ingest process: its channel failed; exiting")
         logging.shutdown()
         os._exit(1)
 
