@@ -215,6 +215,29 @@ def test_server_probes_listeners_and_secrets(overlay: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingest_process_component_serves_the_webhook_port_from_a_process_of_its_own(
+    overlay: str, tmp_path: Path
+) -> None:
+    objects = rendered(overlay, tmp_path, (*COMPONENTS, "ingest-process"))
+    for obj in objects:
+        if not obj["apiVersion"].startswith(CRD_GROUPS):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+    container = server_container(objects)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    config = effective_config(objects)
+    assert config.ingest.process and config.ingest.tokens
+    # The apiserver's port, its Services and its probes are unchanged; only who serves it is.
+    assert ports["webhook"] == config.http.ingest_port == 8443
+    assert config.ingest.tls_cert_file == config.http.tls_cert_file and config.ingest.tls_key_file
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "webhook"
+    assert config.http.port not in ports.values()  # the serving process's own listener: exposed nowhere
+    policy = one(objects, "NetworkPolicy", "kelemetry-py")
+    assert config.http.port not in {rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]}
+    assert one(objects, "Service", "kelemetry-py-ingest")["spec"]["ports"][0]["targetPort"] == "webhook"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_selectors_reach_the_server_pods(overlay: str, tmp_path: Path) -> None:
     objects = rendered(overlay, tmp_path, COMPONENTS)
     labels = one(objects, "StatefulSet", "kelemetry-py")["spec"]["template"]["metadata"]["labels"]
