@@ -117,6 +117,10 @@ class MetricsConfig:
 @dataclass
 class AuditConfig:
     max_body_bytes: int = 32 * 1024 * 1024
+    # Bytes of batch bodies being received and decoded at once: past it a batch is answered 429 before it is read
+    # (the apiserver resends it), so that a flood waits in the apiserver's buffer, not in this process's memory.
+    # A batch alone is taken whatever its size.
+    max_in_flight_bytes: int = 32 * 1024 * 1024
     verbs: list[str] = field(default_factory=lambda: list(MUTATING_VERBS))
     stages: list[str] = field(default_factory=lambda: ["ResponseComplete"])
     # Event objects are traced by the event watcher; lease renewals every 10 s per node are noise.
@@ -540,6 +544,7 @@ def validate(config: Config) -> None:
     positive("frontend.max_traces", config.frontend.max_traces)
     positive("frontend.max_response_bytes", config.frontend.max_response_bytes)
     positive("audit.max_body_bytes", config.audit.max_body_bytes)
+    positive("audit.max_in_flight_bytes", config.audit.max_in_flight_bytes)
     positive("pipeline.partitions", config.pipeline.partitions)
     positive("pipeline.queue_capacity", config.pipeline.queue_capacity)
     positive("pipeline.window_seconds", config.pipeline.window_seconds)

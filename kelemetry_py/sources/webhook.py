@@ -84,6 +84,8 @@ class AuditWebhook:
         self._metrics = metrics
         self._default_cluster = default_cluster
         self._max_body = audit.max_body_bytes
+        self._max_in_flight = audit.max_in_flight_bytes
+        self.in_flight_bytes = 0  # of the bodies being received and decoded now
         # http.webhook_tokens is the older name of ingest.tokens; both are accepted.
         tokens = [*(ingest.tokens if ingest is not None else []), *http.webhook_tokens]
         self._tokens = [token.encode() for token in tokens]
@@ -120,9 +122,28 @@ class AuditWebhook:
             return self._reject(415, "content_encoding", f"Content-Encoding {encoding!r} is not supported (gzip is)")
         if request.content_length is not None and request.content_length > self._max_body:
             return self._reject(413, "too_large", f"body of {request.content_length} bytes exceeds {self._max_body}")
+        reserved = _Reserved(self, self._max_in_flight)
         try:
-            body = await self._read_body(request, gzip=encoding == "gzip")
+            return await self._receive(request, cluster, encoding == "gzip", reserved)
+        finally:
+            reserved.release()
+
+    async def _receive(self, request: web.Request, cluster: str, gzip: bool, reserved: _Reserved) -> web.Response:
+        try:
+            # What a body will take is known from its length unless it is compressed or chunked: then it is
+            # counted as it is read (inflated).
+            known = not gzip and request.content_length is not None
+            if known:
+                reserved.grow(request.content_length or 0)
+            body = await self._read_body(request, gzip=gzip, reserved=None if known else reserved)
             batch = await self._decoder.decode(cluster, body)
+        except _Busy:
+            self._metrics.batch_rejected("in_flight")
+            return web.json_response(
+                {"error": f"more than {self._max_in_flight} bytes of batches in flight; retry later"},
+                status=429,
+                headers={"Retry-After": "1"},
+            )
         except _TooLarge as exc:
             return self._reject(413, "too_large", str(exc))
         except (zlib.error, InvalidAuditBatch) as exc:
@@ -171,7 +192,7 @@ class AuditWebhook:
         presented = header[len("Bearer ") :].strip().encode()
         return any(hmac.compare_digest(presented, token) for token in self._tokens)
 
-    async def _read_body(self, request: web.Request, *, gzip: bool) -> bytes:
+    async def _read_body(self, request: web.Request, *, gzip: bool, reserved: _Reserved | None) -> bytes:
         chunks: list[bytes] = []
         size = 0
         decompressor = zlib.decompressobj(wbits=31) if gzip else None
@@ -184,6 +205,8 @@ class AuditWebhook:
             size += len(chunk)
             if size > self._max_body:
                 raise _TooLarge(f"body exceeds {self._max_body} bytes")
+            if reserved is not None:
+                reserved.grow(len(chunk))
             chunks.append(chunk)
         if decompressor is not None:
             if not decompressor.eof:
@@ -200,3 +223,29 @@ class AuditWebhook:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Busy(Exception):
+    """More bytes of batches are in flight than ``audit.max_in_flight_bytes``: 429, the apiserver resends."""
+
+
+class _Reserved:
+    """A request's share of the webhook's bytes in flight, given back when its answer is ready."""
+
+    def __init__(self, webhook: AuditWebhook, limit: int) -> None:
+        self._webhook = webhook
+        self._limit = limit
+        self.size = 0
+
+    def grow(self, size: int) -> None:
+        webhook = self._webhook
+        others = webhook.in_flight_bytes - self.size
+        # One batch is taken whatever its size when it is alone: the bound holds back a crowd, not a batch.
+        if others and others + self.size + size > self._limit:
+            raise _Busy
+        webhook.in_flight_bytes += size
+        self.size += size
+
+    def release(self) -> None:
+        self._webhook.in_flight_bytes -= self.size
+        self.size = 0

@@ -11,8 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.faults.serve import ServeProcess, alive, children, descendants, serve_config, until
+from tests.faults.serve import ServeProcess, alive, children, descendants, serve_config
 from tests.faults.workload import BatchRef, Workload
+from tests.support.waiting import until
 
 _DEADLINE = 20.0
 _WORKERS = 2

@@ -10,8 +10,9 @@ import pytest
 from tests.faults import scenarios
 from tests.faults.params import EVENTS
 from tests.faults.scenarios import FaultEnv
-from tests.faults.serve import alive, descendants, free_port, ingest_processes, until
+from tests.faults.serve import alive, descendants, free_port, ingest_processes
 from tests.faults.test_faults import summary
+from tests.support.waiting import until
 
 _DEADLINE = 20.0
 

@@ -4,10 +4,9 @@ listener. The webhook's own behaviour through it (status codes, 429, 413, tokens
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kelemetry_py.metrics import Metrics
 from tests.sources.test_webhook import Harness, first_batch, make_harness
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -31,13 +31,6 @@ def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], fl
             if sample.name == name:
                 found[tuple(sorted(sample.labels.items()))] = sample.value
     return found
-
-
-async def until(condition: str, check: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {within} s: {condition}"
-        await asyncio.sleep(0.02)
 
 
 async def test_what_the_ingest_process_counts_is_in_the_serving_process_metrics(

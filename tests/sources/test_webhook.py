@@ -19,6 +19,7 @@ from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.ingestproc import IngestProcess, Readiness
 from kelemetry_py.sources.webhook import AuditWebhook, CountedWebhook
 from tests.support.delivery import settle, start_delivery, stop_delivery
+from tests.support.waiting import until
 from tests.support.writers import CollectingWriter
 
 EMPTY = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[]}\n'
@@ -37,6 +38,7 @@ class Harness:
     metrics: Metrics
     throttled: asyncio.Event  # set once the webhook has answered 429 (served in this process only)
     decoder: BatchDecoder | None = None
+    webhook: AuditWebhook | None = None  # served in this process
     ingest: IngestProcess | None = None
 
     async def settle(self) -> None:
@@ -56,6 +58,7 @@ async def make_harness(
     *,
     spool_bytes: int = 1 << 30,
     max_body: int = 32 << 20,
+    max_in_flight: int = 64 << 20,
     tokens: list[str] | None = None,
     decoding: str = "inline",
     readiness: Readiness = lambda: (200, {"status": "ready"}),
@@ -66,7 +69,13 @@ async def make_harness(
     headers = {"Content-Type": "application/json"}
     if decoding == "ingest-process":
         config = load_config(
-            env={}, overrides={"cluster": "dflt", "audit.max_body_bytes": max_body, "ingest.tokens": tokens or []}
+            env={},
+            overrides={
+                "cluster": "dflt",
+                "audit.max_body_bytes": max_body,
+                "audit.max_in_flight_bytes": max_in_flight,
+                "ingest.tokens": tokens or [],
+            },
         )
         ingest = IngestProcess(
             config,
@@ -91,25 +100,28 @@ async def make_harness(
         return response
 
     app = web.Application(middlewares=[watch_for_429])
-    audit = AuditConfig(max_body_bytes=max_body, decode_processes=2 if decoding == "processes" else 0)
+    audit = AuditConfig(
+        max_body_bytes=max_body, max_in_flight_bytes=max_in_flight, decode_processes=2 if decoding == "processes" else 0
+    )
     decoder = create_decoder(audit, RedactionConfig(), metrics, records=False)
     await decoder.start()
     # With workers, they decode every batch of the test: none is decoded inline while they start.
     assert await decoder.started() == (decoding == "processes")
-    AuditWebhook(
+    webhook = AuditWebhook(
         sink=delivery.intake,
         decoder=decoder,
         metrics=CountedWebhook(metrics),
         default_cluster="dflt",
         audit=audit,
         http=HttpConfig(webhook_tokens=tokens or []),
-    ).add_routes(app)
+    )
+    webhook.add_routes(app)
     server = TestServer(app)
     await server.start_server(auto_decompress=False)  # as the product's App runs it
     client = TestClient(server, headers=headers)
     await client.start_server()
     url = str(client.make_url("")).rstrip("/")
-    return Harness(client, url, delivery, writer, metrics, throttled, decoder=decoder)
+    return Harness(client, url, delivery, writer, metrics, throttled, decoder=decoder, webhook=webhook)
 
 
 DECODING = ["inline", "processes", "ingest-process"]
@@ -218,6 +230,61 @@ async def test_overload_answers_429_with_retry_after_and_loses_nothing(
         h.writer.gate.set()
         await h.settle()
         assert len(h.writer.by_service("audit")) == sum(accepted)
+    finally:
+        await h.close()
+
+
+async def test_batches_past_the_bytes_in_flight_are_answered_429_before_they_are_read(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """A flood waits in the apiserver's buffer (it resends a 429), not in this process's memory."""
+    body = first_batch(fixtures_dir)
+    h = await make_harness(tmp_path, max_in_flight=len(body) + 100)  # room for one batch at a time
+    assert h.webhook is not None
+    webhook = h.webhook
+    arrived = asyncio.Event()
+
+    async def slowly() -> AsyncIterator[bytes]:
+        yield body[:100]
+        await arrived.wait()
+        yield body[100:]
+
+    try:
+        headers = {"Content-Length": str(len(body))}
+        uploading = asyncio.create_task(h.client.post("/audit/fixture", data=slowly(), headers=headers))
+        await until("the first batch's headers are in and its bytes reserved", lambda: webhook.in_flight_bytes > 0)
+        assert webhook.in_flight_bytes == len(body)
+        crowded = await h.client.post("/audit/fixture", data=body)
+        assert crowded.status == 429 and crowded.headers["Retry-After"] == "1"
+        assert "in flight" in (await crowded.json())["error"]
+        arrived.set()
+        first = await uploading
+        assert first.status == 200
+        assert webhook.in_flight_bytes == 0  # given back with the answer
+        again = await h.client.post("/audit/fixture", data=body)
+        assert again.status == 200
+        observations = (await first.json())["observations"] + (await again.json())["observations"]
+        await h.settle()
+        assert len(h.writer.by_service("audit")) == observations
+        rejected = h.metrics.audit_batches_rejected.labels("in_flight")._value.get()
+        assert rejected == 1
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize("decoding", ["inline", "ingest-process"])
+async def test_a_batch_alone_is_taken_whatever_the_bound_on_bytes_in_flight(
+    fixtures_dir: Path, tmp_path: Path, decoding: str
+) -> None:
+    h = await make_harness(tmp_path, max_in_flight=1000, decoding=decoding)
+    try:
+        for _ in range(2):
+            response = await h.client.post("/audit/fixture", data=first_batch(fixtures_dir))
+            assert response.status == 200
+        zipped = await h.client.post(
+            "/audit/fixture", data=gzip.compress(first_batch(fixtures_dir)), headers={"Content-Encoding": "gzip"}
+        )
+        assert zipped.status == 200  # counted as it inflates, and alone too
     finally:
         await h.close()
 
