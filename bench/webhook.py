@@ -46,7 +46,7 @@ from bench.common import (
     ratio,
     report,
 )
-from kelemetry_py.metrics import resident_memory_mib
+from kelemetry_py.metrics import resident_bytes, resident_memory_mib
 
 BATCH = 400
 _IDLE_SECONDS = 5.0  # after the last phase, before the RSS "after the load": an idle replica's first seconds
@@ -144,19 +144,27 @@ def _client_process(url: str, target_events: int, concurrency: int, conn: Connec
     conn.close()
 
 
-async def _post_paced(url: str, bodies: Iterator[bytes], rate: float, count: int) -> list[float]:
+async def _post_paced(url: str, bodies: Iterator[bytes], rate: float, count: int) -> tuple[list[float], int]:
     """``count`` batches at ``rate`` per second, each sent on schedule whether or not the last was answered (an
-    apiserver's throttled batch sender), and the latency of each."""
+    apiserver's throttled batch sender): the latency of each, from its first send to its 200 (a 429 is sent again
+    after its Retry-After, as the apiserver does), and how many 429s there were."""
     async with aiohttp.ClientSession() as session:
         start = time.perf_counter()
         sending = []
         for index, body in zip(range(count), bodies, strict=False):
             await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
-            sending.append(asyncio.create_task(_post(session, url, body)))
+            sending.append(asyncio.create_task(_deliver(session, url, body)))
         answers = await asyncio.gather(*sending)
-    if any(seconds is None for seconds, _ in answers):
-        raise RuntimeError(f"webhook answered 429 at {rate:g} batches per second")
-    return [seconds for seconds, _ in answers if seconds is not None]
+    return [seconds for seconds, _ in answers], sum(throttled for _, throttled in answers)
+
+
+async def _deliver(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, int]:
+    started = time.perf_counter()
+    throttled = 0
+    while (answer := await _post(session, url, body))[0] is None:
+        throttled += 1
+        await asyncio.sleep(answer[1])
+    return time.perf_counter() - started, throttled
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float | None, float]:
@@ -274,12 +282,12 @@ async def run(
                 wall = time.perf_counter() - wall_before
                 cpu = time.process_time() + cpu_seconds_of(workers) - cpu_before
                 store_bytes = dir_bytes(tmp)
-                paced: list[float] = []
+                paced: tuple[list[float], int] = ([], 0)
                 if paced_batches:
                     ours.send(("paced", paced_rate, paced_batches))
                     paced = await _answer(ours, "client")
                     await app.settle()
-                loaded: list[float] = []
+                loaded: tuple[list[float], int] = ([], 0)
                 load_rate = load_fraction * (batches.count / wall)  # of the batches per second just sustained
                 if load_fraction:
                     ours.send(("load", load_rate, max(1, round(load_rate * load_seconds))))
@@ -288,6 +296,7 @@ async def run(
                 ours.send(None)
                 await asyncio.sleep(_IDLE_SECONDS)
                 settled_rss = resident_memory_mib()
+                workers_settled_rss = sum(resident_bytes(pid) for pid in workers) / (1 << 20)
                 workers_peak_rss = peak_rss_mib_of(workers)
             finally:
                 client.join(timeout=10)
@@ -324,6 +333,7 @@ async def run(
         "workers_peak_rss_mib": round(workers_peak_rss),
         "rss_before_load_mib": round(started_rss),  # the batches to send and the started App
         "rss_after_load_mib": round(settled_rss),  # every phase delivered, then idle for _IDLE_SECONDS
+        "workers_rss_after_load_mib": round(workers_settled_rss),
         "data_dir_bytes": store_bytes,
         "parse_limit_events_per_cpu_second": round(limit),
         "ratio": ratio(per_cpu, limit),
@@ -334,9 +344,10 @@ async def run(
     }
 
 
-def _open_loop_figures(name: str, latencies: list[float], rate: float) -> dict[str, Any]:
+def _open_loop_figures(name: str, phase: tuple[list[float], int], rate: float) -> dict[str, Any]:
     """Latency of batches sent on schedule at ``rate`` per second, measured after the saturating run on the
     same App: ``paced`` at an apiserver's own pace, ``load`` at a fraction of the throughput just sustained."""
+    latencies, throttled = phase
     if not latencies:
         return {}
     ms = [x * 1000 for x in latencies]
@@ -345,6 +356,7 @@ def _open_loop_figures(name: str, latencies: list[float], rate: float) -> dict[s
         f"{name}_batches": len(ms),
         f"{name}_p50_ms": round(statistics.median(ms), 1),
         f"{name}_p99_ms": round(percentile(ms, 0.99), 1),
+        f"{name}_throttled": throttled,  # 429s, each batch sent again after its Retry-After
     }
 
 

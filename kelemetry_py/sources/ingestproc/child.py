@@ -24,7 +24,8 @@ from kelemetry_py.config import allowed_clusters
 from kelemetry_py.logs import configure_logging, request_id, request_ids
 from kelemetry_py.model import Observation
 from kelemetry_py.pipeline import Overloaded, TooLarge
-from kelemetry_py.process import tune_garbage_collector
+from kelemetry_py.pipeline.priority import Priority
+from kelemetry_py.process import release_free_memory, tune_garbage_collector
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder
 from kelemetry_py.sources.ingestproc.channel import (
     CHANNEL_BUFFER,
@@ -41,6 +42,8 @@ from kelemetry_py.tls import server_ssl_context
 
 log = logging.getLogger("kelemetry_py.sources.ingestproc")
 
+_RELEASE_CHECK_SECONDS = 2.0
+_RELEASE_AFTER_BATCHES = 50  # about the serving process's 20,000 observations
 _ASK_SECONDS = 5.0  # how long /healthz and /readyz wait for the serving process
 
 
@@ -54,6 +57,7 @@ class ServingProcess:
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
         self._counts: list[tuple[Any, ...]] = []
         self.stop_requested = asyncio.Event()
+        self.answered_batches = 0
 
     async def listen(self) -> None:
         """Until the serving process is gone: then nothing could be kept any more, so this process ends at once
@@ -117,6 +121,7 @@ class ServingProcess:
     # WebhookMetrics, and the 500s: counted by the serving process, sent once per turn of the loop.
 
     def answered(self, code: int, seconds: float) -> None:
+        self.answered_batches += 1
         self._count("answered", code, seconds)
 
     def batch_rejected(self, reason: str) -> None:
@@ -143,6 +148,17 @@ class ServingProcess:
         if self._counts:
             counts, self._counts = self._counts, []
             self._channel.send(Kind.COUNT, 0, orjson.dumps(counts))
+
+
+async def _release_memory_when_idle(serving: ServingProcess, priority: Priority) -> None:
+    """As the serving process does: a burst leaves the C allocator holding the pages of the bodies it parsed; once
+    no batch is being handled they go back to the system, so that memory returns towards its idle level."""
+    released_at = 0
+    while True:
+        await asyncio.sleep(_RELEASE_CHECK_SECONDS)
+        if priority.serving_requests == 0 and serving.answered_batches - released_at >= _RELEASE_AFTER_BATCHES:
+            released_at = serving.answered_batches
+            await asyncio.to_thread(release_free_memory)
 
 
 def _error_guard(serving: ServingProcess) -> Any:
@@ -178,6 +194,8 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
     tune_garbage_collector()
     serving = ServingProcess(channel)
     listener = asyncio.get_running_loop().create_task(serving.listen())
+    priority = Priority()  # only to know whether a batch is being handled
+    releasing = asyncio.get_running_loop().create_task(_release_memory_when_idle(serving, priority))
     webhook = AuditWebhook(
         sink=serving,
         decoder=InlineDecoder(
@@ -189,6 +207,7 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
         http=config.http,
         ingest=config.ingest,
         clusters=allowed_clusters(config),
+        priority=priority,
     )
     app = web.Application(middlewares=[request_ids, _error_guard(serving)], client_max_size=config.audit.max_body_bytes)
     webhook.add_routes(app)
@@ -221,6 +240,7 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
     serving.send_counts()
     await channel.drain()
     listener.cancel()
+    releasing.cancel()
     await channel.close()
 
 
