@@ -55,7 +55,7 @@ class Metrics:
         )
         self.ingest_process_restarts = Counter(
             "kelemetry_ingest_process_restarts",
-            "Times the ingest process exited unasked and was started again",
+            "Times the ingest process exited unasked, or failed to start, and another was started",
             registry=r,
         )
         self.ingest_process_memory = Gauge(

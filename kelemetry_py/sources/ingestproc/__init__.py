@@ -223,6 +223,7 @@ class IngestProcess:
                     break
                 except Exception:
                     log.exception("ingest process: could not start one; retrying in %.1fs", delay)
+                    self._metrics.ingest_process_restarts.inc()  # a crash loop at start shows as one too
                     await self._end_child()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RESTART_MAX_SECONDS)
