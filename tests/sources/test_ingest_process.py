@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kelemetry_py.config import load_config
 from kelemetry_py.metrics import Metrics
+from kelemetry_py.pipeline.priority import Priority
+from kelemetry_py.sources.ingestproc import IngestProcess
+from tests.security.test_listeners import make_certificates
 from tests.sources.test_webhook import Harness, first_batch, make_harness
 from tests.support.waiting import until
 
@@ -91,3 +95,44 @@ async def test_stopping_ends_the_ingest_process(tmp_path: Path) -> None:
     assert ingest.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped: not even a zombie is left
+
+
+async def test_one_that_cannot_start_is_retried_and_counted_until_it_can(tmp_path: Path) -> None:
+    """A certificate gone (say, mid-rotation): each start fails, counts as a restart (the alert reads that) and
+    leaves the listener down; once the certificate is back the next start serves again."""
+    certs = make_certificates(tmp_path)
+    config = load_config(
+        env={},
+        overrides={
+            "cluster": "dflt",
+            "http.ingest_port": 1,  # checked only: IngestProcess.start binds the port it is given
+            "ingest.tls_cert_file": str(certs["server"]),
+            "ingest.tls_key_file": str(certs["server-key"]),
+        },
+    )
+    metrics = Metrics()
+    h = await make_harness(tmp_path / "logs")
+    ingest = IngestProcess(
+        config,
+        sink=h.delivery.intake,
+        metrics=metrics,
+        priority=Priority(),
+        readiness=lambda: (200, {"status": "ready"}),
+        whole_bodies=False,
+        in_flight_seconds=5,
+    )
+    await ingest.start("127.0.0.1", 0)
+    try:
+        moved = certs["server"].rename(tmp_path / "away.pem")
+        killed = ingest.pid
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+        restarts = "kelemetry_ingest_process_restarts_total"
+        await until("starts fail and are counted", lambda: samples(metrics, restarts).get((), 0) >= 3)
+        assert not ingest.up
+        moved.rename(certs["server"])
+        await until("a start succeeds once the certificate is back", lambda: ingest.up)
+    finally:
+        await ingest.stop()
+        await h.close()
+    assert ingest.pid is None
