@@ -46,7 +46,7 @@ from bench.common import (
     ratio,
     report,
 )
-from kelemetry_py.metrics import resident_bytes, resident_memory_mib
+from kelemetry_py.process import resident_bytes, resident_memory_mib
 
 BATCH = 400
 _IDLE_SECONDS = 5.0  # after the last phase, before the RSS "after the load": an idle replica's first seconds

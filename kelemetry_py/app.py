@@ -17,14 +17,14 @@ from kelemetry_py import __version__
 from kelemetry_py.config import Config, allowed_clusters, records_wanted
 from kelemetry_py.export import SpanWriter
 from kelemetry_py.logs import request_ids
-from kelemetry_py.metrics import Metrics, files_size_bytes, resident_memory_mib
+from kelemetry_py.metrics import Metrics, files_size_bytes
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.process import release_free_memory, tune_garbage_collector
+from kelemetry_py.process import release_memory_when_idle, tune_garbage_collector
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook, CountedWebhook
 from kelemetry_py.spool import DurableLog
@@ -48,8 +48,7 @@ if TYPE_CHECKING:  # imported where used: a process that never serves the fronte
 Closer = Callable[[], Awaitable[None]]
 
 # After this many observations, the next moment the pipeline is found idle gives freed memory back to the system.
-_RELEASE_AFTER_OBSERVATIONS = 20_000
-_RELEASE_CHECK_SECONDS = 2.0
+_RELEASE_AFTER = 20_000
 # At shutdown: how long a request in flight may take to finish before it is cut off (it was not answered yet).
 _IN_FLIGHT_SECONDS = 5.0
 
@@ -170,22 +169,11 @@ class App:
         elif ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         loop = asyncio.get_running_loop()
-        self._background = [loop.create_task(self._release_memory_when_idle())]
+        pipeline = self.components.pipeline
+        releasing = release_memory_when_idle(lambda: pipeline.pending == 0, lambda: pipeline.handled, _RELEASE_AFTER)
+        self._background = [loop.create_task(releasing)]
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)
-
-    async def _release_memory_when_idle(self) -> None:
-        """A burst leaves the C allocator holding the pages of everything it parsed and queued; once the pipeline
-        has caught up they go back to the system, so that memory returns towards its idle level."""
-        released_at = 0
-        while self.components is not None:
-            await asyncio.sleep(_RELEASE_CHECK_SECONDS)
-            pipeline = self.components.pipeline
-            if pipeline.pending == 0 and pipeline.handled - released_at >= _RELEASE_AFTER_OBSERVATIONS:
-                released_at = pipeline.handled
-                before = resident_memory_mib()
-                await asyncio.to_thread(release_free_memory)
-                log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, resident_memory_mib())
 
     async def _start_frontend(self, main: web.Application) -> None:
         from kelemetry_py.analysis.http import add_analysis_routes

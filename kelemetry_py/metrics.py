@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -236,20 +235,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def resident_memory_mib() -> float:
-    """This process's resident set size, in MiB (Linux; NaN elsewhere)."""
-    return resident_bytes() / (1 << 20)
-
-
-def resident_bytes(pid: int | None = None) -> float:
-    """A process's resident set size (this one's by default), in bytes (Linux; NaN elsewhere or once it is gone)."""
-    try:
-        resident_pages = int(Path(f"/proc/{pid or 'self'}/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-    return float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 def files_size_bytes(path: str) -> int:

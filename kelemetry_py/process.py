@@ -1,15 +1,22 @@
-"""The process's resources: how its cyclic collector runs, handing freed pages back, and the CPUs it may use."""
+"""The process's resources: how its cyclic collector runs, handing freed pages back, its memory, and the CPUs it
+may use."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import gc
+import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 GC_THRESHOLDS = (30_000, 50, 100)
+_RELEASE_CHECK_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
 
 
 def release_free_memory() -> None:
@@ -17,6 +24,35 @@ def release_free_memory() -> None:
     trim = getattr(_process_symbols(), "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+async def release_memory_when_idle(idle: Callable[[], bool], done: Callable[[], int], every: int) -> None:
+    """Until cancelled: a burst leaves the C allocator holding the pages of everything it parsed and queued; once
+    ``idle()`` and ``done()`` (work handled so far) has grown by ``every`` since the last time, they go back to the
+    system, so that memory returns towards its idle level."""
+    released_at = 0
+    while True:
+        await asyncio.sleep(_RELEASE_CHECK_SECONDS)
+        if idle() and done() - released_at >= every:
+            released_at = done()
+            before = resident_memory_mib()
+            await asyncio.to_thread(release_free_memory)
+            log.debug("gave freed memory back to the system: RSS %.0f -> %.0f MiB", before, resident_memory_mib())
+
+
+def resident_memory_mib() -> float:
+    """This process's resident set size, in MiB (Linux; NaN elsewhere)."""
+    return resident_bytes() / (1 << 20)
+
+
+def resident_bytes(pid: int | None = None) -> float:
+    """A process's resident set size (this one's by default), in bytes (Linux; NaN elsewhere or once it is gone)."""
+    try:
+        resident_pages = int(Path(f"/proc/{pid or 'self'}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
+
 
 
 @functools.cache

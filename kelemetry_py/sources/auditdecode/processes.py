@@ -26,8 +26,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
-from kelemetry_py.metrics import Metrics, resident_bytes
-from kelemetry_py.process import tune_garbage_collector
+from kelemetry_py.metrics import Metrics
+from kelemetry_py.process import resident_bytes, tune_garbage_collector
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.auditdecode import DecodedBatch, DecoderUnavailable
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder, decode_batch

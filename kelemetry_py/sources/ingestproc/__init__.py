@@ -25,9 +25,10 @@ from typing import Any
 import orjson
 
 from kelemetry_py.config import Config, records_wanted
-from kelemetry_py.metrics import Metrics, resident_bytes
+from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline import EncodedSink, Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
+from kelemetry_py.process import resident_bytes
 from kelemetry_py.sources.ingestproc.channel import (
     CHANNEL_BUFFER,
     Channel,

@@ -25,7 +25,7 @@ from kelemetry_py.logs import configure_logging, request_id, request_ids
 from kelemetry_py.model import Observation
 from kelemetry_py.pipeline import Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.process import release_free_memory, tune_garbage_collector
+from kelemetry_py.process import release_memory_when_idle, tune_garbage_collector
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder
 from kelemetry_py.sources.ingestproc.channel import (
     CHANNEL_BUFFER,
@@ -42,7 +42,6 @@ from kelemetry_py.tls import server_ssl_context
 
 log = logging.getLogger("kelemetry_py.sources.ingestproc")
 
-_RELEASE_CHECK_SECONDS = 2.0
 _RELEASE_AFTER_BATCHES = 50  # about the serving process's 20,000 observations
 _ASK_SECONDS = 5.0  # how long /healthz and /readyz wait for the serving process
 
@@ -150,17 +149,6 @@ class ServingProcess:
             self._channel.send(Kind.COUNT, 0, orjson.dumps(counts))
 
 
-async def _release_memory_when_idle(serving: ServingProcess, priority: Priority) -> None:
-    """As the serving process does: a burst leaves the C allocator holding the pages of the bodies it parsed; once
-    no batch is being handled they go back to the system, so that memory returns towards its idle level."""
-    released_at = 0
-    while True:
-        await asyncio.sleep(_RELEASE_CHECK_SECONDS)
-        if priority.serving_requests == 0 and serving.answered_batches - released_at >= _RELEASE_AFTER_BATCHES:
-            released_at = serving.answered_batches
-            await asyncio.to_thread(release_free_memory)
-
-
 def _error_guard(serving: ServingProcess) -> Any:
     """A failure no handler answered becomes a 500 naming the request id, never the exception."""
 
@@ -195,7 +183,12 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
     serving = ServingProcess(channel)
     listener = asyncio.get_running_loop().create_task(serving.listen())
     priority = Priority()  # only to know whether a batch is being handled
-    releasing = asyncio.get_running_loop().create_task(_release_memory_when_idle(serving, priority))
+    # As the serving process does, once no batch is being handled after a burst.
+    releasing = asyncio.get_running_loop().create_task(
+        release_memory_when_idle(
+            lambda: priority.serving_requests == 0, lambda: serving.answered_batches, _RELEASE_AFTER_BATCHES
+        )
+    )
     webhook = AuditWebhook(
         sink=serving,
         decoder=InlineDecoder(
