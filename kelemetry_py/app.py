@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # imported where used: a process that never serves the fronte
 Closer = Callable[[], Awaitable[None]]
 
 # After this many observations, the next moment the pipeline is found idle gives freed memory back to the system.
-_RELEASE_AFTER = 20_000
+_RELEASE_AFTER_OBSERVATIONS = 20_000
 # At shutdown: how long a request in flight may take to finish before it is cut off (it was not answered yet).
 _IN_FLIGHT_SECONDS = 5.0
 
@@ -170,7 +170,9 @@ class App:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         loop = asyncio.get_running_loop()
         pipeline = self.components.pipeline
-        releasing = release_memory_when_idle(lambda: pipeline.pending == 0, lambda: pipeline.handled, _RELEASE_AFTER)
+        releasing = release_memory_when_idle(
+            lambda: pipeline.pending == 0, lambda: pipeline.handled, _RELEASE_AFTER_OBSERVATIONS
+        )
         self._background = [loop.create_task(releasing)]
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)

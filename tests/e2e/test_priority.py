@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 import kelemetry_py.app as app_module
+import kelemetry_py.process as process_module
 from tests.e2e.conftest import AppFactory, replay_scenario
 
 BATCH_HEAD = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
@@ -51,8 +52,8 @@ async def test_memory_is_given_back_once_the_pipeline_has_caught_up(
     make_app: AppFactory, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(app_module, "_RELEASE_AFTER_OBSERVATIONS", 1)
-    monkeypatch.setattr(app_module, "_RELEASE_CHECK_SECONDS", 0.01)
-    caplog.set_level(logging.DEBUG, logger="kelemetry_py.app")
+    monkeypatch.setattr(process_module, "_RELEASE_CHECK_SECONDS", 0.01)
+    caplog.set_level(logging.DEBUG, logger="kelemetry_py.process")
     app = await make_app()
     await replay_scenario(app, fixtures_dir, "deployment-lifecycle")
     await _until(lambda: any("gave freed memory back" in record.getMessage() for record in caplog.records))
