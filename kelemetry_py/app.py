@@ -16,7 +16,7 @@ from aiohttp import web
 from kelemetry_py import __version__
 from kelemetry_py.config import Config, allowed_clusters, records_wanted
 from kelemetry_py.export import SpanWriter
-from kelemetry_py.logs import request_ids
+from kelemetry_py.logs import error_middleware, request_ids
 from kelemetry_py.metrics import Metrics, files_size_bytes
 from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
@@ -273,11 +273,11 @@ class App:
 
     def _web_application(self, **kwargs: Any) -> web.Application:
         """An aiohttp app with the error guard (500s tell a request id, nothing else) and authentication."""
-        from kelemetry_py.auth.middleware import auth_middleware, error_middleware
+        from kelemetry_py.auth.middleware import auth_middleware
 
         assert self.components is not None
         metrics = self.components.metrics
-        guard = error_middleware(metrics)
+        guard = error_middleware(metrics.http_errors.inc)
         authenticate = auth_middleware(self.authenticator, metrics=metrics, metrics_public=self.config.metrics.public)
         return web.Application(middlewares=[request_ids, guard, authenticate], **kwargs)
 

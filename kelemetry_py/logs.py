@@ -12,12 +12,15 @@ from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REQUEST_ID_HEADER = "X-Request-Id"
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("kelemetry_request_id", default="")
+_REQUEST_ID = web.RequestKey("kelemetry_request_id", str)
 _access = logging.getLogger("kelemetry_py.access")
+_log = logging.getLogger(__name__)
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,7 +82,46 @@ async def request_ids(
         exc.headers[REQUEST_ID_HEADER] = request_id.get()
         raise
     finally:
-        _access.debug(
-            "%s %s %d %.1f ms", request.method, request.path, status, (time.perf_counter() - started) * 1000
-        )
+        _access.debug("%s %s %d %.1f ms", request.method, request.path, status, (time.perf_counter() - started) * 1000)
         request_id.reset(token)
+
+
+def request_id_of(request: web.Request) -> str:
+    """A short random id for this request, logged with any failure and returned to the caller."""
+    rid = request.get(_REQUEST_ID) or request_id.get() or None  # the one the logs carry, when set
+    if rid is None:
+        rid = secrets.token_hex(8)
+        request[_REQUEST_ID] = rid
+    return rid
+
+
+def error_response(request: web.Request, exc: BaseException) -> web.Response:
+    """A 500 naming the request id, never the exception; the log line carries the id and the traceback."""
+    rid = request_id_of(request)
+    _log.error("request %s %s failed (request id %s)", request.method, request.path[:200], rid, exc_info=exc)
+    return web.json_response(
+        {"error": {"code": 500, "message": f"internal error; request id {rid}"}},
+        status=500,
+        headers={REQUEST_ID_HEADER: rid},
+    )
+
+
+def error_middleware(count_error: Callable[[], None]) -> Middleware:
+    """Any failure a handler did not answer becomes an :func:`error_response`, counted with ``count_error``."""
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 500:
+                raise
+            failure: BaseException = exc
+        except Exception as exc:
+            failure = exc
+        count_error()
+        return error_response(request, failure)
+
+    return guard

@@ -16,11 +16,12 @@ from aiohttp import web
 from kelemetry_py.analysis.schema import ANALYSIS_SCHEMA
 from kelemetry_py.analysis.service import AnalysisError, AnalysisRequest, AnalysisService
 from kelemetry_py.auth import request_scope
-from kelemetry_py.auth.middleware import internal_error, request_id
+from kelemetry_py.auth.middleware import internal_error
 from kelemetry_py.frontend.http import checked_range
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.service import FrontendService
 from kelemetry_py.kube.catalog import ResourceCatalog
+from kelemetry_py.logs import request_id_of
 from kelemetry_py.times import DEFAULT_LOOKBACK_NS, parse_go_duration, parse_time
 
 ANALYSIS_KEY = web.AppKey("kelemetry_analysis", AnalysisService)
@@ -82,7 +83,7 @@ async def _analysis(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc))
     except Exception as exc:  # a generic message and a request id, never the exception text
         internal_error(request, service.frontend.metrics, exc)
-        return _error(500, f"internal error; request id {request_id(request)}")
+        return _error(500, f"internal error; request id {request_id_of(request)}")
     if document is None:
         return _error(404, "no trace of that object in that time range")
     body = orjson.dumps(document)

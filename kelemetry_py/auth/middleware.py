@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -18,14 +17,13 @@ from aiohttp.typedefs import Middleware
 
 from kelemetry_py.auth import EVERYTHING, SCOPE_KEY, Scope
 from kelemetry_py.config import AuthConfig, KubeConfig
-from kelemetry_py.logs import request_id as current_request_id
+from kelemetry_py.logs import error_response, request_id_of
 from kelemetry_py.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PROTECTED = ("/api", "/jaeger/api", "/kapis", "/apis", "/redirect", "/metrics")
-_REQUEST_ID = web.RequestKey("kelemetry_request_id", str)
 _SLASHES = re.compile("/+")
 
 
@@ -47,15 +45,6 @@ async def create_authenticator(auth: AuthConfig, kube: KubeConfig) -> Authentica
 
         return await KubernetesAuthenticator.connect(auth.kubernetes, kube)
     return None
-
-
-def request_id(request: web.Request) -> str:
-    """A short random id for this request, logged with any failure and returned to the caller."""
-    rid = request.get(_REQUEST_ID) or current_request_id.get() or None  # the one the logs carry, when set
-    if rid is None:
-        rid = secrets.token_hex(8)
-        request[_REQUEST_ID] = rid
-    return rid
 
 
 def bearer_token(header: str) -> str:
@@ -92,7 +81,7 @@ def auth_middleware(
             scope = await authenticator.authenticate(token)
         except AuthUnavailable:
             metrics.auth_requests_denied.labels("unavailable").inc()
-            return _deny(503, f"authentication is unavailable; request id {request_id(request)}")
+            return _deny(503, f"authentication is unavailable; request id {request_id_of(request)}")
         if scope is None:
             metrics.auth_requests_denied.labels("invalid_token").inc()
             return _deny(401, "the bearer token is not valid")
@@ -113,31 +102,7 @@ async def _may_read_metrics(scope: Scope) -> bool:
     return isinstance(scope, KubernetesScope) and await scope.may_get_path("/metrics")
 
 
-def error_middleware(metrics: Metrics) -> Middleware:
-    """Any failure a handler did not answer becomes a 500 with a generic message and a request id: no exception
-    text, no back-end body. The log line carries the id and the traceback."""
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 500:
-                return internal_error(request, metrics, exc)
-            raise
-        except Exception as exc:
-            return internal_error(request, metrics, exc)
-
-    return guard
-
-
 def internal_error(request: web.Request, metrics: Metrics | None, exc: BaseException) -> web.Response:
-    rid = request_id(request)
     if metrics is not None:
         metrics.http_errors.inc()
-    log.error("request %s %s failed (request id %s)", request.method, request.path[:200], rid, exc_info=exc)
-    return web.json_response(
-        {"error": {"code": 500, "message": f"internal error; request id {rid}"}},
-        status=500,
-        headers={"X-Request-Id": rid},
-    )
+    return error_response(request, exc)

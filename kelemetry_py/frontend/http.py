@@ -16,12 +16,13 @@ import orjson
 from aiohttp import web
 
 from kelemetry_py.auth import request_scope
-from kelemetry_py.auth.middleware import internal_error, request_id
+from kelemetry_py.auth.middleware import internal_error
 from kelemetry_py.config import FrontendConfig
 from kelemetry_py.frontend.convert import to_jaeger_v1, to_otlp_json
 from kelemetry_py.frontend.modes import FrontendError
 from kelemetry_py.frontend.service import FrontendService, View, ViewQuery
 from kelemetry_py.frontend.tracecache import TraceCache
+from kelemetry_py.logs import request_id_of
 from kelemetry_py.storage import TraceReader
 from kelemetry_py.storage.otlp_json import BackendError
 from kelemetry_py.times import DEFAULT_LOOKBACK_NS, MAX_TIME_NS, checked_time, parse_go_duration, parse_rfc3339
@@ -152,11 +153,11 @@ def _guarded(handler: Handler, error: Callable[[int, str], web.Response]) -> Han
         except web.HTTPException:
             raise
         except BackendError as exc:  # the back end's own words stay in the log
-            request.app.logger.warning("trace back end failed (request id %s): %s", request_id(request), exc)
-            return error(502, f"the trace back end failed; request id {request_id(request)}")
+            request.app.logger.warning("trace back end failed (request id %s): %s", request_id_of(request), exc)
+            return error(502, f"the trace back end failed; request id {request_id_of(request)}")
         except Exception as exc:  # a generic message and a request id for the UI, never the exception text
             internal_error(request, request.app[SERVICE_KEY].metrics, exc)
-            return error(500, f"internal error; request id {request_id(request)}")
+            return error(500, f"internal error; request id {request_id_of(request)}")
         limit = request.app[SERVICE_KEY].config.max_response_bytes
         if isinstance(response, web.Response) and response.body is not None and len(response.body) > limit:  # type: ignore[arg-type]
             return error(400, f"the answer exceeds {limit} bytes; narrow the search (limit, lookback, tags)")

@@ -14,14 +14,14 @@ import pickle
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from kelemetry_py.config import allowed_clusters
-from kelemetry_py.logs import configure_logging, request_id, request_ids
+from kelemetry_py.logs import configure_logging, error_middleware, request_ids
 from kelemetry_py.model import Observation
 from kelemetry_py.pipeline import Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
@@ -149,27 +149,6 @@ class ServingProcess:
             self._channel.send(Kind.COUNT, 0, orjson.dumps(counts))
 
 
-def _error_guard(serving: ServingProcess) -> Any:
-    """A failure no handler answered becomes a 500 naming the request id, never the exception."""
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 500:
-                raise
-            failure: BaseException = exc
-        except Exception as exc:
-            failure = exc
-        serving.internal_error()
-        rid = request_id.get()
-        log.error("request %s %s failed (request id %s)", request.method, request.path[:200], rid, exc_info=failure)
-        return web.json_response({"error": {"code": 500, "message": f"internal error; request id {rid}"}}, status=500)
-
-    return guard
-
-
 async def serve(listening: socket.socket, channel_socket: socket.socket) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=channel_socket, limit=CHANNEL_BUFFER)
     channel = Channel(reader, writer)
@@ -202,7 +181,9 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
         clusters=allowed_clusters(config),
         priority=priority,
     )
-    app = web.Application(middlewares=[request_ids, _error_guard(serving)], client_max_size=config.audit.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_ids, error_middleware(serving.internal_error)], client_max_size=config.audit.max_body_bytes
+    )
     webhook.add_routes(app)
 
     async def healthz(_: web.Request) -> web.Response:
