@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kelemetry_py.config import load_config
 from kelemetry_py.metrics import Metrics
@@ -28,15 +27,6 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await h.close()
 
 
-def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    found = {}
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
-
-
 async def test_what_the_ingest_process_counts_is_in_the_serving_process_metrics(
     harness: Harness, fixtures_dir: Path
 ) -> None:
@@ -46,15 +36,24 @@ async def test_what_the_ingest_process_counts_is_in_the_serving_process_metrics(
     accepted = (await good.json())["accepted"]
     bad = await harness.client.post("/audit/fixture", data=b"{oops")
     assert bad.status == 400
-    metrics = harness.metrics
+    registry = harness.metrics.registry
+
+    def by_label(name: str, label: str) -> dict[str, float]:
+        return {
+            sample.labels[label]: sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        }
+
     latency = "kelemetry_webhook_request_duration_seconds_count"
     # Counted once each answer is on its way: the counts cross the channel just after.
-    await until("both answers are counted", lambda: len(samples(metrics, latency)) == 2)
-    assert samples(metrics, latency) == {(("code", "200"),): 1.0, (("code", "400"),): 1.0}
-    assert samples(metrics, "kelemetry_audit_events_accepted_total") == {(("cluster", "fixture"),): accepted}
-    assert samples(metrics, "kelemetry_audit_batches_rejected_total") == {(("reason", "malformed"),): 1.0}
-    assert samples(metrics, "kelemetry_ingest_process_up") == {(): 1.0}
-    assert samples(metrics, "kelemetry_ingest_process_resident_bytes")[()] > 1 << 20
+    await until("both answers are counted", lambda: len(by_label(latency, "code")) == 2)
+    assert by_label(latency, "code") == {"200": 1.0, "400": 1.0}
+    assert by_label("kelemetry_audit_events_accepted_total", "cluster") == {"fixture": accepted}
+    assert by_label("kelemetry_audit_batches_rejected_total", "reason") == {"malformed": 1.0}
+    assert registry.get_sample_value("kelemetry_ingest_process_up") == 1.0
+    assert (registry.get_sample_value("kelemetry_ingest_process_resident_bytes") or 0) > 1 << 20
     await harness.settle()
     assert {span.attributes["cluster"] for span in harness.writer.spans} == {"fixture"}
 
@@ -75,8 +74,7 @@ async def test_a_killed_ingest_process_is_replaced_on_the_same_listener(harness:
     killed = ingest.pid
     os.kill(killed, signal.SIGKILL)
     await until("another ingest process serves", lambda: ingest.pid not in (None, killed))
-    restarts = samples(harness.metrics, "kelemetry_ingest_process_restarts_total")
-    assert restarts == {(): 1.0}
+    assert harness.metrics.registry.get_sample_value("kelemetry_ingest_process_restarts_total") == 1.0
     # The same port: the listening socket stayed with the serving process.
     response = await harness.client.post("/audit/fixture", data=first_batch(fixtures_dir))
     assert response.status == 200
@@ -128,7 +126,7 @@ async def test_one_that_cannot_start_is_retried_and_counted_until_it_can(tmp_pat
         assert killed is not None
         os.kill(killed, signal.SIGKILL)
         restarts = "kelemetry_ingest_process_restarts_total"
-        await until("starts fail and are counted", lambda: samples(metrics, restarts).get((), 0) >= 3)
+        await until("starts fail and are counted", lambda: (metrics.registry.get_sample_value(restarts) or 0) >= 3)
         assert not ingest.up
         moved.rename(certs["server"])
         await until("a start succeeds once the certificate is back", lambda: ingest.up)

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[int, dict[str, Any]]]
 
+# The WebhookMetrics calls the ingest process forwards, counted here by CountedWebhook.
+_FORWARDED_COUNTS = frozenset(("answered", "batch_rejected", "events_accepted", "event_rejected", "event_invalid"))
 _START_SECONDS = 30.0
 _RESTART_FIRST_SECONDS = 0.5
 _RESTART_MAX_SECONDS = 30.0
@@ -186,18 +188,9 @@ class IngestProcess:
         channel.send(Kind.KEPT, rid, answer)
 
     def _count(self, calls: list[list[Any]]) -> None:
-        counted = self._counted
         for name, *args in calls:
-            if name == "answered":
-                counted.answered(int(args[0]), float(args[1]))
-            elif name == "batch_rejected":
-                counted.batch_rejected(str(args[0]))
-            elif name == "events_accepted":
-                counted.events_accepted(str(args[0]), int(args[1]))
-            elif name == "event_rejected":
-                counted.event_rejected(str(args[0]))
-            elif name == "event_invalid":
-                counted.event_invalid(str(args[0]))
+            if name in _FORWARDED_COUNTS:
+                getattr(self._counted, name)(*args)
             elif name == "internal_error":
                 self._metrics.http_errors.inc()
 
