@@ -82,6 +82,7 @@ class IngestProcess:
         self._serving: asyncio.Task[None] | None = None  # the current child's channel, until it closes
         self._supervisor: asyncio.Task[None] | None = None
         metrics.ingest_process_memory.set_function(self._resident_bytes)
+        metrics.ingest_process_up.set_function(lambda: float(self.up))
 
     @property
     def pid(self) -> int | None:
@@ -146,7 +147,6 @@ class IngestProcess:
             await self._end_child()
             raise RuntimeError("the ingest process exited before it listened (see its log above)")
         self._channel = channel
-        self._metrics.ingest_process_up.set(1)
         log.info("ingest process %d serves the audit webhook", self._child.pid)
         self._serving = asyncio.get_running_loop().create_task(self._serve(channel))
 
@@ -202,7 +202,6 @@ class IngestProcess:
             started = time.monotonic()
             code = await child.wait()
             await serving
-            self._metrics.ingest_process_up.set(0)
             log.error("ingest process %d exited (%s); starting another on the same listener", child.pid, code)
             self._metrics.ingest_process_restarts.inc()
             if time.monotonic() - started > _STAYED_UP_SECONDS:
@@ -251,4 +250,3 @@ class IngestProcess:
             await asyncio.gather(self._serving, return_exceptions=True)
         if self._keeping:
             await asyncio.gather(*self._keeping, return_exceptions=True)
-        self._metrics.ingest_process_up.set(0)
