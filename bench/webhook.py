@@ -252,11 +252,11 @@ async def run(
             await app.start()
             # The processes doing the webhook's work beside this one: decoding workers or the ingest process.
             workers: list[int] = []
-            if app.decoder is not None:
+            if app.ingest_process is not None and app.ingest_process.pid is not None:
+                workers = [app.ingest_process.pid]
+            elif app.decoder is not None:
                 await app.decoder.started()  # the steady state: decoding workers up, as a second after any start
                 workers = app.decoder.worker_pids
-            elif app.ingest_process is not None and app.ingest_process.pid is not None:
-                workers = [app.ingest_process.pid]
             ingest_process = app.ingest_process is not None
             ours, theirs = spawn.Pipe()
             client = spawn.Process(
