@@ -126,9 +126,9 @@ class App:
         # The apiserver's trust domain: on its own listener (TLS, client CA) when http.ingest_port is set, served
         # by a process of its own with ingest.process.
         ingest = main
-        if self.config.ingest.process:
-            from kelemetry_py.sources.ingestproc import IngestProcess
+        from kelemetry_py.sources.ingestproc import IngestProcess, ingest_process_wanted
 
+        if ingest_process_wanted(self.config):
             self.ingest_process = IngestProcess(
                 self.config,
                 sink=intake,
@@ -137,8 +137,12 @@ class App:
                 readiness=self._readiness,
                 whole_bodies=self.components.pipeline.reads_whole_bodies,
                 in_flight_seconds=self._in_flight_seconds,
+                on_main_listener=not self.config.http.ingest_port,
             )
-        else:
+        if self.ingest_process is not None and self.ingest_process.on_main_listener:
+            # The main listener passes webhook connections to it, and serves those it does not take.
+            main.on_response_prepare.append(self.ingest_process.served_here.close_after_answer)
+        if self.ingest_process is None or self.ingest_process.on_main_listener:
             if self.config.http.ingest_port:
                 ingest = self._web_application(client_max_size=self.config.audit.max_body_bytes)
                 self._add_operational_routes(ingest, with_metrics=False)
@@ -163,8 +167,14 @@ class App:
             ).add_routes(ingest)
         if self.config.frontend.enabled:
             await self._start_frontend(main)
-        self.ports["http"] = await self._serve(main, self.config.http.port)
-        if self.ingest_process is not None:
+        if self.ingest_process is not None and self.ingest_process.on_main_listener:
+            # Listening first: the child forwards there what is not the webhook's. Until it serves, the webhook's
+            # connections are served here, each closed after its answer.
+            self.ports["http"] = await self._serve(main, self.config.http.port, hand_over=self.ingest_process)
+            await self.ingest_process.start_on_main_listener(self.config.http.host, self.ports["http"])
+        else:
+            self.ports["http"] = await self._serve(main, self.config.http.port)
+        if self.ingest_process is not None and not self.ingest_process.on_main_listener:
             self.ports["ingest"] = await self.ingest_process.start(self.config.http.host, self.config.http.ingest_port)
         elif ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
@@ -290,8 +300,8 @@ class App:
             body["status"], status = "starting", 503
         elif not self.components.delivery.has_room():
             body["status"], status = "spool full", 503
-        elif self.ingest_process is not None and not self.ingest_process.up:
-            body["status"], status = "ingest process down", 503
+        elif (ingest := self.ingest_process) is not None and not ingest.on_main_listener and not ingest.up:
+            body["status"], status = "ingest process down", 503  # on the main listener, this process serves meanwhile
         elif self.watching is not None and not self.watching.healthy:
             body["status"], status = "watchers down", 503
             body["watchers_down"] = list(self.watching.service.down)
@@ -331,14 +341,28 @@ class App:
         if with_metrics:
             app.router.add_get("/metrics", metrics)
 
-    async def _serve(self, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+    async def _serve(
+        self,
+        app: web.Application,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        hand_over: IngestProcess | None = None,
+    ) -> int:
         # The webhook inflates gzip bodies itself, with a bound; aiohttp's own inflation has none. At shutdown a
         # request in flight gets a moment to finish, then is cut off (twice that at most: a wait, then the cancel).
         runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=self._in_flight_seconds)
         await runner.setup()
         self._runners.append(runner)
+        host = self.config.http.host
+        if hand_over is not None:  # plain HTTP: ingest.process refuses a TLS main listener
+            from kelemetry_py.sources.ingestproc.handoff import HandOverSite
+
+            handing = HandOverSite(runner, host, port, hand_over.hand_over, hand_over.served_here)
+            await handing.start()
+            return handing.port
         context = ssl_context if ssl_context is not None else self._ssl_context()
-        site = web.TCPSite(runner, self.config.http.host, port, ssl_context=context)
+        site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None and hasattr(server, "sockets")

@@ -59,9 +59,12 @@ class IngestConfig:
     client_ca_file: str = ""
     # Bearer tokens accepted on /audit; empty (and no client CA) accepts any caller.
     tokens: list[str] = field(default_factory=list)
-    # Serve the ingest listener (http.ingest_port) from a process of its own, which reads, decodes and redacts the
-    # batches on a second CPU; the serving process still keeps each batch before it is answered.
-    process: bool = False
+    # Serve the audit webhook from a process of its own, which reads, decodes and redacts the batches on a second
+    # CPU; the serving process still keeps each batch before it is answered. On http.ingest_port, or on the main
+    # port, which passes it each webhook connection (plain HTTP only: a TLS session cannot move to another
+    # process). "auto" (true where this process may use two CPUs or more, and audit.decode_processes is 0, unless
+    # the webhook is on a TLS main port), true or false.
+    process: str = "auto"
 
 
 @dataclass
@@ -663,6 +666,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def ingest_process_setting(ingest: IngestConfig) -> bool | None:
+    """``ingest.process``: True or False, None for "auto"."""
+    value = ingest.process.strip().lower()
+    if value == "auto":
+        return None
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"ingest.process: must be auto, true or false, not {ingest.process!r}")
+
+
 def ingest_authenticated(config: Config) -> bool:
     return bool(config.ingest.tokens or config.http.webhook_tokens or config.ingest.client_ca_file)
 
@@ -683,10 +698,14 @@ def validate_security(config: Config) -> None:
         raise ConfigError(
             "http.ingest_port: ingest.tls_cert_file and ingest.client_ca_file need a separate ingest listener"
         )
-    if ingest.process and not http.ingest_port:
-        raise ConfigError("ingest.process: the ingest process serves a listener of its own; set http.ingest_port")
-    if ingest.process and config.audit.decode_processes:
+    process = ingest_process_setting(ingest)
+    if process and config.audit.decode_processes:
         raise ConfigError("ingest.process: the ingest process decodes the batches itself; set audit.decode_processes 0")
+    if process and http.tls_cert_file and not http.ingest_port:
+        raise ConfigError(
+            "ingest.process: a TLS connection on the main port cannot be passed to the ingest process; "
+            "give the webhook its own listener (http.ingest_port)"
+        )
     if ingest.client_ca_file and not ingest.tls_cert_file:
         raise ConfigError("ingest.client_ca_file: client certificates need ingest.tls_cert_file and tls_key_file")
     if auth.mode not in AUTH_MODES:

@@ -57,6 +57,13 @@ class Metrics:
             "Times the ingest process exited unasked, or failed to start, and another was started",
             registry=r,
         )
+        self.ingest_process_connections = Counter(
+            "kelemetry_ingest_process_connections",
+            "Webhook connections accepted on the main listener with ingest.process, by the process that served them "
+            "(serving_process: no ingest process took them, so each was closed after its first answer)",
+            ["served_by"],
+            registry=r,
+        )
         self.ingest_process_memory = Gauge(
             "kelemetry_ingest_process_resident_bytes",
             "Resident memory of the ingest process (process_resident_memory_bytes is the serving process's alone)",

@@ -99,7 +99,8 @@ def json_logs() -> Iterator[io.StringIO]:
 async def test_json_logs_carry_the_request_id_of_the_webhook_call(
     make_app: AppFactory, json_logs: io.StringIO
 ) -> None:
-    app = await make_app(**{"log.format": "json"})
+    # Logged in this process, where the test reads them (an ingest process logs the same lines on its stderr).
+    app = await make_app(**{"log.format": "json", "ingest.process": False})
     async with ClientSession() as session:
         headers = {REQUEST_ID_HEADER: "apiserver-batch-7", "Content-Type": "application/json"}
         async with session.post(f"{app.base_url}/audit/fixture", data=b"[]", headers=headers) as response:

@@ -27,7 +27,9 @@ async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 async def test_a_batch_being_received_counts_as_a_request_being_served(make_app: AppFactory) -> None:
-    app = await make_app()
+    # In this process: an ingest process reads bodies on a CPU of its own, and is counted only while its batch is
+    # being kept (test_ingest_process).
+    app = await make_app(**{"ingest.process": False})
     assert app.components is not None
     priority = app.components.priority
     rest = asyncio.Event()

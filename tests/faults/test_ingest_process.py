@@ -1,5 +1,5 @@
-"""The ingest process (``ingest.process``) around the real ``serve``: killing it costs the batches it had in flight a
-retry, never an acknowledged event; it never outlives ``serve``; SIGTERM drains through it."""
+"""The ingest process (``ingest.process``) around the real ``serve``, on either listener: killing it costs the batches
+it had in flight a retry, never an acknowledged event; it never outlives ``serve``; SIGTERM drains through it."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from tests.support.waiting import until
 _DEADLINE = 20.0
 
 
-@pytest.fixture
-def ingest_env(fault_env: FaultEnv) -> FaultEnv:
-    fault_env.sections = {"http": {"ingest_port": free_port()}, "ingest": {"process": True}}
+@pytest.fixture(params=["own listener", "main listener"])
+def ingest_env(request: pytest.FixtureRequest, fault_env: FaultEnv) -> FaultEnv:
+    """On a listener of its own (http.ingest_port), or on the main one, which passes it the webhook's connections."""
+    fault_env.sections = {"ingest": {"process": True}}
+    if request.param == "own listener":
+        fault_env.sections["http"] = {"ingest_port": free_port()}
     return fault_env
 
 

@@ -65,7 +65,10 @@ def test_default_listener_is_loopback_and_env_values_keep_their_type() -> None:
     [
         ({"http.client_ca_file": "/ca.pem"}, "http.client_ca_file: .* set ingest.client_ca_file"),
         ({"ingest.tls_cert_file": "/c.pem", "ingest.tls_key_file": "/k.pem"}, "http.ingest_port"),
-        ({"ingest.process": True}, "ingest.process: .* set http.ingest_port"),
+        (
+            {"ingest.process": True, "http.tls_cert_file": "/c.pem", "http.tls_key_file": "/k.pem"},
+            "ingest.process: a TLS connection .*http.ingest_port",
+        ),
         ({"ingest.process": True, "http.ingest_port": 8081, "audit.decode_processes": -1}, "ingest.process: .* 0"),
         ({"auth.mode": "token"}, "auth.tokens"),
         ({"auth.mode": "token", "auth.tokens": [{"token": "short", "user": "a"}]}, r"auth.tokens\[0\].token"),

@@ -138,25 +138,26 @@ def batch() -> bytes:
     return orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items})
 
 
-@pytest.mark.parametrize("decode_processes", [0, 2], ids=["decoded-on-the-loop", "decoded-by-workers"])
+@pytest.mark.parametrize(
+    "decoding",
+    [{"ingest.process": False}, {"audit.decode_processes": 2}, {"ingest.process": True}],
+    ids=["decoded-on-the-loop", "decoded-by-workers", "decoded-by-the-ingest-process"],
+)
 async def test_secret_values_reach_no_output(
     make_app: AppFactory,
     otlp_receiver: GrpcOtlpReceiver,
     redis_url: str,
     caplog: pytest.LogCaptureFixture,
-    decode_processes: int,
+    decoding: dict[str, object],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     app = await make_app(
-        **{
-            "otlp.endpoint": otlp_receiver.endpoint,
-            "redis.url": redis_url,
-            "log_level": "debug",
-            "audit.decode_processes": decode_processes,
-        }
+        **{"otlp.endpoint": otlp_receiver.endpoint, "redis.url": redis_url, "log_level": "debug", **decoding}
     )
-    assert app.decoder is not None
-    assert await app.decoder.started() == (decode_processes > 0)  # the batch below is decoded where the id says
+    # The batch below is decoded where the id says.
+    assert (app.ingest_process is not None) == ("ingest.process" in decoding and bool(decoding["ingest.process"]))
+    assert app.decoder is not None  # with the ingest process, for the connections it does not take
+    assert await app.decoder.started() == ("audit.decode_processes" in decoding)
     async with ClientSession() as session:
         async with session.post(
             app.base_url + "/audit/fixture", data=batch(), headers={"Content-Type": "application/json"}

@@ -1,4 +1,4 @@
-"""The audit webhook in a process of its own (``ingest.process: true``, on ``http.ingest_port``).
+"""The audit webhook in a process of its own (``ingest.process``), on ``http.ingest_port`` or the main listener.
 
 One interpreter runs on one CPU at a time. With the webhook in the serving process, each batch's reading,
 parsing, redaction and encoding takes turns with the pipeline and the store; here a child process does that work
@@ -7,13 +7,16 @@ observation log before the child answers. A 200 still means kept.
 
 The serving process binds the listening socket and keeps it, so a child that dies is replaced on the same socket
 while the kernel queues new connections; the batches it had in flight are cut off unanswered, and the apiserver
-resends them. The child ends when its end of the channel closes: after the serving process, even when that was
-killed. At shutdown the child stops listening and answers what is in flight before the serving process drains.
+resends them. On the main listener the serving process passes each webhook connection to the child instead
+(:mod:`.handoff`), and serves them itself while no child does. The child ends when its end of the channel closes:
+after the serving process, even when that was killed. At shutdown the child stops listening and answers what is in
+flight before the serving process drains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pickle
 import socket
@@ -24,11 +27,11 @@ from typing import Any
 
 import orjson
 
-from kelemetry_py.config import Config, records_wanted
+from kelemetry_py.config import Config, ingest_process_setting, records_wanted
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.pipeline import EncodedSink, Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.process import resident_bytes
+from kelemetry_py.process import resident_bytes, usable_cpus
 from kelemetry_py.sources.ingestproc.channel import (
     CHANNEL_BUFFER,
     Channel,
@@ -38,6 +41,7 @@ from kelemetry_py.sources.ingestproc.channel import (
     pack_answer,
     unpack_records,
 )
+from kelemetry_py.sources.ingestproc.handoff import ServedHere, send_connection
 from kelemetry_py.sources.webhook import CountedWebhook
 from kelemetry_py.tls import server_ssl_context
 
@@ -53,6 +57,16 @@ _RESTART_MAX_SECONDS = 30.0
 _STAYED_UP_SECONDS = 60.0  # a child that lived this long starts the next restart's backoff afresh
 
 
+def ingest_process_wanted(config: Config, cpus: int | None = None) -> bool:
+    """Whether ``ingest.process`` serves the webhook from a process of its own here (``cpus``: usable_cpus)."""
+    wanted = ingest_process_setting(config.ingest)
+    if wanted is not None:
+        return wanted
+    if config.audit.decode_processes or (config.http.tls_cert_file and not config.http.ingest_port):
+        return False
+    return (usable_cpus() if cpus is None else cpus) >= 2
+
+
 class IngestProcess:
     def __init__(
         self,
@@ -64,6 +78,7 @@ class IngestProcess:
         readiness: Readiness,
         whole_bodies: bool,
         in_flight_seconds: float,
+        on_main_listener: bool = False,
     ) -> None:
         self._config = config
         self._sink = sink
@@ -71,11 +86,12 @@ class IngestProcess:
         self._counted = CountedWebhook(metrics)
         self._priority = priority
         self._readiness = readiness
-        self._settings = pickle.dumps(
-            Settings(config, records_wanted(config), whole_bodies, in_flight_seconds), pickle.HIGHEST_PROTOCOL
-        )
+        self.on_main_listener = on_main_listener
+        self.served_here = ServedHere()  # on the main listener: webhook connections no child took
+        self._settings = Settings(config, records_wanted(config), whole_bodies, in_flight_seconds, None)
         self._in_flight_seconds = in_flight_seconds
         self._listening: socket.socket | None = None
+        self._handoff: socket.socket | None = None  # on the main listener: where connections go to the child
         self._child: asyncio.subprocess.Process | None = None
         self._channel: Channel | None = None
         self._keeping: set[asyncio.Task[None]] = set()
@@ -100,7 +116,8 @@ class IngestProcess:
         return resident_bytes(pid) if pid is not None else 0.0
 
     async def start(self, host: str, port: int) -> int:
-        """Bind the listener, start the child and wait until it serves; the port bound."""
+        """Bind the ingest listener, start the child and wait until it serves; the port bound."""
+        assert not self.on_main_listener
         ingest = self._config.ingest
         # Loaded here too, so that a certificate that cannot be read fails the start with its own error.
         server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
@@ -108,36 +125,67 @@ class IngestProcess:
         listening = socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
         self._listening = listening
         try:
+            await self._start_first()
+        except BaseException:
+            listening.close()
+            self._listening = None
+            raise
+        return int(listening.getsockname()[1])
+
+    async def start_on_main_listener(self, host: str, port: int) -> None:
+        """Start the child and wait until it takes connections from the main listener (:meth:`hand_over`), which
+        listens on ``host`` and ``port``: the child forwards there what is not the webhook's."""
+        assert self.on_main_listener
+        self._settings = dataclasses.replace(self._settings, main_listener=(host, port))
+        await self._start_first()
+
+    def hand_over(self, transport: asyncio.Transport, head: bytes) -> bool:
+        """On the main listener: pass a webhook connection to the child; False when none takes it now."""
+        handed = self._handoff is not None and self.up and send_connection(self._handoff, transport, head)
+        self._metrics.ingest_process_connections.labels("ingest_process" if handed else "serving_process").inc()
+        return handed
+
+    async def _start_first(self) -> None:
+        try:
             async with asyncio.timeout(_START_SECONDS):
                 await self._start_child()
         except BaseException:
             await self._end_child()
-            listening.close()
-            self._listening = None
             raise
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="ingest-process")
-        return int(listening.getsockname()[1])
 
     async def _start_child(self) -> None:
         """Start a child and wait until it listens, then serve its channel until it ends."""
-        assert self._listening is not None
         ours, theirs = socket.socketpair()
+        connections: socket.socket | None = None
+        if self.on_main_listener:
+            handoff, connections = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            handoff.setblocking(False)
+            if self._handoff is not None:
+                self._handoff.close()
+            self._handoff = handoff
+        else:
+            assert self._listening is not None
         try:
-            listen_fd, channel_fd = self._listening.fileno(), theirs.fileno()
+            served = connections if connections is not None else self._listening
+            assert served is not None
+            served_fd, channel_fd = served.fileno(), theirs.fileno()
             self._child = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "kelemetry_py.sources.ingestproc.child",
-                str(listen_fd),
+                str(served_fd),
                 str(channel_fd),
-                pass_fds=(listen_fd, channel_fd),
+                pass_fds=(served_fd, channel_fd),
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             theirs.close()
+            if connections is not None:
+                connections.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHANNEL_BUFFER)
         channel = Channel(reader, writer)
-        channel.send(Kind.SETTINGS, 0, self._settings)
+        channel.send(Kind.SETTINGS, 0, pickle.dumps(self._settings, pickle.HIGHEST_PROTOCOL))
         try:
             kind, _, _ = await channel.receive()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -236,6 +284,9 @@ class IngestProcess:
         if self._listening is not None:
             self._listening.close()  # the child's copy stops listening below; no new connection is queued meanwhile
             self._listening = None
+        if self._handoff is not None:
+            self._handoff.close()  # new webhook connections stay with the serving process, which stops next
+            self._handoff = None
         child, channel = self._child, self._channel
         if child is not None and child.returncode is None:
             if channel is not None:

@@ -99,3 +99,6 @@ class Settings:
     records: bool  # whether search records are kept (records_wanted)
     whole_bodies: bool  # whether the pipeline reads whole request bodies (Pipeline.reads_whole_bodies)
     in_flight_seconds: float  # at shutdown, how long a request in flight may take to finish
+    # Where the serving process's main listener is reached, when that passes connections here one by one (None on
+    # a listener of the ingest process's own): requests other than the webhook's are forwarded there.
+    main_listener: tuple[str, int] | None

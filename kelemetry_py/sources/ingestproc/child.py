@@ -1,7 +1,8 @@
-"""The ingest process: serves the audit webhook on the listening socket the serving process hands it, and has
-each batch's encoded records kept by the serving process before answering.
+"""The ingest process: serves the audit webhook on the listening socket the serving process hands it, or on the
+connections it passes over one by one from the main listener, and has each batch's encoded records kept by the
+serving process before answering.
 
-``python -m kelemetry_py.sources.ingestproc.child LISTEN_FD CHANNEL_FD``, started by
+``python -m kelemetry_py.sources.ingestproc.child SERVED_FD CHANNEL_FD``, started by
 :class:`~kelemetry_py.sources.ingestproc.IngestProcess` only.
 """
 
@@ -36,6 +37,7 @@ from kelemetry_py.sources.ingestproc.channel import (
     pack_records,
     unpack_answer,
 )
+from kelemetry_py.sources.ingestproc.handoff import Resumed, ToServingProcess, receive_connections
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.spool.codec import encode_observations
 from kelemetry_py.tls import server_ssl_context
@@ -149,7 +151,7 @@ class ServingProcess:
             self._channel.send(Kind.COUNT, 0, orjson.dumps(counts))
 
 
-async def serve(listening: socket.socket, channel_socket: socket.socket) -> None:
+async def serve(served: socket.socket, channel_socket: socket.socket) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=channel_socket, limit=CHANNEL_BUFFER)
     channel = Channel(reader, writer)
     kind, _, body = await channel.receive()
@@ -202,15 +204,36 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    forwarding: ToServingProcess | None = None
+    if settings.main_listener is not None:
+        forwarding = ToServingProcess(settings.main_listener)
+        app.router.add_route("*", "/{path:.*}", forwarding.handle)
     runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=settings.in_flight_seconds)
     await runner.setup()
-    ingest = config.ingest
-    context = server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
-    await web.SockSite(runner, listening, ssl_context=context).start()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, serving.stop_requested.set)
+    loop = asyncio.get_running_loop()
+    if settings.main_listener is not None:
+        server = runner.server
+        assert server is not None
+        connecting: set[asyncio.Task[Any]] = set()
+
+        def take(connection: socket.socket, head: bytes) -> None:
+            task = loop.create_task(loop.connect_accepted_socket(lambda: Resumed(server(), head), connection))
+            connecting.add(task)
+            task.add_done_callback(connecting.discard)
+
+        receive_connections(served, take)
+    else:
+        ingest = config.ingest
+        context = server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
+        await web.SockSite(runner, served, ssl_context=context).start()
+    loop.add_signal_handler(signal.SIGTERM, serving.stop_requested.set)
     channel.send(Kind.LISTENING)
     await serving.stop_requested.wait()
+    if forwarding is not None:
+        loop.remove_reader(served.fileno())  # the serving process no longer passes connections either
     await runner.cleanup()  # stops listening; the requests in flight are answered first
+    if forwarding is not None:
+        await forwarding.close()
     serving.send_counts()
     await channel.drain()
     listener.cancel()
@@ -221,8 +244,8 @@ async def serve(listening: socket.socket, channel_socket: socket.socket) -> None
 def main(argv: list[str]) -> None:
     # A terminal's Ctrl-C reaches the whole process group: shutting down is the serving process's to order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    listen_fd, channel_fd = (int(arg) for arg in argv)
-    asyncio.run(serve(socket.socket(fileno=listen_fd), socket.socket(fileno=channel_fd)))
+    served_fd, channel_fd = (int(arg) for arg in argv)
+    asyncio.run(serve(socket.socket(fileno=served_fd), socket.socket(fileno=channel_fd)))
 
 
 if __name__ == "__main__":
