@@ -198,8 +198,17 @@ def test_server_probes_listeners_and_secrets(overlay: str, tmp_path: Path) -> No
     assert container["readinessProbe"]["httpGet"]["port"] in ports
     config = effective_config(rendered(overlay))  # auth.mode (the auth component) is the security work's key
     assert config.http.host == "0.0.0.0"  # reachable in the pod; the NetworkPolicy narrows who may connect
-    assert {config.http.port, config.http.frontend_port} == set(ports.values())
-    assert ports["webhook"] == config.http.port and config.http.tls_cert_file and config.http.tls_key_file
+    assert {"webhook": config.http.ingest_port, "query": config.http.frontend_port} == ports
+    assert config.http.tls_cert_file and config.http.tls_key_file
+    # The webhook on a listener of its own, with TLS and a token: served by the ingest process where the pod may
+    # use a second CPU (ingest.process auto), and its probes answer for both processes.
+    assert config.ingest.process == "auto" and config.ingest.tokens
+    assert config.ingest.tls_cert_file == config.http.tls_cert_file and config.ingest.tls_key_file
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "webhook"
+    assert config.http.port not in ports.values()  # the serving process's own listener: exposed nowhere
+    policy = one(objects, "NetworkPolicy", "kelemetry-py")
+    assert config.http.port not in {rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]}
     volumes = one(objects, "StatefulSet", "kelemetry-py")["spec"]["template"]["spec"]["volumes"]
     tls = next(volume for volume in volumes if volume["name"] == "tls")
     mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
@@ -211,29 +220,6 @@ def test_server_probes_listeners_and_secrets(overlay: str, tmp_path: Path) -> No
             for variable in each.get("env", []):
                 if re.search(r"TOKEN|PASSWORD|SECRET", variable["name"]):
                     assert "secretKeyRef" in variable["valueFrom"], variable
-    assert one(objects, "Service", "kelemetry-py-ingest")["spec"]["ports"][0]["targetPort"] == "webhook"
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_ingest_process_component_serves_the_webhook_port_from_a_process_of_its_own(
-    overlay: str, tmp_path: Path
-) -> None:
-    objects = rendered(overlay, tmp_path, (*COMPONENTS, "ingest-process"))
-    for obj in objects:
-        if not obj["apiVersion"].startswith(CRD_GROUPS):
-            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
-    container = server_container(objects)
-    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    config = effective_config(objects)
-    assert config.ingest.process and config.ingest.tokens
-    # The apiserver's port, its Services and its probes are unchanged; only who serves it is.
-    assert ports["webhook"] == config.http.ingest_port == 8443
-    assert config.ingest.tls_cert_file == config.http.tls_cert_file and config.ingest.tls_key_file
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] == "webhook"
-    assert config.http.port not in ports.values()  # the serving process's own listener: exposed nowhere
-    policy = one(objects, "NetworkPolicy", "kelemetry-py")
-    assert config.http.port not in {rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]}
     assert one(objects, "Service", "kelemetry-py-ingest")["spec"]["ports"][0]["targetPort"] == "webhook"
 
 
@@ -252,7 +238,7 @@ def test_selectors_reach_the_server_pods(overlay: str, tmp_path: Path) -> None:
     assert selects(policy["spec"]["podSelector"]["matchLabels"])
     by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
     config = effective_config(rendered(overlay))
-    assert [list(peer) for peer in by_port[config.http.port]] == [["ipBlock"]]  # the control plane only
+    assert [list(peer) for peer in by_port[config.http.ingest_port]] == [["ipBlock"]]  # the control plane only
     assert [list(peer) for peer in by_port[config.http.frontend_port]] == [["namespaceSelector"]]
     monitor = one(objects, "ServiceMonitor", "kelemetry-py")
     query = one(objects, "Service", "kelemetry-py")
