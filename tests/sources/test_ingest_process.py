@@ -24,6 +24,7 @@ from kelemetry_py.sources import ingestproc
 from kelemetry_py.sources.ingestproc import IngestProcess, ingest_process_wanted
 from kelemetry_py.sources.ingestproc.handoff import HEAD_BYTES, is_audit_request
 from kelemetry_py.storage import TraceQuery
+from tests.plugins.support import running_app
 from tests.security.test_listeners import make_certificates
 from tests.sources.test_webhook import Harness, first_batch, make_harness
 from tests.support.waiting import until
@@ -150,22 +151,8 @@ async def test_one_that_cannot_start_is_retried_and_counted_until_it_can(tmp_pat
 JSON = {"Content-Type": "application/json"}
 
 
-@contextlib.asynccontextmanager
-async def serving(directory: Path, **overrides: Any) -> AsyncIterator[App]:
-    settings = {
-        "cluster": "dflt",
-        "http.port": 0,
-        "store.path": str(directory / "traces.db"),
-        "log_level": "warning",
-        "ingest.process": "true",
-        **overrides,
-    }
-    app = App(load_config(env={}, overrides=settings))
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
+def serving(directory: Path, **overrides: Any) -> contextlib.AbstractAsyncContextManager[App]:
+    return running_app(directory, **{"cluster": "dflt", "ingest.process": "true", **overrides})
 
 
 def connections(app: App) -> dict[str, float]:
