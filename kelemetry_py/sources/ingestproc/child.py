@@ -216,10 +216,15 @@ async def serve(served: socket.socket, channel_socket: socket.socket) -> None:
         assert server is not None
         connecting: set[asyncio.Task[Any]] = set()
 
+        def taken(task: asyncio.Task[Any]) -> None:
+            connecting.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # the client went away meanwhile
+                log.debug("ingest process: a connection passed over could not be served: %s", task.exception())
+
         def take(connection: socket.socket, head: bytes) -> None:
             task = loop.create_task(loop.connect_accepted_socket(lambda: Resumed(server(), head), connection))
             connecting.add(task)
-            task.add_done_callback(connecting.discard)
+            task.add_done_callback(taken)
 
         receive_connections(served, take)
     else:
