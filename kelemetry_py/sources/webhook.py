@@ -135,8 +135,10 @@ class AuditWebhook:
             known = not gzip and request.content_length is not None
             if known:
                 reserved.grow(request.content_length or 0)
-            body = await self._read_body(request, gzip=gzip, reserved=None if known else reserved)
-            batch = await self._decoder.decode(cluster, body)
+            # The body is dropped once decoded: a batch waiting for its answer holds only its records.
+            batch = await self._decoder.decode(
+                cluster, await self._read_body(request, gzip=gzip, reserved=None if known else reserved)
+            )
         except _Busy:
             self._metrics.batch_rejected("in_flight")
             return web.json_response(

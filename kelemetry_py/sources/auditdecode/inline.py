@@ -11,7 +11,9 @@ from kelemetry_py.spool.codec import encode_observations
 _PER_RECORD = 64  # observations
 
 
-def decode_batch(converter: AuditConverter, cluster: str, body: bytes) -> DecodedBatch:
+def decode_batch(
+    converter: AuditConverter, cluster: str, body: bytes, *, keep_observations: bool = True
+) -> DecodedBatch:
     events, rejected = parse_batch(body)
     observations, dropped = converter.convert_reporting(cluster, events)
     records = [observations[start : start + _PER_RECORD] for start in range(0, len(observations), _PER_RECORD)]
@@ -21,15 +23,24 @@ def decode_batch(converter: AuditConverter, cluster: str, body: bytes) -> Decode
         rejected=rejected,
         dropped=dropped,
         payloads=[encode_observations(record) for record in records],
-        observations=records,
+        observations=records if keep_observations else None,
     )
 
 
 class InlineDecoder:
     def __init__(
-        self, audit: AuditConfig, redaction: RedactionConfig, *, records: bool, whole_bodies: bool = True
+        self,
+        audit: AuditConfig,
+        redaction: RedactionConfig,
+        *,
+        records: bool,
+        whole_bodies: bool = True,
+        keep_observations: bool = True,
     ) -> None:
         self._converter = AuditConverter(audit, redaction, records=records, whole_bodies=whole_bodies)
+        # False where only the encoded records leave (an ingest process): a batch waiting for its answer then holds
+        # its records, not its decoded observations as well.
+        self._keep_observations = keep_observations
 
     async def start(self) -> None:
         return None
@@ -42,7 +53,7 @@ class InlineDecoder:
         return []
 
     async def decode(self, cluster: str, body: bytes) -> DecodedBatch:
-        return decode_batch(self._converter, cluster, body)
+        return decode_batch(self._converter, cluster, body, keep_observations=self._keep_observations)
 
     async def close(self) -> None:
         return None

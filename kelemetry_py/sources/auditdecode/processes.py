@@ -21,7 +21,6 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 
@@ -62,7 +61,7 @@ def _worker_pid() -> int:
 def _decode_in_worker(cluster: str, body: bytes) -> DecodedBatch:
     assert _converter is not None
     # The observations go back encoded only: unpickling them would cost the loop what decoding them here saved.
-    return replace(decode_batch(_converter, cluster, body), observations=None)
+    return decode_batch(_converter, cluster, body, keep_observations=False)
 
 
 def _context() -> BaseContext:

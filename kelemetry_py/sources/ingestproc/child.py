@@ -173,7 +173,11 @@ async def serve(served: socket.socket, channel_socket: socket.socket) -> None:
     webhook = AuditWebhook(
         sink=serving,
         decoder=InlineDecoder(
-            config.audit, config.redaction, records=settings.records, whole_bodies=settings.whole_bodies
+            config.audit,
+            config.redaction,
+            records=settings.records,
+            whole_bodies=settings.whole_bodies,
+            keep_observations=False,
         ),
         metrics=serving,
         default_cluster=config.cluster,
