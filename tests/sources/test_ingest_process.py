@@ -339,3 +339,31 @@ def test_auto_puts_the_webhook_in_a_process_of_its_own_with_a_second_cpu(
 def test_settings_it_cannot_serve_are_refused(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(env={}, overrides=settings)
+
+
+async def test_on_the_main_listener_one_that_cannot_start_leaves_the_webhook_served_here_until_one_can(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingestproc, "_RESTART_FIRST_SECONDS", 0.05)
+    monkeypatch.setattr(ingestproc, "_CHILD_MODULE", "kelemetry_py.sources.ingestproc.no_such_module")
+    body = first_batch(fixtures_dir)
+    async with serving(tmp_path) as app:  # starts all the same
+        ingest = app.ingest_process
+        assert ingest is not None and not ingest.up
+        async with (
+            ClientSession(base_url=app.base_url) as session,
+            session.post("/audit/fixture", data=body, headers=JSON) as response,
+        ):
+            assert response.status == 200 and response.headers["Connection"] == "close"
+        assert app.components is not None
+        restarts = "kelemetry_ingest_process_restarts_total"
+        registry = app.components.metrics.registry
+        await until("failed starts are counted", lambda: (registry.get_sample_value(restarts) or 0) >= 2)
+        monkeypatch.setattr(ingestproc, "_CHILD_MODULE", "kelemetry_py.sources.ingestproc.child")
+        await until("one starts once it can", lambda: ingest.up)
+        async with (
+            ClientSession(base_url=app.base_url) as session,
+            session.post("/audit/fixture", data=body, headers=JSON) as response,
+        ):
+            assert response.status == 200 and "Connection" not in response.headers
+        assert connections(app) == {"serving_process": 1.0, "ingest_process": 1.0}

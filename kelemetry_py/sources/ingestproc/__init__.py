@@ -54,6 +54,7 @@ _FORWARDED_COUNTS = frozenset(("answered", "batch_rejected", "events_accepted", 
 _START_SECONDS = 30.0
 _RESTART_FIRST_SECONDS = 0.5
 _RESTART_MAX_SECONDS = 30.0
+_CHILD_MODULE = "kelemetry_py.sources.ingestproc.child"
 _STAYED_UP_SECONDS = 60.0  # a child that lived this long starts the next restart's backoff afresh
 
 
@@ -134,10 +135,18 @@ class IngestProcess:
 
     async def start_on_main_listener(self, host: str, port: int) -> None:
         """Start the child and wait until it takes connections from the main listener (:meth:`hand_over`), which
-        listens on ``host`` and ``port``: the child forwards there what is not the webhook's."""
+        listens on ``host`` and ``port``: the child forwards there what is not the webhook's. One that cannot start
+        is retried in the background; meanwhile the serving process serves the webhook itself."""
         assert self.on_main_listener
         self._settings = dataclasses.replace(self._settings, main_listener=(host, port))
-        await self._start_first()
+        try:
+            await self._start_first()
+        except Exception:
+            log.exception("ingest process: could not start one; the webhook is served in this process meanwhile")
+            self._metrics.ingest_process_restarts.inc()
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(running=False), name="ingest-process"
+            )
 
     def hand_over(self, transport: asyncio.Transport, head: bytes) -> bool:
         """On the main listener: pass a webhook connection to the child; False when none takes it now."""
@@ -173,7 +182,7 @@ class IngestProcess:
             self._child = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "kelemetry_py.sources.ingestproc.child",
+                _CHILD_MODULE,
                 str(served_fd),
                 str(channel_fd),
                 pass_fds=(served_fd, channel_fd),
@@ -242,32 +251,33 @@ class IngestProcess:
             elif name == "internal_error":
                 self._metrics.http_errors.inc()
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, running: bool = True) -> None:
+        """Replace a child that exits, or could not start, pausing longer while they keep failing."""
         delay = _RESTART_FIRST_SECONDS
         while True:
-            child, serving = self._child, self._serving
-            assert child is not None and serving is not None
-            started = time.monotonic()
-            code = await child.wait()
-            await serving
-            log.error("ingest process %d exited (%s); starting another on the same listener", child.pid, code)
-            self._metrics.ingest_process_restarts.inc()
-            if time.monotonic() - started > _STAYED_UP_SECONDS:
-                delay = _RESTART_FIRST_SECONDS
-            else:  # one that keeps failing is not restarted in a tight loop
-                await asyncio.sleep(delay)
+            pause = delay
+            if running:
+                child, serving = self._child, self._serving
+                assert child is not None and serving is not None
+                started = time.monotonic()
+                code = await child.wait()
+                await serving
+                log.error("ingest process %d exited (%s); starting another", child.pid, code)
+                self._metrics.ingest_process_restarts.inc()
+                if time.monotonic() - started > _STAYED_UP_SECONDS:
+                    delay, pause = _RESTART_FIRST_SECONDS, 0.0
+            if pause:
+                await asyncio.sleep(pause)
                 delay = min(delay * 2, _RESTART_MAX_SECONDS)
-            while True:
-                try:
-                    async with asyncio.timeout(_START_SECONDS):
-                        await self._start_child()
-                    break
-                except Exception:
-                    log.exception("ingest process: could not start one; retrying in %.1fs", delay)
-                    self._metrics.ingest_process_restarts.inc()  # a crash loop at start shows as one too
-                    await self._end_child()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RESTART_MAX_SECONDS)
+            try:
+                async with asyncio.timeout(_START_SECONDS):
+                    await self._start_child()
+                running = True
+            except Exception:
+                log.exception("ingest process: could not start one; retrying")
+                self._metrics.ingest_process_restarts.inc()  # a crash loop at start shows as one too
+                await self._end_child()
+                running = False
 
     async def _end_child(self) -> None:
         child = self._child
