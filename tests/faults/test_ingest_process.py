@@ -3,9 +3,11 @@ it had in flight a retry, never an acknowledged event; it never outlives ``serve
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 import pytest
+from aiohttp import ClientSession, ClientTimeout
 
 from tests.faults import scenarios
 from tests.faults.params import EVENTS
@@ -55,3 +57,32 @@ async def test_the_ingest_process_never_outlives_serve(ingest_env: FaultEnv, sig
     code = await server.wait(within=_DEADLINE)
     assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 0), server.stderr()
     await until("every process serve started exits", lambda: not alive(everything))
+
+
+async def test_probes_on_the_ingest_listener_fail_while_serve_hangs(fault_env: FaultEnv) -> None:
+    """/healthz and /readyz on the ingest listener are answered by the ingest process, which asks ``serve``: while
+    ``serve`` is stopped (SIGSTOP) both must fail, or the kubelet would never restart a hung replica; after SIGCONT
+    they pass again."""
+    port = free_port()
+    fault_env.sections = {"http": {"ingest_port": port}, "ingest": {"process": True}}
+    server = fault_env.serve("hung")
+    await server.start()
+    base = f"http://127.0.0.1:{port}"
+
+    async def probe(session: ClientSession, path: str) -> tuple[int, str]:
+        async with session.get(base + path, timeout=ClientTimeout(total=_DEADLINE)) as response:
+            return response.status, await response.text()
+
+    async def both(session: ClientSession) -> list[tuple[int, str]]:
+        return list(await asyncio.gather(probe(session, "/healthz"), probe(session, "/readyz")))
+
+    async with ClientSession() as session:
+        assert [status for status, _ in await both(session)] == [200, 200]
+        server.send(signal.SIGSTOP)
+        try:
+            hung = await both(session)
+        finally:
+            server.send(signal.SIGCONT)
+        assert all(status == 503 and "does not answer" in text for status, text in hung), hung
+        assert [status for status, _ in await both(session)] == [200, 200]
+    assert await server.stop() == 0, server.stderr()
