@@ -198,6 +198,10 @@ async def test_on_the_main_listener_webhook_connections_are_passed_to_the_ingest
                 assert response.headers["X-Request-Id"] == "forwarded-0001"
             async with session.get("/api/services", headers=bearer, params={"check": "á b"}) as response:
                 assert response.status == 200
+            async with session.get("/ui/object.js") as response:
+                forwarded = (response.status, response.headers["Content-Type"], await response.read())
+        async with ClientSession(base_url=app.base_url) as fresh, fresh.get("/ui/object.js") as response:
+            assert forwarded == (200, response.headers["Content-Type"], await response.read())
         assert connections(app) == {"ingest_process": 1.0}  # one connection, passed over once
         await until("the answers are counted", lambda: accepted(app) == sum(answers))
         await app.settle()
