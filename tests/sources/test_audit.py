@@ -8,7 +8,7 @@ import pytest
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.model import Observation
-from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_event_list
+from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch, parse_event_list
 from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import FAKE_SECRET_VALUES, SCENARIOS
 
@@ -24,6 +24,39 @@ def observations_of(fixtures_dir: Path, scenario: str, **audit: object) -> list[
 def test_time_parsing_keeps_microseconds() -> None:
     assert parse_time_ns("2026-11-21T05:26:14.123456Z") == 1795238774_123456000
     assert parse_time_ns("1970-01-01T00:00:01Z") == 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("stamp", "representable"),
+    [
+        ("1970-01-01T00:00:00Z", True),
+        ("1969-12-31T23:59:59.999999Z", False),
+        ("1970-01-01T00:30:00+01:00", False),  # the year is 1970, the instant before the epoch
+        ("1971-01-01T00:00:00+23:59", True),
+        ("2261-12-31T23:00:00-05:00", True),  # in 2262 once in UTC, well before its end
+        ("2262-04-11T23:47:16.854775Z", True),  # the last microsecond a signed 64-bit nanosecond count holds
+        ("2262-04-11T23:47:17Z", False),
+        ("2262-04-11T20:47:17-03:00", False),
+        ("2300-01-01T00:00:00Z", False),
+    ],
+)
+def test_timestamps_outside_what_a_span_holds_are_rejected_alone(stamp: str, representable: bool) -> None:
+    event = {
+        "auditID": "a",
+        "stage": "ResponseComplete",
+        "verb": "create",
+        "user": {"username": "admin"},
+        "objectRef": {"resource": "configmaps", "namespace": "default", "name": "n", "apiVersion": "v1"},
+        "responseStatus": {"code": 201},
+        "requestReceivedTimestamp": "2026-01-01T00:00:00Z",
+        "stageTimestamp": stamp,
+    }
+    events, rejected = parse_batch(
+        orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [event]})
+    )
+    assert (len(events), [item.reason for item in rejected]) == (
+        (1, []) if representable else (0, ["time_out_of_range"])
+    )
 
 
 def test_generate_name_pods_take_their_name_from_the_response(fixtures_dir: Path) -> None:
