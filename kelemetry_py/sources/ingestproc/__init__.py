@@ -166,18 +166,16 @@ class IngestProcess:
     async def _start_child(self) -> None:
         """Start a child and wait until it listens, then serve its channel until it ends."""
         ours, theirs = socket.socketpair()
-        connections: socket.socket | None = None
-        if self.on_main_listener:
-            handoff, connections = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self.on_main_listener:  # the child is served connections one by one, over a pair of its own
+            handoff, served = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             handoff.setblocking(False)
             if self._handoff is not None:
                 self._handoff.close()
             self._handoff = handoff
         else:
             assert self._listening is not None
+            served = self._listening
         try:
-            served = connections if connections is not None else self._listening
-            assert served is not None
             served_fd, channel_fd = served.fileno(), theirs.fileno()
             self._child = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -190,8 +188,8 @@ class IngestProcess:
             )
         finally:
             theirs.close()
-            if connections is not None:
-                connections.close()
+            if self.on_main_listener:
+                served.close()  # the child's end
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHANNEL_BUFFER)
         channel = Channel(reader, writer)
         channel.send(Kind.SETTINGS, 0, pickle.dumps(self._settings, pickle.HIGHEST_PROTOCOL))

@@ -15,7 +15,7 @@ import pickle
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -37,7 +37,7 @@ from kelemetry_py.sources.ingestproc.channel import (
     pack_records,
     unpack_answer,
 )
-from kelemetry_py.sources.ingestproc.handoff import Resumed, ToServingProcess, receive_connections
+from kelemetry_py.sources.ingestproc.handoff import ToServingProcess, receive_connections
 from kelemetry_py.sources.webhook import AuditWebhook
 from kelemetry_py.spool.codec import encode_observations
 from kelemetry_py.tls import server_ssl_context
@@ -215,22 +215,10 @@ async def serve(served: socket.socket, channel_socket: socket.socket) -> None:
     runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=settings.in_flight_seconds)
     await runner.setup()
     loop = asyncio.get_running_loop()
+    stop_taking: Callable[[], None] | None = None
     if settings.main_listener is not None:
-        server = runner.server
-        assert server is not None
-        connecting: set[asyncio.Task[Any]] = set()
-
-        def taken(task: asyncio.Task[Any]) -> None:
-            connecting.discard(task)
-            if not task.cancelled() and task.exception() is not None:  # the client went away meanwhile
-                log.debug("ingest process: a connection passed over could not be served: %s", task.exception())
-
-        def take(connection: socket.socket, head: bytes) -> None:
-            task = loop.create_task(loop.connect_accepted_socket(lambda: Resumed(server(), head), connection))
-            connecting.add(task)
-            task.add_done_callback(taken)
-
-        receive_connections(served, take)
+        assert runner.server is not None
+        stop_taking = receive_connections(served, runner.server)
     else:
         ingest = config.ingest
         context = server_ssl_context(ingest.tls_cert_file, ingest.tls_key_file, ingest.client_ca_file)
@@ -238,8 +226,8 @@ async def serve(served: socket.socket, channel_socket: socket.socket) -> None:
     loop.add_signal_handler(signal.SIGTERM, serving.stop_requested.set)
     channel.send(Kind.LISTENING)
     await serving.stop_requested.wait()
-    if forwarding is not None:
-        loop.remove_reader(served.fileno())  # the serving process no longer passes connections either
+    if stop_taking is not None:
+        stop_taking()  # the serving process no longer passes connections either
     await runner.cleanup()  # stops listening; the requests in flight are answered first
     if forwarding is not None:
         await forwarding.close()

@@ -18,6 +18,7 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -171,11 +172,23 @@ def send_connection(handoff: socket.socket, transport: asyncio.Transport, head: 
     return True
 
 
-def receive_connections(handoff: socket.socket, serve: Callable[[socket.socket, bytes], None]) -> None:
-    """In the ingest process: each connection the serving process passes over ``handoff`` goes to ``serve``.
-    Stops at the serving process's end (the channel's end ends this process)."""
+def receive_connections(handoff: socket.socket, server: Callable[[], asyncio.Protocol]) -> Callable[[], None]:
+    """In the ingest process: serve each connection the serving process passes over ``handoff`` with a handler
+    ``server`` makes (aiohttp's ``web.Server``). Returns what stops taking them. Stops by itself at the serving
+    process's end (the channel's end ends this process)."""
     loop = asyncio.get_running_loop()
     handoff.setblocking(False)
+    connecting: set[asyncio.Task[Any]] = set()
+
+    def taken(task: asyncio.Task[Any]) -> None:
+        connecting.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the client went away meanwhile
+            log.debug("ingest process: a connection passed over could not be served: %s", task.exception())
+
+    def take(connection: socket.socket, head: bytes) -> None:
+        task = loop.create_task(loop.connect_accepted_socket(lambda: Resumed(server(), head), connection))
+        connecting.add(task)
+        task.add_done_callback(taken)
 
     def ready() -> None:
         while True:
@@ -188,9 +201,13 @@ def receive_connections(handoff: socket.socket, serve: Callable[[socket.socket, 
             if not fds:
                 loop.remove_reader(handoff.fileno())
                 return
-            serve(socket.socket(fileno=fds[0]), head)
+            take(socket.socket(fileno=fds[0]), head)
+
+    def stop() -> None:
+        loop.remove_reader(handoff.fileno())
 
     loop.add_reader(handoff.fileno(), ready)
+    return stop
 
 
 # RFC 9110 §7.6.1: these describe one connection, not the message.
