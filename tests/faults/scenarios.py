@@ -199,10 +199,9 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
     restarted = time.monotonic()
     await server.start()
     try:
-        complete = await received.wait_for(expected, env.settle_seconds)
-        figures.details["recovery_seconds"] = time.monotonic() - restarted if complete else None
-        drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
-        figures.drained, figures.drain_seconds = drain.done, drain.seconds
+        drain = await _deliver_then_drain(
+            env, figures, received, server, expected, timed=("recovery_seconds", restarted)
+        )
         figures.details["backlog"] = drain.backlog or drain.why
         figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     finally:
@@ -260,9 +259,7 @@ async def ingest_process_killed(env: FaultEnv, events: int, kill_at: float = 0.5
         figures.details["replaced"] = len(ingest_processes(server.pid) - killed)
         figures.details["restarts"] = await server.metric("kelemetry_ingest_process_restarts_total", "")
         expected = env.workload.expected_ids(result.acknowledged)
-        complete = await received.wait_for(expected, env.settle_seconds)
-        drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
-        figures.drained, figures.drain_seconds = drain.done, drain.seconds
+        await _deliver_then_drain(env, figures, received, server, expected)
     finally:
         figures.note_exit(server, await server.stop())
     await figures.count_delivered(received, server, expected)
@@ -292,10 +289,9 @@ async def otlp_outage(env: FaultEnv, outage_seconds: float) -> Figures:
         await env.receiver.start()
         receiver_down = False
         back = time.monotonic()
-        complete = await received.wait_for(expected, env.settle_seconds)
-        figures.details["delivery_after_outage_seconds"] = time.monotonic() - back if complete else None
-        drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
-        figures.drained, figures.drain_seconds = drain.done, drain.seconds
+        await _deliver_then_drain(
+            env, figures, received, server, expected, timed=("delivery_after_outage_seconds", back)
+        )
         figures.peak_rss_mib = server.peak_rss_bytes() / MIB
     finally:
         if receiver_down:
@@ -383,9 +379,7 @@ async def poison(env: FaultEnv, clean_events: int) -> Figures:
         figures.details["misnamed_400"] = misnamed
         # Clean events are expected from every clean batch, and from poison batches answered 200.
         expected = workload.expected_ids(clean_acked + [ref for ref in result.acknowledged if ref in poisoned])
-        complete = await received.wait_for(expected, env.settle_seconds)
-        drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
-        figures.drained, figures.drain_seconds = drain.done, drain.seconds
+        await _deliver_then_drain(env, figures, received, server, expected)
     finally:
         figures.note_exit(server, await server.stop())
     await figures.count_delivered(received, server, expected)
@@ -417,10 +411,7 @@ async def replicas_kill(env: FaultEnv, events: int, kill_at: float = 0.5, claim_
         figures.details["acknowledged_by"] = {"a": result.acknowledged_by[0], "b": result.acknowledged_by[1]}
         expected = env.workload.expected_ids(result.acknowledged)
         killed = time.monotonic()
-        complete = await received.wait_for(expected, env.settle_seconds)
-        figures.details["recovery_seconds"] = time.monotonic() - killed if complete else None
-        drain: Drain = await replica_b.wait_backlog(None, env.settle_seconds if complete else 1)
-        figures.drained, figures.drain_seconds = drain.done, drain.seconds
+        await _deliver_then_drain(env, figures, received, replica_b, expected, timed=("recovery_seconds", killed))
     finally:
         if replica_a.running:
             replica_a.kill()
@@ -428,3 +419,24 @@ async def replicas_kill(env: FaultEnv, events: int, kill_at: float = 0.5, claim_
         figures.note_exit(replica_b, await replica_b.stop())
     figures.count_received(received, expected)
     return figures
+
+
+async def _deliver_then_drain(
+    env: FaultEnv,
+    figures: Figures,
+    received: Received,
+    server: ServeProcess,
+    expected: set[str],
+    *,
+    timed: tuple[str, float] | None = None,
+) -> Drain:
+    """Wait until the receiver has every expected event, then until the backlog is empty (only a moment when
+    delivery fell short: the lost counts tell that). ``timed``: a details key, and the moment from which it
+    gets the seconds until delivery was complete."""
+    complete = await received.wait_for(expected, env.settle_seconds)
+    if timed is not None:
+        key, since = timed
+        figures.details[key] = time.monotonic() - since if complete else None
+    drain = await server.wait_backlog(None, env.settle_seconds if complete else 1)
+    figures.drained, figures.drain_seconds = drain.done, drain.seconds
+    return drain
