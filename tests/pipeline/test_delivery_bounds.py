@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import pytest
@@ -121,6 +121,38 @@ async def test_a_writer_skips_a_record_it_cannot_decode_and_counts_it(tmp_path: 
     assert [span.span_id for span in writer.spans] == [1, 2]
     assert metrics.spool_dropped.labels("collect", "undecodable")._value.get() == 1
     assert not delivering.done()
+    spans.stop_reading()
+    await delivering
+    await spans.close()
+
+
+class WritesRecorded(CollectingWriter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[int]] = []
+
+    async def write(self, spans: Sequence[Span]) -> None:
+        self.writes.append([span.span_id for span in spans])
+        await super().write(spans)
+
+
+async def test_a_writer_that_got_a_small_batch_takes_what_came_during_its_linger_in_one_write(tmp_path: Path) -> None:
+    """A busy embedded store then commits many records' spans at once (durable._WRITER_LINGER_SECONDS) rather than
+    each record's dozen in a commit of its own."""
+    spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
+    await spans.open()
+    metrics, writer = Metrics(), WritesRecorded()
+    deliver = _writing("collect", writer, metrics)
+    pump = Pump("collect", spans.consumer("collect"), decode_spans, deliver, metrics, linger_seconds=2.0, full_items=10)
+    delivering = asyncio.create_task(pump.run())
+    await spans.append([encode_spans([_span(1, 10)])])
+    await asyncio.wait_for(writer.written.wait(), 10)
+    for span_id in range(2, 6):  # four records, appended one by one while the writer lingers
+        await spans.append([encode_spans([_span(span_id, 10)])])
+    while len(writer.spans) < 5:
+        writer.written.clear()
+        await asyncio.wait_for(writer.written.wait(), 10)
+    assert writer.writes == [[1], [2, 3, 4, 5]]
     spans.stop_reading()
     await delivering
     await spans.close()
