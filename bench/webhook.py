@@ -46,7 +46,7 @@ from bench.common import (
     ratio,
     report,
 )
-from kelemetry_py.process import resident_bytes, resident_memory_mib
+from kelemetry_py.process import resident_bytes, resident_memory_mib, usable_cpus
 
 BATCH = 400
 _IDLE_SECONDS = 5.0  # after the last phase, before the RSS "after the load": an idle replica's first seconds
@@ -133,11 +133,13 @@ def _receiver_process(port: int, conn: Connection) -> None:
 
 def _client_process(url: str, target_events: int, concurrency: int, conn: Connection) -> None:
     """The apiserver's part, in its own process: builds the bodies, says it is ready, posts them all when told to
-    and sends back the latencies and the count of 429s."""
+    and sends back the latencies, the count of 429s and the CPU it spent sending."""
     batches = Batches(target_events)
     conn.send("ready")
     conn.recv()
-    conn.send(asyncio.run(_post_all(url, batches.bodies(), concurrency)))
+    cpu_before = time.process_time()
+    latencies, throttled = asyncio.run(_post_all(url, batches.bodies(), concurrency))
+    conn.send((latencies, throttled, time.process_time() - cpu_before))
     while (phase := conn.recv()) is not None:
         tag, rate, count = phase
         conn.send(asyncio.run(_post_paced(url, Batches(count * BATCH).bodies(tag), rate, count)))
@@ -267,10 +269,10 @@ async def run(
             try:
                 await _answer(ours, "client")  # the client has its bodies
                 started_rss = resident_memory_mib()
-                cpu_before = time.process_time() + cpu_seconds_of(workers)
+                serving_before, workers_before = time.process_time(), cpu_seconds_of(workers)
                 wall_before = time.perf_counter()
                 ours.send("go")
-                latencies, throttled = await _answer(ours, "client")
+                latencies, throttled, client_cpu = await _answer(ours, "client")
                 components = app.components
                 assert components is not None
                 await app.settle()
@@ -280,7 +282,9 @@ async def run(
                     receiver.send(int(components.metrics.spans_exported.labels(WRITER_LABEL)._value.get()))
                     await _answer(receiver, "OTLP receiver")
                 wall = time.perf_counter() - wall_before
-                cpu = time.process_time() + cpu_seconds_of(workers) - cpu_before
+                serving_cpu = time.process_time() - serving_before
+                workers_cpu = cpu_seconds_of(workers) - workers_before
+                cpu = serving_cpu + workers_cpu
                 store_bytes = dir_bytes(tmp)
                 paced: tuple[list[float], int] = ([], 0)
                 if paced_batches:
@@ -322,9 +326,13 @@ async def run(
         "concurrency": concurrency,
         "events_per_cpu_second": round(per_cpu),
         "events_per_second": round(total_events / wall),
-        # Saturated, every batch waits for the ones ahead of it: concurrency x this is the latency's floor while
-        # the tracer's work runs on one core at a time.
         "cpu_ms_per_batch": round(cpu / batches.count * 1000, 1),
+        "serving_cpu_ms_per_batch": round(serving_cpu / batches.count * 1000, 1),
+        "workers_cpu_ms_per_batch": round(workers_cpu / batches.count * 1000, 1),  # ingest process or decoders
+        "client_cpu_ms_per_batch": round(client_cpu / batches.count * 1000, 1),
+        # Little's law: with `concurrency` batches always in flight, and no more batches a second than the CPUs
+        # can do the tracer's and the client's work for, the mean latency cannot be below this.
+        "saturated_floor_ms": round(concurrency * (cpu + client_cpu) / batches.count * 1000 / usable_cpus(), 1),
         "p50_ms": round(statistics.median(ms), 1),
         "p99_ms": round(percentile(ms, 0.99), 1),
         "throttled": throttled,
