@@ -38,11 +38,12 @@ _READ_RECORDS = 64
 # What the pipeline holds in memory ahead of its spans, by encoded size: the rest waits in the log, on disk.
 _FEED_AHEAD_BYTES = 4 << 20
 _WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the last one, or in its linger
-# A writer that got less than a full batch waits out the rest of this since its last read before the next one, so
-# that a busy embedded store commits a few hundred spans at a time rather than a record's dozen or a batch's 84: its
-# index pages are rewritten per commit, and 250 spans a commit cost it about 30 % less CPU per span than 84. Longer
-# lingers save more but make each commit a longer burst of CPU, which delays the webhook's answers on a small machine
-# (100 ms: saturated p99 1.9x the median instead of 1.65x). Spans reach the store and backends this much later.
+# A writer that got less than a full batch, and all there was, waits out the rest of this since its last read
+# before the next one, so that a busy embedded store commits a few hundred spans at a time rather than a record's
+# dozen or a batch's 84: its index pages are rewritten per commit, and 250 spans a commit cost it about 30 % less CPU
+# per span than 84. Longer lingers save more but make each commit a longer burst of CPU, which delays the webhook's
+# answers on a small machine (100 ms: saturated p99 1.9x the median instead of 1.65x). Spans reach the store and
+# back ends this much later; a backlog is read at full speed.
 _WRITER_LINGER_SECONDS = 0.03
 _WRITER_FULL_SPANS = 1024
 _ROOM_POLL_SECONDS = 0.05
@@ -166,22 +167,24 @@ class Pump:
     deliver: Callable[[list[Any]], Awaitable[None]]
     metrics: Metrics
     records_per_batch: int = _WRITER_READ_RECORDS
-    linger_seconds: float = 0.0  # after a batch of fewer than full_items, the least time from one read to the next
+    # After a batch of fewer than full_items that took everything there was, the least time from one read to the
+    # next (a backlog is read at full speed).
+    linger_seconds: float = 0.0
     full_items: int = 0
     failing: bool = False
 
     async def run(self) -> None:
         while True:
             started = time.monotonic()
-            items = await self._next_batch()
-            if items is None:
+            caught_up = await self._next_batch()
+            if caught_up is None:
                 return
-            if items < self.full_items:
+            if caught_up:
                 await asyncio.sleep(self.linger_seconds - (time.monotonic() - started))
 
-    async def _next_batch(self) -> int | None:
-        """How many items one batch had; None once the log is closed. One batch per call, so nothing of it stays
-        referenced while the next read waits (a batch can hold megabytes of spans)."""
+    async def _next_batch(self) -> bool | None:
+        """Whether the batch was a small one that left nothing behind; None once the log is closed. One batch per
+        call, so nothing of it stays referenced while the next read waits (a batch can hold megabytes of spans)."""
         records = await self.consumer.read(self.records_per_batch)
         if not records:
             return None
@@ -195,7 +198,7 @@ class Pump:
                 self.metrics.spool_dropped.labels(self.name, "undecodable").inc()
         await self._deliver(items)
         await self.consumer.ack(records)
-        return len(items)
+        return len(records) < self.records_per_batch and len(items) < self.full_items
 
     async def _deliver(self, items: list[Any]) -> None:
         delay = 0.1

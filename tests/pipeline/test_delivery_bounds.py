@@ -156,3 +156,25 @@ async def test_a_writer_that_got_a_small_batch_takes_what_came_during_its_linger
     spans.stop_reading()
     await delivering
     await spans.close()
+
+
+async def test_a_writer_reads_a_backlog_of_small_records_without_lingering(tmp_path: Path) -> None:
+    """A read that filled its batch's records left more behind: the next read comes at once, however few spans the
+    records held (a backlog after an outage drains at full speed). The linger here is longer than the test waits."""
+    spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
+    await spans.open()
+    await spans.append([encode_spans([_span(span_id, 10)]) for span_id in range(1, 6)])
+    metrics, writer = Metrics(), WritesRecorded()
+    deliver = _writing("collect", writer, metrics)
+    pump = Pump(
+        "collect", spans.consumer("collect"), decode_spans, deliver, metrics, 2, linger_seconds=600.0, full_items=10
+    )
+    delivering = asyncio.create_task(pump.run())
+    while len(writer.spans) < 5:
+        writer.written.clear()
+        await asyncio.wait_for(writer.written.wait(), 10)
+    assert writer.writes == [[1, 2], [3, 4], [5]]
+    spans.stop_reading()
+    delivering.cancel()  # lingering after the last, short read
+    await asyncio.gather(delivering, return_exceptions=True)
+    await spans.close()
