@@ -128,8 +128,9 @@ class App:
         ingest = main
         from kelemetry_py.sources.ingestproc import IngestProcess, ingest_process_wanted
 
+        process: IngestProcess | None = None
         if ingest_process_wanted(self.config):
-            self.ingest_process = IngestProcess(
+            self.ingest_process = process = IngestProcess(
                 self.config,
                 sink=intake,
                 metrics=self.components.metrics,
@@ -139,10 +140,13 @@ class App:
                 in_flight_seconds=self._in_flight_seconds,
                 on_main_listener=not self.config.http.ingest_port,
             )
-        if self.ingest_process is not None and self.ingest_process.on_main_listener:
-            # The main listener passes webhook connections to it, and serves those it does not take.
-            main.on_response_prepare.append(self.ingest_process.served_here.close_after_answer)
-        if self.ingest_process is None or self.ingest_process.on_main_listener:
+        # Either the main listener passes webhook connections to it, or it serves a listener of its own.
+        handed_to = process if process is not None and process.on_main_listener else None
+        own_listener = process if process is not None and not process.on_main_listener else None
+        if handed_to is not None:
+            # The main listener serves the connections it does not take.
+            main.on_response_prepare.append(handed_to.served_here.close_after_answer)
+        if own_listener is None:
             if self.config.http.ingest_port:
                 ingest = self._web_application(client_max_size=self.config.audit.max_body_bytes)
                 self._add_operational_routes(ingest, with_metrics=False)
@@ -167,15 +171,15 @@ class App:
             ).add_routes(ingest)
         if self.config.frontend.enabled:
             await self._start_frontend(main)
-        if self.ingest_process is not None and self.ingest_process.on_main_listener:
+        if handed_to is not None:
             # Listening first: the child forwards there what is not the webhook's. Until it serves, the webhook's
             # connections are served here, each closed after its answer.
-            self.ports["http"] = await self._serve(main, self.config.http.port, hand_over=self.ingest_process)
-            await self.ingest_process.start_on_main_listener(self.config.http.host, self.ports["http"])
+            self.ports["http"] = await self._serve(main, self.config.http.port, hand_over=handed_to)
+            await handed_to.start_on_main_listener(self.config.http.host, self.ports["http"])
         else:
             self.ports["http"] = await self._serve(main, self.config.http.port)
-        if self.ingest_process is not None and not self.ingest_process.on_main_listener:
-            self.ports["ingest"] = await self.ingest_process.start(self.config.http.host, self.config.http.ingest_port)
+        if own_listener is not None:
+            self.ports["ingest"] = await own_listener.start(self.config.http.host, self.config.http.ingest_port)
         elif ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         loop = asyncio.get_running_loop()
