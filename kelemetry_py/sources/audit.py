@@ -92,7 +92,35 @@ class _Header(msgspec.Struct):
     apiVersion: str = ""
 
 
+class _ObjectMeta(msgspec.Struct, gc=False):
+    """meta/v1 ObjectMeta as an apiserver stores it (it drops any other field), but for managedFields: often half
+    of an object, and never read here."""
+
+    name: Any = msgspec.UNSET
+    generateName: Any = msgspec.UNSET
+    namespace: Any = msgspec.UNSET
+    selfLink: Any = msgspec.UNSET
+    uid: Any = msgspec.UNSET
+    resourceVersion: Any = msgspec.UNSET
+    generation: Any = msgspec.UNSET
+    creationTimestamp: Any = msgspec.UNSET
+    deletionTimestamp: Any = msgspec.UNSET
+    deletionGracePeriodSeconds: Any = msgspec.UNSET
+    labels: Any = msgspec.UNSET
+    annotations: Any = msgspec.UNSET
+    ownerReferences: Any = msgspec.UNSET
+    finalizers: Any = msgspec.UNSET
+    clusterName: Any = msgspec.UNSET  # before Kubernetes 1.25
+
+
+class _Head(msgspec.Struct, gc=False):
+    apiVersion: Any = msgspec.UNSET
+    kind: Any = msgspec.UNSET
+    metadata: _ObjectMeta | msgspec.UnsetType = msgspec.UNSET
+
+
 _decode_list = msgspec.json.Decoder(_EventList).decode
+_decode_head = msgspec.json.Decoder(_Head).decode
 _decode_header = msgspec.json.Decoder(_Header).decode
 _decode_event = msgspec.json.Decoder(AuditEvent).decode
 
@@ -249,6 +277,17 @@ def _unrepresentable(event: AuditEvent) -> tuple[str, str, str] | None:
 
 def _load(raw: msgspec.Raw) -> Any:
     return None if raw is _ABSENT else orjson.loads(memoryview(raw))
+
+
+def _load_head(raw: msgspec.Raw) -> Any:
+    """What :func:`_load` gives, but only the object's apiVersion, kind and metadata (without managedFields): the
+    rest is skipped over, never built."""
+    if raw is _ABSENT:
+        return None
+    try:
+        return msgspec.to_builtins(_decode_head(raw))
+    except msgspec.ValidationError:  # not an object, or metadata of a shape no apiserver stores: read as before
+        return _load(raw)
 
 
 # What Kubernetes itself allows (apimachinery validation): longer values never come from a real apiserver.
@@ -412,8 +451,8 @@ class AuditConverter:
             return False
         return _username(event) not in self._excluded_users
 
-    def _redact(self, raw: msgspec.Raw, resource: str, field: str) -> dict[str, Any] | None:
-        obj = _load(raw)
+    def _redact(self, raw: msgspec.Raw, resource: str, field: str, *, head_only: bool = False) -> dict[str, Any] | None:
+        obj = _load_head(raw) if head_only else _load(raw)
         if not isinstance(obj, dict):
             return None
         if field == "responseObject":  # what was stored; a request may be a patch of it
@@ -433,7 +472,9 @@ class AuditConverter:
         verb = event.verb
         code = event.responseStatus.code if event.responseStatus else 0
         succeeded = 0 < code < 400
-        response = self._redact(event.responseObject, ref.resource, "responseObject")
+        # Without whole bodies, an object none of whose state is logged is read only as far as its metadata.
+        head_only = not self._whole_bodies and not _takes_snapshot(event)
+        response = self._redact(event.responseObject, ref.resource, "responseObject", head_only=head_only)
         response_is_object = response is not None and response.get("kind") != "Status" and "metadata" in response
 
         if (
@@ -489,7 +530,7 @@ class AuditConverter:
             if resource_version:
                 observation.resource_version = resource_version
                 observation.tags["resourceVersion"] = resource_version
-            if not ref.subresource and (event.verb == "create" or event.verb.startswith("delete")):
+            if _takes_snapshot(event):
                 observation.logs.append(LogEntry(observation.end_ns, "snapshot", {"snapshot": _snapshot_json(body)}))
             observation.body = body if self._whole_bodies else {k: body[k] for k in _HEAD if k in body}
         if patch is not None:
@@ -582,6 +623,12 @@ def audit_record(event: AuditEvent) -> dict[str, Any]:
     if event.annotations:
         record["annotations"] = event.annotations
     return record
+
+
+def _takes_snapshot(event: AuditEvent) -> bool:
+    """Whether the object's whole state is logged on its span: as it was created, or as it was deleted."""
+    ref = event.objectRef
+    return ref is not None and not ref.subresource and (event.verb == "create" or event.verb.startswith("delete"))
 
 
 def _username(event: AuditEvent) -> str:

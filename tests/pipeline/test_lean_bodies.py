@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.linking.annotation import ParentAnnotationLinker
 from kelemetry_py.linking.owners import OwnerReferenceLinker
@@ -80,3 +82,45 @@ async def test_the_built_in_linkers_make_the_same_spans_from_metadata_alone(fixt
     classes = {span.attributes.get("linkClass") for span in whole_spans if span.service == SERVICE_LINK}
     assert classes == {"owner", "annotation"} or classes == {"owner"}  # the linkers had something to find
     assert await spans_of(lean) == whole_spans
+
+
+def test_lean_bodies_are_the_heads_of_whole_ones_and_logs_are_unchanged(fixtures_dir: Path) -> None:
+    whole = observations_of(fixtures_dir, whole_bodies=True)
+    lean = observations_of(fixtures_dir, whole_bodies=False)
+    heads = [
+        None if o.body is None else {k: o.body[k] for k in ("apiVersion", "kind", "metadata") if k in o.body}
+        for o in whole
+    ]
+    assert [o.body for o in lean] == heads
+    assert [o.logs for o in lean] == [o.logs for o in whole]  # snapshots and patches stay whole
+    assert any(o.logs and o.logs[0].name == "snapshot" for o in lean)
+
+
+def _update(response: object) -> bytes:
+    event = {
+        "auditID": "a1",
+        "stage": "ResponseComplete",
+        "verb": "update",
+        "stageTimestamp": "2024-05-01T10:00:00.000000Z",
+        "objectRef": {"resource": "configmaps", "namespace": "default", "name": "c", "apiVersion": "v1"},
+        "responseStatus": {"code": 200},
+        "responseObject": response,
+    }
+    return orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [event]})
+
+
+def test_a_body_of_a_shape_no_apiserver_stores_is_judged_alike_lean_or_whole() -> None:
+    cases = [
+        {"kind": "ConfigMap", "apiVersion": "v1", "metadata": "not an object"},  # dropped as malformed
+        {"kind": "ConfigMap", "apiVersion": "v1", "metadata": None},  # no metadata to read
+        ["not", "an", "object"],
+        {"kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "b" * 64}}},  # an invalid label value
+    ]
+    for response in cases:
+        events, _ = parse_batch(_update(response))
+        results = []
+        for whole_bodies in (True, False):
+            converter = AuditConverter(AuditConfig(), RedactionConfig(), whole_bodies=whole_bodies)
+            observations, dropped = converter.convert_reporting("c", events)
+            results.append(([(o.ref, o.body) for o in observations], [(d.field, d.reason) for d in dropped]))
+        assert results[0] == results[1], response
