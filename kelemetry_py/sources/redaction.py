@@ -4,7 +4,8 @@ What is stripped: Secret ``data``/``stringData``/``binaryData`` and their last-a
 matched case-insensitively, and any object of kind Secret); TokenRequest and TokenReview tokens; container env
 values whose variable name matches ``redaction.env_name_pattern`` in every pod spec and pod template (Pods,
 Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs, PodTemplates, and any object shaped like them);
-and the ``redaction.paths`` globs.
+and the ``redaction.paths`` globs. ``kubectl apply`` keeps a copy of the object it applied, as JSON, in the
+last-applied annotation of every other object: the same rules apply inside that copy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from kelemetry_py.config import RedactionConfig
 
 REDACTED = "<redacted>"
@@ -22,6 +25,9 @@ _SECRET_FIELDS = ("data", "stringData", "binaryData")
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 _TOKEN_KINDS = {"TokenRequest": (("status", "token"),), "TokenReview": (("spec", "token"), ("status", "token"))}
 _TOKEN_RESOURCES = {"tokenreviews": "TokenReview"}
+# Last-applied annotations already judged, by text: a Deployment's status changes far more often than what was applied.
+_APPLIED_MEMO = 4096
+_CLEAN = ""  # in the memo: nothing to redact in that text
 
 
 class Redactor:
@@ -32,6 +38,7 @@ class Redactor:
         self._secret_resources = frozenset(resource.lower() for resource in config.secret_resources)
         self._paths = [path.split(".") for path in config.paths if path]
         self._env_name = re.compile(config.env_name_pattern) if config.env_name_pattern else None
+        self._applied: dict[tuple[str, str], str] = {}
 
     def is_secret_resource(self, resource: str) -> bool:
         return resource.lower() in self._secret_resources
@@ -55,6 +62,9 @@ class Redactor:
         items = obj.get("items")
         if isinstance(items, list):
             return any(isinstance(item, Mapping) and self.needs(item, resource) for item in items)
+        applied = _last_applied(obj)
+        if applied is not None and self._redacted_applied(applied, "") is not None:
+            return True
         return not specs_redacted and self._env_name is not None and next(self._secret_env(obj), None) is not None
 
     def redact_in_place(self, obj: dict[str, Any], resource: str) -> None:
@@ -80,13 +90,41 @@ class Redactor:
                     self._redact(item, is_secret, token_kind)
             return
         if is_secret:
-            _strip_secret(obj)
+            _strip_secret(obj)  # the last-applied annotation with the rest
+        else:
+            applied = _last_applied(obj)
+            if applied is not None and (redacted := self._redacted_applied(applied, token_kind)) is not None:
+                obj["metadata"]["annotations"][LAST_APPLIED] = redacted
         for path in _TOKEN_KINDS.get(token_kind, ()):
             _strip_path(obj, list(path))
         for entry in list(self._secret_env(obj)):
             entry["value"] = REDACTED
         for parts in self._paths:
             _strip_path(obj, parts)
+
+    def _redacted_applied(self, text: str, token_kind: str) -> str | None:
+        """The last-applied annotation ``text`` with these rules applied to the object it holds; None when there is
+        nothing in it to redact."""
+        if not (self._paths or token_kind or (self._env_name is not None and '"env"' in text)):
+            return None  # no rule could find anything in it
+        key = (text, token_kind)
+        found = self._applied.get(key)
+        if found is None:
+            try:
+                applied = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                applied = None
+            if not isinstance(applied, dict):
+                found = REDACTED  # not what kubectl writes: nothing in it can be vouched for
+            else:
+                before = orjson.dumps(applied)
+                self._redact(applied, False, token_kind)
+                after = orjson.dumps(applied)
+                found = _CLEAN if after == before else after.decode() + ("\n" if text.endswith("\n") else "")
+            if len(self._applied) >= _APPLIED_MEMO:
+                self._applied.clear()
+            self._applied[key] = found
+        return None if found == _CLEAN else found
 
     def _secret_env(self, obj: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         """Env entries (``{"name", "value"}``) of every container of every pod spec in ``obj`` whose name matches."""
@@ -171,6 +209,13 @@ def _inner_spec(node: Any) -> Mapping[str, Any] | None:
     if spec is None or not (type(spec) is dict or isinstance(spec, Mapping)):
         return None
     return spec
+
+
+def _last_applied(obj: Mapping[str, Any]) -> str | None:
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    text = annotations.get(LAST_APPLIED) if isinstance(annotations, dict) else None
+    return text if isinstance(text, str) else None
 
 
 def _strip_secret(obj: dict[str, Any]) -> None:

@@ -305,3 +305,43 @@ async def test_a_watched_pods_secret_env_is_redacted_on_every_change() -> None:
     assert b"<redacted>" in kept
     for secret in secrets:
         assert secret not in blob
+
+
+async def test_a_secret_env_in_a_watched_objects_applied_copy_is_redacted_on_every_change() -> None:
+    # kubectl apply keeps the applied Deployment as JSON in an annotation. Status updates leave the spec unchanged
+    # (the env walk is skipped for it), but the annotation is judged on every event, here and as it changes.
+    cache = MemoryDiffCache()
+    sink = CollectingSink()
+    differ = _differ(cache, sink)
+
+    def deployment(version: int, password: str, ready: int) -> dict[str, object]:
+        env = [{"name": "DB_PASSWORD", "value": password}, {"name": "LOG_LEVEL", "value": "debug"}]
+        spec = {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}}}
+        applied = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api", "namespace": "shop"}}
+        applied["spec"] = {"template": {"spec": {"containers": [{"name": "app", "env": env}]}}}
+        text = orjson.dumps(applied).decode() + "\n"
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "api",
+                "namespace": "shop",
+                "uid": "deploy-uid",
+                "resourceVersion": str(version),
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": text},
+            },
+            "spec": spec,
+            "status": {"readyReplicas": ready},
+        }
+
+    secrets = [b"first-hunter2", b"second-hunter2"]
+    await differ.on_event(CLUSTER, DEPLOYMENTS, "ADDED", deployment(1, "first-hunter2", 0), relisted=False)
+    await differ.on_event(CLUSTER, DEPLOYMENTS, "MODIFIED", deployment(2, "first-hunter2", 1), relisted=False)
+    await differ.on_event(CLUSTER, DEPLOYMENTS, "MODIFIED", deployment(3, "second-hunter2", 2), relisted=False)
+    kept = b"".join(b"".join((state.sections or {}).values()) + state.blob for state in differ._states.values())
+    await differ.flush_unclaimed(now=FAR_FUTURE)
+    records = b"".join(record.to_json() for _, record in cache._records.values())
+    blob = repr(sink.observations).encode() + records + kept
+    assert b"readyReplicas" in records and b"last-applied-configuration" in records  # the changes are there
+    for secret in secrets:
+        assert secret not in blob

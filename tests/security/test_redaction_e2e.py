@@ -1,6 +1,6 @@
 """Secrets a cluster writes (a pod's DB_PASSWORD, a Secret sent as resource ``Secrets``, a TokenRequest's and a
-TokenReview's tokens) reach no OTLP byte, store file, Redis value or log line, and ``kelemetry-py config`` prints
-no secret it was given."""
+TokenReview's tokens, an env value in the copy of a Deployment that ``kubectl apply`` keeps in its annotation) reach
+no OTLP byte, store file, Redis value or log line, and ``kelemetry-py config`` prints no secret it was given."""
 
 from __future__ import annotations
 
@@ -27,7 +27,16 @@ SECRET_VALUE = "sv-Mm3n5Bb7q2-secret"
 LAST_APPLIED_VALUE = "la-Rr9t1Ee2w3-applied"
 REQUESTED_TOKEN = "eyJhbGciOiJSUzI1NiJ9.tr-Ww4s6Dd8f0-token"
 REVIEWED_TOKEN = "eyJhbGciOiJSUzI1NiJ9.rv-Pp1o3Ii5u7-token"
-SECRETS = [DB_PASSWORD, TEMPLATE_TOKEN, SECRET_VALUE, LAST_APPLIED_VALUE, REQUESTED_TOKEN, REVIEWED_TOKEN]
+APPLIED_ENV_VALUE = "ae-Kk2j4Gg6h8-applied"  # in the copy kubectl apply keeps in a Deployment's annotation
+SECRETS = [
+    DB_PASSWORD,
+    TEMPLATE_TOKEN,
+    SECRET_VALUE,
+    LAST_APPLIED_VALUE,
+    REQUESTED_TOKEN,
+    REVIEWED_TOKEN,
+    APPLIED_ENV_VALUE,
+]
 
 
 def encoded(value: str) -> list[bytes]:
@@ -78,10 +87,22 @@ def pod(name: str) -> dict[str, Any]:
 
 
 def batch() -> bytes:
+    applied = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"annotations": {}, "name": "api", "namespace": "shop"},
+        "spec": {"template": {"spec": {"containers": [{"env": [{"name": "API_KEY", "value": APPLIED_ENV_VALUE}]}]}}},
+    }
     deployment = {
         "kind": "Deployment",
         "apiVersion": "apps/v1",
-        "metadata": {"name": "api", "namespace": "shop", "uid": "uid-api", "resourceVersion": "102"},
+        "metadata": {
+            "name": "api",
+            "namespace": "shop",
+            "uid": "uid-api",
+            "resourceVersion": "102",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": orjson.dumps(applied).decode() + "\n"},
+        },
         "spec": {
             "template": {
                 "spec": {"initContainers": [{"name": "init", "env": [{"name": "API_TOKEN", "value": TEMPLATE_TOKEN}]}]}
