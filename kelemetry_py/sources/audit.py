@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import orjson
@@ -81,10 +81,43 @@ class AuditEvent(msgspec.Struct, gc=False):
     responseObject: msgspec.Raw = _ABSENT
 
 
+class _TracedUser(msgspec.Struct, gc=False):
+    username: str = ""
+
+
+class TracedAuditEvent(msgspec.Struct, gc=False):
+    """The fields of an audit Event its span is made of, decoded when no search record is kept. The others (level,
+    requestURI, annotations, the user's uid and groups: a third of the decoding) are skipped over, never built,
+    and so never judged either: a value of a wrong type there harms no span."""
+
+    auditID: str
+    stage: str
+    verb: str
+    stageTimestamp: str
+    requestReceivedTimestamp: str = ""
+    user: _TracedUser = msgspec.field(default_factory=_TracedUser)
+    impersonatedUser: _TracedUser | None = None
+    sourceIPs: list[str] = msgspec.field(default_factory=list)
+    userAgent: str = ""
+    objectRef: AuditObjectRef | None = None
+    responseStatus: AuditStatus | None = None
+    requestObject: msgspec.Raw = _ABSENT
+    responseObject: msgspec.Raw = _ABSENT
+
+
+AnyAuditEvent = AuditEvent | TracedAuditEvent
+
+
 class _EventList(msgspec.Struct, gc=False):
     kind: str = ""
     apiVersion: str = ""
     items: list[AuditEvent] | None = None
+
+
+class _TracedEventList(msgspec.Struct, gc=False):
+    kind: str = ""
+    apiVersion: str = ""
+    items: list[TracedAuditEvent] | None = None
 
 
 class _Header(msgspec.Struct):
@@ -120,6 +153,7 @@ class _Head(msgspec.Struct, gc=False):
 
 
 _decode_list = msgspec.json.Decoder(_EventList).decode
+_decode_traced_list = msgspec.json.Decoder(_TracedEventList).decode
 _decode_head = msgspec.json.Decoder(_Head).decode
 _decode_header = msgspec.json.Decoder(_Header).decode
 _decode_event = msgspec.json.Decoder(AuditEvent).decode
@@ -149,15 +183,33 @@ def parse_batch(body: bytes) -> tuple[list[AuditEvent], list[Rejected]]:
     """Decode and check an ``EventList`` body. A malformed body (not JSON, wrong types, nested too deeply) raises
     :class:`InvalidAuditBatch` naming the item and field; events whose values no trace can hold are returned
     apart, so the rest of the batch is kept."""
+    return _parse(body, _decode_list)
+
+
+def parse_traced_batch(body: bytes) -> tuple[list[TracedAuditEvent], list[Rejected]]:
+    """:func:`parse_batch` of only what spans are made of (:class:`TracedAuditEvent`), where no record is kept."""
+    return _parse(body, _decode_traced_list)
+
+
+_Event = TypeVar("_Event", AuditEvent, TracedAuditEvent)
+
+
+class _Document(Protocol[_Event]):
+    kind: str
+    apiVersion: str
+    items: list[_Event] | None
+
+
+def _parse(body: bytes, decode: Callable[[bytes], _Document[_Event]]) -> tuple[list[_Event], list[Rejected]]:
     try:
         try:
-            document = _decode_list(body)
+            document = decode(body)
         except msgspec.DecodeError as exc:
             raise InvalidAuditBatch(_explain(body, exc)) from None  # explaining parses again: same guard
     except RecursionError:
         raise InvalidAuditBatch(f"{_deepest_place(body)}: JSON is nested too deeply") from None
     _check_header(document.kind, document.apiVersion)
-    events: list[AuditEvent] = []
+    events: list[_Event] = []
     rejected: list[Rejected] = []
     for index, item in enumerate(document.items or []):
         try:
@@ -255,7 +307,7 @@ def _check_header(kind: str, api_version: str) -> None:
 _MAX_TIME_NS = (1 << 63) - 1
 
 
-def _unrepresentable(event: AuditEvent) -> tuple[str, str, str] | None:
+def _unrepresentable(event: AnyAuditEvent) -> tuple[str, str, str] | None:
     """(field, reason, message) of the first value no trace can hold, or None."""
     times = (("stageTimestamp", event.stageTimestamp), ("requestReceivedTimestamp", event.requestReceivedTimestamp))
     for field, text in times:
@@ -378,13 +430,19 @@ class AuditConverter:
         self._redactor = Redactor(redaction)
         self._metrics = metrics
 
-    def convert(self, cluster: str, events: list[AuditEvent]) -> list[Observation]:
+    def parse(self, body: bytes) -> tuple[Sequence[AnyAuditEvent], list[Rejected]]:
+        """``body``'s events, decoded as far as this converter reads them: whole when it keeps search records."""
+        return parse_batch(body) if self._records else parse_traced_batch(body)
+
+    def convert(self, cluster: str, events: Sequence[AnyAuditEvent]) -> list[Observation]:
         observations, dropped = self.convert_reporting(cluster, events)
         for drop in dropped:
             report_dropped(drop, self._metrics)
         return observations
 
-    def convert_reporting(self, cluster: str, events: list[AuditEvent]) -> tuple[list[Observation], list[Dropped]]:
+    def convert_reporting(
+        self, cluster: str, events: Sequence[AnyAuditEvent]
+    ) -> tuple[list[Observation], list[Dropped]]:
         """The observations, and the events dropped alone, for the caller to count and log (a worker process
         has neither the metrics nor the log)."""
         observations: list[Observation] = []
@@ -410,9 +468,11 @@ class AuditConverter:
             observations.extend(found)
         return observations, dropped
 
-    def _attach_record(self, cluster: str, event: AuditEvent, found: list[Observation]) -> None:
+    def _attach_record(self, cluster: str, event: AnyAuditEvent, found: list[Observation]) -> None:
         """Every audit event the policy sent is a search record, traced or not: it rides on its one object's
         observation, or on a record-only observation (filtered, nameless, deletecollection, non-resource)."""
+        if not isinstance(event, AuditEvent):
+            raise TypeError("a search record is the whole audit event: decode with parse_batch")
         record = audit_record(event)
         if self._redactor.config.paths:
             self._redactor.redact_in_place(record, "")
@@ -437,7 +497,7 @@ class AuditConverter:
             )
         )
 
-    def _wanted(self, event: AuditEvent) -> bool:
+    def _wanted(self, event: AnyAuditEvent) -> bool:
         if event.stage not in self._stages:
             return False
         ref = event.objectRef
@@ -466,7 +526,7 @@ class AuditConverter:
             metadata.pop("managedFields", None)
         return obj
 
-    def _observations(self, cluster: str, event: AuditEvent) -> Iterator[Observation]:
+    def _observations(self, cluster: str, event: AnyAuditEvent) -> Iterator[Observation]:
         ref = event.objectRef
         assert ref is not None
         verb = event.verb
@@ -513,7 +573,7 @@ class AuditConverter:
     def _observation(
         self,
         cluster: str,
-        event: AuditEvent,
+        event: AnyAuditEvent,
         name: str,
         uid: str,
         body: dict[str, Any] | None,
@@ -540,7 +600,7 @@ class AuditConverter:
             observation.logs.append(LogEntry(observation.start_ns, "request", {"patch": text}))
         return observation
 
-    def _nameless(self, cluster: str, event: AuditEvent) -> Observation:
+    def _nameless(self, cluster: str, event: AnyAuditEvent) -> Observation:
         """A failed request that names no object (a denied create): told on its namespace, or its collection."""
         ref = event.objectRef
         assert ref is not None
@@ -552,7 +612,7 @@ class AuditConverter:
         observation.tags["targetResource"] = ref.resource
         return observation
 
-    def _base(self, event: AuditEvent, ref: ObjectRef, title: str) -> Observation:
+    def _base(self, event: AnyAuditEvent, ref: ObjectRef, title: str) -> Observation:
         end_ns = parse_time_ns(event.stageTimestamp)
         start_ns = parse_time_ns(event.requestReceivedTimestamp) if event.requestReceivedTimestamp else end_ns
         status = event.responseStatus
@@ -625,19 +685,19 @@ def audit_record(event: AuditEvent) -> dict[str, Any]:
     return record
 
 
-def _takes_snapshot(event: AuditEvent) -> bool:
+def _takes_snapshot(event: AnyAuditEvent) -> bool:
     """Whether the object's whole state is logged on its span: as it was created, or as it was deleted."""
     ref = event.objectRef
     return ref is not None and not ref.subresource and (event.verb == "create" or event.verb.startswith("delete"))
 
 
-def _username(event: AuditEvent) -> str:
+def _username(event: AnyAuditEvent) -> str:
     if event.impersonatedUser is not None and event.impersonatedUser.username:
         return event.impersonatedUser.username
     return event.user.username
 
 
-def _title(event: AuditEvent, *, show_resource: bool = False) -> str:
+def _title(event: AnyAuditEvent, *, show_resource: bool = False) -> str:
     ref = event.objectRef
     assert ref is not None
     parts = [_username(event) or "unknown", event.verb]

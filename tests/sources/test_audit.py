@@ -8,7 +8,13 @@ import pytest
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.model import Observation
-from kelemetry_py.sources.audit import AuditConverter, InvalidAuditBatch, parse_batch, parse_event_list
+from kelemetry_py.sources.audit import (
+    AuditConverter,
+    InvalidAuditBatch,
+    parse_batch,
+    parse_event_list,
+    parse_traced_batch,
+)
 from kelemetry_py.times import kube_time_ns as parse_time_ns
 from tests.conftest import FAKE_SECRET_VALUES, SCENARIOS
 
@@ -209,3 +215,27 @@ def test_configured_filters_and_redaction_paths(fixtures_dir: Path) -> None:
 def test_malformed_batches_are_explained(body: bytes, message: str) -> None:
     with pytest.raises(InvalidAuditBatch, match=re.escape(message)):
         parse_event_list(body)
+
+
+def test_without_search_records_only_what_spans_read_is_decoded_and_they_are_the_same(fixtures_dir: Path) -> None:
+    tracing = AuditConverter(AuditConfig(), RedactionConfig(), records=False)
+    for scenario in SCENARIOS:
+        for line in (fixtures_dir / scenario / "audit.jsonl").read_bytes().splitlines():
+            whole, rejected = parse_batch(line)
+            traced, traced_rejected = tracing.parse(line)
+            assert traced_rejected == rejected
+            assert not hasattr(traced[0], "requestURI")  # decoded by the traced parse, not the whole one
+            assert tracing.convert("c", traced) == tracing.convert("c", whole)
+
+
+def test_a_field_no_span_reads_is_judged_only_where_records_keep_it() -> None:
+    event = {"auditID": "a", "stage": "ResponseComplete", "verb": "get", "stageTimestamp": "2026-11-21T05:26:14Z"}
+    body = orjson.dumps(
+        {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [{**event, "level": 5, "requestURI": []}]}
+    )
+    assert len(parse_traced_batch(body)[0]) == 1
+    with pytest.raises(InvalidAuditBatch, match=re.escape("Expected `str`, got `int` - at `items[0].level`")):
+        AuditConverter(AuditConfig(), RedactionConfig(), records=True).parse(body)
+    # A record is the whole event: a converter that keeps them refuses one decoded without it.
+    with pytest.raises(TypeError, match="whole audit event"):
+        AuditConverter(AuditConfig(), RedactionConfig(), records=True).convert("c", parse_traced_batch(body)[0])

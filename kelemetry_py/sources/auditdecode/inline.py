@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kelemetry_py.config import AuditConfig, RedactionConfig
 from kelemetry_py.model import KIND_RECORD
-from kelemetry_py.sources.audit import AuditConverter, parse_batch
+from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.auditdecode import DecodedBatch
 from kelemetry_py.spool.codec import encode_observations
 
@@ -14,7 +14,7 @@ _PER_RECORD = 64  # observations
 def decode_batch(
     converter: AuditConverter, cluster: str, body: bytes, *, keep_observations: bool = True
 ) -> DecodedBatch:
-    events, rejected = parse_batch(body)
+    events, rejected = converter.parse(body)
     observations, dropped = converter.convert_reporting(cluster, events)
     records = [observations[start : start + _PER_RECORD] for start in range(0, len(observations), _PER_RECORD)]
     return DecodedBatch(
