@@ -25,8 +25,9 @@ _SECRET_FIELDS = ("data", "stringData", "binaryData")
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 _TOKEN_KINDS = {"TokenRequest": (("status", "token"),), "TokenReview": (("spec", "token"), ("status", "token"))}
 _TOKEN_RESOURCES = {"tokenreviews": "TokenReview"}
-# Last-applied annotations already judged, by text: a Deployment's status changes far more often than what was applied.
-_APPLIED_MEMO = 4096
+# Last-applied annotations already judged, by text: a Deployment's status changes far more often than what was
+# applied. Bounded by the texts' size (one can be hundreds of KiB), and cleared when full.
+_APPLIED_MEMO_CHARACTERS = 4 * 1024 * 1024
 _CLEAN = ""  # in the memo: nothing to redact in that text
 
 
@@ -39,6 +40,7 @@ class Redactor:
         self._paths = [path.split(".") for path in config.paths if path]
         self._env_name = re.compile(config.env_name_pattern) if config.env_name_pattern else None
         self._applied: dict[tuple[str, str], str] = {}
+        self._applied_characters = 0
 
     def is_secret_resource(self, resource: str) -> bool:
         return resource.lower() in self._secret_resources
@@ -121,9 +123,12 @@ class Redactor:
                 self._redact(applied, False, token_kind)
                 after = orjson.dumps(applied)
                 found = _CLEAN if after == before else after.decode() + ("\n" if text.endswith("\n") else "")
-            if len(self._applied) >= _APPLIED_MEMO:
+            size = len(text) + len(found)
+            if self._applied_characters + size > _APPLIED_MEMO_CHARACTERS:
                 self._applied.clear()
+                self._applied_characters = 0
             self._applied[key] = found
+            self._applied_characters += size
         return None if found == _CLEAN else found
 
     def _secret_env(self, obj: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

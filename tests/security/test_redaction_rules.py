@@ -138,3 +138,14 @@ def test_an_applied_copy_that_cannot_be_read_is_replaced_and_paths_apply_inside(
     out = redact(configmap, "configmaps", config)
     assert out["data"] == {"a": REDACTED}
     assert orjson.loads(out["metadata"]["annotations"][LAST_APPLIED])["data"] == {"a": REDACTED}
+
+
+def test_the_memo_of_applied_copies_is_bounded_by_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kelemetry_py.sources.redaction._APPLIED_MEMO_CHARACTERS", 20_000)
+    redactor = Redactor(RedactionConfig())
+    for n in range(200):
+        obj = applied_deployment([{"name": "DB_PASSWORD", "value": f"p{n}"}, {"name": "LOG_LEVEL", "value": "x" * n}])
+        out = redactor.redact(obj, "deployments")
+        assert f'"p{n}"' not in out["metadata"]["annotations"][LAST_APPLIED]
+        assert redactor._applied_characters <= 20_000
+    assert redactor._applied  # it did remember some
