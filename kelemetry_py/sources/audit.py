@@ -37,8 +37,11 @@ _ABSENT = msgspec.Raw(b"null")
 # cyclic collector need not track them (gc=False), which takes half of what a parsed batch gives it to traverse.
 
 
-class AuditUser(msgspec.Struct, omit_defaults=True, gc=False):
+class TracedUser(msgspec.Struct, omit_defaults=True, gc=False):
     username: str = ""
+
+
+class AuditUser(TracedUser, omit_defaults=True, gc=False):
     uid: str = ""
     groups: list[str] = msgspec.field(default_factory=list)
 
@@ -60,52 +63,35 @@ class AuditStatus(msgspec.Struct, omit_defaults=True, gc=False):
     message: str = ""
 
 
-class AuditEvent(msgspec.Struct, gc=False):
-    """An audit.k8s.io/v1 Event. The request and response objects stay raw JSON until an event is kept."""
+class TracedAuditEvent(msgspec.Struct, gc=False):
+    """What an audit.k8s.io/v1 Event's span is made of, all that is decoded when no search record is kept: its
+    other fields (level, requestURI, annotations, the user's uid and groups: a third of the decoding) are skipped
+    over, never built, and so never judged either. The request and response objects stay raw JSON until an event
+    is kept."""
 
     auditID: str
     stage: str
     verb: str
     stageTimestamp: str
     requestReceivedTimestamp: str = ""
+    user: TracedUser = msgspec.field(default_factory=TracedUser)
+    impersonatedUser: TracedUser | None = None
+    sourceIPs: list[str] = msgspec.field(default_factory=list)
+    userAgent: str = ""
+    objectRef: AuditObjectRef | None = None
+    responseStatus: AuditStatus | None = None
+    requestObject: msgspec.Raw = _ABSENT
+    responseObject: msgspec.Raw = _ABSENT
+
+
+class AuditEvent(TracedAuditEvent, gc=False):
+    """The whole audit.k8s.io/v1 Event, as a search record keeps it."""
+
+    user: AuditUser = msgspec.field(default_factory=AuditUser)
+    impersonatedUser: AuditUser | None = None
     level: str = ""
     requestURI: str = ""
     annotations: dict[str, str] | None = None
-    user: AuditUser = msgspec.field(default_factory=AuditUser)
-    impersonatedUser: AuditUser | None = None
-    sourceIPs: list[str] = msgspec.field(default_factory=list)
-    userAgent: str = ""
-    objectRef: AuditObjectRef | None = None
-    responseStatus: AuditStatus | None = None
-    requestObject: msgspec.Raw = _ABSENT
-    responseObject: msgspec.Raw = _ABSENT
-
-
-class _TracedUser(msgspec.Struct, gc=False):
-    username: str = ""
-
-
-class TracedAuditEvent(msgspec.Struct, gc=False):
-    """The fields of an audit Event its span is made of, decoded when no search record is kept. The others (level,
-    requestURI, annotations, the user's uid and groups: a third of the decoding) are skipped over, never built,
-    and so never judged either: a value of a wrong type there harms no span."""
-
-    auditID: str
-    stage: str
-    verb: str
-    stageTimestamp: str
-    requestReceivedTimestamp: str = ""
-    user: _TracedUser = msgspec.field(default_factory=_TracedUser)
-    impersonatedUser: _TracedUser | None = None
-    sourceIPs: list[str] = msgspec.field(default_factory=list)
-    userAgent: str = ""
-    objectRef: AuditObjectRef | None = None
-    responseStatus: AuditStatus | None = None
-    requestObject: msgspec.Raw = _ABSENT
-    responseObject: msgspec.Raw = _ABSENT
-
-
-AnyAuditEvent = AuditEvent | TracedAuditEvent
 
 
 class _EventList(msgspec.Struct, gc=False):
@@ -191,7 +177,7 @@ def parse_traced_batch(body: bytes) -> tuple[list[TracedAuditEvent], list[Reject
     return _parse(body, _decode_traced_list)
 
 
-_Event = TypeVar("_Event", AuditEvent, TracedAuditEvent)
+_Event = TypeVar("_Event", bound=TracedAuditEvent)
 
 
 class _Document(Protocol[_Event]):
@@ -307,7 +293,7 @@ def _check_header(kind: str, api_version: str) -> None:
 _MAX_TIME_NS = (1 << 63) - 1
 
 
-def _unrepresentable(event: AnyAuditEvent) -> tuple[str, str, str] | None:
+def _unrepresentable(event: TracedAuditEvent) -> tuple[str, str, str] | None:
     """(field, reason, message) of the first value no trace can hold, or None."""
     times = (("stageTimestamp", event.stageTimestamp), ("requestReceivedTimestamp", event.requestReceivedTimestamp))
     for field, text in times:
@@ -430,18 +416,18 @@ class AuditConverter:
         self._redactor = Redactor(redaction)
         self._metrics = metrics
 
-    def parse(self, body: bytes) -> tuple[Sequence[AnyAuditEvent], list[Rejected]]:
+    def parse(self, body: bytes) -> tuple[Sequence[TracedAuditEvent], list[Rejected]]:
         """``body``'s events, decoded as far as this converter reads them: whole when it keeps search records."""
         return parse_batch(body) if self._records else parse_traced_batch(body)
 
-    def convert(self, cluster: str, events: Sequence[AnyAuditEvent]) -> list[Observation]:
+    def convert(self, cluster: str, events: Sequence[TracedAuditEvent]) -> list[Observation]:
         observations, dropped = self.convert_reporting(cluster, events)
         for drop in dropped:
             report_dropped(drop, self._metrics)
         return observations
 
     def convert_reporting(
-        self, cluster: str, events: Sequence[AnyAuditEvent]
+        self, cluster: str, events: Sequence[TracedAuditEvent]
     ) -> tuple[list[Observation], list[Dropped]]:
         """The observations, and the events dropped alone, for the caller to count and log (a worker process
         has neither the metrics nor the log)."""
@@ -468,7 +454,7 @@ class AuditConverter:
             observations.extend(found)
         return observations, dropped
 
-    def _attach_record(self, cluster: str, event: AnyAuditEvent, found: list[Observation]) -> None:
+    def _attach_record(self, cluster: str, event: TracedAuditEvent, found: list[Observation]) -> None:
         """Every audit event the policy sent is a search record, traced or not: it rides on its one object's
         observation, or on a record-only observation (filtered, nameless, deletecollection, non-resource)."""
         if not isinstance(event, AuditEvent):
@@ -497,7 +483,7 @@ class AuditConverter:
             )
         )
 
-    def _wanted(self, event: AnyAuditEvent) -> bool:
+    def _wanted(self, event: TracedAuditEvent) -> bool:
         if event.stage not in self._stages:
             return False
         ref = event.objectRef
@@ -526,7 +512,7 @@ class AuditConverter:
             metadata.pop("managedFields", None)
         return obj
 
-    def _observations(self, cluster: str, event: AnyAuditEvent) -> Iterator[Observation]:
+    def _observations(self, cluster: str, event: TracedAuditEvent) -> Iterator[Observation]:
         ref = event.objectRef
         assert ref is not None
         verb = event.verb
@@ -573,7 +559,7 @@ class AuditConverter:
     def _observation(
         self,
         cluster: str,
-        event: AnyAuditEvent,
+        event: TracedAuditEvent,
         name: str,
         uid: str,
         body: dict[str, Any] | None,
@@ -600,7 +586,7 @@ class AuditConverter:
             observation.logs.append(LogEntry(observation.start_ns, "request", {"patch": text}))
         return observation
 
-    def _nameless(self, cluster: str, event: AnyAuditEvent) -> Observation:
+    def _nameless(self, cluster: str, event: TracedAuditEvent) -> Observation:
         """A failed request that names no object (a denied create): told on its namespace, or its collection."""
         ref = event.objectRef
         assert ref is not None
@@ -612,7 +598,7 @@ class AuditConverter:
         observation.tags["targetResource"] = ref.resource
         return observation
 
-    def _base(self, event: AnyAuditEvent, ref: ObjectRef, title: str) -> Observation:
+    def _base(self, event: TracedAuditEvent, ref: ObjectRef, title: str) -> Observation:
         end_ns = parse_time_ns(event.stageTimestamp)
         start_ns = parse_time_ns(event.requestReceivedTimestamp) if event.requestReceivedTimestamp else end_ns
         status = event.responseStatus
@@ -685,19 +671,19 @@ def audit_record(event: AuditEvent) -> dict[str, Any]:
     return record
 
 
-def _takes_snapshot(event: AnyAuditEvent) -> bool:
+def _takes_snapshot(event: TracedAuditEvent) -> bool:
     """Whether the object's whole state is logged on its span: as it was created, or as it was deleted."""
     ref = event.objectRef
     return ref is not None and not ref.subresource and (event.verb == "create" or event.verb.startswith("delete"))
 
 
-def _username(event: AnyAuditEvent) -> str:
+def _username(event: TracedAuditEvent) -> str:
     if event.impersonatedUser is not None and event.impersonatedUser.username:
         return event.impersonatedUser.username
     return event.user.username
 
 
-def _title(event: AnyAuditEvent, *, show_resource: bool = False) -> str:
+def _title(event: TracedAuditEvent, *, show_resource: bool = False) -> str:
     ref = event.objectRef
     assert ref is not None
     parts = [_username(event) or "unknown", event.verb]
