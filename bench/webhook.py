@@ -329,7 +329,10 @@ async def run(
         "cpu_ms_per_batch": round(cpu / batches.count * 1000, 1),
         "serving_cpu_ms_per_batch": round(serving_cpu / batches.count * 1000, 1),
         "workers_cpu_ms_per_batch": round(workers_cpu / batches.count * 1000, 1),  # ingest process or decoders
-        "client_cpu_ms_per_batch": round(client_cpu / batches.count * 1000, 1),
+        "client_cpu_ms_per_batch": round(client_cpu / batches.count * 1000, 2),
+        # The client does the same work per batch in every run, so this follows the tracer's cost, not the
+        # machine's speed: steadier from run to run than the CPU figures, or the ratio with its separate limit.
+        "cpu_per_client_cpu": round(cpu / client_cpu, 2) if client_cpu else None,
         # Little's law: with `concurrency` batches always in flight, and no more batches a second than the CPUs
         # can do the tracer's and the client's work for, the mean latency cannot be below this.
         "saturated_floor_ms": round(concurrency * (cpu + client_cpu) / batches.count * 1000 / usable_cpus(), 1),
