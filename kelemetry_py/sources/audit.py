@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import orjson
@@ -94,16 +94,13 @@ class AuditEvent(TracedAuditEvent, gc=False):
     annotations: dict[str, str] | None = None
 
 
-class _EventList(msgspec.Struct, gc=False):
-    kind: str = ""
-    apiVersion: str = ""
-    items: list[AuditEvent] | None = None
+_Event = TypeVar("_Event", bound=TracedAuditEvent)
 
 
-class _TracedEventList(msgspec.Struct, gc=False):
+class _EventList(msgspec.Struct, Generic[_Event], gc=False):
     kind: str = ""
     apiVersion: str = ""
-    items: list[TracedAuditEvent] | None = None
+    items: list[_Event] | None = None
 
 
 class _Header(msgspec.Struct):
@@ -138,8 +135,8 @@ class _Head(msgspec.Struct, gc=False):
     metadata: _ObjectMeta | msgspec.UnsetType = msgspec.UNSET
 
 
-_decode_list = msgspec.json.Decoder(_EventList).decode
-_decode_traced_list = msgspec.json.Decoder(_TracedEventList).decode
+_decode_list = msgspec.json.Decoder(_EventList[AuditEvent]).decode
+_decode_traced_list = msgspec.json.Decoder(_EventList[TracedAuditEvent]).decode
 _decode_head = msgspec.json.Decoder(_Head).decode
 _decode_header = msgspec.json.Decoder(_Header).decode
 _decode_event = msgspec.json.Decoder(AuditEvent).decode
@@ -177,16 +174,7 @@ def parse_traced_batch(body: bytes) -> tuple[list[TracedAuditEvent], list[Reject
     return _parse(body, _decode_traced_list)
 
 
-_Event = TypeVar("_Event", bound=TracedAuditEvent)
-
-
-class _Document(Protocol[_Event]):
-    kind: str
-    apiVersion: str
-    items: list[_Event] | None
-
-
-def _parse(body: bytes, decode: Callable[[bytes], _Document[_Event]]) -> tuple[list[_Event], list[Rejected]]:
+def _parse(body: bytes, decode: Callable[[bytes], _EventList[_Event]]) -> tuple[list[_Event], list[Rejected]]:
     try:
         try:
             document = decode(body)
