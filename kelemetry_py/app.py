@@ -24,7 +24,7 @@ from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.process import release_memory_when_idle, tune_garbage_collector
+from kelemetry_py.process import release_memory_when_idle, shorten_thread_switches, tune_garbage_collector
 from kelemetry_py.sources.auditdecode import BatchDecoder, create_decoder
 from kelemetry_py.sources.webhook import AuditWebhook, CountedWebhook
 from kelemetry_py.spool import DurableLog
@@ -105,6 +105,7 @@ class App:
 
     async def start(self) -> None:
         tune_garbage_collector()
+        shorten_thread_switches()
         self.components = await build_components(self.config)
         await self.components.pipeline.start()
         await self.components.delivery.start()

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,18 @@ async def test_json_logs_carry_the_request_id_of_the_webhook_call(
     assert all(line["time"].endswith("+00:00") for line in lines)
     # Lines outside any request have no request id.
     assert any("listening on" in line["message"] and "request_id" not in line for line in lines)
+
+
+async def test_the_serving_process_hands_the_gil_to_its_writer_threads_within_a_millisecond(
+    make_app: AppFactory,
+) -> None:
+    # Its spool and store threads take the GIL back after every write; at the 5 ms default each hand-over could
+    # keep a batch's answer waiting that long.
+    interpreter_default = 0.005
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(interpreter_default)
+    try:
+        await make_app()
+        assert sys.getswitchinterval() <= 0.001
+    finally:
+        sys.setswitchinterval(before)
