@@ -254,7 +254,10 @@ async def run(
             await app.start()
             # The processes doing the webhook's work beside this one: decoding workers or the ingest process.
             workers: list[int] = []
-            if app.ingest_process is not None and app.ingest_process.pid is not None:
+            if app.ingest_process is not None:
+                if app.ingest_process.pid is None:
+                    # The webhook would be served by this process instead: figures of another configuration.
+                    raise RuntimeError("the ingest process did not start")
                 workers = [app.ingest_process.pid]
             elif app.decoder is not None:
                 await app.decoder.started()  # the steady state: decoding workers up, as a second after any start
@@ -283,6 +286,8 @@ async def run(
                     await _answer(receiver, "OTLP receiver")
                 wall = time.perf_counter() - wall_before
                 serving_cpu = time.process_time() - serving_before
+                if app.ingest_process is not None and app.ingest_process.pid not in workers:
+                    raise RuntimeError("the ingest process was replaced during the run: its CPU was not all counted")
                 workers_cpu = cpu_seconds_of(workers) - workers_before
                 cpu = serving_cpu + workers_cpu
                 store_bytes = dir_bytes(tmp)
