@@ -53,8 +53,9 @@ _WRITER_RETRY_MAX_SECONDS = 30.0
 class DurableIntake:
     """The sink sources submit to: accepted means appended to the observation log."""
 
-    def __init__(self, observations: DurableLog) -> None:
+    def __init__(self, observations: DurableLog, metrics: Metrics | None = None) -> None:
         self._log = observations
+        self._metrics = metrics
 
     async def submit(self, observations: Sequence[Observation], *, wait: bool = False) -> None:
         if not observations:
@@ -79,8 +80,10 @@ class DurableIntake:
     async def _append(self, payloads: Sequence[bytes], values: Sequence[Any], *, wait: bool) -> None:
         delay = _ROOM_POLL_SECONDS
         while True:
+            started = time.monotonic()
             try:
                 await self._log.append(payloads, values)
+                _observe_append(self._metrics, self._log, started)
                 return
             except RecordTooLarge as exc:
                 raise TooLarge(str(exc)) from None
@@ -92,6 +95,11 @@ class DurableIntake:
             delay = min(delay * 2, 1.0)
 
 
+def _observe_append(metrics: Metrics | None, log: DurableLog, started: float) -> None:
+    if metrics is not None:
+        metrics.spool_append_seconds.labels(log.name).observe(time.monotonic() - started)
+
+
 class SpanLogWriter:
     """The pipeline's writer: spans are kept once they are in the span log."""
 
@@ -101,8 +109,10 @@ class SpanLogWriter:
 
     async def write(self, spans: Sequence[Span]) -> None:
         batch = list(spans)
+        started = time.monotonic()
         try:
             await self._log.append([encode_spans(batch)], [batch])
+            _observe_append(self._metrics, self._log, started)
         except RecordTooLarge:
             # The pipeline retries a failed write until it is kept; this one never would be. Halves may fit.
             if len(batch) > 1:
@@ -259,7 +269,7 @@ class Delivery:
         self.spans = spans
         self.pipeline = pipeline
         self.metrics = metrics
-        self.intake = DurableIntake(observations)
+        self.intake = DurableIntake(observations, metrics)
         self._ack_after_writers = ack_after_writers
         self._pipeline_consumer: LogConsumer | None = None
         self.pumps: list[Pump] = []

@@ -55,6 +55,15 @@ async def test_live_metrics_after_a_replay_pass_promtool(fixtures_dir: Path, mak
     store_size = await asyncio.to_thread(os.path.getsize, app.config.store.path)
     assert values[("kelemetry_store_size_bytes", ())] >= store_size > 0
     assert values[("kelemetry_pipeline_queue_depth", ())] == 0
+    appended = {
+        labels: value
+        for (name, labels), value in values.items()
+        if name == "kelemetry_spool_append_duration_seconds_count"
+    }
+    # One append per kept batch that held observations (a batch of reads holds none); the 400 kept nothing.
+    assert 0 < appended[(("log", "observations"),)] <= 20
+    assert appended[(("log", "spans"),)] > 0
+    assert values[("kelemetry_spool_append_duration_seconds_sum", (("log", "observations"),))] > 0
     for family in ("kelemetry_spool_backlog_bytes", "kelemetry_leader", "kelemetry_watch_lag_seconds",
                    "kelemetry_diff_attach", "kelemetry_spool_dropped", "kelemetry_watchers_up"):
         assert f"# HELP {family}" in text and f"# TYPE {family}" in text
