@@ -290,6 +290,13 @@ async def run(
                     raise RuntimeError("the ingest process was replaced during the run: its CPU was not all counted")
                 workers_cpu = cpu_seconds_of(workers) - workers_before
                 cpu = serving_cpu + workers_cpu
+                appends = {
+                    part: components.metrics.registry.get_sample_value(
+                        f"kelemetry_spool_append_duration_seconds_{part}", {"log": "observations"}
+                    )
+                    or 0.0
+                    for part in ("sum", "count")
+                }
                 store_bytes = dir_bytes(tmp)
                 paced: tuple[list[float], int] = ([], 0)
                 if paced_batches:
@@ -343,6 +350,8 @@ async def run(
         "saturated_floor_ms": round(concurrency * (cpu + client_cpu) / batches.count * 1000 / usable_cpus(), 1),
         "p50_ms": round(statistics.median(ms), 1),
         "p99_ms": round(percentile(ms, 0.99), 1),
+        # Of the latency, the mean wait for the observation log to keep a batch (its group commit included).
+        "append_mean_ms": round(appends["sum"] / appends["count"] * 1000, 1) if appends["count"] else None,
         "throttled": throttled,
         "decode_processes": 0 if ingest_process else len(workers),
         "peak_rss_mib": round(peak_rss_mib() + workers_peak_rss),  # with the decoding workers' or ingest process's
