@@ -93,7 +93,7 @@ class Metrics:
             "kelemetry_spool_used_bytes", "Bytes a durable log holds on disk", ["log"], registry=r
         )
         # A batch's 200 waits for this, so the webhook's latency splits into it and the rest (decoding, turns of
-        # the loop): at full speed on two CPUs the wait for the group commit was most of it, the disk 2-3 ms.
+        # the loop): at full speed on two CPUs it was a third to a half of it, the disk's part 2-3 ms.
         self.spool_append_seconds = Histogram(
             "kelemetry_spool_append_duration_seconds",
             "Time from an append to a durable log until it is kept (written, and fsynced with spool.fsync always), "

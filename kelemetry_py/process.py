@@ -79,8 +79,9 @@ def shorten_thread_switches() -> None:
     default. The serving process's spool and store threads want it back after every system call, while its event
     loop holds it for the pipeline's Python, and a batch's answer waits on the spool thread's write, then on the
     loop. At full speed (``python -m bench webhook``) a batch waited a median 10 ms for the serving process to keep
-    it, of which the write and fsync took 2-3. At 1 ms the p50 and p99 of the saturating run fell 8 % and 9 %
-    (median of 7 pairs alternated with 5 ms), for the same CPU per batch."""
+    it, of which the write and fsync took 2-3. At 1 ms the p50 and p99 of the saturating run fell 5 % and 6 %
+    (median of 7 pairs alternated with the code before; 8 % and 9 % in 7 instrumented pairs), for the same CPU per
+    batch over the sender's."""
     sys.setswitchinterval(THREAD_SWITCH_SECONDS)
 
 
