@@ -21,10 +21,11 @@ BENCHES = {
     "frontend": "bench.frontend",
     "watch": "bench.watch",
     "graph": "bench.graph",
+    "spool": "bench.spool",
 }
 OPTIONAL = {"faults": "bench.faults", "search": "bench.search"}
 # What ``all`` runs: the default path, then the OTLP-only path, then each component.
-ALL = (["webhook"], ["webhook", "--otlp-only"], ["differ"], ["store"], ["frontend"], ["graph"])
+ALL = (["webhook"], ["webhook", "--otlp-only"], ["differ"], ["store"], ["frontend"], ["graph"], ["spool"])
 
 
 def _present(name: str) -> bool:

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,6 +34,13 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _SUFFIX = ".seg"
+# A consumed segment is renamed to this before its space is given back, so no restart ever reads it as the log's.
+_DISCARD_SUFFIX = ".discard"
+# Freed this much at a time, this far apart: on a file system that discards freed blocks at its journal commit
+# (ext4 mounted with ``discard``), unlinking 64 MiB at once held an fsync beside it for 13-23 ms; 2 MiB steps
+# 10 ms apart kept the slowest append near 3 ms, with its p99 unchanged (``python -m bench spool``).
+FREE_STEP_BYTES = 2 << 20
+_FREE_PAUSE_SECONDS = 0.01
 _CURSOR_PREFIX = "cursor-"
 _T = TypeVar("_T")
 FSYNC_POLICIES = ("always", "interval", "never")
@@ -66,6 +74,7 @@ class LocalLog:
         segment_bytes: int = 64 << 20,
         cache_bytes: int = 8 << 20,
         cursor_interval_seconds: float = 0.2,
+        free_step_bytes: int = FREE_STEP_BYTES,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
@@ -93,7 +102,7 @@ class LocalLog:
         self._saved_cursors: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}")
-        # Cursor files (two fsyncs) and unlinking consumed 64 MiB segments, one at a time, off the writer thread:
+        # Cursor files (two fsyncs) and freeing consumed 64 MiB segments, one at a time, off the writer thread:
         # they must never hold up the appends queued behind them.
         self._maintainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}-maintenance")
         # Touched only on the writer thread: the active segment's descriptor and (first seq, path, size).
@@ -102,6 +111,8 @@ class LocalLog:
         self._unsynced = False
         self._background: asyncio.Task[None] | None = None
         self._closing = False
+        self._free_step_bytes = free_step_bytes  # 0: a consumed segment is unlinked at once
+        self._hurry = threading.Event()  # set on close: consumed segments are freed without pauses
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -129,6 +140,7 @@ class LocalLog:
         if self._flusher is not None:
             with contextlib.suppress(Exception):
                 await self._flusher
+        self._hurry.set()
         self._background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._background
@@ -294,6 +306,8 @@ class LocalLog:
 
     def _recover_sync(self) -> tuple[list[_Segment], dict[str, int]]:
         self.directory.mkdir(parents=True, exist_ok=True)
+        for path in self.directory.glob(f"*{_DISCARD_SUFFIX}"):  # consumed, and being freed when the process ended
+            path.unlink(missing_ok=True)
         paths = sorted(self.directory.glob(f"*{_SUFFIX}"))
         segments = [_Segment(int(path.stem), path) for path in paths]
         for segment, following in itertools.pairwise(segments):
@@ -462,10 +476,23 @@ class LocalLog:
         doomed = [segment for segment in self._segments[:-1] if segment.end <= safe]
         if not doomed:
             return
-        await self._on_maintainer(_unlink_all, [segment.path for segment in doomed])
+        discarded = await self._on_maintainer(self._set_aside, [segment.path for segment in doomed])
         self._segments = self._segments[len(doomed) :]
         self._used -= sum(segment.size for segment in doomed)
         self._notify()  # appenders waiting for room may try again
+        await self._on_maintainer(_free_gradually, discarded, self._free_step_bytes, self._hurry)
+
+    def _set_aside(self, paths: list[Path]) -> list[Path]:
+        """Rename consumed segments out of the log (durably with ``always``), to be freed at leisure."""
+        discarded = []
+        for path in paths:
+            target = path.with_suffix(_DISCARD_SUFFIX)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, target)
+                discarded.append(target)
+        if self._fsync == "always":
+            self._sync_directory()
+        return discarded
 
     def _close_sync(self) -> None:
         if self._active_fd is not None:
@@ -481,8 +508,25 @@ class LocalLog:
         return await asyncio.get_running_loop().run_in_executor(self._maintainer, func, *args)
 
 
-def _unlink_all(paths: list[Path]) -> None:
+def _free_gradually(paths: list[Path], step: int, hurry: threading.Event) -> None:
+    """Give back each file's space ``step`` bytes at a time, ``_FREE_PAUSE_SECONDS`` apart (no pause once ``hurry``
+    is set: the log is closing), then unlink it."""
     for path in paths:
+        if step <= 0:
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            while size > step:
+                size -= step
+                os.ftruncate(fd, size)
+                hurry.wait(_FREE_PAUSE_SECONDS)
+        finally:
+            os.close(fd)
         path.unlink(missing_ok=True)
 
 

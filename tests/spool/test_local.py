@@ -16,6 +16,15 @@ def _segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.seg"))
 
 
+def _set_aside(directory: Path) -> list[Path]:
+    """Consumed segments renamed out of the log and not yet freed."""
+    return sorted(directory.glob("*.discard"))
+
+
+def _bytes_on_disk(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.iterdir())
+
+
 def _log(directory: Path, **options: object) -> LocalLog:
     settings: dict[str, object] = {"max_bytes": 1 << 20, "segment_bytes": 256, "cursor_interval_seconds": 0.01}
     settings.update(options)
@@ -102,8 +111,54 @@ async def test_consumed_segments_are_deleted_once_every_cursor_is_persisted(tmp_
     await log._persist_cursors()
     await log._delete_consumed()
     assert len(_segments(tmp_path)) == 1  # the active segment stays
+    assert not _set_aside(tmp_path)
     assert log.used_bytes() < used_before
     await log.close()
+
+
+async def test_large_consumed_segments_are_freed_whole(tmp_path: Path) -> None:
+    """Segments larger than one freeing step (they are given back a few MiB at a time) leave nothing behind."""
+    log = _log(tmp_path, max_bytes=64 << 20, segment_bytes=9 << 20)
+    await log.open()
+    consumer = log.consumer("c")
+    payloads = [bytes([i]) * (1 << 20) for i in range(30)]
+    for payload in payloads:
+        await log.append([payload])
+    assert len(_segments(tmp_path)) >= 3
+    assert await _drain(consumer, len(payloads)) == payloads
+    await log._persist_cursors()
+    await log._delete_consumed()
+    assert len(_segments(tmp_path)) == 1
+    assert not _set_aside(tmp_path)
+    assert _bytes_on_disk(tmp_path) < 10 << 20  # the active segment alone
+    await log.close()
+
+
+async def test_a_segment_set_aside_but_not_yet_freed_is_gone_after_a_restart(tmp_path: Path) -> None:
+    """A process that ends while a consumed segment is being freed leaves it renamed and part-truncated: the next
+    start removes it and never reads it as part of the log, even for a consumer with no cursor yet."""
+    log = _log(tmp_path)
+    await log.open()
+    consumer = log.consumer("a")
+    payloads = [b"x" * 60 + str(i).encode() for i in range(40)]
+    for payload in payloads:
+        await log.append([payload])
+    assert await _drain(consumer, 40) == payloads
+    await log._persist_cursors()
+    first, *kept = _segments(tmp_path)
+    (discarded,) = log._set_aside([first])  # the first step of freeing it, then the process ends
+    os.truncate(discarded, discarded.stat().st_size // 2)
+    await log.close()
+
+    again = _log(tmp_path)
+    await again.open()
+    assert not _set_aside(tmp_path)
+    assert _segments(tmp_path) == kept
+    late = again.consumer("late")
+    records = await late.read(100)
+    assert [record.payload for record in records] == payloads[len(payloads) - len(records) :]
+    assert not any(record.damaged for record in records)
+    await again.close()
 
 
 async def test_a_full_log_refuses_appends_and_never_drops_what_it_holds(tmp_path: Path) -> None:
