@@ -38,7 +38,8 @@ _SUFFIX = ".seg"
 _DISCARD_SUFFIX = ".discard"
 # Freed this much at a time, this far apart: on a file system that discards freed blocks at its journal commit
 # (ext4 mounted with ``discard``), unlinking 64 MiB at once held an fsync beside it for 13-23 ms; 2 MiB steps
-# 10 ms apart kept the slowest append near 3 ms, with its p99 unchanged (``python -m bench spool``).
+# 10 ms apart kept the slowest append at 2-10 ms, for a few tenths of a millisecond on the appends beside each
+# step (``python -m bench spool``).
 FREE_STEP_BYTES = 2 << 20
 _FREE_PAUSE_SECONDS = 0.01
 _CURSOR_PREFIX = "cursor-"
