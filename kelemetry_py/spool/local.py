@@ -103,9 +103,13 @@ class LocalLog:
         self._saved_cursors: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}")
-        # Cursor files (two fsyncs) and freeing consumed 64 MiB segments, one at a time, off the writer thread:
-        # they must never hold up the appends queued behind them.
+        # Cursor files (two fsyncs) and renaming consumed segments, off the writer thread: they must never hold up
+        # the appends queued behind them.
         self._maintainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}-maintenance")
+        # Giving back a consumed segment's space takes a fraction of a second per 64 MiB (see _FREE_PAUSE_SECONDS):
+        # on a thread of its own, so that it never delays a cursor file or the interval fsync.
+        self._freer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spool-{name}-free")
+        self._freeing: asyncio.Future[None] | None = None  # the latest freeing; the freer runs them in order
         # Touched only on the writer thread: the active segment's descriptor and (first seq, path, size).
         self._active_fd: int | None = None
         self._segments_snapshot_last: tuple[int, Path, int] | None = None
@@ -148,6 +152,8 @@ class LocalLog:
         self._background = None
         await self._persist_cursors()  # after any job of the cancelled maintenance: one worker, in order
         self._maintainer.shutdown(wait=True)
+        await self._finish_freeing()
+        self._freer.shutdown(wait=True)
         await self._on_writer(self._close_sync)
         self._writer.shutdown(wait=True)
 
@@ -481,7 +487,21 @@ class LocalLog:
         self._segments = self._segments[len(doomed) :]
         self._used -= sum(segment.size for segment in doomed)
         self._notify()  # appenders waiting for room may try again
-        await self._on_maintainer(_free_gradually, discarded, self._free_step_bytes, self._hurry)
+        if discarded:
+            self._freeing = asyncio.get_running_loop().run_in_executor(
+                self._freer, _free_gradually, discarded, self._free_step_bytes, self._hurry
+            )
+            self._freeing.add_done_callback(self._freed)
+
+    def _freed(self, freeing: asyncio.Future[None]) -> None:
+        if not freeing.cancelled() and (exc := freeing.exception()) is not None:
+            # Renamed out of the log already: only the space waits, and the next start removes what is left.
+            log.warning("spool %s: could not free consumed segments: %s", self.name, exc)
+
+    async def _finish_freeing(self) -> None:
+        """Wait until every consumed segment set aside so far has been freed (or has failed to be)."""
+        if self._freeing is not None:
+            await asyncio.wait((self._freeing,))
 
     def _set_aside(self, paths: list[Path]) -> list[Path]:
         """Rename consumed segments out of the log (durably with ``always``), to be freed at leisure."""

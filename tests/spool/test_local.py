@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from kelemetry_py.spool import Record, RecordTooLarge, SpoolFull
+from kelemetry_py.spool import Record, RecordTooLarge, SpoolFull, local
 from kelemetry_py.spool.local import LocalLog
 
 
@@ -19,6 +20,10 @@ def _segments(directory: Path) -> list[Path]:
 def _set_aside(directory: Path) -> list[Path]:
     """Consumed segments renamed out of the log and not yet freed."""
     return sorted(directory.glob("*.discard"))
+
+
+def _cursor(directory: Path, consumer: str) -> int:
+    return int((directory / f"cursor-{consumer}").read_text())
 
 
 def _bytes_on_disk(directory: Path) -> int:
@@ -111,6 +116,7 @@ async def test_consumed_segments_are_deleted_once_every_cursor_is_persisted(tmp_
     await log._persist_cursors()
     await log._delete_consumed()
     assert len(_segments(tmp_path)) == 1  # the active segment stays
+    await log._finish_freeing()
     assert not _set_aside(tmp_path)
     assert log.used_bytes() < used_before
     await log.close()
@@ -129,9 +135,50 @@ async def test_large_consumed_segments_are_freed_whole(tmp_path: Path) -> None:
     await log._persist_cursors()
     await log._delete_consumed()
     assert len(_segments(tmp_path)) == 1
+    await log._finish_freeing()
     assert not _set_aside(tmp_path)
     assert _bytes_on_disk(tmp_path) < 10 << 20  # the active segment alone
     await log.close()
+
+
+async def test_freeing_consumed_segments_holds_up_neither_cursors_nor_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Giving a segment's space back takes a while (steps apart): meanwhile cursor files are written, appends kept
+    and later segments set aside as usual, and close waits for the freeing."""
+    release = threading.Event()
+    freed: list[Path] = []
+
+    def held_free(paths: list[Path], step: int, hurry: threading.Event) -> None:
+        release.wait()
+        freed.extend(paths)
+        for path in paths:
+            path.unlink()
+
+    monkeypatch.setattr(local, "_free_gradually", held_free)
+    log = _log(tmp_path)
+    await log.open()
+    consumer = log.consumer("a")
+    try:
+        for i in range(20):
+            await log.append([b"x" * 60 + str(i).encode()])
+        await _drain(consumer, 20)
+        await log._persist_cursors()
+        # Each wait_for guards against a hang; no time is being measured.
+        await asyncio.wait_for(log._delete_consumed(), timeout=10)  # its freeing is held
+        assert _set_aside(tmp_path)
+        for i in range(20):  # appends, cursor files and another round of setting aside, all while it is held
+            await log.append([b"y" * 60 + str(i).encode()])
+        await _drain(consumer, 20)
+        await asyncio.wait_for(log._persist_cursors(), timeout=10)
+        assert _cursor(tmp_path, "a") == consumer.committed
+        await asyncio.wait_for(log._delete_consumed(), timeout=10)
+        assert len(_segments(tmp_path)) == 1
+        assert not freed
+    finally:
+        release.set()
+        await log.close()
+    assert freed and not _set_aside(tmp_path)
 
 
 async def test_a_segment_set_aside_but_not_yet_freed_is_gone_after_a_restart(tmp_path: Path) -> None:
