@@ -39,8 +39,9 @@ def observation_payloads() -> list[bytes]:
     return [payload for body, _ in batches.templates for payload in decode_batch(converter, "bench", body).payloads]
 
 
-async def _phase(payloads: list[bytes], total_bytes: int, appenders: int, free_step_bytes: int) -> dict[str, Any]:
-    waits: list[float] = []  # milliseconds
+async def _phase(payloads: list[bytes], count: int, appenders: int, free_step_bytes: int) -> tuple[list[float], float]:
+    """Each append's wait in milliseconds, and the wall seconds of all ``count`` appends."""
+    waits: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-spool-") as tmp:
         log = LocalLog(
             Path(tmp) / "observations",
@@ -51,7 +52,6 @@ async def _phase(payloads: list[bytes], total_bytes: int, appenders: int, free_s
         )
         await log.open()
         consumer = log.consumer("pipeline")
-        count = -(-total_bytes // (sum(map(len, payloads)) // len(payloads)))
         source = itertools.islice(itertools.cycle(payloads), count)
 
         async def append() -> None:
@@ -73,16 +73,15 @@ async def _phase(payloads: list[bytes], total_bytes: int, appenders: int, free_s
         await reader
         wall = time.perf_counter() - started
         await log.close()
-    return {"appends": len(waits), "wall": wall, "waits": waits}
+    return waits, wall
 
 
-def _figures(prefix: str, phase: dict[str, Any], written: int) -> dict[str, Any]:
-    latencies = phase["waits"]
+def _figures(prefix: str, waits: list[float], wall: float, written: int) -> dict[str, Any]:
     return {
-        f"{prefix}append_p50_ms": round(statistics.median(latencies), 2),
-        f"{prefix}append_p99_ms": round(percentile(latencies, 0.99), 2),
-        f"{prefix}append_max_ms": round(max(latencies), 2),
-        f"{prefix}megabytes_per_second": round(written / phase["wall"] / 1e6, 1),
+        f"{prefix}append_p50_ms": round(statistics.median(waits), 2),
+        f"{prefix}append_p99_ms": round(percentile(waits, 0.99), 2),
+        f"{prefix}append_max_ms": round(max(waits), 2),
+        f"{prefix}megabytes_per_second": round(written / wall / 1e6, 1),
     }
 
 
@@ -92,14 +91,15 @@ async def run(megabytes: int, appenders: int) -> dict[str, Any]:
     limit = parse_limit(payloads, lambda observations: 1, decode_observations)
     result: dict[str, Any] = {"bench": "spool", "megabytes": megabytes, "appenders": appenders}
     # Each way twice, in the order A B B A, so that a machine speeding up or slowing down favours neither.
-    phases: dict[int, list[dict[str, Any]]] = {FREE_STEP_BYTES: [], 0: []}
+    count = -(-megabytes * 500_000 // average)  # appends per run: half of --megabytes
+    phases: dict[int, list[tuple[list[float], float]]] = {FREE_STEP_BYTES: [], 0: []}
     for free_step_bytes in (FREE_STEP_BYTES, 0, 0, FREE_STEP_BYTES):
-        phases[free_step_bytes].append(await _phase(payloads, megabytes * 500_000, appenders, free_step_bytes))
+        phases[free_step_bytes].append(await _phase(payloads, count, appenders, free_step_bytes))
     for prefix, free_step_bytes in (("", FREE_STEP_BYTES), ("at_once_", 0)):
         both = phases[free_step_bytes]
-        waits = [wait for phase in both for wait in phase["waits"]]
-        wall = sum(phase["wall"] for phase in both)
-        result.update(_figures(prefix, {"waits": waits, "wall": wall}, len(waits) * average))
+        waits = [wait for phase_waits, _ in both for wait in phase_waits]
+        wall = sum(phase_wall for _, phase_wall in both)
+        result.update(_figures(prefix, waits, wall, len(waits) * average))
     result["record_bytes"] = average
     result["parse_limit_records_per_cpu_second"] = round(limit)
     result["note"] = "one record per 400-event batch; latency is each append's wait for its group commit and fsync"
