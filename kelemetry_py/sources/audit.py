@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import msgspec
 import orjson
@@ -108,31 +108,31 @@ class _Header(msgspec.Struct):
     apiVersion: str = ""
 
 
-class _ObjectMeta(msgspec.Struct, gc=False):
+class _ObjectMeta(TypedDict, total=False):
     """meta/v1 ObjectMeta as an apiserver stores it (it drops any other field), but for managedFields: often half
-    of an object, and never read here."""
+    of an object, and never read here. Decoded straight into dicts, in the body's own order."""
 
-    name: Any = msgspec.UNSET
-    generateName: Any = msgspec.UNSET
-    namespace: Any = msgspec.UNSET
-    selfLink: Any = msgspec.UNSET
-    uid: Any = msgspec.UNSET
-    resourceVersion: Any = msgspec.UNSET
-    generation: Any = msgspec.UNSET
-    creationTimestamp: Any = msgspec.UNSET
-    deletionTimestamp: Any = msgspec.UNSET
-    deletionGracePeriodSeconds: Any = msgspec.UNSET
-    labels: Any = msgspec.UNSET
-    annotations: Any = msgspec.UNSET
-    ownerReferences: Any = msgspec.UNSET
-    finalizers: Any = msgspec.UNSET
-    clusterName: Any = msgspec.UNSET  # before Kubernetes 1.25
+    name: Any
+    generateName: Any
+    namespace: Any
+    selfLink: Any
+    uid: Any
+    resourceVersion: Any
+    generation: Any
+    creationTimestamp: Any
+    deletionTimestamp: Any
+    deletionGracePeriodSeconds: Any
+    labels: Any
+    annotations: Any
+    ownerReferences: Any
+    finalizers: Any
+    clusterName: Any  # before Kubernetes 1.25
 
 
-class _Head(msgspec.Struct, gc=False):
-    apiVersion: Any = msgspec.UNSET
-    kind: Any = msgspec.UNSET
-    metadata: _ObjectMeta | msgspec.UnsetType = msgspec.UNSET
+class _Head(TypedDict, total=False):
+    apiVersion: Any
+    kind: Any
+    metadata: _ObjectMeta
 
 
 _decode_list = msgspec.json.Decoder(_EventList[AuditEvent]).decode
@@ -311,7 +311,7 @@ def _load_head(raw: msgspec.Raw) -> Any:
     if raw is _ABSENT:
         return None
     try:
-        return msgspec.to_builtins(_decode_head(raw))
+        return _decode_head(raw)
     except msgspec.ValidationError:  # not an object, or metadata of a shape no apiserver stores: read as before
         return _load(raw)
 
