@@ -1,7 +1,8 @@
 """Observations in, spans out.
 
 Each object key hashes to one of N partitions, so one object's observations are handled in order while objects
-run in parallel. Capacity is counted across partitions: a batch is accepted whole or refused whole.
+run in parallel. Capacity is counted across partitions: a batch is accepted whole or refused whole. The spans of
+the partitions' batches that are ready while a write is in flight go to the writer together, in one call.
 
 Link spans come from the object graph, the linkers' memory: an observation carrying a body feeds its linkers'
 relations into the graph, and every observation writes its object's relations (and its ancestors') into its window,
@@ -124,6 +125,8 @@ class Pipeline:
         self._known: OrderedDict[str, None] = OrderedDict()
         self._id_cache: dict[tuple[str, int], tuple[int, int]] = {}
         self._closing = False
+        self._unwritten: list[tuple[list[Span], asyncio.Future[None]]] = []  # partition batches' spans, to write
+        self._group_writer: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -188,6 +191,8 @@ class Pipeline:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await self._idle.wait()
         tasks = [*self._workers, *self._parked]
+        if self._group_writer is not None:
+            tasks.append(self._group_writer)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -274,21 +279,52 @@ class Pipeline:
                 await self._spans_of(items[start : start + _SLICE], spans, claims)
         if not spans:
             return
-        delay = 0.05
         try:
-            while True:
-                try:
-                    await self._writer.write(spans)
-                    return
-                except Exception as exc:
-                    # The writer is the durable span log: it fails only when the disk does, or when it is full
-                    # because a backend is down. Wait for room rather than lose what was accepted.
-                    log.warning("pipeline: writing %d spans failed (%s); retrying in %.2fs", len(spans), exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            await self._write(spans)
         except BaseException:
             await self._release(claims)
             raise
+
+    async def _write(self, spans: list[Span]) -> None:
+        """Write ``spans`` together with those of the other partitions' batches that are ready by then: a record of
+        the observation log spreads over every partition, and one writer call for all of them costs the span log,
+        and each writer behind it, one record instead of one per partition."""
+        written = asyncio.get_running_loop().create_future()
+        self._unwritten.append((spans, written))
+        if self._group_writer is None:
+            self._group_writer = asyncio.create_task(self._write_groups(), name="pipeline-writer")
+        await written
+
+    async def _write_groups(self) -> None:
+        group: list[tuple[list[Span], asyncio.Future[None]]] = []
+        try:
+            await asyncio.sleep(0)  # the partitions finishing in this turn of the loop join the first group
+            while self._unwritten:
+                group, self._unwritten = self._unwritten, []
+                await self._write_retrying([span for spans, _ in group for span in spans])
+                for _, written in group:
+                    if not written.done():  # its partition may have been cancelled meanwhile
+                        written.set_result(None)
+        finally:
+            self._group_writer = None
+            # Cancelled (the pipeline stops): what was not written is told so, and stays in the observation log.
+            for _, written in [*group, *self._unwritten]:
+                if not written.done():
+                    written.cancel()
+            self._unwritten = []
+
+    async def _write_retrying(self, spans: list[Span]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._writer.write(spans)
+                return
+            except Exception as exc:
+                # The writer is the durable span log: it fails only when the disk does, or when it is full
+                # because a backend is down. Wait for room rather than lose what was accepted.
+                log.warning("pipeline: writing %d spans failed (%s); retrying in %.2fs", len(spans), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_SECONDS)
 
     async def _spans_of(self, items: Sequence[_Item], spans: list[Span], claims: list[str]) -> None:
         for observation, ticket in items:

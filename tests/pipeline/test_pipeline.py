@@ -1,19 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
 from kelemetry_py.config import PipelineConfig
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import (
+    Link,
     ObjectRef,
     Observation,
     object_span_id,
     object_trace_id,
 )
 from kelemetry_py.pipeline import Overloaded
-from kelemetry_py.pipeline.core import Pipeline
+from kelemetry_py.pipeline.core import Pipeline, Ticket
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
 from tests.support.writers import CollectingWriter
@@ -151,6 +154,82 @@ async def test_full_pipeline_refuses_whole_batches_and_recovers() -> None:
     assert len(writer.by_service("audit")) == 13
 
 
+class CountingLinker:
+    """Finds no links; tells when it has been asked about ``expected`` observations (each partition's spans are
+    made in the same step as its last linker call, so by then every partition has handed its spans over)."""
+
+    name = "counting"
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.asked = 0
+        self.all_asked = asyncio.Event()
+
+    async def links(self, ref: ObjectRef, body: Mapping[str, Any]) -> Sequence[Link]:
+        self.asked += 1
+        if self.asked == self.expected:
+            self.all_asked.set()
+        return []
+
+
+def configmaps(count: int, at_s: float) -> list[Observation]:
+    found = []
+    for index in range(count):
+        ref = ObjectRef("c1", "", "v1", "configmaps", "ns", f"cm-{index}")
+        seen = observation(ref, at_s, ref.name)
+        seen.body = {"metadata": {"name": ref.name}}
+        found.append(seen)
+    return found
+
+
+async def test_the_partitions_batches_ready_during_a_write_go_out_in_one_writer_call() -> None:
+    writer = CollectingWriter()
+    writer.gate.clear()  # the first write stays in flight until every partition has made its spans
+    linker = CountingLinker(64)
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW, partitions=8),
+        linkers=[linker],
+    )
+    await pipeline.start()
+    await pipeline.submit(configmaps(64, 1_000 * WINDOW))
+    await linker.all_asked.wait()
+    writer.gate.set()
+    await pipeline.drain()
+    await pipeline.stop()
+    assert len(writer.by_service("audit")) == 64 and len(writer.by_service("object")) == 64
+    # One call per partition (8) would make a span log record, and a store transaction, of each.
+    assert len(writer.calls) <= 2 and sum(writer.calls) == len(writer.spans)
+
+
+async def test_stopping_while_a_write_is_stuck_writes_nothing_more_and_releases_the_claims() -> None:
+    writer = CollectingWriter()
+    writer.gate.clear()  # the span log is full, as behind a dead back end
+    emission = MemoryEmissionSet()
+    linker = CountingLinker(16)
+    pipeline = Pipeline(
+        writer=writer,
+        emission=emission,
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW, partitions=4),
+        linkers=[linker],
+    )
+    await pipeline.start()
+    await pipeline.submit(configmaps(16, 1_000 * WINDOW))
+    await linker.all_asked.wait()
+    await pipeline.stop(deadline=0.0)  # returns: the write in flight and those waiting for it are cancelled
+    writer.gate.set()
+    assert writer.spans == [] and pipeline.pending == 16  # unacknowledged: the observation log still holds them
+    # The object spans were never written, so their claims were given back for the next run to take.
+    again = Pipeline(
+        writer=writer, emission=emission, metrics=Metrics(), config=PipelineConfig(window_seconds=WINDOW)
+    )
+    await run(again, configmaps(16, 1_000 * WINDOW))
+    assert len(writer.by_service("object")) == 16
+
+
 class SlowHook:
     """Parks observations of one object until released, like the diff attacher waiting for the differ."""
 
@@ -190,8 +269,10 @@ async def test_parked_observations_do_not_hold_up_other_objects() -> None:
         hooks=[BrokenHook(), hook],
     )
     await pipeline.start()
-    await pipeline.submit([observation(POD, 1, "slow"), observation(DEPLOY, 2, "fast")])
-    await writer.written.wait()
+    fast_done = asyncio.Event()
+    await pipeline.submit([observation(POD, 1, "slow")])
+    await pipeline.feed([observation(DEPLOY, 2, "fast")], Ticket(1, fast_done.set))
+    await fast_done.wait()
     assert [s.attributes["verb"] for s in writer.by_service("audit")] == ["fast"]
     assert pipeline.pending == 1
     hook.release.set()
@@ -238,12 +319,8 @@ async def test_a_hanging_and_a_raising_linker_are_counted_and_skipped_without_st
 
 
 async def test_a_linker_plugin_can_follow_a_chain_in_the_graph() -> None:
-    from collections.abc import Mapping, Sequence
-    from typing import Any
-
     from kelemetry_py.linking.graph import ObjectGraph
     from kelemetry_py.linking.owners import OwnerReferenceLinker
-    from kelemetry_py.model import Link
 
     class TopOwnerLinker:
         """Links an object to the root of its ownership chain, as the graph knows it (a plugin reading the graph)."""
