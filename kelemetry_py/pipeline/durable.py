@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kelemetry_py.export import SpanWriter
@@ -46,6 +46,9 @@ _WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the
 # back ends this much later; a backlog is read at full speed.
 _WRITER_LINGER_SECONDS = 0.03
 _WRITER_FULL_SPANS = 1024
+# The most spans a writer is given at once (a store transaction, an export), and about what one read takes: a span
+# log record holds the spans of every partition's batch written together, from a dozen to a few thousand.
+_WRITER_MAX_SPANS = 2048
 _ROOM_POLL_SECONDS = 0.05
 _WRITER_RETRY_MAX_SECONDS = 30.0
 
@@ -182,7 +185,11 @@ class Pump:
     # next (a backlog is read at full speed).
     linger_seconds: float = 0.0
     full_items: int = 0
+    # Nonzero: the most items one delivery holds, and about what one read takes (records are read fewer at a time
+    # as they hold more, so that memory follows items rather than records).
+    max_items: int = 0
     failing: bool = False
+    _items_per_record: float = field(default=1.0, init=False, repr=False)  # of the last read
 
     async def run(self) -> None:
         while True:
@@ -196,7 +203,10 @@ class Pump:
     async def _next_batch(self) -> bool | None:
         """Whether the batch was a small one that left nothing behind; None once the log is closed. One batch per
         call, so nothing of it stays referenced while the next read waits (a batch can hold megabytes of spans)."""
-        records = await self.consumer.read(self.records_per_batch)
+        wanted = self.records_per_batch
+        if self.max_items:
+            wanted = max(1, min(wanted, int(self.max_items / self._items_per_record)))
+        records = await self.consumer.read(wanted)
         if not records:
             return None
         items: list[Any] = []
@@ -207,9 +217,12 @@ class Pump:
                 # Retrying cannot mend it, and stopping here would stop this consumer for good.
                 log.exception("%s: spool record %s cannot be decoded; dropped and counted", self.name, record.id)
                 self.metrics.spool_dropped.labels(self.name, "undecodable").inc()
-        await self._deliver(items)
+        self._items_per_record = max(1.0, len(items) / len(records))
+        step = self.max_items or len(items) or 1
+        for start in range(0, len(items), step):
+            await self._deliver(items[start : start + step])
         await self.consumer.ack(records)
-        return len(records) < self.records_per_batch and len(items) < self.full_items
+        return len(records) < wanted and len(items) < self.full_items
 
     async def _deliver(self, items: list[Any]) -> None:
         delay = 0.1
@@ -296,6 +309,7 @@ class Delivery:
                 self.metrics,
                 linger_seconds=_WRITER_LINGER_SECONDS,
                 full_items=_WRITER_FULL_SPANS,
+                max_items=_WRITER_MAX_SPANS,
             )
             for (name, writer), consumer in zip(self._writers.items(), self._span_consumers, strict=True)
         ]

@@ -178,3 +178,39 @@ async def test_a_writer_reads_a_backlog_of_small_records_without_lingering(tmp_p
     delivering.cancel()  # lingering after the last, short read
     await asyncio.gather(delivering, return_exceptions=True)
     await spans.close()
+
+
+async def test_a_writer_is_given_at_most_its_most_spans_at_once_and_reads_big_records_fewer_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """A span log record holds every partition's spans written together, up to a few thousand: a store transaction
+    and a read stay bounded by spans (durable._WRITER_MAX_SPANS), not by records."""
+    spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
+    await spans.open()
+    await spans.append([encode_spans([_span(6 * record + i + 1, 10) for i in range(6)]) for record in range(5)])
+    metrics, writer = Metrics(), WritesRecorded()
+    deliver = _writing("collect", writer, metrics)
+    pump = Pump(
+        "collect",
+        spans.consumer("collect"),
+        decode_spans,
+        deliver,
+        metrics,
+        linger_seconds=600.0,
+        full_items=10,
+        max_items=4,
+    )
+    delivering = asyncio.create_task(pump.run())
+    while len(writer.spans) < 30:
+        writer.written.clear()
+        await asyncio.wait_for(writer.written.wait(), 10)
+    # The first read takes 4 records (it knew no better): 24 spans in writes of 4. Records of 6 spans each are
+    # then read one at a time.
+    assert writer.writes == [list(range(start, min(start + 4, 25))) for start in range(1, 25, 4)] + [
+        [25, 26, 27, 28],
+        [29, 30],
+    ]
+    spans.stop_reading()
+    delivering.cancel()
+    await asyncio.gather(delivering, return_exceptions=True)
+    await spans.close()
