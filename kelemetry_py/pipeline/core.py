@@ -51,7 +51,10 @@ from kelemetry_py.pipeline.priority import Priority
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # observations a partition worker turns into one writer call
+_BATCH = 256  # observations a partition worker turns into spans at a time
+# The most spans of several partitions' batches written together (one batch alone may hold more): the span log's
+# encoding of a group runs on the event loop, between slices, and a record this size is one writer's delivery.
+_GROUP_SPANS = 2048
 # Observations turned into spans in one slice of the loop's time: a request arriving meanwhile waits for one slice.
 _SLICE = 32
 _KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
@@ -300,7 +303,12 @@ class Pipeline:
         try:
             await asyncio.sleep(0)  # the partitions finishing in this turn of the loop join the first group
             while self._unwritten:
-                group, self._unwritten = self._unwritten, []
+                taken = size = 0
+                for spans, _ in self._unwritten:
+                    if taken and size + len(spans) > _GROUP_SPANS:
+                        break
+                    taken, size = taken + 1, size + len(spans)
+                group, self._unwritten = self._unwritten[:taken], self._unwritten[taken:]
                 await self._write_retrying([span for spans, _ in group for span in spans])
                 for _, written in group:
                     if not written.done():  # its partition may have been cancelled meanwhile

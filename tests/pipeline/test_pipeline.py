@@ -15,7 +15,7 @@ from kelemetry_py.model import (
     object_span_id,
     object_trace_id,
 )
-from kelemetry_py.pipeline import Overloaded
+from kelemetry_py.pipeline import Overloaded, core
 from kelemetry_py.pipeline.core import Pipeline, Ticket
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
@@ -202,6 +202,30 @@ async def test_the_partitions_batches_ready_during_a_write_go_out_in_one_writer_
     assert len(writer.by_service("audit")) == 64 and len(writer.by_service("object")) == 64
     # One call per partition (8) would make a span log record, and a store transaction, of each.
     assert len(writer.calls) <= 2 and sum(writer.calls) == len(writer.spans)
+
+
+async def test_a_group_of_partitions_batches_is_written_in_writes_of_at_most_the_group_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The span log's encoding of a group runs on the event loop: a backlog's groups stay bounded by spans."""
+    monkeypatch.setattr(core, "_GROUP_SPANS", 40)
+    writer = CollectingWriter()
+    writer.gate.clear()
+    linker = CountingLinker(64)
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW, partitions=8),
+        linkers=[linker],
+    )
+    await pipeline.start()
+    await pipeline.submit(configmaps(64, 1_000 * WINDOW))  # an object span and an audit span each: 128 spans
+    await linker.all_asked.wait()
+    writer.gate.set()
+    await pipeline.drain()
+    await pipeline.stop()
+    assert sum(writer.calls) == 128 and max(writer.calls) <= 40 and len(writer.calls) >= 128 // 40
 
 
 async def test_stopping_while_a_write_is_stuck_writes_nothing_more_and_releases_the_claims() -> None:
