@@ -182,10 +182,11 @@ def configmaps(count: int, at_s: float) -> list[Observation]:
     return found
 
 
-async def test_the_partitions_batches_ready_during_a_write_go_out_in_one_writer_call() -> None:
+async def written_while_the_first_write_is_held(count: int) -> CollectingWriter:
+    """``count`` config maps through 8 partitions, the writer held until every partition has made its spans."""
     writer = CollectingWriter()
-    writer.gate.clear()  # the first write stays in flight until every partition has made its spans
-    linker = CountingLinker(64)
+    writer.gate.clear()
+    linker = CountingLinker(count)
     pipeline = Pipeline(
         writer=writer,
         emission=MemoryEmissionSet(),
@@ -194,11 +195,16 @@ async def test_the_partitions_batches_ready_during_a_write_go_out_in_one_writer_
         linkers=[linker],
     )
     await pipeline.start()
-    await pipeline.submit(configmaps(64, 1_000 * WINDOW))
+    await pipeline.submit(configmaps(count, 1_000 * WINDOW))  # an object span and an audit span each
     await linker.all_asked.wait()
     writer.gate.set()
     await pipeline.drain()
     await pipeline.stop()
+    return writer
+
+
+async def test_the_partitions_batches_ready_during_a_write_go_out_in_one_writer_call() -> None:
+    writer = await written_while_the_first_write_is_held(64)
     assert len(writer.by_service("audit")) == 64 and len(writer.by_service("object")) == 64
     # One call per partition (8) would make a span log record, and a store transaction, of each.
     assert len(writer.calls) <= 2 and sum(writer.calls) == len(writer.spans)
@@ -209,22 +215,7 @@ async def test_a_group_of_partitions_batches_is_written_in_writes_of_at_most_the
 ) -> None:
     """The span log's encoding of a group runs on the event loop: a backlog's groups stay bounded by spans."""
     monkeypatch.setattr(core, "_GROUP_SPANS", 40)
-    writer = CollectingWriter()
-    writer.gate.clear()
-    linker = CountingLinker(64)
-    pipeline = Pipeline(
-        writer=writer,
-        emission=MemoryEmissionSet(),
-        metrics=Metrics(),
-        config=PipelineConfig(window_seconds=WINDOW, partitions=8),
-        linkers=[linker],
-    )
-    await pipeline.start()
-    await pipeline.submit(configmaps(64, 1_000 * WINDOW))  # an object span and an audit span each: 128 spans
-    await linker.all_asked.wait()
-    writer.gate.set()
-    await pipeline.drain()
-    await pipeline.stop()
+    writer = await written_while_the_first_write_is_held(64)
     assert sum(writer.calls) == 128 and max(writer.calls) <= 40 and len(writer.calls) >= 128 // 40
 
 
