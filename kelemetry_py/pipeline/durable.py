@@ -47,7 +47,7 @@ _WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the
 _WRITER_LINGER_SECONDS = 0.03
 _WRITER_FULL_SPANS = 1024
 # The most spans a writer is given at once (a store transaction, an export), and about what one read takes: a span
-# log record holds the spans of every partition's batch written together, from a dozen to a few thousand.
+# log record holds the spans of the partitions' batches written together, from a dozen to about two thousand.
 _WRITER_MAX_SPANS = 2048
 _ROOM_POLL_SECONDS = 0.05
 _WRITER_RETRY_MAX_SECONDS = 30.0
