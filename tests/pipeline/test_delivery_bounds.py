@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -126,22 +126,12 @@ async def test_a_writer_skips_a_record_it_cannot_decode_and_counts_it(tmp_path: 
     await spans.close()
 
 
-class WritesRecorded(CollectingWriter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[list[int]] = []
-
-    async def write(self, spans: Sequence[Span]) -> None:
-        self.writes.append([span.span_id for span in spans])
-        await super().write(spans)
-
-
 async def test_a_writer_that_got_a_small_batch_takes_what_came_during_its_linger_in_one_write(tmp_path: Path) -> None:
     """A busy embedded store then commits many records' spans at once (durable._WRITER_LINGER_SECONDS) rather than
     each record's dozen in a commit of its own."""
     spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
     await spans.open()
-    metrics, writer = Metrics(), WritesRecorded()
+    metrics, writer = Metrics(), CollectingWriter()
     deliver = _writing("collect", writer, metrics)
     pump = Pump("collect", spans.consumer("collect"), decode_spans, deliver, metrics, linger_seconds=2.0, full_items=10)
     delivering = asyncio.create_task(pump.run())
@@ -164,7 +154,7 @@ async def test_a_writer_reads_a_backlog_of_small_records_without_lingering(tmp_p
     spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
     await spans.open()
     await spans.append([encode_spans([_span(span_id, 10)]) for span_id in range(1, 6)])
-    metrics, writer = Metrics(), WritesRecorded()
+    metrics, writer = Metrics(), CollectingWriter()
     deliver = _writing("collect", writer, metrics)
     pump = Pump(
         "collect", spans.consumer("collect"), decode_spans, deliver, metrics, 2, linger_seconds=600.0, full_items=10
@@ -188,7 +178,7 @@ async def test_a_writer_is_given_at_most_its_most_spans_at_once_and_reads_big_re
     spans = LocalLog(tmp_path, name="spans", max_bytes=1 << 20)
     await spans.open()
     await spans.append([encode_spans([_span(6 * record + i + 1, 10) for i in range(6)]) for record in range(5)])
-    metrics, writer = Metrics(), WritesRecorded()
+    metrics, writer = Metrics(), CollectingWriter()
     deliver = _writing("collect", writer, metrics)
     pump = Pump(
         "collect",

@@ -11,7 +11,7 @@ from kelemetry_py.model import Span
 class CollectingWriter:
     def __init__(self) -> None:
         self.spans: list[Span] = []
-        self.calls: list[int] = []  # spans per write, in order
+        self.writes: list[list[int]] = []  # the span ids of each write, in order
         self.gate = asyncio.Event()  # cleared: write() blocks, as a writer with a full queue does
         self.gate.set()
         self.written = asyncio.Event()  # set after every write
@@ -19,7 +19,7 @@ class CollectingWriter:
     async def write(self, spans: Sequence[Span]) -> None:
         await self.gate.wait()
         self.spans.extend(spans)
-        self.calls.append(len(spans))
+        self.writes.append([span.span_id for span in spans])
         self.written.set()
 
     async def flush(self) -> None:
