@@ -9,9 +9,14 @@ from collections.abc import Callable
 
 class MemoryEmissionSet:
     def __init__(self, max_entries: int = 1_000_000, clock: Callable[[], float] = time.monotonic) -> None:
+        # Claims in the order they were last made; the pipeline gives every claim the same TTL, so this is also
+        # the order they expire in, and the expired ones are forgotten from the front.
         self._expiry: OrderedDict[str, float] = OrderedDict()
         self._max_entries = max_entries
         self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._expiry)
 
     async def claim(self, key: str, ttl_seconds: int) -> bool:
         now = self._clock()
@@ -20,9 +25,20 @@ class MemoryEmissionSet:
             return False
         self._expiry[key] = now + ttl_seconds
         self._expiry.move_to_end(key)
+        self._forget_expired(now)
         while len(self._expiry) > self._max_entries:
             self._expiry.popitem(last=False)
         return True
+
+    def _forget_expired(self, now: float) -> None:
+        """Without this, a long-running replica kept every claim of the past until ``max_entries`` (about 200 bytes
+        each with its key): hundreds of MiB that no window to come needs."""
+        expiry = self._expiry
+        while expiry:
+            key, oldest = next(iter(expiry.items()))
+            if oldest > now:
+                return
+            del expiry[key]
 
     async def release(self, key: str) -> None:
         self._expiry.pop(key, None)
