@@ -24,8 +24,11 @@ BENCHES = {
     "spool": "bench.spool",
 }
 OPTIONAL = {"faults": "bench.faults", "search": "bench.search"}
-# What ``all`` runs: the default path, then the OTLP-only path, then each component.
-ALL = (["webhook"], ["webhook", "--otlp-only"], ["differ"], ["store"], ["frontend"], ["graph"], ["spool"])
+# The overload case: 64 connections at once, far more than the tracer takes (429s past
+# audit.max_in_flight_bytes); its figures are its throughput, latency and memory, so no paced phases follow.
+OVERLOAD = ["webhook", "--concurrency", "64", "--paced-batches", "0", "--load-fraction", "0"]
+# What ``all`` runs: the default path, the OTLP-only path and the overload, then each component.
+ALL = (["webhook"], ["webhook", "--otlp-only"], OVERLOAD, ["differ"], ["store"], ["frontend"], ["graph"], ["spool"])
 
 
 def _present(name: str) -> bool:

@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import date, timedelta
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,6 +50,8 @@ from bench.common import (
 from kelemetry_py.process import resident_bytes, resident_memory_mib, usable_cpus
 
 BATCH = 400
+_RECORDED_DAY = date(2026, 11, 21)  # every recorded audit event's, and every timestamp in its objects
+_RECORDED_DATE = f'"{_RECORDED_DAY.isoformat()}T'.encode()
 _IDLE_SECONDS = 5.0  # after the last phase, before the RSS "after the load": an idle replica's first seconds
 
 
@@ -72,11 +75,18 @@ class Batches:
         self.events = self.rounds * per_round
         self.count = self.rounds * len(self.templates)
 
-    def bodies(self, tag: str = "r") -> Iterator[bytes]:
+    def bodies(self, tag: str = "r", first_day: int | None = None) -> Iterator[bytes]:
+        """Each round under new audit IDs; with ``first_day``, round ``n`` also moved ``first_day + n`` days on
+        from the recording (every timestamp in it, objects' included), as a cluster's time moves on: each round
+        then fills new windows' traces instead of adding to the same ones."""
         for round_number in range(self.rounds):
             prefix = f'"auditID":"{tag}{round_number}-'.encode()
+            moved = None if first_day is None else _RECORDED_DAY + timedelta(days=first_day + round_number)
             for body, _ in self.templates:
-                yield body.replace(b'"auditID":"', prefix)
+                body = body.replace(b'"auditID":"', prefix)
+                if moved is not None:
+                    body = body.replace(_RECORDED_DATE, f'"{moved.isoformat()}T'.encode())
+                yield body
 
 
 def _free_port() -> int:
@@ -131,18 +141,22 @@ def _receiver_process(port: int, conn: Connection) -> None:
     conn.close()
 
 
-def _client_process(url: str, target_events: int, concurrency: int, conn: Connection) -> None:
+def _client_process(url: str, target_events: int, concurrency: int, moving_clock: bool, conn: Connection) -> None:
     """The apiserver's part, in its own process: builds the bodies, says it is ready, posts them all when told to
     and sends back the latencies, the count of 429s and the CPU it spent sending."""
     batches = Batches(target_events)
     conn.send("ready")
     conn.recv()
     cpu_before = time.process_time()
-    latencies, throttled = asyncio.run(_post_all(url, batches.bodies(), concurrency))
+    day = 0 if moving_clock else None
+    latencies, throttled = asyncio.run(_post_all(url, batches.bodies(first_day=day), concurrency))
     conn.send((latencies, throttled, time.process_time() - cpu_before))
     while (phase := conn.recv()) is not None:
         tag, rate, count = phase
-        conn.send(asyncio.run(_post_paced(url, Batches(count * BATCH).bodies(tag), rate, count)))
+        day = None if day is None else day + batches.rounds
+        phase_batches = Batches(count * BATCH)
+        conn.send(asyncio.run(_post_paced(url, phase_batches.bodies(tag, day), rate, count)))
+        batches = phase_batches
     conn.close()
 
 
@@ -215,6 +229,7 @@ async def run(
     load_fraction: float = 0.0,
     load_seconds: float = 6.0,
     settings: dict[str, str] | None = None,
+    moving_clock: bool = False,
 ) -> dict[str, Any]:
     from kelemetry_py.app import App
     from kelemetry_py.config import ENV_PREFIX, load_config
@@ -265,7 +280,8 @@ async def run(
             ingest_process = app.ingest_process is not None
             ours, theirs = spawn.Pipe()
             client = spawn.Process(
-                target=_client_process, args=(f"{app.ingest_url}/audit/bench", target_events, concurrency, theirs)
+                target=_client_process,
+                args=(f"{app.ingest_url}/audit/bench", target_events, concurrency, moving_clock, theirs),
             )
             client.start()
             theirs.close()
@@ -336,6 +352,7 @@ async def run(
         "events": total_events,
         "batches": batches.count,
         "concurrency": concurrency,
+        "moving_clock": moving_clock,
         "events_per_cpu_second": round(per_cpu),
         "events_per_second": round(total_events / wall),
         "cpu_ms_per_batch": round(cpu / batches.count * 1000, 1),
@@ -420,6 +437,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--load-seconds", type=float, default=6.0, help="how long the near-capacity phase lasts")
     parser.add_argument(
+        "--moving-clock",
+        action="store_true",
+        help="each round of the recording a day after the last, as a cluster's time moves on (new traces each "
+        "round); without it every round replays the recorded moments, adding to the same windows' traces",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -438,6 +461,7 @@ def main(argv: list[str]) -> int:
             args.load_fraction,
             args.load_seconds,
             parse_settings(args.set),
+            args.moving_clock,
         )
     )
     report(result, args.json)
