@@ -22,7 +22,6 @@ import logging
 import os
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -57,9 +56,11 @@ _BATCH = 256  # observations a partition worker turns into spans at a time
 _GROUP_SPANS = 2048
 # Observations turned into spans in one slice of the loop's time: a request arriving meanwhile waits for one slice.
 _SLICE = 32
-_KNOWN_WINDOWS = 200_000  # (object, window) pairs remembered locally to spare the emission set a round trip
+# What one window's memory holds at most of each kind (claims, relation markers; ids), cleared when full: beyond
+# it a claim is asked of the emission set again, a relation looked at again, an id recomputed.
+_WINDOW_ENTRIES = 100_000
+_WINDOW_IDS = 25_000
 _RETRY_MAX_SECONDS = 5.0
-_ID_CACHE = 50_000  # (object, window) -> ids; cleared when full, since recomputing one is cheap
 _DELETE_VERBS = frozenset(("delete", "deletecollection"))  # a deletecollection is told on each object it removed
 _MAX_ANCESTRY = 8  # levels of parents written into a window beside an object's own relations
 
@@ -86,6 +87,17 @@ class Ticket:
 _Item = tuple[Observation, Ticket | None]
 
 
+class _WindowMemory:
+    """What this process did in one window, to spare the emission set a round trip and the graph a look."""
+
+    __slots__ = ("claimed", "ids", "linked")
+
+    def __init__(self) -> None:
+        self.claimed: set[str] = set()  # emission keys claimed (or found claimed) here
+        self.linked: dict[tuple[str, bool], int] = {}  # (object key, parents only) -> graph revision written
+        self.ids: dict[str, tuple[int, int]] = {}  # object key -> (trace id, object span id)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -110,8 +122,11 @@ class Pipeline:
         self._linker_timeout = linker_timeout_seconds
         self._hooks = list(hooks)
         self.graph = graph if graph is not None else ObjectGraph()
-        # (object key, window, parents only) -> the graph revision whose relations are written (or claimed).
-        self._linked: OrderedDict[tuple[str, int, bool], int] = OrderedDict()
+        # Only the windows still being written: the newest one and the one before (claims last two windows), and
+        # a late observation's until another window is started. Memory follows the objects active in them, not
+        # the history: an LRU over all windows held hundreds of thousands of entries of windows long closed.
+        self._windows: dict[int, _WindowMemory] = {}
+        self._newest_window = -1
         self._latest_s = 0.0  # the newest observation time seen: the graph forgets what ended well before it
         self._decorators = list(decorators)
         self._window_ns = self._config.window_seconds * 1_000_000_000
@@ -125,8 +140,6 @@ class Pipeline:
         self._room = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._known: OrderedDict[str, None] = OrderedDict()
-        self._id_cache: dict[tuple[str, int], tuple[int, int]] = {}
         self._closing = False
         self._unwritten: list[tuple[list[Span], asyncio.Future[None]]] = []  # partition batches' spans, to write
         self._group_writer: asyncio.Task[None] | None = None
@@ -349,10 +362,11 @@ class Pipeline:
                 log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
 
     async def _release(self, claims: Sequence[str]) -> None:
-        if claims:
-            self._linked.clear()  # some relations must be written again
+        for memory in self._windows.values():
+            if claims:
+                memory.linked.clear()  # some relations must be written again
+            memory.claimed.difference_update(claims)
         for key in claims:
-            self._known.pop(key, None)
             with contextlib.suppress(Exception):
                 await self._emission.release(key)
 
@@ -412,14 +426,15 @@ class Pipeline:
         window_start_s = window * self.window_seconds
         pending: list[tuple[str, bool, int]] = [(ref.key, False, 0)]
         visited: set[str] = set()
+        linked = self._memory(window).linked
         while pending:
             key, parents_only, depth = pending.pop()
             if key in visited:
                 continue
             visited.add(key)
-            marker = (key, window, parents_only)
+            marker = (key, parents_only)
             revision = self.graph.revision(key, parents_only=parents_only)
-            if not force and self._linked.get(marker) == revision:
+            if not force and linked.get(marker) == revision:
                 continue  # already written in this window (the ancestors' markers cover theirs)
             for relation in self.graph.relations(key, since=window_start_s, parents_only=parents_only):
                 is_parent = relation.child.key == key
@@ -427,10 +442,9 @@ class Pipeline:
                 await self._link_spans(owner, relation.link_from(key), window, time_ns, out, claims, force)
                 if is_parent and depth < _MAX_ANCESTRY:
                     pending.append((relation.parent.key, True, depth + 1))
-            self._linked[marker] = revision
-            self._linked.move_to_end(marker)
-            if len(self._linked) > _KNOWN_WINDOWS:
-                self._linked.popitem(last=False)
+            if len(linked) >= _WINDOW_ENTRIES:
+                linked.clear()
+            linked[marker] = revision
 
     @property
     def window_seconds(self) -> int:
@@ -444,23 +458,32 @@ class Pipeline:
             window_start = window_of(int(seen * 1e9), self.window_seconds) * self.window_seconds
             self.graph.expire(window_start - self.window_seconds)
 
+    def _memory(self, window: int) -> _WindowMemory:
+        memory = self._windows.get(window)
+        if memory is None:
+            self._newest_window = max(self._newest_window, window)
+            for closed in [old for old in self._windows if old < self._newest_window - 1]:
+                del self._windows[closed]
+            memory = self._windows[window] = _WindowMemory()
+        return memory
+
     def _ids(self, key: str, window: int) -> tuple[int, int]:
         """(trace id, object span id) of an object's window: hashed once, asked for by every span in it."""
-        marker = (key, window)
-        ids = self._id_cache.get(marker)
+        cache = self._memory(window).ids
+        ids = cache.get(key)
         if ids is None:
-            if len(self._id_cache) >= _ID_CACHE:
-                self._id_cache.clear()
-            ids = self._id_cache[marker] = (object_trace_id(key, window), object_span_id(key, window))
+            if len(cache) >= _WINDOW_IDS:
+                cache.clear()
+            ids = cache[key] = (object_trace_id(key, window), object_span_id(key, window))
         return ids
 
-    async def _claim(self, key: str, claims: list[str], force: bool) -> bool:
-        if key in self._known:
-            self._known.move_to_end(key)
+    async def _claim(self, key: str, window: int, claims: list[str], force: bool) -> bool:
+        claimed = self._memory(window).claimed
+        if key in claimed:
             return force
-        self._known[key] = None
-        if len(self._known) > _KNOWN_WINDOWS:
-            self._known.popitem(last=False)
+        if len(claimed) >= _WINDOW_ENTRIES:
+            claimed.clear()
+        claimed.add(key)
         if not await self._emission.claim(key, 2 * self._config.window_seconds):
             return force
         claims.append(key)
@@ -476,7 +499,7 @@ class Pipeline:
         body: Mapping[str, Any] | None = None,
     ) -> None:
         key = ref.key
-        if not await self._claim(f"obj\x00{key}\x00{window}", claims, force):
+        if not await self._claim(f"obj\x00{key}\x00{window}", window, claims, force):
             return
         start = window * self._window_ns
         trace_id, span_id = self._ids(key, window)
@@ -508,7 +531,7 @@ class Pipeline:
         ends = ((ref, link.target, link.role), (link.target, ref, inverse))
         for owner, other, role in ends:
             claim = f"link\x00{owner.key}\x00{window}\x00{other.key}\x00{role}\x00{link.link_class}"
-            if not await self._claim(claim, claims, force):
+            if not await self._claim(claim, window, claims, force):
                 continue
             await self._ensure_object_span(owner, window, out, claims, force)
             trace_id, object_span = self._ids(owner.key, window)

@@ -95,6 +95,34 @@ async def test_one_object_span_per_object_per_window() -> None:
         assert span.attributes["verb"] == span.name.split()[-1]
 
 
+async def test_a_window_is_remembered_until_two_newer_ones_start_and_its_claims_still_hold_after() -> None:
+    writer = CollectingWriter()
+    pipeline = Pipeline(
+        writer=writer,
+        emission=MemoryEmissionSet(),
+        metrics=Metrics(),
+        config=PipelineConfig(window_seconds=WINDOW),
+    )
+    base = 1_000 * WINDOW
+
+    async def handle(at_s: float, key: str) -> None:
+        await pipeline.submit([observation(POD, at_s, key)])
+        await pipeline.drain()
+
+    await pipeline.start()
+    await handle(base + 1, "a")
+    await handle(base + WINDOW + 1, "b")
+    assert sorted(pipeline._windows) == [1_000, 1_001]
+    await handle(base + 3 * WINDOW + 1, "c")
+    assert sorted(pipeline._windows) == [1_003], "the two windows before the one before the newest are let go"
+    await handle(base + 2, "late")
+    await pipeline.stop()
+    assert sorted(pipeline._windows) == [1_000, 1_003], "a late observation's window, until another one starts"
+    windows = sorted((span.start_ns // SECOND - base) // WINDOW for span in writer.by_service("object"))
+    assert windows == [0, 1, 3], "no second object span for the late window: the emission set holds its claim"
+    assert len(writer.by_service("audit")) == 4
+
+
 async def test_redelivered_observation_gets_the_same_span_id() -> None:
     writer = CollectingWriter()
     pipeline = Pipeline(writer=writer, emission=MemoryEmissionSet(), metrics=Metrics())
