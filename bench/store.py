@@ -174,7 +174,7 @@ async def run(total: int, writers: int, order: str = "time", rounds: int = 3) ->
     idle: list[float] = []
     for number in range(rounds):
         with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-            store = await SqliteStore(str(Path(tmp) / "traces.db"), metrics=Metrics()).open()
+            store = await SqliteStore(str(Path(tmp) / "traces.db"), metrics=Metrics(), active_trace_seconds=3600).open()
             try:
                 cpu_before, wall_before = time.process_time(), time.perf_counter()
                 await _write_all(store, batches[:split], writers)

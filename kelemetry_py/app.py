@@ -402,6 +402,7 @@ async def build_components(config: Config) -> Components:
             retention_hours=config.store.retention_hours,
             metrics=metrics,
             durable_commits=config.spool.fsync == "always",  # as durable as what the span log acknowledges
+            active_trace_seconds=2 * config.pipeline.window_seconds,  # the pipeline's window and the one before
         ).open()
         writers["sqlite"] = store
         closers.append(store.close)

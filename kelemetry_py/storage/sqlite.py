@@ -503,6 +503,7 @@ class SqliteStore:
         metrics: Metrics | None = None,
         retention_check_seconds: float = 300.0,
         durable_commits: bool = True,
+        active_trace_seconds: float = 0,
     ) -> None:
         self.path = path
         self.durable_commits = durable_commits
@@ -517,6 +518,9 @@ class SqliteStore:
         self._read_conns_lock = threading.Lock()
         self._traces: dict[int, _Trace] = {}  # by trace id; writer thread only
         self._remembered_spans = 0  # span ids in self._traces, about
+        # A trace is remembered while it ended less than this before the newest span (0: up to the bounds alone).
+        self._active_ns = int(active_trace_seconds * 1_000_000_000)
+        self._swept_at_ns = 0  # the newest span end at the last sweep of traces no longer active
         # Writer thread only: each service and key's term prefix (None: to be read), new ones not stored yet, and
         # each service's terms of recent values.
         self._prefixes: dict[tuple[str, str], str] | None = None
@@ -700,6 +704,8 @@ class SqliteStore:
             self._store_new_keys(conn)
         if batch is None:
             return dropped
+        if self._active_ns:
+            self._forget_inactive_traces(max(batch.ends))
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
@@ -731,6 +737,19 @@ class SqliteStore:
                 log.warning("dropping span %016x of trace %032x: not storable", span.span_id, span.trace_id)
             conn.execute("RELEASE one_span")
         return dropped
+
+    def _forget_inactive_traces(self, newest_end_ns: int) -> None:
+        """Forget the traces that ended ``active_trace_seconds`` before the newest span (their windows are over; a
+        late span reads its trace back), each time that newest end has moved on by a quarter of it: memory then
+        follows the traces being written, not every trace up to the bounds (100,000 of them, 300,000 spans)."""
+        if newest_end_ns - self._swept_at_ns < self._active_ns // 4:
+            return
+        self._swept_at_ns = newest_end_ns
+        cutoff = newest_end_ns - self._active_ns
+        active = {trace_id: trace for trace_id, trace in self._traces.items() if trace.end_ns >= cutoff}
+        if len(active) < len(self._traces):
+            self._traces = active
+            self._remembered_spans = sum(len(trace.seqs) for trace in active.values())
 
     def _forget_uncommitted(self) -> None:
         """Ids and index rows a rolled-back transaction made do not exist: forget what was remembered of them."""

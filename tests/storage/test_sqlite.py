@@ -258,6 +258,28 @@ async def test_retention_zero_keeps_everything(store: SqliteStore) -> None:
     assert len(await store.get_trace(object_trace_id(POD.key, W0))) == 1
 
 
+async def test_the_writer_forgets_traces_no_longer_written_and_a_late_span_still_joins_its_trace(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(str(tmp_path / "t.db"), active_trace_seconds=2 * WINDOW_NS / 1e9) as store:
+        first = child(POD, W0, "a1", verb="update")
+        await store.write([object_span(POD, W0), first])
+        await store.write([object_span(POD, W0 + 1)])
+        await store.write([object_span(POD, W0 + 3)])
+        remembered = {object_trace_id(POD.key, W0 + w) for w in (1, 3)}
+        assert set(store._traces) == remembered, "the window ending two windows before the newest span is let go"
+
+        late = child(POD, W0, "late", verb="get")
+        again = dataclasses.replace(first, attributes={**first.attributes, "verb": "patch"})
+        await store.write([late, again])  # read back from the file, so the trace and its rows are reused
+        spans = {span.span_id: span for span in await store.get_trace(first.trace_id)}
+        assert len(spans) == 3 and spans[first.span_id] == again and late.span_id in spans
+        hits = await store.find_traces(whole_range(limit=10))
+        assert sorted(hit.trace_id for hit in hits) == sorted(remembered | {first.trace_id})
+        assert await store.find_traces(whole_range(tags={"verb": "update"})) == []
+        assert await checked_span_documents(store) == 2  # the two audit spans: the rewritten one replaced
+
+
 async def test_concurrent_writes_all_land(tmp_path: Path) -> None:
     metrics = Metrics()
     async with SqliteStore(str(tmp_path / "t.db"), metrics=metrics) as store:
