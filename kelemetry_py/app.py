@@ -184,10 +184,14 @@ class App:
         elif ingest is not main:
             self.ports["ingest"] = await self._serve(ingest, self.config.http.ingest_port, self._ingest_ssl_context())
         loop = asyncio.get_running_loop()
-        pipeline = self.components.pipeline
-        releasing = release_memory_when_idle(
-            lambda: pipeline.pending == 0, lambda: pipeline.handled, _RELEASE_AFTER_OBSERVATIONS
-        )
+        pipeline, delivery = self.components.pipeline, self.components.delivery
+
+        def idle() -> bool:
+            # The writers too: a store still writing a burst's spans when the pipeline is done allocates again
+            # after the release, and that stayed until the next burst's (after-load RSS 146-212 MiB, not one figure).
+            return pipeline.pending == 0 and delivery.writers_caught_up()
+
+        releasing = release_memory_when_idle(idle, lambda: pipeline.handled, _RELEASE_AFTER_OBSERVATIONS)
         self._background = [loop.create_task(releasing)]
         self._ready = True
         log.info("kelemetry-py %s listening on %s", __version__, self.base_url)

@@ -383,6 +383,11 @@ class Delivery:
             out[pump.name] = pump.consumer.backlog()
         return out
 
+    def writers_caught_up(self) -> bool:
+        """Whether every writer has written all the span log holds, or waits for its back end (its backlog is on
+        disk, not in memory, for as long as that takes)."""
+        return all(pump.failing or pump.consumer.backlog()[0] == 0 for pump in self.pumps)
+
     def has_room(self) -> bool:
         for spool in (self.observations, self.spans):
             if spool.used_bytes() > 0.95 * spool.max_bytes:

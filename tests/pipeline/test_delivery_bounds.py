@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_s
 from kelemetry_py.spool.local import LocalLog
 from tests.pipeline.test_pipeline import POD, observation
 from tests.support.delivery import start_delivery, stop_delivery
+from tests.support.waiting import until
 from tests.support.writers import CollectingWriter
 
 
@@ -204,3 +205,42 @@ async def test_a_writer_is_given_at_most_its_most_spans_at_once_and_reads_big_re
     delivering.cancel()
     await asyncio.gather(delivering, return_exceptions=True)
     await spans.close()
+
+
+class DownWriter(CollectingWriter):
+    """Refuses every write while ``down``, as a writer whose back end cannot be reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def write(self, spans: Sequence[Span]) -> None:
+        await self.gate.wait()
+        if self.down:
+            raise ConnectionError("the back end is down")
+        await super().write(spans)
+
+
+async def test_writers_are_caught_up_once_they_wrote_everything_or_wait_for_their_back_end(tmp_path: Path) -> None:
+    """What lets the App give freed memory back: not while a writer is still writing a burst's spans."""
+    writer = DownWriter()
+    writer.gate.clear()
+    delivery = await start_delivery(tmp_path, writer, Metrics())
+    (pump,) = delivery.pumps
+    try:
+        await delivery.intake.submit([observation(POD, 1_000, key) for key in "abc"])
+        await until("the pipeline turned them into spans", lambda: delivery.spans.end > 0)
+        assert delivery.pipeline.pending == 0
+        assert not delivery.writers_caught_up(), "the writer holds them"
+
+        writer.down = True
+        writer.gate.set()
+        await until("the writer found its back end down", lambda: pump.failing)
+        assert delivery.writers_caught_up(), "its backlog waits on disk, not in memory"
+
+        writer.down = False
+        await until("the writer wrote everything", lambda: not pump.failing and pump.consumer.backlog()[0] == 0)
+        assert delivery.writers_caught_up()
+        assert sorted(span.name for span in writer.by_service("audit")) == ["admin a", "admin b", "admin c"]
+    finally:
+        await stop_delivery(delivery)
