@@ -13,7 +13,7 @@ batches at 10 per second, an apiserver's default pace (``paced_*``), and 6 secon
 the saturating run sustained end to end (``load_*``), the latency near capacity. ``rss_after_load_mib`` is taken
 after every phase is delivered and the App has been idle for a few seconds.
 
-    python -m bench webhook [--events 240000] [--concurrency 4] [--otlp-only] [--json]
+    python -m bench webhook [--events 240000] [--concurrency 4] [--otlp-only] [--moving-clock] [--json]
 """
 
 from __future__ import annotations
