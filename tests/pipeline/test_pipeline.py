@@ -47,14 +47,15 @@ async def run(pipeline: Pipeline, observations: list[Observation]) -> None:
     await pipeline.stop()
 
 
+def windowed_pipeline(writer: CollectingWriter) -> Pipeline:
+    return Pipeline(
+        writer=writer, emission=MemoryEmissionSet(), metrics=Metrics(), config=PipelineConfig(window_seconds=WINDOW)
+    )
+
+
 async def test_one_object_span_per_object_per_window() -> None:
     writer = CollectingWriter()
-    pipeline = Pipeline(
-        writer=writer,
-        emission=MemoryEmissionSet(),
-        metrics=Metrics(),
-        config=PipelineConfig(window_seconds=WINDOW),
-    )
+    pipeline = windowed_pipeline(writer)
     base = 1_000 * WINDOW
     await run(
         pipeline,
@@ -97,12 +98,7 @@ async def test_one_object_span_per_object_per_window() -> None:
 
 async def test_a_window_is_remembered_until_two_newer_ones_start_and_its_claims_still_hold_after() -> None:
     writer = CollectingWriter()
-    pipeline = Pipeline(
-        writer=writer,
-        emission=MemoryEmissionSet(),
-        metrics=Metrics(),
-        config=PipelineConfig(window_seconds=WINDOW),
-    )
+    pipeline = windowed_pipeline(writer)
     base = 1_000 * WINDOW
 
     async def handle(at_s: float, key: str) -> None:
