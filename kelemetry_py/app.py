@@ -187,8 +187,8 @@ class App:
         pipeline, delivery = self.components.pipeline, self.components.delivery
 
         def idle() -> bool:
-            # The writers too: a store still writing a burst's spans when the pipeline is done allocates again
-            # after the release, and that stayed until the next burst's (after-load RSS 146-212 MiB, not one figure).
+            # The writers too: a store still writing a burst's spans once the pipeline is done would allocate again
+            # after the release and keep that until the next burst's.
             return pipeline.pending == 0 and delivery.writers_caught_up()
 
         releasing = release_memory_when_idle(idle, lambda: pipeline.handled, _RELEASE_AFTER_OBSERVATIONS)
