@@ -29,16 +29,9 @@ from tests.differ.support import (
     list_items,
     watch_lines,
 )
+from tests.support.clock import FakeClock
 
 FAR_FUTURE = 1e12
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _differ(cache: MemoryDiffCache, sink: CollectingSink | None = None) -> ObjectDiffer:

@@ -19,7 +19,8 @@ from kelemetry_py.sources.differstate import SqliteDifferState
 from kelemetry_py.sources.diffs import DiffAttacher
 from kelemetry_py.sources.events import EventTracker, MemoryEventCursor
 from tests.differ.support import CLUSTER, CORE_EVENTS, DEPLOYMENTS, CollectingSink, watch_lines
-from tests.differ.test_differ_fixtures import FakeClock, _first_scale
+from tests.differ.test_differ_fixtures import _first_scale
+from tests.support.clock import FakeClock
 
 SCALE_RV = "283"  # kubectl scale --replicas=4 in deployment-lifecycle
 

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 async def test_a_claim_holds_for_its_ttl_and_is_then_forgotten() -> None:
-    clock = Clock()
+    clock = FakeClock()
     claims = MemoryEmissionSet(clock=clock)
     assert await claims.claim("obj/a@1", 10) is True
     assert await claims.claim("obj/b@1", 10) is True
-    clock.now = 5
+    clock.now += 5
     assert await claims.claim("obj/a@1", 10) is False, "claimed 5 s ago, for 10"
     assert await claims.claim("obj/c@1", 10) is True
 
-    clock.now = 12  # a and b have expired, c has not
+    clock.now += 7  # a and b have expired, c has not
     assert await claims.claim("obj/d@2", 10) is True
     assert len(claims) == 2, "expired claims are dropped, not kept until max_entries"
     assert await claims.claim("obj/c@1", 10) is False
@@ -30,7 +23,7 @@ async def test_a_claim_holds_for_its_ttl_and_is_then_forgotten() -> None:
 
 
 async def test_past_max_entries_the_oldest_claims_go_first() -> None:
-    claims = MemoryEmissionSet(max_entries=2, clock=Clock())
+    claims = MemoryEmissionSet(max_entries=2, clock=FakeClock())
     for key in ("a", "b", "c"):
         assert await claims.claim(key, 60) is True
     assert len(claims) == 2

@@ -25,20 +25,11 @@ class MemoryEmissionSet:
             return False
         self._expiry[key] = now + ttl_seconds
         self._expiry.move_to_end(key)
-        self._forget_expired(now)
-        while len(self._expiry) > self._max_entries:
+        # The oldest go while expired (else a long-running replica kept every claim of the past, about 200 bytes
+        # each with its key, until max_entries) or while there are too many.
+        while self._expiry and (len(self._expiry) > self._max_entries or next(iter(self._expiry.values())) <= now):
             self._expiry.popitem(last=False)
         return True
-
-    def _forget_expired(self, now: float) -> None:
-        """Without this, a long-running replica kept every claim of the past until ``max_entries`` (about 200 bytes
-        each with its key): hundreds of MiB that no window to come needs."""
-        expiry = self._expiry
-        while expiry:
-            key, oldest = next(iter(expiry.items()))
-            if oldest > now:
-                return
-            del expiry[key]
 
     async def release(self, key: str) -> None:
         self._expiry.pop(key, None)
