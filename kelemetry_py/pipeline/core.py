@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 _BATCH = 256  # observations a partition worker turns into spans at a time
 # The most spans of several partitions' batches written together (one batch alone may hold more): the span log's
 # encoding of a group runs on the event loop, between slices, and a record this size is one writer's delivery.
-_GROUP_SPANS = 2048
+GROUP_SPANS = 2048
 # Observations turned into spans in one slice of the loop's time: a request arriving meanwhile waits for one slice.
 _SLICE = 32
 # What one window's memory holds at most of each kind (claims, relation markers; ids), cleared when full: beyond
@@ -318,7 +318,7 @@ class Pipeline:
             while self._unwritten:
                 taken = size = 0
                 for spans, _ in self._unwritten:
-                    if taken and size + len(spans) > _GROUP_SPANS:
+                    if taken and size + len(spans) > GROUP_SPANS:
                         break
                     taken, size = taken + 1, size + len(spans)
                 group, self._unwritten = self._unwritten[:taken], self._unwritten[taken:]
@@ -362,9 +362,10 @@ class Pipeline:
                 log.exception("pipeline: dropped an observation of %s that could not become spans", observation.ref)
 
     async def _release(self, claims: Sequence[str]) -> None:
+        if not claims:
+            return
         for memory in self._windows.values():
-            if claims:
-                memory.linked.clear()  # some relations must be written again
+            memory.linked.clear()  # some relations must be written again
             memory.claimed.difference_update(claims)
         for key in claims:
             with contextlib.suppress(Exception):

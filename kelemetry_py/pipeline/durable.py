@@ -24,7 +24,7 @@ from kelemetry_py.export import SpanWriter
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import KIND_RECORD, Observation, Span
 from kelemetry_py.pipeline import Overloaded, TooLarge
-from kelemetry_py.pipeline.core import Pipeline, Ticket
+from kelemetry_py.pipeline.core import GROUP_SPANS, Pipeline, Ticket
 from kelemetry_py.pipeline.priority import Priority
 from kelemetry_py.spool import DurableLog, LogConsumer, Record, RecordTooLarge, SpoolFull
 from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_observations, encode_spans
@@ -47,8 +47,8 @@ _WRITER_READ_RECORDS = 128  # a writer's batch: what piled up while it wrote the
 _WRITER_LINGER_SECONDS = 0.03
 _WRITER_FULL_SPANS = 1024
 # The most spans a writer is given at once (a store transaction, an export), and about what one read takes: a span
-# log record holds the spans of the partitions' batches written together, from a dozen to about two thousand.
-_WRITER_MAX_SPANS = 2048
+# log record holds the spans of the partitions' batches written together, from a dozen to this many.
+_WRITER_MAX_SPANS = GROUP_SPANS
 _ROOM_POLL_SECONDS = 0.05
 _WRITER_RETRY_MAX_SECONDS = 30.0
 

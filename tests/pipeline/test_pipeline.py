@@ -239,7 +239,7 @@ async def test_a_group_of_partitions_batches_is_written_in_writes_of_at_most_the
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The span log's encoding of a group runs on the event loop: a backlog's groups stay bounded by spans."""
-    monkeypatch.setattr(core, "_GROUP_SPANS", 40)
+    monkeypatch.setattr(core, "GROUP_SPANS", 40)
     writer = await written_while_the_first_write_is_held(64)
     calls = [len(write) for write in writer.writes]
     assert sum(calls) == 128 and max(calls) <= 40 and len(calls) >= 128 // 40
