@@ -266,8 +266,9 @@ class ObjectGraph:
 
     def _touch(self, ref: ObjectRef, now: float) -> None:
         node = ref.key
-        data = self._graph.nodes.get(node)
-        if data is None:
+        try:
+            data = self._graph.nodes[node]  # NodeView.get would be a second Python call per sighting
+        except KeyError:
             self._graph.add_node(node, ref=ref, seen=now)
             self._recency[node] = None
             return

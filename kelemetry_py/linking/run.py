@@ -31,16 +31,15 @@ async def run_linkers(
     metrics: Metrics | None = None,
     *,
     timeout_seconds: float | None = LINKER_TIMEOUT_SECONDS,
-) -> list[tuple[str, Link]]:
-    """Every linker's links as ``(linker name, link)``, in linker order.
+) -> list[Link]:
+    """Every linker's links, in linker order.
 
     Linkers run in turn (a task per linker per observation would cost more than the linking). One that raises,
     returns something other than links, or outlives ``timeout_seconds`` is logged, counted in
     ``metrics.plugin_errors`` and contributes nothing.
     """
-    found: list[tuple[str, Link]] = []
+    found: list[Link] = []
     for linker in linkers:
-        name = plugin_name(linker)
         try:
             call = linker.links(ref, body)
             # Most linkers are dictionary work that never suspends: those finish on their first step and need
@@ -53,16 +52,16 @@ async def run_linkers(
             else:
                 async with asyncio.timeout(timeout_seconds):
                     links = await _resume(call, step)
-            if type(links) is not list or not all(type(item) is Link for item in links):
+            if type(links) is not list or (links and not all(type(item) is Link for item in links)):
                 links = _checked(links)  # the usual answer, a list of Links, is checked without the ABCs
         except Exception as exc:  # a plugin's bug must not stop the pipeline
+            name = plugin_name(linker)
             reason = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc!r}"
             logger.warning("linker %s %s on %s", name, reason, ref.key, exc_info=not isinstance(exc, TimeoutError))
             if metrics is not None:
                 metrics.plugin_errors.labels(plugin=name).inc()
             continue
-        for link in links:
-            found.append((name, link))
+        found.extend(links)
     return found
 
 

@@ -415,8 +415,7 @@ class Pipeline:
             self.graph.sync_links(ref, await self._links(ref, body))
 
     async def _links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
-        found = await run_linkers(self._linkers, ref, body, self._metrics, timeout_seconds=self._linker_timeout)
-        return [link for _, link in found]
+        return await run_linkers(self._linkers, ref, body, self._metrics, timeout_seconds=self._linker_timeout)
 
     async def _write_relations(
         self, ref: ObjectRef, window: int, time_ns: int, out: list[Span], claims: list[str], force: bool

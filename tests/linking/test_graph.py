@@ -43,7 +43,7 @@ async def recorded_graph(fixtures_dir: Path) -> ObjectGraph:
     linkers = load_linkers(PluginsConfig(enabled={LINKERS_GROUP: ["owner-references", "parent-annotation"]}))
     for stream in ("apps_v1_deployments", "apps_v1_replicasets", "core_v1_pods"):
         for ref, body in watched_objects(scenario, stream):
-            graph.sync_links(ref, [link for _, link in await run_linkers(linkers, ref, body)])
+            graph.sync_links(ref, await run_linkers(linkers, ref, body))
     return graph
 
 

@@ -181,8 +181,8 @@ async def test_a_raising_linker_is_isolated(fixtures_dir: Path) -> None:
         OwnerReferenceLinker(),
     ]
     results = await run_linkers(linkers, ref, body, metrics)
-    assert [(name, link.target.key) for name, link in results] == [
-        ("parent-annotation", "fixture/apps/deployments/shop/web2")
+    assert [(link.link_class, link.target.key) for link in results] == [
+        ("annotation", "fixture/apps/deployments/shop/web2")
     ]
     assert _counter(metrics, "raising") == 1
     assert _counter(metrics, "wrong-result") == 1
@@ -198,7 +198,7 @@ async def test_a_hanging_linker_times_out(fixtures_dir: Path) -> None:
     metrics = Metrics()
     hanging = HangingLinker()
     results = await run_linkers([hanging, ParentAnnotationLinker()], ref, body, metrics, timeout_seconds=0.01)
-    assert [name for name, _ in results] == ["parent-annotation"]
+    assert [link.link_class for link in results] == ["annotation"]
     assert _counter(metrics, "hanging") == 1
     assert not hanging.release.is_set()
 
@@ -231,5 +231,5 @@ async def test_a_linker_that_waits_and_answers_in_time_keeps_its_links() -> None
 
     metrics = Metrics()
     results = await run_linkers([WaitingLinker()], ObjectRef("c", "", "v1", "pods", "n", "p"), {}, metrics)
-    assert [(name, link.target.key) for name, link in results] == [("waiting", target.key)]
+    assert [(link.link_class, link.target.key) for link in results] == [("waited", target.key)]
     assert _counter(metrics, "waiting") == 0
