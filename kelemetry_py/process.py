@@ -21,8 +21,9 @@ _RELEASE_CHECK_SECONDS = 2.0
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 << 20
-# Freed memory the C allocator may hold at the top of its heap while busy, rather than hand back at once.
-KEPT_FREE_BYTES = 64 << 20
+# Freed memory the C allocator may hold at the top of each heap while busy, rather than hand back at once: several
+# batches' buffers (about 1 MB each), far from a burst's worth.
+KEPT_FREE_BYTES = 16 << 20
 
 log = logging.getLogger(__name__)
 

@@ -88,8 +88,8 @@ for _ in range(100):
     batch(rng)
 per_batch = (faults() - before) / 100
 
-held = [bytearray(b"x" * (1 << 20)) for _ in range(40)]
-del held  # a burst's worth freed at once
+held = [bytearray(b"x" * (1 << 20)) for _ in range(12)]
+del held  # several batches' worth freed at once, within what is kept
 busy = resident_bytes()
 release_free_memory()
 print(json.dumps({"faults": per_batch, "freed_mib": (busy - resident_bytes()) / (1 << 20)}))
@@ -109,4 +109,4 @@ def test_freed_buffers_are_reused_while_busy_and_handed_back_once_released() -> 
     # a thousand page faults per batch of this pattern; 150 per batch in the ingest process).
     assert kept["faults"] < 10
     # What a burst freed stayed with the process until released, then went back to the system.
-    assert kept["freed_mib"] > 30
+    assert kept["freed_mib"] > 8
