@@ -17,7 +17,6 @@ stay compressed; objects that change are kept uncompressed within a fixed byte b
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import gc
 import time
@@ -32,7 +31,7 @@ from bench.common import FIXTURES, arguments, peak_rss_mib, ratio, report
 from kelemetry_py.kube.watch import ResourceType
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Observation
-from kelemetry_py.process import tune_garbage_collector
+from kelemetry_py.process import run_event_loop, tune_garbage_collector
 from kelemetry_py.sources.diffcache.memory import MemoryDiffCache
 from kelemetry_py.sources.differ import ObjectDiffer
 from kelemetry_py.sources.diffing import strip_bookkeeping
@@ -218,6 +217,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--churn-updates", type=int, default=15)
     parser.add_argument("--objects", type=int, default=20_000, help="synthetic Pods for the memory figure")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.rounds, args.churn_objects, args.churn_updates, args.objects))
+    result = run_event_loop(run(args.rounds, args.churn_objects, args.churn_updates, args.objects))
     report(result, args.json)
     return 0

@@ -13,7 +13,6 @@ against the same full load with the receiver up.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from kelemetry_py.process import run_event_loop
 from tests.faults import scenarios
 from tests.faults.scenarios import FaultEnv
 from tests.faults.workload import Workload
@@ -160,7 +160,7 @@ def print_results(results: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    results = asyncio.run(run(args))
+    results = run_event_loop(run(args))
     if args.json:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2, default=str).decode())
     else:

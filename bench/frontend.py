@@ -10,7 +10,6 @@ view is built from, the least any reader of a remote backend (Tempo, Jaeger) mus
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import tempfile
 import time
@@ -25,7 +24,7 @@ from kelemetry_py.frontend.modes import mode_by_name
 from kelemetry_py.frontend.service import FrontendService, ViewQuery
 from kelemetry_py.frontend.tracecache.memory import MemoryTraceCache
 from kelemetry_py.model import Span
-from kelemetry_py.process import tune_garbage_collector
+from kelemetry_py.process import run_event_loop, tune_garbage_collector
 from kelemetry_py.spool.codec import span_row
 from kelemetry_py.storage.sqlite import SqliteStore
 from tests.frontend.rawdata import SECOND, T0, WINDOW_NS, RawWriter, deployment, pod, replicaset
@@ -130,6 +129,6 @@ def main(argv: list[str]) -> int:
     parser = arguments("frontend", __doc__)
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.runs))
+    result = run_event_loop(run(args.runs))
     report(result, args.json)
     return 0

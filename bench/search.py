@@ -8,7 +8,6 @@ the API runs for ``operation=query`` (total + first page of 10). Target (issue #
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import statistics
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kelemetry_py.model import ObjectRef, Observation
+from kelemetry_py.process import run_event_loop
 from kelemetry_py.search.filters import build_filter
 from kelemetry_py.search.index import SearchIndex
 
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
-    report = asyncio.run(run(args.records, args.runs))
+    report = run_event_loop(run(args.records, args.runs))
     if args.json:
         print(json.dumps(report))
     else:

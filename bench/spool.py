@@ -26,6 +26,7 @@ from typing import Any
 from bench.common import arguments, parse_limit, percentile, report
 from bench.webhook import Batches
 from kelemetry_py.config import AuditConfig, RedactionConfig
+from kelemetry_py.process import run_event_loop
 from kelemetry_py.sources.audit import AuditConverter
 from kelemetry_py.sources.auditdecode.inline import decode_batch
 from kelemetry_py.spool.codec import decode_observations
@@ -111,5 +112,5 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--megabytes", type=int, default=400, help="appended per run (400)")
     parser.add_argument("--appenders", type=int, default=4, help="concurrent appenders (4)")
     args = parser.parse_args(argv)
-    report(asyncio.run(run(args.megabytes, args.appenders)), args.json)
+    report(run_event_loop(run(args.megabytes, args.appenders)), args.json)
     return 0

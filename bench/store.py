@@ -46,7 +46,7 @@ from bench.common import (
 )
 from kelemetry_py.metrics import Metrics
 from kelemetry_py.model import Span
-from kelemetry_py.process import tune_garbage_collector
+from kelemetry_py.process import run_event_loop, tune_garbage_collector
 from kelemetry_py.spool.codec import span_row
 from kelemetry_py.storage import TraceQuery
 
@@ -234,6 +234,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         raise SystemExit("--rounds: at least 1")
-    result = asyncio.run(run(args.spans, args.writers, args.order, args.rounds))
+    result = run_event_loop(run(args.spans, args.writers, args.order, args.rounds))
     report(result, args.json)
     return 0

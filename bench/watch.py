@@ -7,7 +7,6 @@ per-resource state), divided by the number of objects. Run: ``python -m bench wa
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
 import tracemalloc
@@ -21,6 +20,7 @@ from bench.common import arguments, report
 from kelemetry_py.kube.client import KubeClient
 from kelemetry_py.kube.watch import ResourceType, ResourceWatch
 from kelemetry_py.metrics import Metrics
+from kelemetry_py.process import run_event_loop
 
 PODS = ResourceType("", "v1", "pods", "Pod", True)
 
@@ -80,6 +80,6 @@ def main(argv: list[str]) -> int:
     parser = arguments("watch", __doc__)
     parser.add_argument("--objects", type=int, default=100_000)
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.objects))
+    result = run_event_loop(run(args.objects))
     report(result, args.json)
     return 0

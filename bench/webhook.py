@@ -47,7 +47,7 @@ from bench.common import (
     ratio,
     report,
 )
-from kelemetry_py.process import resident_bytes, resident_memory_mib, usable_cpus
+from kelemetry_py.process import resident_bytes, resident_memory_mib, run_event_loop, usable_cpus
 
 BATCH = 400
 _RECORDED_DAY = date(2026, 11, 21)  # every recorded audit event's, and every timestamp in its objects
@@ -451,7 +451,7 @@ def main(argv: list[str]) -> int:
         "(e.g. spool.memory_bytes=4194304 for KELEMETRY_SPOOL__MEMORY_BYTES)",
     )
     args = parser.parse_args(argv)
-    result = asyncio.run(
+    result = run_event_loop(
         run(
             args.events,
             args.concurrency,

@@ -15,6 +15,7 @@ import yaml
 
 from kelemetry_py import __version__
 from kelemetry_py.config import Config, ConfigError, load_config, masked
+from kelemetry_py.process import run_event_loop
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +146,7 @@ def _serve(config: Config) -> int:
     from kelemetry_py.logs import configure_logging
 
     configure_logging(config.log_level, config.log.format)
-    return asyncio.run(_run_until_signalled(App(config)))
+    return run_event_loop(_run_until_signalled(App(config)))
 
 
 async def _run_until_signalled(app: Any) -> int:
@@ -188,7 +189,7 @@ def _demo(args: Any) -> int:
         print(f"kelemetry-py: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging("warning" if args.log_level is None else config.log_level, config.log.format)
-    result = asyncio.run(demo.run(config, data_dir=args.data_dir, fast=args.fast, out=sys.stdout))
+    result = run_event_loop(demo.run(config, data_dir=args.data_dir, fast=args.fast, out=sys.stdout))
     return 1 if result.failed else 0
 
 
@@ -200,7 +201,7 @@ def _replay(args: Any) -> int:
     if missing:
         print(f"kelemetry-py replay: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    result = asyncio.run(
+    result = run_event_loop(
         replay(
             read_batches(args.paths),
             target=args.target,
@@ -230,10 +231,10 @@ def _query_command(args: Any, out: Any = None) -> int:
         target = Target.parse(args.object, args.namespace, args.cluster)
         start_ns, end_ns = time_range(args.since, args.start, args.end)
         if args.command == "analyze":
-            document = asyncio.run(fetch_analysis(args.server, target, start_ns, end_ns, args.scope, args.token))
+            document = run_event_loop(fetch_analysis(args.server, target, start_ns, end_ns, args.scope, args.token))
             text = render_report(document) if args.output == "text" else None
         else:
-            document = asyncio.run(fetch_trace(args.server, target, start_ns, end_ns, args.mode, args.token))
+            document = run_event_loop(fetch_trace(args.server, target, start_ns, end_ns, args.mode, args.token))
             text = render_tree(document, show_logs=not args.no_logs) if args.output == "text" else None
     except CommandError as exc:
         print(f"kelemetry-py {args.command}: {exc}", file=sys.stderr)

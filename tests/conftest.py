@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 
 from tests.support.redis_server import running_redis
 
@@ -12,6 +14,13 @@ from tests.support.redis_server import running_redis
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SCENARIOS = ("deployment-lifecycle", "errors-and-links", "batch-and-stateful")
 FAKE_SECRET_VALUES = (b"s3cr3t-Passw0rd", b"n3w-s3cr3t", b"czNjcjN0LVBhc3N3MHJk", b"bjN3LXMzY3IzdA==")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the event loop the tracer's processes run on (kelemetry_py.process.run_event_loop)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

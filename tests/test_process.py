@@ -1,15 +1,18 @@
 """The CPUs the process may use follow its container's CPU limit, however the cgroups are laid out; the C allocator
-reuses freed memory while busy and hands it back once released."""
+reuses freed memory while busy and hands it back once released; the processes run on uvloop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from kelemetry_py.process import cpu_quota, usable_cpus
+import uvloop
+
+from kelemetry_py.process import cpu_quota, run_event_loop, usable_cpus
 
 
 def cgroups(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -110,3 +113,10 @@ def test_freed_buffers_are_reused_while_busy_and_handed_back_once_released() -> 
     assert kept["faults"] < 10
     # What a burst freed stayed with the process until released, then went back to the system.
     assert kept["freed_mib"] > 8
+
+
+def test_the_processes_run_on_uvloop() -> None:
+    async def loop_kind() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run_event_loop(loop_kind()) is uvloop.Loop

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
+from kelemetry_py.process import run_event_loop
+
 EVENTS_PATH = "/kapis/tenant.kubesphere.io/v1alpha2/events"
 AUDIT_PATH = "/kapis/tenant.kubesphere.io/v1alpha2/auditing/events"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -215,7 +217,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"kelemetry-py {args.command}: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(args, out or sys.stdout))
+        return run_event_loop(run(args, out or sys.stdout))
     except aiohttp.ClientError as exc:
         print(f"kelemetry-py {args.command}: cannot reach {args.server}: {exc}", file=sys.stderr)
         return 1

@@ -272,9 +272,7 @@ class KubeApiDouble:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, 0, ssl_context=self._tls)
         await self._site.start()
-        server = self._site._server
-        assert server is not None and isinstance(server, asyncio.base_events.Server)
-        port = server.sockets[0].getsockname()[1]
+        port = self._runner.addresses[0][1]
         self.url = f"{'https' if self._tls else 'http'}://{host}:{port}"
         return self.url
 

@@ -26,7 +26,7 @@ from kelemetry_py.logs import configure_logging, error_middleware, request_ids
 from kelemetry_py.model import Observation
 from kelemetry_py.pipeline import Overloaded, TooLarge
 from kelemetry_py.pipeline.priority import Priority
-from kelemetry_py.process import release_memory_when_idle, tune_garbage_collector
+from kelemetry_py.process import release_memory_when_idle, run_event_loop, tune_garbage_collector
 from kelemetry_py.sources.auditdecode.inline import InlineDecoder
 from kelemetry_py.sources.ingestproc.channel import (
     CHANNEL_BUFFER,
@@ -242,7 +242,7 @@ def main(argv: list[str]) -> None:
     # A terminal's Ctrl-C reaches the whole process group: shutting down is the serving process's to order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     served_fd, channel_fd = (int(arg) for arg in argv)
-    asyncio.run(serve(socket.socket(fileno=served_fd), socket.socket(fileno=channel_fd)))
+    run_event_loop(serve(socket.socket(fileno=served_fd), socket.socket(fileno=channel_fd)))
 
 
 if __name__ == "__main__":

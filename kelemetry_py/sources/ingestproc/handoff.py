@@ -18,7 +18,7 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -71,8 +71,8 @@ class _FirstBytes(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream's transport: uvloop's implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self._site.undecided.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
