@@ -1,5 +1,5 @@
-"""The process's resources: how its cyclic collector runs, handing freed pages back, its memory, and the CPUs it
-may use."""
+"""The process's resources: the event loop it runs on, how its cyclic collector runs, how its C allocator keeps and
+hands back freed pages, its memory, and the CPUs it may use."""
 
 from __future__ import annotations
 
