@@ -67,11 +67,10 @@ def test_no_limit_leaves_the_cpus_the_process_may_run_on(tmp_path: Path) -> None
 
 # Run in a fresh interpreter: the allocator's settings are the whole process's.
 _ALLOCATING = """
-import json, random, resource, sys
+import json, random, resource
 from kelemetry_py.process import keep_freed_memory, release_free_memory, resident_bytes
 
-if sys.argv[1] == "kept":
-    keep_freed_memory()
+keep_freed_memory()
 
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -99,15 +98,13 @@ print(json.dumps({"faults": per_batch, "freed_mib": (busy - resident_bytes()) / 
 """
 
 
-def _allocating(mode: str) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, "-c", _ALLOCATING, mode], check=True, capture_output=True, text=True, timeout=60
-    )
+def _allocating() -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", _ALLOCATING], check=True, capture_output=True, text=True, timeout=60)
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 def test_freed_buffers_are_reused_while_busy_and_handed_back_once_released() -> None:
-    kept = _allocating("kept")
+    kept = _allocating()
     # Each batch reuses the pages of the one before instead of faulting fresh ones in (with glibc's defaults, about
     # a thousand page faults per batch of this pattern; 150 per batch in the ingest process).
     assert kept["faults"] < 10
