@@ -65,6 +65,37 @@ def test_timestamps_outside_what_a_span_holds_are_rejected_alone(stamp: str, rep
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "reported"),
+    [
+        ("name", "n" * 254, "objectRef.name"),
+        ("namespace", "Not_A_Label", "objectRef.namespace"),
+        ("resource", "r" * 64, "objectRef.resource"),
+        ("subresource", "s" * 64, "objectRef.subresource"),
+        ("apiGroup", "g" * 254, "objectRef.apiGroup"),
+        ("apiVersion", "v" * 64, "objectRef.apiVersion"),
+    ],
+)
+def test_an_object_reference_kubernetes_would_refuse_is_dropped_alone(field: str, value: str, reported: str) -> None:
+    def event(audit_id: str, **ref: str) -> dict[str, object]:
+        return {
+            "auditID": audit_id,
+            "stage": "ResponseComplete",
+            "verb": "create",
+            "user": {"username": "admin"},
+            "objectRef": {"resource": "configmaps", "namespace": "default", "name": "n", "apiVersion": "v1", **ref},
+            "responseStatus": {"code": 201},
+            "stageTimestamp": "2026-01-01T00:00:00.000001Z",
+        }
+
+    # The good events first: the bad one comes in a namespace already found valid, and after a valid one.
+    items = [event("a"), event("b", namespace="other"), event("c", **{field: value}), event("d")]
+    events, _ = parse_batch(orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}))
+    observations, dropped = AuditConverter(AuditConfig(), RedactionConfig()).convert_reporting("c", events)
+    assert [o.dedup_key for o in observations] == ["audit:a:n", "audit:b:n", "audit:d:n"]
+    assert [(drop.audit_id, drop.field) for drop in dropped] == [("c", reported)]
+
+
 def test_generate_name_pods_take_their_name_from_the_response(fixtures_dir: Path) -> None:
     creates = [
         o
