@@ -358,7 +358,7 @@ def check_object_ref(ref: AuditObjectRef) -> None:
         and len(ref.apiGroup) <= _MAX_NAME
         and len(ref.apiVersion) <= _MAX_LABEL
     ):
-        return  # every event names its object: the usual one, with a namespace seen before, in one expression
+        return  # the usual reference, in a namespace already found valid, is cleared in one expression
     if len(ref.name) > _MAX_NAME:
         raise InvalidField("objectRef.name", f"longer than {_MAX_NAME} characters")
     if namespace and namespace not in _valid_namespaces:

@@ -88,7 +88,7 @@ def test_an_object_reference_kubernetes_would_refuse_is_dropped_alone(field: str
             "stageTimestamp": "2026-01-01T00:00:00.000001Z",
         }
 
-    # The good events first: the bad one comes in a namespace already found valid, and after a valid one.
+    # Valid events first, so that the bad one (but for a bad namespace) is in a namespace already found valid.
     items = [event("a"), event("b", namespace="other"), event("c", **{field: value}), event("d")]
     events, _ = parse_batch(orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}))
     observations, dropped = AuditConverter(AuditConfig(), RedactionConfig()).convert_reporting("c", events)
