@@ -19,7 +19,7 @@ from kelemetry_py.export import SpanWriter
 from kelemetry_py.logs import error_middleware, request_ids
 from kelemetry_py.metrics import Metrics, files_size_bytes
 from kelemetry_py.pipeline.core import Pipeline
-from kelemetry_py.pipeline.durable import Delivery, SpanLogWriter
+from kelemetry_py.pipeline.durable import Delivery, DirectWriter, SpanLogWriter
 from kelemetry_py.pipeline.emission import EmissionSet
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
@@ -317,7 +317,7 @@ class App:
         if self.components is not None:
             delivery = self.components.delivery
             body["backlog"] = {name: records for name, (records, _) in delivery.backlog().items()}
-            body["failing_writers"] = [pump.name for pump in delivery.pumps if pump.failing]
+            body["failing_writers"] = delivery.failing_writers()
         return status, body
 
     @property
@@ -430,9 +430,11 @@ async def build_components(config: Config) -> Components:
     linkers = load_linkers(config.plugins, catalog=catalogs, graph=graph)  # plugins may read the graph
     observation_log, span_log = open_spool(config)
     priority = Priority(config.pipeline.background_share)
+    # The embedded store alone: its commits acknowledge the observations, with no span log to pass through first.
+    direct = DirectWriter("sqlite", store, metrics) if store is not None and writers.keys() == {"sqlite"} else None
     pipeline = Pipeline(
         priority=priority,
-        writer=SpanLogWriter(span_log, metrics),
+        writer=direct or SpanLogWriter(span_log, metrics),
         emission=emission,
         metrics=metrics,
         config=config.pipeline,
@@ -466,6 +468,7 @@ async def build_components(config: Config) -> Components:
         # can finish it if this one dies; a local spool survives on this disk anyway.
         ack_after_writers=config.spool.backend == "redis",
         priority=priority,
+        direct=direct,
     )
     return Components(
         metrics=metrics,

@@ -143,6 +143,10 @@ class Pipeline:
         self._closing = False
         self._unwritten: list[tuple[list[Span], asyncio.Future[None]]] = []  # partition batches' spans, to write
         self._group_writer: asyncio.Task[None] | None = None
+        # A writer that gains from fewer, larger writes (the embedded store written directly: each commit rewrites
+        # its index pages) lets a group gather this long after the last one began, unless a full group waits.
+        self._write_linger = float(getattr(writer, "linger_seconds", 0.0))
+        self._group_began = 0.0
 
     @property
     def pending(self) -> int:
@@ -316,6 +320,11 @@ class Pipeline:
         try:
             await asyncio.sleep(0)  # the partitions finishing in this turn of the loop join the first group
             while self._unwritten:
+                if self._write_linger:
+                    wait = self._write_linger - (time.monotonic() - self._group_began)
+                    if wait > 0 and sum(len(spans) for spans, _ in self._unwritten) < GROUP_SPANS:
+                        await asyncio.sleep(wait)
+                    self._group_began = time.monotonic()
                 taken = size = 0
                 for spans, _ in self._unwritten:
                     if taken and size + len(spans) > GROUP_SPANS:
@@ -341,8 +350,8 @@ class Pipeline:
                 await self._writer.write(spans)
                 return
             except Exception as exc:
-                # The writer is the durable span log: it fails only when the disk does, or when it is full
-                # because a backend is down. Wait for room rather than lose what was accepted.
+                # The writer is the durable span log, or the embedded store alone: it fails only when the disk
+                # does, or when the log is full because a backend is down. Wait rather than lose what was accepted.
                 log.warning("pipeline: writing %d spans failed (%s); retrying in %.2fs", len(spans), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_SECONDS)

@@ -11,7 +11,9 @@ import aiohttp
 import orjson
 
 from kelemetry_py.app import App
-from kelemetry_py.model import Span
+from kelemetry_py.model import SERVICE_OBJECT, ObjectRef, Span, object_span_id, object_trace_id, window_of
+from kelemetry_py.pipeline.durable import SpanLogWriter
+from kelemetry_py.spool.local import LocalLog
 from tests.e2e.conftest import AppFactory, replay_scenario
 from tests.support.otlp_receiver import GrpcOtlpReceiver
 
@@ -179,6 +181,35 @@ async def test_a_restarted_app_delivers_what_an_earlier_run_accepted(
     assert stored and stored <= {span.span_id for span in otlp_receiver.spans}
     await replay_scenario(second, fixtures_dir, "errors-and-links")  # a replay overwrites, never duplicates
     assert {span.span_id for span in await _store_spans(second)} == stored
+
+
+async def test_spans_an_earlier_run_left_in_the_span_log_reach_the_store_written_alone(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """An earlier run with more writers, or an earlier version, left spans the store had not written yet. With the
+    store the only writer the pipeline writes into it past the span log; its pump still delivers what is there."""
+    store_path = tmp_path / "data" / "traces.db"
+    ref = ObjectRef("fixture", "", "v1", "pods", "shop", "left-behind")
+    window = window_of(1_800_000_000_000_000_000, 1800)
+    left = Span(
+        trace_id=object_trace_id(ref.key, window),
+        span_id=object_span_id(ref.key, window),
+        parent_id=None,
+        service=SERVICE_OBJECT,
+        name="pods/left-behind",
+        start_ns=window * 1800 * 10**9,
+        end_ns=(window + 1) * 1800 * 10**9,
+        attributes=ref.tags(),
+    )
+    span_log = LocalLog(store_path.parent / "spool" / "spans", name="spans", max_bytes=1 << 30)
+    await span_log.open()
+    await SpanLogWriter(span_log).write([left])
+    await span_log.close()
+
+    app = await make_app(**{"store.path": str(store_path), "store.retention_hours": 0})
+    await app.settle()
+    assert [span.span_id for span in await _store_spans(app)] == [left.span_id]
+    assert (await _backlog(app))["sqlite"] == 0
 
 
 async def test_a_request_whose_body_stalls_does_not_hold_up_shutdown(make_app: AppFactory) -> None:

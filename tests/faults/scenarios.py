@@ -41,9 +41,11 @@ class FaultEnv:
     processes: list[ServeProcess] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # configuration every server of the scenario gets
 
-    def serve(self, name: str, **sections: Any) -> ServeProcess:
+    def serve(self, name: str, *, otlp: bool = True, **sections: Any) -> ServeProcess:
+        """A server of the scenario; without ``otlp`` the embedded store is its only writer, as by default."""
         data_dir = self.workdir / name
-        config = serve_config(data_dir, otlp_endpoint=self.receiver.endpoint, **{**self.sections, **sections})
+        endpoint = self.receiver.endpoint if otlp else ""
+        config = serve_config(data_dir, otlp_endpoint=endpoint, **{**self.sections, **sections})
         process = ServeProcess(config, data_dir, name)
         self.processes.append(process)
         return process
@@ -231,6 +233,45 @@ async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5, signum: int 
     expected = env.workload.expected_ids(result.acknowledged)
     # No waiting: the process is gone, and what it delivered is here.
     await figures.count_delivered(received, server, expected)
+    return figures
+
+
+async def store_alone(env: FaultEnv, events: int, signum: int, at: float = 0.5) -> Figures:
+    """The default configuration, the embedded store the only writer (the pipeline writes into it, past the span
+    log): ``signum`` once ``at`` of the events are acknowledged. After a SIGKILL the server is started again on the
+    same data and drains; after SIGTERM or SIGINT it is not. Only the store is counted: there is no receiver."""
+    figures = Figures(f"store alone, {signal.Signals(signum).name}")
+    server = env.serve("store-alone", otlp=False)
+    await server.start()
+    load = env.load(server)
+    task = await _load_until(load, env.workload, env.workload.copies_for(events), at)
+    load.stop()
+    figures.peak_rss_mib = server.peak_rss_bytes() / MIB
+    server.send(signum)
+    code = await server.wait(DEFAULT_GRACE_SECONDS + 10)
+    if code is None:
+        server.kill()
+        await server.wait()
+    result = await task
+    figures.count_load(result, env.workload)
+    expected = env.workload.expected_ids(result.acknowledged)
+    figures.expected_audit_ids = len(expected)
+    if signum == signal.SIGKILL:
+        figures.details["killed_with"] = code
+        stored = await stored_audit_ids(server.config["store"]["path"])
+        figures.details["missing_before_restart"] = len(expected - stored)
+        await server.start()
+        try:
+            drain = await server.wait_backlog(None, env.settle_seconds)
+            figures.drained, figures.drain_seconds = drain.done, drain.seconds
+            figures.details["backlog"] = drain.backlog or drain.why
+        finally:
+            code = await server.stop()
+    figures.note_exit(server, code)
+    spans_dir = Path(server.config["store"]["path"]).parent / "spool" / "spans"
+    segments = spans_dir.glob("*.seg") if spans_dir.is_dir() else None
+    figures.details["span_log_bytes"] = None if segments is None else sum(path.stat().st_size for path in segments)
+    await figures.count_stored(server, expected)
     return figures
 
 

@@ -87,6 +87,29 @@ async def test_sigterm_mid_load_drains_everything_acknowledged_and_exits_0(
     assert figures.lost_in_store == 0, summary(figures)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9-restart", "SIGTERM"])
+async def test_with_the_store_alone_an_acknowledged_event_survives_kill_9_and_sigterm(
+    fault_env: FaultEnv, record_property: RecordProperty, signum: int
+) -> None:
+    """The default configuration writes spans straight into the store: an observation is acknowledged only once
+    the store has committed its spans, so what a kill cut off is handled again after the restart."""
+    figures = await scenarios.store_alone(fault_env, EVENTS, signum)
+    report(figures, record_property)
+    assert 0 < figures.batches_acknowledged < len(fault_env.workload.templates) * fault_env.workload.copies_for(
+        EVENTS
+    ), "the signal must strike mid-load"
+    assert figures.expected_audit_ids > 0
+    assert figures.details["span_log_bytes"] == 0, "the store alone is written past the span log"
+    assert figures.lost_in_store == 0, (
+        f"{figures.lost_in_store} of {figures.expected_audit_ids} acknowledged audit events are not in the store"
+        f"\n{summary(figures)}"
+    )
+    if signum == signal.SIGKILL:
+        assert figures.details["killed_with"] == -9
+        assert figures.drained, f"backlog after the restart: {figures.details['backlog']}\n{summary(figures)}"
+    assert figures.exit_code == 0, summary(figures)
+
+
 async def test_otlp_outage_at_full_load_grows_the_disk_backlog_not_memory(
     fault_env: FaultEnv, record_property: RecordProperty
 ) -> None:

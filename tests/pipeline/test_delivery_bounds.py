@@ -16,7 +16,7 @@ from kelemetry_py.pipeline.durable import SPAN_LOG_LABEL, DurableIntake, Pump, S
 from kelemetry_py.spool.codec import decode_observations, decode_spans, encode_spans
 from kelemetry_py.spool.local import LocalLog
 from tests.pipeline.test_pipeline import POD, observation
-from tests.support.delivery import start_delivery, stop_delivery
+from tests.support.delivery import settle, start_delivery, stop_delivery
 from tests.support.waiting import until
 from tests.support.writers import CollectingWriter
 
@@ -244,3 +244,41 @@ async def test_writers_are_caught_up_once_they_wrote_everything_or_wait_for_thei
         assert sorted(span.name for span in writer.by_service("audit")) == ["admin a", "admin b", "admin c"]
     finally:
         await stop_delivery(delivery)
+
+
+async def test_the_writer_alone_is_written_past_the_span_log_and_its_write_acknowledges_the_observations(
+    tmp_path: Path,
+) -> None:
+    """The App's embedded store alone: no span in the span log, and an observation stays unacknowledged in its log
+    (a restart would handle it again) until the writer has it, however long the writer fails."""
+    writer = DownWriter()
+    writer.gate.clear()
+    metrics = Metrics()
+    delivery = await start_delivery(tmp_path, writer, metrics, direct=True)
+    try:
+        await delivery.intake.submit([observation(POD, 1_000, key) for key in "abc"])
+        await until("the pipeline has them", lambda: delivery.pipeline.pending == 3)
+        assert unacknowledged(delivery) == 1, "not acknowledged while the writer holds them"
+
+        writer.down = True
+        writer.gate.set()
+        await until("the write failed", lambda: delivery.failing_writers() == ["collect"])
+        assert metrics.writer_failing.labels("collect")._value.get() == 1
+        assert delivery.pipeline.pending == 3 and unacknowledged(delivery) == 1, "nor while it fails"
+        assert not writer.spans
+
+        writer.down = False
+        await settle(delivery)
+        assert unacknowledged(delivery) == 0
+        assert delivery.failing_writers() == []
+        assert metrics.writer_failing.labels("collect")._value.get() == 0
+        assert sorted(span.name for span in writer.by_service("audit")) == ["admin a", "admin b", "admin c"]
+        assert delivery.spans.end == 0, "nothing went through the span log"
+    finally:
+        await stop_delivery(delivery)
+
+
+def unacknowledged(delivery: durable.Delivery) -> int:
+    """Records of the observation log not acknowledged yet (its backlog counts the pipeline's observations too)."""
+    records, _ = delivery.backlog()["pipeline"]
+    return records - delivery.pipeline.pending

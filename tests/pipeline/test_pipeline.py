@@ -19,6 +19,7 @@ from kelemetry_py.pipeline import Overloaded, core
 from kelemetry_py.pipeline.core import Pipeline, Ticket
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.pipeline.emission.redis import RedisEmissionSet
+from tests.support.waiting import until
 from tests.support.writers import CollectingWriter
 
 WINDOW = 1800
@@ -243,6 +244,33 @@ async def test_a_group_of_partitions_batches_is_written_in_writes_of_at_most_the
     writer = await written_while_the_first_write_is_held(64)
     calls = [len(write) for write in writer.writes]
     assert sum(calls) == 128 and max(calls) <= 40 and len(calls) >= 128 // 40
+
+
+class LingeringWriter(CollectingWriter):
+    """A writer that asks the pipeline to gather its writes, as the embedded store written directly does."""
+
+    linger_seconds = 0.5
+
+
+async def test_a_writer_with_a_linger_gets_the_batches_that_came_during_it_in_one_write() -> None:
+    writer = LingeringWriter()
+    pipeline = windowed_pipeline(writer)
+    base = 1_000 * WINDOW
+    await pipeline.start()
+    try:
+        await pipeline.submit([observation(POD, base + 1, "a")])
+        await until("the first write, at once", lambda: len(writer.writes) == 1)
+        await pipeline.submit([observation(DEPLOY, base + 2, "b")])
+        await until("b waiting for the linger", lambda: len(pipeline._unwritten) == 1)
+        await pipeline.submit([observation(POD, base + 3, "c")])
+        await until("c waiting beside it", lambda: len(pipeline._unwritten) == 2)
+        assert len(writer.writes) == 1, "nothing more is written before the linger is over"
+        await pipeline.drain()
+        assert len(writer.writes) == 2
+        assert sorted(span.name for span in writer.by_service("audit")) == ["admin a", "admin b", "admin c"]
+        assert {span.name for span in writer.spans if span.span_id in writer.writes[1]} >= {"admin b", "admin c"}
+    finally:
+        await pipeline.stop()
 
 
 async def test_stopping_while_a_write_is_stuck_writes_nothing_more_and_releases_the_claims() -> None:
