@@ -212,36 +212,11 @@ async def kill_and_restart(env: FaultEnv, events: int, kill_at: float = 0.5) -> 
     return figures
 
 
-async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5, signum: int = signal.SIGTERM) -> Figures:
-    """SIGTERM (or SIGINT) once ``term_at`` of the events are acknowledged; no restart."""
-    figures = Figures(signal.Signals(signum).name)
-    server = env.serve("sigterm")
-    received = Received(env.receiver)
-    await server.start()
-    load = env.load(server)
-    task = await _load_until(load, env.workload, env.workload.copies_for(events), term_at)
-    load.stop()
-    figures.peak_rss_mib = server.peak_rss_bytes() / MIB
-    server.send(signum)
-    code = await server.wait(DEFAULT_GRACE_SECONDS + 10)
-    if code is None:
-        server.kill()
-        await server.wait()
-    figures.note_exit(server, code)
-    result = await task
-    figures.count_load(result, env.workload)
-    expected = env.workload.expected_ids(result.acknowledged)
-    # No waiting: the process is gone, and what it delivered is here.
-    await figures.count_delivered(received, server, expected)
-    return figures
-
-
-async def store_alone(env: FaultEnv, events: int, signum: int, at: float = 0.5) -> Figures:
-    """The default configuration, the embedded store the only writer (the pipeline writes into it, past the span
-    log): ``signum`` once ``at`` of the events are acknowledged. After a SIGKILL the server is started again on the
-    same data and drains; after SIGTERM or SIGINT it is not. Only the store is counted: there is no receiver."""
-    figures = Figures(f"store alone, {signal.Signals(signum).name}")
-    server = env.serve("store-alone", otlp=False)
+async def _signal_mid_load(
+    env: FaultEnv, server: ServeProcess, figures: Figures, events: int, at: float, signum: int
+) -> tuple[int | None, set[str]]:
+    """Start ``server``, load it, send ``signum`` once ``at`` of the events are acknowledged, and wait for its exit
+    (a kill -9 after the grace period): its exit code and the expected audit IDs of the acknowledged batches."""
     await server.start()
     load = env.load(server)
     task = await _load_until(load, env.workload, env.workload.copies_for(events), at)
@@ -254,7 +229,28 @@ async def store_alone(env: FaultEnv, events: int, signum: int, at: float = 0.5) 
         await server.wait()
     result = await task
     figures.count_load(result, env.workload)
-    expected = env.workload.expected_ids(result.acknowledged)
+    return code, env.workload.expected_ids(result.acknowledged)
+
+
+async def sigterm(env: FaultEnv, events: int, term_at: float = 0.5, signum: int = signal.SIGTERM) -> Figures:
+    """SIGTERM (or SIGINT) once ``term_at`` of the events are acknowledged; no restart."""
+    figures = Figures(signal.Signals(signum).name)
+    server = env.serve("sigterm")
+    received = Received(env.receiver)
+    code, expected = await _signal_mid_load(env, server, figures, events, term_at, signum)
+    figures.note_exit(server, code)
+    # No waiting: the process is gone, and what it delivered is here.
+    await figures.count_delivered(received, server, expected)
+    return figures
+
+
+async def store_alone(env: FaultEnv, events: int, signum: int, at: float = 0.5) -> Figures:
+    """The default configuration, the embedded store the only writer (the pipeline writes into it, past the span
+    log): ``signum`` once ``at`` of the events are acknowledged. After a SIGKILL the server is started again on the
+    same data and drains; after SIGTERM or SIGINT it is not. Only the store is counted: there is no receiver."""
+    figures = Figures(f"store alone, {signal.Signals(signum).name}")
+    server = env.serve("store-alone", otlp=False)
+    code, expected = await _signal_mid_load(env, server, figures, events, at, signum)
     figures.expected_audit_ids = len(expected)
     if signum == signal.SIGKILL:
         figures.details["killed_with"] = code
