@@ -179,10 +179,10 @@ class DirectWriter:
 
 
 def _failed(name: str, metrics: Metrics, exc: Exception, *, already: bool) -> None:
+    """(Each writer counts its own failed attempts in ``kelemetry_export_errors_total``.)"""
     if not already:
         log.warning("%s failed (%s); what it has not written waits in the spool and is retried", name, exc)
     metrics.writer_failing.labels(name).set(1)
-    metrics.export_errors.labels(name).inc()
 
 
 def _recovered(name: str, metrics: Metrics) -> None:

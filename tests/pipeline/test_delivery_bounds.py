@@ -282,3 +282,37 @@ def unacknowledged(delivery: durable.Delivery) -> int:
     """Records of the observation log not acknowledged yet (its backlog counts the pipeline's observations too)."""
     records, _ = delivery.backlog()["pipeline"]
     return records - delivery.pipeline.pending
+
+
+async def test_a_failed_write_is_counted_once_by_its_writer_and_not_again_by_the_delivery(tmp_path: Path) -> None:
+    """The store and the OTLP exporter count their own failed attempts; the pump or the pipeline that retries one
+    only says the writer is failing."""
+    metrics = Metrics()
+    writer = SelfCountingWriter(metrics)
+    writer.down = True
+    delivery = await start_delivery(tmp_path, writer, metrics)
+    try:
+        await delivery.intake.submit([observation(POD, 1_000, "a")])
+        await until("the writer failed", lambda: delivery.failing_writers() == ["collect"])
+        writer.down = False
+        await settle(delivery)
+        assert metrics.export_errors.labels("collect")._value.get() == writer.failures > 0
+    finally:
+        await stop_delivery(delivery)
+
+
+class SelfCountingWriter(DownWriter):
+    """Counts its failed attempts, as the real writers do."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.failures = 0
+
+    async def write(self, spans: Sequence[Span]) -> None:
+        try:
+            await super().write(spans)
+        except ConnectionError:
+            self.failures += 1
+            self.metrics.export_errors.labels("collect").inc()
+            raise
