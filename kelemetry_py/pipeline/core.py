@@ -147,6 +147,7 @@ class Pipeline:
         # its index pages) lets a group gather this long after the last one began, unless a full group waits.
         self._write_linger = float(getattr(writer, "linger_seconds", 0.0))
         self._group_began = 0.0
+        self._group_full: asyncio.Event | None = None  # set during a linger: a full group is waiting
 
     @property
     def pending(self) -> int:
@@ -311,6 +312,8 @@ class Pipeline:
         and each writer behind it, one record instead of one per partition."""
         written = asyncio.get_running_loop().create_future()
         self._unwritten.append((spans, written))
+        if self._group_full is not None and self._unwritten_spans() >= GROUP_SPANS:
+            self._group_full.set()
         if self._group_writer is None:
             self._group_writer = asyncio.create_task(self._write_groups(), name="pipeline-writer")
         await written
@@ -321,10 +324,7 @@ class Pipeline:
             await asyncio.sleep(0)  # the partitions finishing in this turn of the loop join the first group
             while self._unwritten:
                 if self._write_linger:
-                    wait = self._write_linger - (time.monotonic() - self._group_began)
-                    if wait > 0 and sum(len(spans) for spans, _ in self._unwritten) < GROUP_SPANS:
-                        await asyncio.sleep(wait)
-                    self._group_began = time.monotonic()
+                    await self._linger()
                 taken = size = 0
                 for spans, _ in self._unwritten:
                     if taken and size + len(spans) > GROUP_SPANS:
@@ -342,6 +342,22 @@ class Pipeline:
                 if not written.done():
                     written.cancel()
             self._unwritten = []
+
+    def _unwritten_spans(self) -> int:
+        return sum(len(spans) for spans, _ in self._unwritten)
+
+    async def _linger(self) -> None:
+        """Until the writer's linger since the last group began is over, or a full group waits."""
+        wait = self._write_linger - (time.monotonic() - self._group_began)
+        if wait > 0 and self._unwritten_spans() < GROUP_SPANS:
+            self._group_full = asyncio.Event()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._group_full.wait()
+            finally:
+                self._group_full = None
+        self._group_began = time.monotonic()
 
     async def _write_retrying(self, spans: list[Span]) -> None:
         delay = 0.05

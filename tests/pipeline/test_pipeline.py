@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ WINDOW = 1800
 SECOND = 1_000_000_000
 POD = ObjectRef("c1", "", "v1", "pods", "shop", "web-1", uid="u1")
 DEPLOY = ObjectRef("c1", "apps", "v1", "deployments", "shop", "web")
+NODE = ObjectRef("c1", "", "v1", "nodes", "", "node-1")
 
 
 def observation(ref: ObjectRef, at_s: float, key: str, kind: str = "audit") -> Observation:
@@ -247,30 +249,33 @@ async def test_a_group_of_partitions_batches_is_written_in_writes_of_at_most_the
 
 
 class LingeringWriter(CollectingWriter):
-    """A writer that asks the pipeline to gather its writes, as the embedded store written directly does."""
+    """A writer that asks the pipeline to gather its writes, as the embedded store written directly does; this
+    one for longer than any test waits, so that only a full group ends it."""
 
-    linger_seconds = 0.5
+    linger_seconds = 3600.0
 
 
-async def test_a_writer_with_a_linger_gets_the_batches_that_came_during_it_in_one_write() -> None:
+async def test_a_writer_with_a_linger_gets_what_came_during_it_in_one_write_unless_a_full_group_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(core, "GROUP_SPANS", 4)
     writer = LingeringWriter()
     pipeline = windowed_pipeline(writer)
     base = 1_000 * WINDOW
     await pipeline.start()
     try:
-        await pipeline.submit([observation(POD, base + 1, "a")])
+        await pipeline.submit([observation(POD, base + 1, "a")])  # its object span and its own: 2 spans
         await until("the first write, at once", lambda: len(writer.writes) == 1)
-        await pipeline.submit([observation(DEPLOY, base + 2, "b")])
-        await until("b waiting for the linger", lambda: len(pipeline._unwritten) == 1)
-        await pipeline.submit([observation(POD, base + 3, "c")])
-        await until("c waiting beside it", lambda: len(pipeline._unwritten) == 2)
-        assert len(writer.writes) == 1, "nothing more is written before the linger is over"
-        await pipeline.drain()
-        assert len(writer.writes) == 2
-        assert sorted(span.name for span in writer.by_service("audit")) == ["admin a", "admin b", "admin c"]
-        assert {span.name for span in writer.spans if span.span_id in writer.writes[1]} >= {"admin b", "admin c"}
+        await pipeline.submit([observation(DEPLOY, base + 2, "b")])  # 2 spans
+        await pipeline.submit([observation(POD, base + 3, "c")])  # 1: the pod's object span is written
+        await until("b and c waiting for the linger", lambda: len(pipeline._unwritten) == 2)
+        assert len(writer.writes) == 1, "3 spans, less than a group: nothing is written before the linger is over"
+        await pipeline.submit([observation(NODE, base + 4, "d")])  # 2 more: a full group waits
+        await until("the second write", lambda: len(writer.writes) == 2)
+        second = {span.name for span in writer.spans if span.span_id in writer.writes[1]}
+        assert {"admin b", "admin c", "deployments/web"} <= second and "admin d" not in second
     finally:
-        await pipeline.stop()
+        await pipeline.stop(deadline=time.monotonic())
 
 
 async def test_stopping_while_a_write_is_stuck_writes_nothing_more_and_releases_the_claims() -> None:
