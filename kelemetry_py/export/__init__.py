@@ -10,7 +10,9 @@ from kelemetry_py.model import Span
 
 @runtime_checkable
 class SpanWriter(Protocol):
-    """Accepts raw spans. ``write`` may await to push back when the writer's own bounded queue is full."""
+    """Accepts raw spans. ``write`` may await to push back when the writer's own bounded queue is full. A writer
+    the pipeline writes into directly may set ``linger_seconds``: how long the pipeline lets spans gather between
+    the starts of two writes (see :class:`~kelemetry_py.pipeline.durable.DirectWriter`)."""
 
     async def write(self, spans: Sequence[Span]) -> None: ...
 

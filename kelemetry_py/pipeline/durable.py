@@ -179,7 +179,7 @@ class DirectWriter:
 
 
 def _failed(name: str, metrics: Metrics, exc: Exception, *, already: bool) -> None:
-    """(Each writer counts its own failed attempts in ``kelemetry_export_errors_total``.)"""
+    # Not counted in kelemetry_export_errors_total here: each writer counts its own failed attempts.
     if not already:
         log.warning("%s failed (%s); what it has not written waits in the spool and is retried", name, exc)
     metrics.writer_failing.labels(name).set(1)

@@ -77,7 +77,7 @@ class Figures:
     batches_acknowledged: int = 0
     batches_unanswered: int = 0
     expected_audit_ids: int = 0
-    lost_at_receiver: int = 0
+    lost_at_receiver: int | None = 0
     lost_in_store: int | None = None
     duplicate_deliveries: int = 0
     split_roots: int = 0
@@ -252,6 +252,7 @@ async def store_alone(env: FaultEnv, events: int, signum: int, at: float = 0.5) 
     server = env.serve("store-alone", otlp=False)
     code, expected = await _signal_mid_load(env, server, figures, events, at, signum)
     figures.expected_audit_ids = len(expected)
+    figures.lost_at_receiver = None
     if signum == signal.SIGKILL:
         figures.details["killed_with"] = code
         stored = await stored_audit_ids(server.config["store"]["path"])
