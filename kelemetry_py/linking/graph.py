@@ -92,12 +92,11 @@ class ObjectGraph:
         node = ref.key
         links = list(links)
         report = tuple(
-            (link.target.key, link.target.uid, link.target.version, link.role, link.link_class) for link in links
+            [(link.target.key, link.target.uid, link.target.version, link.role, link.link_class) for link in links]
         )
         if self._reported.get(node) == (report, self._revisions.get(node, 0)):
             # What it reported last time, and nothing touched its relations since: the usual case (a status
             # update), which needs no edge work. Only the times its links were last seen stay as they were.
-            self._recency.move_to_end(node)
             return
         current = set()
         for link in links:

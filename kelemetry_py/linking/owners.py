@@ -37,7 +37,8 @@ class OwnerReferenceLinker:
     def owner_links(self, ref: ObjectRef, body: Mapping[str, Any]) -> list[Link]:
         """The synchronous core of :meth:`links` (pure dictionary work, no I/O)."""
         metadata = body.get("metadata")
-        owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
+        # Bodies come from JSON: the exact type check first, as the Mapping ABC's costs several times more.
+        owners = metadata.get("ownerReferences") if type(metadata) is dict or isinstance(metadata, Mapping) else None
         if not owners:
             return []
         if not isinstance(owners, list):

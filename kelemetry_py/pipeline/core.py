@@ -130,7 +130,9 @@ class Pipeline:
         self._latest_s = 0.0  # the newest observation time seen: the graph forgets what ended well before it
         self._decorators = list(decorators)
         self._window_ns = self._config.window_seconds * 1_000_000_000
-        self._queues: list[asyncio.Queue[_Item]] = [
+        # Each partition's share of one feed goes in as one list: a put and a get per observation cost more than
+        # the partition's own work on many of them.
+        self._queues: list[asyncio.Queue[list[_Item]]] = [
             asyncio.Queue() for _ in range(self._config.partitions)
         ]
         self._workers: list[asyncio.Task[None]] = []
@@ -188,11 +190,14 @@ class Pipeline:
         self._idle.clear()
         self._metrics.queue_depth.set(self._pending)
         partitions = self._config.partitions
+        shares: list[list[_Item]] = [[] for _ in range(partitions)]
         kinds: dict[str, int] = {}
         for observation in observations:
             kinds[observation.kind] = kinds.get(observation.kind, 0) + 1
-            index = zlib.crc32(observation.ref.key.encode()) % partitions
-            self._queues[index].put_nowait((observation, ticket))
+            shares[zlib.crc32(observation.ref.key.encode()) % partitions].append((observation, ticket))
+        for queue, share in zip(self._queues, shares, strict=True):
+            if share:
+                queue.put_nowait(share)
         for kind, count in kinds.items():
             self._metrics.observations_submitted.labels(kind).inc(count)
 
@@ -233,20 +238,20 @@ class Pipeline:
         async with self._room:
             self._room.notify_all()
 
-    async def _run_partition(self, queue: asyncio.Queue[_Item]) -> None:
+    async def _run_partition(self, queue: asyncio.Queue[list[_Item]]) -> None:
         while True:
             first = await queue.get()
             # A batch lives in the call below, so none of it stays referenced while the next get waits.
             await self._run_batch(first, queue)
             del first
 
-    async def _run_batch(self, first: _Item, queue: asyncio.Queue[_Item]) -> None:
-        batch = [first]
+    async def _run_batch(self, first: list[_Item], queue: asyncio.Queue[list[_Item]]) -> None:
+        batch = first
         while len(batch) < _BATCH and not queue.empty():
-            batch.append(queue.get_nowait())
+            batch.extend(queue.get_nowait())
         ready: list[_Item] = []
         for item in batch:
-            waiting = self._run_hooks(item, 0)
+            waiting = self._run_hooks(item, 0) if self._hooks else None
             if waiting is None:
                 ready.append(item)
             else:
@@ -401,13 +406,17 @@ class Pipeline:
         window = window_of(observation.start_ns, self._config.window_seconds)
         key = ref.key
         trace_id, object_span = self._ids(key, window)
-        await self._ensure_object_span(ref, window, out, claims, force, observation.body)
+        memory = self._memory(window)
+        # The checks that usually find the work done are made here, before a coroutine is made for it.
+        if force or f"obj\x00{key}\x00{window}" not in memory.claimed:
+            await self._ensure_object_span(ref, window, out, claims, force, observation.body)
         seen = observation.start_ns / 1e9
         if observation.body is not None and self._linkers:
             self.graph.sync_links(ref, await self._links(ref, observation.body), seen)
         else:
             self.graph.add_object(ref, seen)
-        await self._write_relations(ref, window, observation.start_ns, out, claims, force)
+        if force or memory.linked.get((key, False)) != self.graph.revision(key):
+            await self._write_relations(ref, window, observation.start_ns, out, claims, force)
         if _is_delete(observation):
             self.graph.delete_object(ref, seen)
         self._forget_old_relations(seen)
@@ -554,11 +563,13 @@ class Pipeline:
     ) -> None:
         inverse = "child" if link.role == "parent" else "parent"
         ends = ((ref, link.target, link.role), (link.target, ref, inverse))
+        claimed = self._memory(window).claimed
         for owner, other, role in ends:
             claim = f"link\x00{owner.key}\x00{window}\x00{other.key}\x00{role}\x00{link.link_class}"
-            if not await self._claim(claim, window, claims, force):
+            if (not force and claim in claimed) or not await self._claim(claim, window, claims, force):
                 continue
-            await self._ensure_object_span(owner, window, out, claims, force)
+            if force or f"obj\x00{owner.key}\x00{window}" not in claimed:
+                await self._ensure_object_span(owner, window, out, claims, force)
             trace_id, object_span = self._ids(owner.key, window)
             attributes = owner.tags()
             attributes.update(
