@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Annotated, Any, Generic, TypedDict, TypeVar
 
 import msgspec
 import orjson
@@ -109,25 +109,31 @@ class _Header(msgspec.Struct):
     apiVersion: str = ""
 
 
+# An integer every later stage can encode (MessagePack, SQLite). A larger one, which no apiserver stores in
+# metadata, once went through as it was and failed its whole batch's encoding: its object is read by orjson instead.
+_Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+
+
 class _ObjectMeta(TypedDict, total=False):
     """meta/v1 ObjectMeta as an apiserver stores it (it drops any other field), but for managedFields: often half
-    of an object, and never read here. Decoded straight into dicts, in the body's own order."""
+    of an object, and never read here. Decoded straight into dicts, in the body's own order, with the types an
+    apiserver gives each field: metadata of any other shape is read by orjson, as a whole body is."""
 
-    name: Any
-    generateName: Any
-    namespace: Any
-    selfLink: Any
-    uid: Any
-    resourceVersion: Any
-    generation: Any
-    creationTimestamp: Any
-    deletionTimestamp: Any
-    deletionGracePeriodSeconds: Any
-    labels: Any
-    annotations: Any
-    ownerReferences: Any
-    finalizers: Any
-    clusterName: Any  # before Kubernetes 1.25
+    name: str
+    generateName: str
+    namespace: str
+    selfLink: str
+    uid: str
+    resourceVersion: str
+    generation: _Int64
+    creationTimestamp: str
+    deletionTimestamp: str
+    deletionGracePeriodSeconds: _Int64
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    ownerReferences: list[dict[str, str | bool]]
+    finalizers: list[str]
+    clusterName: str  # before Kubernetes 1.25
 
 
 class _Head(TypedDict, total=False):

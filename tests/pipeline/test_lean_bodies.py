@@ -17,6 +17,8 @@ from kelemetry_py.pipeline.core import Pipeline
 from kelemetry_py.pipeline.decorators import Decoration, SpanInfo
 from kelemetry_py.pipeline.emission.memory import MemoryEmissionSet
 from kelemetry_py.sources.audit import AuditConverter, parse_batch
+from kelemetry_py.sources.auditdecode.inline import InlineDecoder
+from kelemetry_py.spool.codec import decode_observations
 from tests.conftest import SCENARIOS
 from tests.support.writers import CollectingWriter
 
@@ -96,17 +98,20 @@ def test_lean_bodies_are_the_heads_of_whole_ones_and_logs_are_unchanged(fixtures
     assert any(o.logs and o.logs[0].name == "snapshot" for o in lean)
 
 
-def _update(response: object) -> bytes:
-    event = {
-        "auditID": "a1",
+def _event(response: object, *, verb: str = "update", name: str = "c") -> dict[str, Any]:
+    return {
+        "auditID": f"{verb}-{name}",
         "stage": "ResponseComplete",
-        "verb": "update",
+        "verb": verb,
         "stageTimestamp": "2024-05-01T10:00:00.000000Z",
-        "objectRef": {"resource": "configmaps", "namespace": "default", "name": "c", "apiVersion": "v1"},
+        "objectRef": {"resource": "configmaps", "namespace": "default", "name": name, "apiVersion": "v1"},
         "responseStatus": {"code": 200},
         "responseObject": response,
     }
-    return orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [event]})
+
+
+def _update(response: object) -> bytes:
+    return orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [_event(response)]})
 
 
 def test_a_body_of_a_shape_no_apiserver_stores_is_judged_alike_lean_or_whole() -> None:
@@ -124,3 +129,21 @@ def test_a_body_of_a_shape_no_apiserver_stores_is_judged_alike_lean_or_whole() -
             observations, dropped = converter.convert_reporting("c", events)
             results.append(([(o.ref, o.body) for o in observations], [(d.field, d.reason) for d in dropped]))
         assert results[0] == results[1], response
+
+
+async def test_an_integer_beyond_64_bits_in_metadata_costs_no_batch_its_neighbours() -> None:
+    """No apiserver stores one, but a sender could: read from the metadata as it was, it failed the encoding of the
+    whole batch (a 500, and the same batch sent again and again)."""
+    huge = {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "huge", "generation": -1}}
+    plain = {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "plain", "generation": 2}}
+    items = [_event(huge, verb=verb, name="huge") for verb in ("update", "create")] + [_event(plain, name="plain")]
+    listed = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items})
+    body = listed.replace(b'"generation":-1', f'"generation":{1 << 70}'.encode())  # orjson writes none so large
+    assert body.count(str(1 << 70).encode()) == 2
+    for whole_bodies in (True, False):
+        decoder = InlineDecoder(AuditConfig(), RedactionConfig(), records=True, whole_bodies=whole_bodies)
+        batch = await decoder.decode("c", body)
+        observations = [o for payload in batch.payloads for o in decode_observations(payload)]
+        assert [o.ref.name for o in observations] == ["huge", "huge", "plain"]
+        generations = [o.body["metadata"]["generation"] for o in observations if o.body is not None]
+        assert generations == [float(1 << 70), float(1 << 70), 2]  # as JSON numbers beyond 64 bits always read
