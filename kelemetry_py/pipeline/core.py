@@ -408,7 +408,7 @@ class Pipeline:
         trace_id, object_span = self._ids(key, window)
         memory = self._memory(window)
         # The checks that usually find the work done are made here, before a coroutine is made for it.
-        if force or f"obj\x00{key}\x00{window}" not in memory.claimed:
+        if force or _object_claim(key, window) not in memory.claimed:
             await self._ensure_object_span(ref, window, out, claims, force, observation.body)
         seen = observation.start_ns / 1e9
         if observation.body is not None and self._linkers:
@@ -533,7 +533,7 @@ class Pipeline:
         body: Mapping[str, Any] | None = None,
     ) -> None:
         key = ref.key
-        if not await self._claim(f"obj\x00{key}\x00{window}", window, claims, force):
+        if not await self._claim(_object_claim(key, window), window, claims, force):
             return
         start = window * self._window_ns
         trace_id, span_id = self._ids(key, window)
@@ -568,7 +568,7 @@ class Pipeline:
             claim = f"link\x00{owner.key}\x00{window}\x00{other.key}\x00{role}\x00{link.link_class}"
             if (not force and claim in claimed) or not await self._claim(claim, window, claims, force):
                 continue
-            if force or f"obj\x00{owner.key}\x00{window}" not in claimed:
+            if force or _object_claim(owner.key, window) not in claimed:
                 await self._ensure_object_span(owner, window, out, claims, force)
             trace_id, object_span = self._ids(owner.key, window)
             attributes = owner.tags()
@@ -594,6 +594,11 @@ class Pipeline:
                     attributes=attributes,
                 )
             )
+
+
+def _object_claim(key: str, window: int) -> str:
+    """The emission key of an object's span in a window."""
+    return f"obj\x00{key}\x00{window}"
 
 
 def _is_delete(observation: Observation) -> bool:
